@@ -1,0 +1,273 @@
+import JSON
+
+/// Which netfilter implementation installs the rules.
+public enum BackendKind: String, Sendable, CaseIterable {
+    case auto, nftables, iptables
+}
+
+/// Which iptables flavour the iptables backend drives.
+public enum IPTablesMode: String, Sendable, CaseIterable {
+    /// Whatever `iptables` on the PATH is.
+    case auto
+    case nft
+    case legacy
+}
+
+/// How much goes to the log.
+public enum LogLevel: String, Sendable, CaseIterable, Comparable {
+    case error, warning, info, debug
+
+    public static func < (lhs: LogLevel, rhs: LogLevel) -> Bool {
+        allCases.firstIndex(of: lhs)! < allCases.firstIndex(of: rhs)!
+    }
+}
+
+/// The plugin's complete configuration: every key resolved to a typed value, defaults applied.
+public struct MasqConfig: Equatable, Sendable {
+    /// Ranges whose destinations keep the pod's source address (both families).
+    public var nonMasqueradeCIDRs: [CIDR]
+    public var nomasqAllReservedRanges = false
+    public var masqLinkLocal = false
+    public var masqLinkLocalIPv6 = false
+    /// Exceptions: always masqueraded, even inside a non-masquerade range.
+    public var masqueradeCIDRs: [CIDR] = []
+    public var cidrLimit = 64
+    public var exemptPodSubnet = true
+    public var randomFully = true
+    /// Source port ranges for tcp/udp/sctp; empty means the kernel's choice.
+    public var toPorts: [ClosedRange<Int>] = []
+    /// Nanoseconds between agent resyncs.
+    public var resyncInterval: Int64 = 60_000_000_000
+    public var configFile: String? = nil
+    public var backend: BackendKind = .auto
+    public var iptablesMode: IPTablesMode = .auto
+    public var masqChain = "IP-MASQ-AGENT"
+    public var lockFile = "/run/cni/ip-masq.lock"
+    /// Nanoseconds to wait for the lock before answering code 11.
+    public var lockTimeout: Int64 = 10_000_000_000
+    public var stateDir = "/run/cni/ip-masq"
+    public var logFile: String? = nil
+    public var logLevel: LogLevel = .info
+    /// Whether some layer set `nonMasqueradeCIDRs` (the reserved-ranges flag then does not apply).
+    public private(set) var nonMasqueradeCIDRsGiven = false
+
+    /// ip-masq-agent's default non-masquerade list (RFC 1918).
+    public static let defaultNonMasqueradeCIDRs = ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"].map(Self.literal)
+    /// ip-masq-agent's `--nomasq-all-reserved-ranges` list.
+    public static let reservedRanges = [
+        "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "192.0.0.0/24", "192.0.2.0/24",
+        "192.88.99.0/24", "198.18.0.0/15", "198.51.100.0/24", "203.0.113.0/24", "240.0.0.0/4",
+    ].map(Self.literal)
+
+    static func literal(_ text: String) -> CIDR { try! CIDR.parse(text).get() }
+
+    public init() { nonMasqueradeCIDRs = Self.defaultNonMasqueradeCIDRs }
+}
+
+/// Where a key was read from, for error messages.
+public enum ConfigSource: Sendable, Equatable {
+    case netconf
+    case file(String)
+
+    var label: String {
+        switch self {
+        case .netconf: return "network config"
+        case .file(let path): return "config file \(path)"
+        }
+    }
+}
+
+/// Keys read from one layer (conflist entry or config file), before defaults and validation.
+struct ConfigLayer {
+    var values: [String: JSONValue] = [:]
+}
+
+extension MasqConfig {
+    /// Keys the plugin reads from its conflist entry.
+    static let netconfKeys: Set<String> = [
+        "nonMasqueradeCIDRs", "nomasqAllReservedRanges", "masqLinkLocal", "masqLinkLocalIPv6", "masqueradeCIDRs",
+        "cidrLimit", "exemptPodSubnet", "randomFully", "toPorts", "resyncInterval", "configFile", "backend",
+        "iptablesMode", "masqChain", "lockFile", "lockTimeout", "stateDir", "logFile", "logLevel",
+    ]
+    /// Keys a config file may set: ip-masq-agent's own plus the plugin's masquerade policy keys.
+    /// Node plumbing (backend, paths, logging) stays in the conflist so every invocation agrees on it.
+    static let fileKeys: Set<String> = [
+        "nonMasqueradeCIDRs", "nomasqAllReservedRanges", "masqLinkLocal", "masqLinkLocalIPv6", "masqueradeCIDRs",
+        "cidrLimit", "exemptPodSubnet", "randomFully", "toPorts", "resyncInterval",
+    ]
+
+    /// Resolves the configuration: defaults < conflist keys < config file keys, then validates the result.
+    /// - Parameters:
+    ///   - netconf: the plugin's object from stdin (or from a conflist file).
+    ///   - fileContents: the bytes of `configFile` when it exists, nil when it is absent or not configured.
+    public static func resolve(netconf: JSONObject, fileContents: [UInt8]?) throws(CNIError) -> MasqConfig {
+        var config = MasqConfig()
+        try config.apply(netconf, source: .netconf, allowed: netconfKeys)
+        if let fileContents, let path = config.configFile {
+            let document: JSONValue
+            do { document = try JSONValue.parseYAML(fileContents) } catch {
+                throw CNIError(.invalidConfig, "configFile \(quoted(path)) is not valid YAML or JSON", details: error.description)
+            }
+            switch document {
+            case .null: break // an empty file means defaults, as ip-masq-agent treats it
+            case .object(let object): try config.apply(object, source: .file(path), allowed: fileKeys)
+            default:
+                throw CNIError(.invalidConfig, "configFile \(quoted(path)) must hold a mapping of keys, found a \(document.kindName)")
+            }
+        }
+        try config.validate()
+        return config
+    }
+
+    /// The config file path named by a netconf, so the caller can read it before `resolve`.
+    public static func configFilePath(in netconf: JSONObject) -> String? {
+        netconf["configFile"]?.stringValue.flatMap { $0.isEmpty ? nil : $0 }
+    }
+
+    private mutating func apply(_ object: JSONObject, source: ConfigSource, allowed: Set<String>) throws(CNIError) {
+        var sawNonMasq = false
+        let reader = KeyReader(source: source)
+        for (key, value) in object.members {
+            guard allowed.contains(key) else {
+                if case .file = source {
+                    throw CNIError(.unsupportedField, "unsupported key \(quoted(key)) in \(source.label)",
+                                   details: "value \(value.serialized()); allowed keys: \(allowed.sorted().joined(separator: ", "))")
+                }
+                // Conflist entries carry runtime keys (name, type, prevResult, capabilities...): ignore those,
+                // but refuse a mis-cased spelling of one of ours, which would otherwise be silently ignored.
+                if let intended = allowed.first(where: { $0.lowercased() == key.lowercased() }) {
+                    throw CNIError(.unsupportedField, "unsupported key \(quoted(key)) = \(value.serialized()) in \(source.label)",
+                                   details: "did you mean \(quoted(intended))?")
+                }
+                continue
+            }
+            switch key {
+            case "nonMasqueradeCIDRs": nonMasqueradeCIDRs = try reader.cidrs(key, value); sawNonMasq = true
+            case "nomasqAllReservedRanges": nomasqAllReservedRanges = try reader.bool(key, value)
+            case "masqLinkLocal": masqLinkLocal = try reader.bool(key, value)
+            case "masqLinkLocalIPv6": masqLinkLocalIPv6 = try reader.bool(key, value)
+            case "masqueradeCIDRs": masqueradeCIDRs = try reader.cidrs(key, value)
+            case "cidrLimit": cidrLimit = try reader.int(key, value, in: 1...65536)
+            case "exemptPodSubnet": exemptPodSubnet = try reader.bool(key, value)
+            case "randomFully": randomFully = try reader.bool(key, value)
+            case "toPorts":
+                let text = try reader.string(key, value)
+                guard let ranges = ValueSyntax.parsePortRanges(text) else {
+                    throw reader.invalid(key, value, "expected ascending, disjoint port ranges such as \"1024-29999,32768-65535\" within 1-65535")
+                }
+                toPorts = ranges
+            case "resyncInterval", "lockTimeout":
+                let text = try reader.string(key, value)
+                guard let nanoseconds = ValueSyntax.parseDuration(text), nanoseconds > 0 else {
+                    throw reader.invalid(key, value, "expected a positive Go duration such as \"60s\", \"1m30s\" or \"500ms\"")
+                }
+                if key == "resyncInterval" { resyncInterval = nanoseconds } else { lockTimeout = nanoseconds }
+            case "configFile": configFile = try reader.path(key, value, optional: true)
+            case "backend": backend = try reader.choice(key, value, BackendKind.self)
+            case "iptablesMode": iptablesMode = try reader.choice(key, value, IPTablesMode.self)
+            case "masqChain":
+                let name = try reader.string(key, value)
+                guard Self.isValidChainName(name) else {
+                    throw reader.invalid(key, value, "expected 1-28 characters of A-Z, a-z, 0-9, '-' or '_'")
+                }
+                masqChain = name
+            case "lockFile": lockFile = try reader.path(key, value, optional: false)!
+            case "stateDir": stateDir = try reader.path(key, value, optional: false)!
+            case "logFile": logFile = try reader.path(key, value, optional: true)
+            case "logLevel": logLevel = try reader.choice(key, value, LogLevel.self)
+            default: break
+            }
+        }
+        // ip-masq-agent: the reserved-ranges flag changes the *default* list only.
+        if sawNonMasq { nonMasqueradeCIDRsGiven = true }
+    }
+
+    private func validate() throws(CNIError) {
+        if effectiveNonMasqueradeCIDRs.count > cidrLimit {
+            throw CNIError(.invalidConfig, "nonMasqueradeCIDRs has \(effectiveNonMasqueradeCIDRs.count) entries, more than cidrLimit \(cidrLimit)",
+                           details: "raise cidrLimit or shorten the list")
+        }
+    }
+
+    /// The non-masquerade ranges in force: the reserved list when requested and no explicit list was given.
+    public var effectiveNonMasqueradeCIDRs: [CIDR] {
+        nomasqAllReservedRanges && !nonMasqueradeCIDRsGiven ? Self.reservedRanges : nonMasqueradeCIDRs
+    }
+
+    /// iptables chain names: at most 28 characters, no spaces or specials.
+    static func isValidChainName(_ name: String) -> Bool {
+        let bytes = Array(name.utf8)
+        return !bytes.isEmpty && bytes.count <= 28
+            && bytes.allSatisfy { Names.isAlphanumeric($0) || $0 == UInt8(ascii: "-") || $0 == UInt8(ascii: "_") }
+    }
+}
+
+/// Reads typed values of config keys, with refusals that name the key, the value and the source.
+struct KeyReader {
+    var source: ConfigSource
+
+    func invalid(_ key: String, _ value: JSONValue, _ expectation: String, code: CNIError.Code = .invalidConfig) -> CNIError {
+        CNIError(code, "invalid \(key) \(value.serialized()) in \(source.label)", details: expectation)
+    }
+
+    func wrongType(_ key: String, _ value: JSONValue, _ expected: String) -> CNIError {
+        CNIError(.decodeFailure, "\(key) must be \(expected), got \(value.kindName) \(value.serialized()) in \(source.label)")
+    }
+
+    func bool(_ key: String, _ value: JSONValue) throws(CNIError) -> Bool {
+        guard case .bool(let flag) = value else { throw wrongType(key, value, "a boolean") }
+        return flag
+    }
+
+    func int(_ key: String, _ value: JSONValue, in range: ClosedRange<Int>) throws(CNIError) -> Int {
+        let number: Int
+        switch value {
+        case .int(let integer): number = Int(integer)
+        case .double(let real) where real.rounded() == real && abs(real) < 1e15: number = Int(real)
+        default: throw wrongType(key, value, "an integer")
+        }
+        guard range.contains(number) else { throw invalid(key, value, "expected an integer in \(range.lowerBound)...\(range.upperBound)") }
+        return number
+    }
+
+    func string(_ key: String, _ value: JSONValue) throws(CNIError) -> String {
+        guard case .string(let text) = value else { throw wrongType(key, value, "a string") }
+        return text
+    }
+
+    func choice<T: RawRepresentable & CaseIterable>(_ key: String, _ value: JSONValue, _ type: T.Type) throws(CNIError) -> T
+    where T.RawValue == String {
+        let text = try string(key, value)
+        guard let choice = T(rawValue: text) else {
+            throw invalid(key, value, "supported values: \(T.allCases.map { $0.rawValue }.joined(separator: ", "))", code: .unsupportedField)
+        }
+        return choice
+    }
+
+    /// An absolute path without NUL or newline; empty means unset when `optional`.
+    func path(_ key: String, _ value: JSONValue, optional: Bool) throws(CNIError) -> String? {
+        let text = try string(key, value)
+        if text.isEmpty && optional { return nil }
+        guard text.hasPrefix("/"), !text.utf8.contains(0), !text.utf8.contains(10), text.utf8.count < 4096 else {
+            throw invalid(key, value, "expected an absolute path")
+        }
+        return text
+    }
+
+    /// A list of aligned CIDRs; nested duplicates are kept as given (the renderer normalises).
+    func cidrs(_ key: String, _ value: JSONValue) throws(CNIError) -> [CIDR] {
+        guard case .array(let elements) = value else { throw wrongType(key, value, "an array of CIDR strings") }
+        var result: [CIDR] = []
+        for (index, element) in elements.enumerated() {
+            guard case .string(let text) = element else { throw wrongType("\(key)[\(index)]", element, "a CIDR string") }
+            switch CIDR.parse(text) {
+            case .success(let cidr): result.append(cidr)
+            case .failure(.malformed):
+                throw invalid("\(key)[\(index)]", element, "expected a CIDR such as \"10.0.0.0/8\" or \"fd00::/8\"")
+            case .failure(.notAligned(let aligned)):
+                throw invalid("\(key)[\(index)]", element, "host bits are set past the prefix; did you mean \"\(aligned)\"?")
+            }
+        }
+        return result
+    }
+}

@@ -1,0 +1,143 @@
+/// A short, stable hash (FNV-1a 64) used to derive identifiers from names.
+public func fnv1a64(_ text: String) -> UInt64 {
+    var hash: UInt64 = 0xcbf2_9ce4_8422_2325
+    for byte in text.utf8 { hash = (hash ^ UInt64(byte)) &* 0x100_0000_01b3 }
+    return hash
+}
+
+/// Hex digits of a hash, zero-padded.
+public func hex(_ value: UInt64, digits: Int) -> String {
+    let text = String(value, radix: 16)
+    return String((String(repeating: "0", count: max(0, 16 - text.count)) + text).suffix(digits))
+}
+
+/// The identifier a network's netfilter objects and records are named by: the network name when it is
+/// made only of `[A-Za-z0-9_]` and short, otherwise a sanitised prefix plus a hash of the full name.
+public struct NetworkKey: Hashable, Sendable, CustomStringConvertible, Comparable {
+    public let rawValue: String
+
+    public init(network: String) {
+        let bytes = Array(network.utf8)
+        let plain = bytes.allSatisfy { Names.isAlphanumeric($0) || $0 == UInt8(ascii: "_") }
+        if plain && bytes.count <= 20 {
+            rawValue = network
+        } else {
+            let sanitized = String(decoding: bytes.prefix(11).map { Names.isAlphanumeric($0) ? $0 : UInt8(ascii: "_") }, as: UTF8.self)
+            rawValue = sanitized + "_" + hex(fnv1a64(network), digits: 8)
+        }
+    }
+
+    /// A key read back from a record or a netfilter name; only `[A-Za-z0-9_]`, 1–20 bytes.
+    public init?(rawValue: String) {
+        let bytes = Array(rawValue.utf8)
+        guard !bytes.isEmpty, bytes.count <= 20, bytes.allSatisfy({ Names.isAlphanumeric($0) || $0 == UInt8(ascii: "_") }) else { return nil }
+        self.rawValue = rawValue
+    }
+
+    public var description: String { rawValue }
+    public static func < (lhs: NetworkKey, rhs: NetworkKey) -> Bool { lhs.rawValue < rhs.rawValue }
+}
+
+/// Who owns a registration: (network, container ID, interface). Its `tag` is the comment written beside
+/// every rule and element; it is built only from validated characters, so it can sit in a quoted script string.
+public struct Owner: Hashable, Sendable, Comparable {
+    public var network: String
+    public var attachment: AttachmentKey
+
+    public init(network: String, containerID: String, ifname: String) {
+        self.network = network
+        self.attachment = AttachmentKey(containerID: containerID, ifname: ifname)
+    }
+
+    public var containerID: String { attachment.containerID }
+    public var ifname: String { attachment.ifname }
+
+    /// `network/containerID/ifname`, restricted to `[A-Za-z0-9_.@/-]`, at most 128 bytes (long parts hashed).
+    public var tag: String {
+        func clean(_ text: String, limit: Int) -> String {
+            let bytes = Array(text.utf8)
+            let kept = bytes.map { Names.isAlphanumeric($0) || $0 == 0x2D || $0 == 0x2E || $0 == 0x5F ? $0 : UInt8(ascii: "_") }
+            if kept.count <= limit && kept == bytes { return text }
+            return String(decoding: kept.prefix(limit - 9), as: UTF8.self) + "~" + hex(fnv1a64(text), digits: 8)
+        }
+        return clean(network, limit: 40) + "/" + clean(containerID, limit: 64) + "/" + clean(ifname, limit: 20)
+    }
+
+    public static func < (lhs: Owner, rhs: Owner) -> Bool { (lhs.network, lhs.attachment) < (rhs.network, rhs.attachment) }
+}
+
+/// One registered pod address and the subnet its interface is on.
+public struct PodAddress: Hashable, Sendable, Comparable {
+    public var address: IPAddress
+    public var subnet: CIDR
+
+    public init(address: IPAddress, subnet: CIDR) {
+        self.address = address
+        self.subnet = subnet
+    }
+
+    public static func < (lhs: PodAddress, rhs: PodAddress) -> Bool { (lhs.address, lhs.subnet) < (rhs.address, rhs.subnet) }
+}
+
+/// The node-wide part of one network: what every registered pod's traffic is judged against (DESIGN 1.1).
+public struct NetworkPolicy: Equatable, Sendable {
+    /// Non-masquerade ranges, nested ones folded into their parents, sorted per family.
+    public var nonMasquerade: [CIDR]
+    /// `masqueradeCIDRs` exceptions, folded and sorted the same way.
+    public var masqueradeExceptions: [CIDR]
+    public var masqLinkLocal: Bool
+    public var masqLinkLocalIPv6: Bool
+    public var exemptPodSubnet: Bool
+    public var randomFully: Bool
+    public var toPorts: [ClosedRange<Int>]
+
+    public init(config: MasqConfig) {
+        nonMasquerade = Self.fold(config.effectiveNonMasqueradeCIDRs)
+        masqueradeExceptions = Self.fold(config.masqueradeCIDRs)
+        masqLinkLocal = config.masqLinkLocal
+        masqLinkLocalIPv6 = config.masqLinkLocalIPv6
+        exemptPodSubnet = config.exemptPodSubnet
+        randomFully = config.randomFully
+        toPorts = config.toPorts
+    }
+
+    /// The ranges of one family.
+    public func nonMasquerade(_ family: IPFamily) -> [CIDR] { nonMasquerade.filter { $0.family == family } }
+    public func masqueradeExceptions(_ family: IPFamily) -> [CIDR] { masqueradeExceptions.filter { $0.family == family } }
+
+    /// Sorted, without duplicates and without prefixes inside another one of the list (interval sets refuse overlaps).
+    static func fold(_ cidrs: [CIDR]) -> [CIDR] {
+        let sorted = Set(cidrs).sorted { ($0.family, $0.prefix, $0.address) < ($1.family, $1.prefix, $1.address) }
+        var kept: [CIDR] = []
+        for cidr in sorted where !kept.contains(where: { $0.prefix <= cidr.prefix && $0.contains(cidr.address) }) {
+            kept.append(cidr)
+        }
+        return kept.sorted()
+    }
+}
+
+/// The desired state of one attachment: who owns it, which addresses it registers, and its network's policy.
+public struct AttachmentPlan: Equatable, Sendable {
+    public var owner: Owner
+    public var networkKey: NetworkKey
+    public var addresses: [PodAddress]
+    public var policy: NetworkPolicy
+
+    /// Plans an ADD: the `ifname` addresses of the sandbox from prevResult, under the network's policy.
+    public init(config: MasqConfig, network: String, attachment: AttachmentKey, prevResult: PrevResult) {
+        owner = Owner(network: network, containerID: attachment.containerID, ifname: attachment.ifname)
+        networkKey = NetworkKey(network: network)
+        addresses = prevResult.podAddresses(ifname: attachment.ifname).map { PodAddress(address: $0.address, subnet: $0.subnet) }
+        policy = NetworkPolicy(config: config)
+    }
+
+    public init(owner: Owner, addresses: [PodAddress], policy: NetworkPolicy) {
+        self.owner = owner
+        self.networkKey = NetworkKey(network: owner.network)
+        self.addresses = addresses
+        self.policy = policy
+    }
+
+    /// The families this attachment has addresses in.
+    public var families: Set<IPFamily> { Set(addresses.map(\.address.family)) }
+}

@@ -1,0 +1,93 @@
+import MasqCore
+
+/// One address registered by one attachment.
+public struct Registration: Hashable, Sendable {
+    public var owner: Owner
+    public var pod: PodAddress
+
+    public init(owner: Owner, pod: PodAddress) {
+        self.owner = owner
+        self.pod = pod
+    }
+}
+
+/// Everything one verb changes in one network, applied by a backend as a single transaction.
+public struct NetworkChange: Sendable {
+    public var network: String
+    public var key: NetworkKey
+    /// When set, the network's node-wide part is (re)written with this policy first.
+    public var policy: NetworkPolicy?
+    public var add: [Registration] = []
+    public var remove: [Registration] = []
+    /// Pod subnets whose exemption element must exist / must go.
+    public var addSubnets: [CIDR] = []
+    public var removeSubnets: [CIDR] = []
+
+    public init(network: String, policy: NetworkPolicy? = nil) {
+        self.network = network
+        self.key = NetworkKey(network: network)
+        self.policy = policy
+    }
+
+    public var isEmpty: Bool { policy == nil && add.isEmpty && remove.isEmpty && addSubnets.isEmpty && removeSubnets.isEmpty }
+}
+
+/// Why a backend could not do what was asked.
+public struct BackendError: Error, Sendable, CustomStringConvertible {
+    public enum Kind: Sendable {
+        /// The network's objects are gone (flushed or deleted by someone else): rebuild and retry.
+        case missingObjects
+        /// Busy or locked: worth retrying later (CNI code 11).
+        case transient
+        case failed
+        /// The tool or library is not there or not permitted.
+        case unavailable
+    }
+
+    public var kind: Kind
+    public var message: String
+
+    public init(_ kind: Kind, _ message: String) {
+        self.kind = kind
+        self.message = message
+    }
+
+    public var description: String { message }
+}
+
+/// What CHECK and the agent need to know about a network as installed.
+public struct Inspection: Sendable, Equatable {
+    /// Whether the node-wide part (chains, rules, policy sets) is present and equal to the policy.
+    public var problems: [String]
+    /// Whether the node-wide part is missing or different (as opposed to only pod entries).
+    public var nodeWideBroken: Bool
+
+    public init(problems: [String] = [], nodeWideBroken: Bool = false) {
+        self.problems = problems
+        self.nodeWideBroken = nodeWideBroken
+    }
+}
+
+/// A netfilter implementation: renders changes to one script and applies it atomically.
+public protocol MasqBackend: Sendable {
+    var kind: BackendKind { get }
+    /// The identity of the rendering, part of the policy fingerprint (a renderer change rewrites old rules).
+    var renderVersion: String { get }
+    /// nil when the backend can be used on this node, else why not.
+    func probe() -> String?
+    /// Applies a change in one transaction.
+    func apply(_ change: NetworkChange) throws(BackendError)
+    /// Compares what is installed with the policy and the expected registrations and subnets.
+    func inspect(network: String, policy: NetworkPolicy, registrations: [Registration], subnets: [CIDR]) throws(BackendError) -> Inspection
+    /// Removes every object of a network (registrations as recorded are given for backends that need them).
+    func removeNetwork(_ network: String, registrations: [Registration]) throws(BackendError)
+    /// A human-readable listing of what the backend installed (demo and `list`).
+    func dump() -> String
+}
+
+extension MasqBackend {
+    /// The fingerprint of a policy as this backend renders it.
+    public func fingerprint(of policy: NetworkPolicy) -> String {
+        hex(fnv1a64(renderVersion + "|" + policy.json.serialized()), digits: 16)
+    }
+}

@@ -1,0 +1,116 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Small file-system helpers over raw syscalls (no Foundation, to keep start-up and memory small).
+public enum Files {
+    /// The whole file, or nil when it does not exist. Other failures throw.
+    public static func read(_ path: String) throws(SystemError) -> [UInt8]? {
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else {
+            if errno == ENOENT || errno == ENOTDIR { return nil }
+            throw SystemError("open \(path)")
+        }
+        defer { close(fd) }
+        var result: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 16384)
+        while true {
+            let count = chunk.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress, $0.count) }
+            if count < 0 { if errno == EINTR { continue }; throw SystemError("read \(path)") }
+            if count == 0 { return result }
+            result += chunk[0..<count]
+            if result.count > 64 << 20 { throw SystemError("read \(path)", errno: EFBIG) }
+        }
+    }
+
+    /// Replaces a file atomically (write a temporary beside it, then rename), mode 0600.
+    public static func writeAtomically(_ path: String, _ bytes: [UInt8]) throws(SystemError) {
+        let temporary = path + ".tmp"
+        let fd = open(temporary, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0o600)
+        guard fd >= 0 else { throw SystemError("open \(temporary)") }
+        var offset = 0
+        while offset < bytes.count {
+            let count = bytes[offset...].withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
+            if count < 0 {
+                if errno == EINTR { continue }
+                let error = SystemError("write \(temporary)")
+                close(fd); unlink(temporary)
+                throw error
+            }
+            offset += count
+        }
+        close(fd)
+        guard rename(temporary, path) == 0 else { throw SystemError("rename \(temporary)") }
+    }
+
+    /// Removes a file; true when it existed.
+    @discardableResult
+    public static func remove(_ path: String) throws(SystemError) -> Bool {
+        if unlink(path) == 0 { return true }
+        if errno == ENOENT || errno == ENOTDIR { return false }
+        throw SystemError("unlink \(path)")
+    }
+
+    /// Creates a directory and its parents (mode 0700); existing ones are fine.
+    public static func makeDirectories(_ path: String) throws(SystemError) {
+        if mkdir(path, 0o700) == 0 || errno == EEXIST { return }
+        guard errno == ENOENT else { throw SystemError("mkdir \(path)") }
+        let parent = parentDirectory(of: path)
+        if parent != path && parent != "/" && !parent.isEmpty { try makeDirectories(parent) }
+        if mkdir(path, 0o700) != 0 && errno != EEXIST { throw SystemError("mkdir \(path)") }
+    }
+
+    /// Creates one directory; true when it was created, false when it already existed.
+    public static func makeDirectory(_ path: String) throws(SystemError) -> Bool {
+        if mkdir(path, 0o700) == 0 { return true }
+        if errno == EEXIST { return false }
+        throw SystemError("mkdir \(path)")
+    }
+
+    /// Removes an empty directory: true when removed or absent, false when it still has entries.
+    public static func removeDirectoryIfEmpty(_ path: String) throws(SystemError) -> Bool {
+        if rmdir(path) == 0 || errno == ENOENT { return true }
+        if errno == ENOTEMPTY || errno == EEXIST { return false }
+        throw SystemError("rmdir \(path)")
+    }
+
+    /// Removes a tree (files and directories below `path`, then `path`).
+    public static func removeTree(_ path: String) throws(SystemError) {
+        for name in try list(path) {
+            let child = path + "/" + name
+            if unlink(child) != 0 {
+                if errno == EISDIR || errno == EPERM { try removeTree(child) } else if errno != ENOENT { throw SystemError("unlink \(child)") }
+            }
+        }
+        if rmdir(path) != 0 && errno != ENOENT { throw SystemError("rmdir \(path)") }
+    }
+
+    /// Entry names of a directory (no `.`/`..`, no `*.tmp`), sorted; empty when it does not exist.
+    public static func list(_ path: String) throws(SystemError) -> [String] {
+        guard let directory = opendir(path) else {
+            if errno == ENOENT || errno == ENOTDIR { return [] }
+            throw SystemError("opendir \(path)")
+        }
+        defer { closedir(directory) }
+        var names: [String] = []
+        while let entry = readdir(directory) {
+            let name = withUnsafeBytes(of: entry.pointee.d_name) { raw in
+                String(decoding: raw.prefix(while: { $0 != 0 }), as: UTF8.self)
+            }
+            if name != "." && name != ".." && !name.hasSuffix(".tmp") { names.append(name) }
+        }
+        return names.sorted()
+    }
+
+    /// Whether a path exists (without following a final symlink).
+    public static func exists(_ path: String) -> Bool {
+        var info = stat()
+        return lstat(path, &info) == 0
+    }
+
+    /// The directory part of a path.
+    public static func parentDirectory(of path: String) -> String {
+        guard let slash = path.lastIndex(of: "/") else { return "." }
+        return slash == path.startIndex ? "/" : String(path[..<slash])
+    }
+}

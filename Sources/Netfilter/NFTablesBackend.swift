@@ -1,0 +1,221 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import JSON
+import MasqCore
+
+/// Runs nft scripts: through libnftables loaded at run time when present, else the `nft` binary.
+public protocol NFTExecutor: Sendable {
+    /// Runs a script (or a single command); returns its standard output (JSON when `json`).
+    func run(_ script: String, json: Bool) throws(BackendError) -> String
+}
+
+/// libnftables, opened with `dlopen` so the plugin still starts on nodes without it.
+public final class LibNFTablesExecutor: NFTExecutor, @unchecked Sendable {
+    private typealias NewContext = @convention(c) (UInt32) -> OpaquePointer?
+    private typealias ContextCall = @convention(c) (OpaquePointer?) -> Int32
+    private typealias RunBuffer = @convention(c) (OpaquePointer?, UnsafePointer<CChar>?) -> Int32
+    private typealias GetBuffer = @convention(c) (OpaquePointer?) -> UnsafePointer<CChar>?
+    private typealias SetFlags = @convention(c) (OpaquePointer?, UInt32) -> Void
+    private typealias FreeContext = @convention(c) (OpaquePointer?) -> Void
+
+    private let context: OpaquePointer
+    private let runBuffer: RunBuffer
+    private let outputBuffer: GetBuffer
+    private let errorBuffer: GetBuffer
+    private let setOutputFlags: SetFlags
+    private let freeContext: FreeContext
+
+    /// Loads the library; nil when it is not installed or lacks a symbol.
+    public init?() {
+        guard let handle = dlopen("libnftables.so.1", RTLD_NOW | RTLD_LOCAL) else { return nil }
+        func symbol<T>(_ name: String, _ type: T.Type) -> T? {
+            dlsym(handle, name).map { unsafeBitCast($0, to: type) }
+        }
+        guard let newContext = symbol("nft_ctx_new", NewContext.self),
+              let bufferOutput = symbol("nft_ctx_buffer_output", ContextCall.self),
+              let bufferError = symbol("nft_ctx_buffer_error", ContextCall.self),
+              let runBuffer = symbol("nft_run_cmd_from_buffer", RunBuffer.self),
+              let outputBuffer = symbol("nft_ctx_get_output_buffer", GetBuffer.self),
+              let errorBuffer = symbol("nft_ctx_get_error_buffer", GetBuffer.self),
+              let setOutputFlags = symbol("nft_ctx_output_set_flags", SetFlags.self),
+              let freeContext = symbol("nft_ctx_free", FreeContext.self),
+              let context = newContext(0) else { return nil }
+        _ = bufferOutput(context)
+        _ = bufferError(context)
+        self.context = context
+        self.runBuffer = runBuffer
+        self.outputBuffer = outputBuffer
+        self.errorBuffer = errorBuffer
+        self.setOutputFlags = setOutputFlags
+        self.freeContext = freeContext
+    }
+
+    deinit { freeContext(context) }
+
+    public func run(_ script: String, json: Bool) throws(BackendError) -> String {
+        setOutputFlags(context, json ? 1 << 4 : 0) // NFT_CTX_OUTPUT_JSON
+        let status = runBuffer(context, script)
+        // Reading a buffer also resets it for the next command.
+        let output = outputBuffer(context).map { String(cString: $0) } ?? ""
+        let errors = errorBuffer(context).map { String(cString: $0) } ?? ""
+        guard status == 0 else { throw NFTablesBackend.classify(errors.isEmpty ? "nft failed with status \(status)" : errors) }
+        return output
+    }
+}
+
+/// The `nft` binary, one process per script.
+public struct NFTBinaryExecutor: NFTExecutor {
+    let runner: CommandRunner
+    let program: String
+
+    public init(runner: CommandRunner = SpawnRunner(), program: String = "nft") {
+        self.runner = runner
+        self.program = program
+    }
+
+    public func run(_ script: String, json: Bool) throws(BackendError) -> String {
+        let output: ProcessOutput
+        do {
+            output = try runner.run([program] + (json ? ["-j"] : []) + ["-f", "-"], input: Array(script.utf8))
+        } catch {
+            throw BackendError(.unavailable, "cannot run \(program): \(error)")
+        }
+        guard output.succeeded else { throw NFTablesBackend.classify(output.stderrText) }
+        return output.stdoutText
+    }
+}
+
+/// The nftables backend (DESIGN 1.4): renders with `NFTablesRenderer` and applies each change in one transaction.
+public struct NFTablesBackend: MasqBackend {
+    public let kind = BackendKind.nftables
+    public let renderVersion = "nft-1"
+    let executor: NFTExecutor
+    let renderer = NFTablesRenderer()
+
+    public init(executor: NFTExecutor) { self.executor = executor }
+
+    /// libnftables when it loads, else the `nft` binary.
+    public static func makeDefault() -> NFTablesBackend {
+        NFTablesBackend(executor: LibNFTablesExecutor() ?? NFTBinaryExecutor())
+    }
+
+    static func classify(_ message: String) -> BackendError {
+        let text = message.trimmingWhitespace()
+        if text.contains("No such file or directory") { return BackendError(.missingObjects, text) }
+        if text.contains("Device or resource busy") || text.contains("Resource temporarily unavailable") { return BackendError(.transient, text) }
+        if text.contains("Operation not permitted") || text.contains("Protocol not supported") { return BackendError(.unavailable, text) }
+        return BackendError(.failed, text)
+    }
+
+    public func probe() -> String? {
+        do {
+            _ = try executor.run("list tables", json: true)
+            return nil
+        } catch {
+            return "nftables is not usable: \(error)"
+        }
+    }
+
+    public func apply(_ change: NetworkChange) throws(BackendError) {
+        let script = renderer.script(for: change, fingerprint: change.policy.map(fingerprint(of:)) ?? "")
+        if script.isEmpty { return }
+        _ = try executor.run(script, json: false)
+    }
+
+    public func removeNetwork(_ network: String, registrations: [Registration]) throws(BackendError) {
+        _ = try executor.run(renderer.removeNetworkScript(key: NetworkKey(network: network)), json: false)
+    }
+
+    public func inspect(network: String, policy: NetworkPolicy, registrations: [Registration], subnets: [CIDR]) throws(BackendError) -> Inspection {
+        let names = NFTablesRenderer.Names(key: NetworkKey(network: network).rawValue)
+        let expectedComment = "ip-masq " + fingerprint(of: policy)
+        var inspection = Inspection()
+        func nodeWideProblem(_ text: String) {
+            inspection.problems.append(text)
+            inspection.nodeWideBroken = true
+        }
+        // Chains: the rule count and every rule's fingerprint comment.
+        let expectedCounts = [
+            names.post: IPFamily.allCases.count,
+            names.masq: renderer.decisionRules(policy, names: names).count,
+            names.snat: renderer.masqueradeRules(policy).count,
+        ]
+        for chain in [names.post, names.masq, names.snat] {
+            guard let items = try? list("list chain \(NFTablesRenderer.table) \(chain)") else {
+                nodeWideProblem("chain \(chain) of table \(NFTablesRenderer.table) is missing")
+                continue
+            }
+            let comments = items.compactMap { $0["rule"] }.map { $0["comment"]?.stringValue ?? "" }
+            if comments.count != expectedCounts[chain] || comments.contains(where: { $0 != expectedComment }) {
+                nodeWideProblem("chain \(chain) holds \(comments.count) rules, expected \(expectedCounts[chain]!) rules of the current config (\(expectedComment))")
+            }
+        }
+        for family in IPFamily.allCases {
+            for (set, expected) in [(names.nonMasquerade(family), policy.nonMasquerade(family)),
+                                    (names.exceptions(family), policy.masqueradeExceptions(family))] {
+                guard let items = try? list("list set \(NFTablesRenderer.table) \(set)") else {
+                    nodeWideProblem("set \(set) is missing")
+                    continue
+                }
+                let found = Self.elements(of: items).compactMap { Self.cidr(from: $0) }
+                if Set(found) != Set(expected) {
+                    nodeWideProblem("set \(set) holds [\(found.sorted().map(\.description).joined(separator: ", "))], config says [\(expected.map(\.description).joined(separator: ", "))]")
+                }
+            }
+        }
+        for registration in registrations {
+            let set = names.pods(registration.pod.address.family)
+            if (try? executor.run("get element \(NFTablesRenderer.table) \(set) { \(registration.pod.address) }", json: false)) == nil {
+                inspection.problems.append("\(registration.pod.address) of \(registration.owner.tag) is not in set \(set)")
+            }
+        }
+        if policy.exemptPodSubnet {
+            for subnet in subnets {
+                let set = names.subnets(subnet.family)
+                if (try? executor.run("get element \(NFTablesRenderer.table) \(set) { \(subnet) . \(subnet) }", json: false)) == nil {
+                    inspection.problems.append("pod subnet \(subnet) is not in set \(set)")
+                }
+            }
+        }
+        return inspection
+    }
+
+    public func dump() -> String {
+        (try? executor.run("list table \(NFTablesRenderer.table)", json: false)) ?? ""
+    }
+
+    /// The objects of a JSON listing (`{"nftables": [...]}`).
+    func list(_ command: String) throws(BackendError) -> [JSONValue] {
+        let text = try executor.run(command, json: true)
+        return (try? JSONValue.parse(text))?["nftables"]?.arrayValue ?? []
+    }
+
+    /// The elements of the first set in a listing.
+    static func elements(of items: [JSONValue]) -> [JSONValue] {
+        items.compactMap { $0["set"] }.first?["elem"]?.arrayValue ?? []
+    }
+
+    /// A set element as nft prints it in JSON: `"10.0.0.1"`, `{"prefix": {...}}`, `{"range": [...]}` or `{"elem": {"val": ...}}`.
+    static func cidr(from element: JSONValue) -> CIDR? {
+        if let inner = element["elem"]?["val"] { return cidr(from: inner) }
+        if let text = element.stringValue, let address = IPAddress(text) {
+            return CIDR(network: address, prefix: address.family.bitWidth)
+        }
+        if let prefix = element["prefix"], let text = prefix["addr"]?.stringValue, let address = IPAddress(text),
+           case .int(let length)? = prefix["len"] {
+            return CIDR(network: address, prefix: Int(length))
+        }
+        return nil
+    }
+}
+
+extension String {
+    /// Without leading and trailing whitespace.
+    func trimmingWhitespace() -> String {
+        let scalars = unicodeScalars
+        guard let first = scalars.firstIndex(where: { !$0.properties.isWhitespace }),
+              let last = scalars.lastIndex(where: { !$0.properties.isWhitespace }) else { return "" }
+        return String(scalars[first...last])
+    }
+}

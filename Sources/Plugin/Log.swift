@@ -1,0 +1,49 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import MasqCore
+
+/// Diagnostics: to stderr or `logFile`, never stdout (stdout carries the CNI result).
+public final class Log: @unchecked Sendable {
+    private var fd: Int32
+    private var ownsDescriptor: Bool
+    public var level: LogLevel
+    /// A prefix naming the invocation (verb and attachment).
+    public var context = ""
+
+    /// Logs to standard error.
+    public init(level: LogLevel = .info) {
+        fd = 2
+        ownsDescriptor = false
+        self.level = level
+    }
+
+    deinit { if ownsDescriptor { close(fd) } }
+
+    /// Sends further lines to a file (appending, created 0600); stays on the current sink when it cannot be opened.
+    public func redirect(to file: String) {
+        let opened = open(file, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0o600)
+        guard opened >= 0 else { return }
+        if ownsDescriptor { close(fd) }
+        fd = opened
+        ownsDescriptor = true
+    }
+
+    public func error(_ message: @autoclosure () -> String) { write(.error, message()) }
+    public func warning(_ message: @autoclosure () -> String) { write(.warning, message()) }
+    public func info(_ message: @autoclosure () -> String) { write(.info, message()) }
+    public func debug(_ message: @autoclosure () -> String) { write(.debug, message()) }
+
+    private func write(_ messageLevel: LogLevel, _ message: String) {
+        guard messageLevel <= level else { return }
+        var now = timespec()
+        clock_gettime(CLOCK_REALTIME, &now)
+        var seconds = now.tv_sec
+        var parts = tm()
+        gmtime_r(&seconds, &parts)
+        func two(_ value: Int32) -> String { value < 10 ? "0\(value)" : "\(value)" }
+        let stamp = "\(parts.tm_year + 1900)-\(two(parts.tm_mon + 1))-\(two(parts.tm_mday))T\(two(parts.tm_hour)):\(two(parts.tm_min)):\(two(parts.tm_sec))Z"
+        let line = "\(stamp) ip-masq \(messageLevel.rawValue) \(context)\(context.isEmpty ? "" : ": ")\(message)\n"
+        _ = line.utf8CString.withUnsafeBufferPointer { Glibc.write(fd, $0.baseAddress, $0.count - 1) }
+    }
+}

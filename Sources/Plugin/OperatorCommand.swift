@@ -1,0 +1,42 @@
+import MasqCore
+
+/// The binary run without `CNI_COMMAND`: operator commands (DESIGN 1.7).
+public enum OperatorCommand {
+    /// The version of this build.
+    public static let version = "0.1.0"
+
+    static let usage = """
+    ip-masq: a CNI chained plugin that masquerades pod traffic, configured like ip-masq-agent.
+
+    As a CNI plugin it is run by the container runtime with CNI_COMMAND set. As an operator tool:
+
+      ip-masq version                 print the version and the CNI versions supported
+      ip-masq list [--json]           registered pods, effective config and backend per network
+      ip-masq reset [--network NAME]  remove everything the plugin installed (records included)
+      ip-masq agent --netconf FILE    reconcile loop for a DaemonSet (resyncInterval, repairs)
+      ip-masq install ...             install the binary and its conflist entry on a node
+      ip-masq help                    this text
+
+    Run 'ip-masq COMMAND --help' for a command's options.
+
+    Exit status: 0 success, 1 failure, 2 usage error.
+
+    """
+
+    /// Runs a command; the outcome's stdout is printed and its status is the exit status.
+    public static func run(arguments: [String], environment: [String: String]) -> Outcome {
+        switch arguments.first {
+        case "version", "--version":
+            return Outcome(stdout: "ip-masq \(version) (CNI \(CNIVersion.allCases.map(\.rawValue).joined(separator: ", ")))\n", exitStatus: 0)
+        case "list": return ListCommand.run(arguments: Array(arguments.dropFirst()))
+        case "reset": return ResetCommand.run(arguments: Array(arguments.dropFirst()))
+        case "agent": return AgentCommand.run(arguments: Array(arguments.dropFirst()))
+        case "install": return InstallCommand.run(arguments: Array(arguments.dropFirst()))
+        case nil, "help", "--help", "-h":
+            return Outcome(stdout: usage, exitStatus: arguments.isEmpty ? 2 : 0)
+        case let command?:
+            ProcessIO.write("ip-masq: unknown command \(quoted(command)); see 'ip-masq help'\n", to: 2)
+            return Outcome(stdout: "", exitStatus: 2)
+        }
+    }
+}
