@@ -202,6 +202,16 @@ final class CNINode: @unchecked Sendable {
                               + [toolchain.cnitool, verb, network, pod.netns.path])
     }
 
+    /// Runs a verb that must succeed; records the harness's complaint when it does not.
+    @discardableResult
+    func expectSuccess(_ verb: String, network: String, pod: Pod, sourceLocation: SourceLocation = #_sourceLocation) throws -> Bool {
+        let result = try harness(verb, network: network, pod: pod)
+        if result.status != 0 {
+            Issue.record("\(verb.uppercased()) \(network) \(pod.containerID) failed:\n\(result.stderr)\(result.stdout)", sourceLocation: sourceLocation)
+        }
+        return result.status == 0
+    }
+
     /// ADD through libcni; records the pod's addresses from the final result and returns that result.
     @discardableResult
     func add(_ pod: Pod, network: String, sourceLocation: SourceLocation = #_sourceLocation) throws -> [String: Any] {
