@@ -127,6 +127,19 @@ public struct NFTablesBackend: MasqBackend {
         _ = try executor.run(renderer.removeNetworkScript(key: NetworkKey(network: network)), json: false)
     }
 
+    /// Deletes the plugin's table when no network has objects left in it (`ip-masq reset`);
+    /// returns the objects still in it, empty when the table is gone.
+    public func removeTableIfEmpty() throws(BackendError) -> [String] {
+        let items: [JSONValue]
+        do { items = try list("list table \(NFTablesRenderer.table)") } catch where error.kind == .missingObjects { return [] }
+        let remaining = items.compactMap { item -> String? in
+            guard let (kind, body) = item.objectValue?.members.first, kind != "metainfo", kind != "table" else { return nil }
+            return "\(kind) \(body["name"]?.stringValue ?? "")"
+        }
+        if remaining.isEmpty { _ = try executor.run("delete table \(NFTablesRenderer.table)", json: false) }
+        return remaining
+    }
+
     public func inspect(network: String, policy: NetworkPolicy, registrations: [Registration], subnets: [CIDR]) throws(BackendError) -> Inspection {
         let names = NFTablesRenderer.Names(key: NetworkKey(network: network).rawValue)
         let expectedComment = "ip-masq " + fingerprint(of: policy)

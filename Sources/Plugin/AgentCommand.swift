@@ -1,7 +1,364 @@
-/// `ip-masq agent`: not implemented yet.
+#if canImport(Glibc)
+import Glibc
+#endif
+import JSON
+import MasqCore
+import Netfilter
+import Synchronization
+
+/// `ip-masq agent`: the reconcile loop a DaemonSet runs beside the plugin (DESIGN 1.7).
 enum AgentCommand {
+    static let help = """
+    Usage: ip-masq agent --netconf FILE [--once] [--plugin-type TYPE]
+                         [--sync-config-from SRC --sync-config-to DST]
+
+    Keeps one network's masquerade rules in line with its config, for a DaemonSet on every node.
+    FILE is the network's conflist (the entry of type "ip-masq" is used, with the list's name and
+    cniVersion, as a runtime would pass it) or a single-plugin conf. Its keys are honoured:
+    configFile, backend, masqChain, lockFile, stateDir, logFile, logLevel, ...
+
+    Every resyncInterval (from the config file, default 60s), under the plugin's lock:
+      - FILE and its configFile are read again; a changed policy rewrites the node-wide rules;
+      - the network's rules are inspected; when anything is missing (a firewall reload flushed or
+        deleted them) the node-wide rules and every registered pod's entry are restored from the
+        records in stateDir;
+      - an invalid FILE or configFile is logged and the last good config stays in force.
+    Pods' entries are never removed (DEL and GC do that). One log line per change; SIGTERM or SIGINT
+    stops the loop within a second.
+
+    Options:
+      --netconf FILE          the network's conflist or conf (required)
+      --once                  run one reconcile pass and exit
+      --plugin-type TYPE      the plugin entry to use in a conflist (default "ip-masq")
+      --sync-config-from SRC  before each pass, copy SRC (a mounted ConfigMap file) ...
+      --sync-config-to DST    ... to DST (the plugin's configFile on the host) when it changed,
+                              atomically; when SRC is absent, DST is removed (defaults apply)
+      --help                  this text
+
+    Exit status:
+      0  stopped by SIGTERM or SIGINT; with --once: the network matches the policy in force
+         (the config, or the last good one while the config file is invalid)
+      1  with --once: FILE is unusable, the lock was not taken, or the rules could not be
+         written or repaired (the loop logs these and tries again at the next resync)
+      2  usage error; nothing was done
+
+    """
+
     static func run(arguments: [String]) -> Outcome {
-        ProcessIO.write("ip-masq agent: not implemented yet\n", to: 2)
-        return Outcome(stdout: "", exitStatus: 1)
+        let options: Arguments
+        let sync: ConfigSync?
+        do throws(Arguments.UsageError) {
+            options = try Arguments(arguments, valued: ["--netconf", "--plugin-type", "--sync-config-from", "--sync-config-to"],
+                                    flags: ["--once"])
+            if options.wantsHelp { return CommandExit.help(help) }
+            guard options["--netconf"] != nil else { throw Arguments.UsageError(message: "--netconf FILE is required") }
+            switch (try options.path("--sync-config-from"), try options.path("--sync-config-to")) {
+            case (let source?, let destination?): sync = ConfigSync(source: source, destination: destination)
+            case (nil, nil): sync = nil
+            default: throw Arguments.UsageError(message: "--sync-config-from and --sync-config-to go together")
+            }
+        } catch {
+            return CommandExit.usageError("agent", error)
+        }
+        let agent = Agent(netconfPath: options["--netconf"]!, pluginType: options["--plugin-type"] ?? "ip-masq", sync: sync)
+        if options.has("--once") {
+            return Outcome(stdout: "", exitStatus: agent.reconcile() ? CommandExit.ok : CommandExit.failure)
+        }
+        StopSignal.install()
+        agent.log.info("agent started (pid \(getpid())): netconf \(agent.netconfPath)"
+                       + (sync.map { ", syncing \($0.source) to \($0.destination)" } ?? ""))
+        while StopSignal.received == 0 {
+            _ = agent.reconcile()
+            StopSignal.sleep(nanoseconds: agent.interval)
+        }
+        agent.log.info("agent stopping on \(StopSignal.received == SIGINT ? "SIGINT" : "SIGTERM")")
+        return Outcome(stdout: "", exitStatus: CommandExit.ok)
+    }
+}
+
+/// The agent's stop request: set by the SIGTERM/SIGINT handler, polled by the loop between short sleeps.
+enum StopSignal {
+    /// The signal that asked for a stop, 0 while running (an atomic, the only thing the handler touches).
+    private static let signal = Atomic<Int32>(0)
+
+    /// The signal received so far, or 0.
+    static var received: Int32 { signal.load(ordering: .relaxed) }
+
+    /// Installs the handlers (without SA_RESTART, so a sleep is cut short by the signal).
+    static func install() {
+        _ = received // initialise the global before a handler can run
+        var action = sigaction()
+        action.__sigaction_handler.sa_handler = { number in StopSignal.signal.store(number, ordering: .relaxed) }
+        sigemptyset(&action.sa_mask)
+        action.sa_flags = 0
+        sigaction(SIGTERM, &action, nil)
+        sigaction(SIGINT, &action, nil)
+    }
+
+    /// Sleeps up to `nanoseconds`, in slices of at most 100 ms, returning early when a stop was requested.
+    static func sleep(nanoseconds: Int64) {
+        let end = FileLock.now() + nanoseconds
+        while received == 0 {
+            let left = end - FileLock.now()
+            if left <= 0 { return }
+            var request = timespec(tv_sec: 0, tv_nsec: Int(min(left, 100_000_000)))
+            nanosleep(&request, nil)
+        }
+    }
+}
+
+/// The `--sync-config-from/--sync-config-to` pair: a ConfigMap file mirrored to the host path the plugin reads.
+struct ConfigSync: Equatable {
+    var source: String
+    var destination: String
+}
+
+/// A network config file as a runtime reads it (libcni's `ConfListFromFile` / `ConfFromFile`).
+enum NetconfFile {
+    /// The plugin's object: a conflist's entry of type `pluginType` with the list's `name` and `cniVersion`
+    /// injected, as the runtime passes it on stdin, or a single-plugin conf of that type as it is.
+    static func load(_ path: String, pluginType: String = "ip-masq") throws(CNIError) -> NetConf {
+        let bytes: [UInt8]?
+        do { bytes = try Files.read(path) } catch {
+            throw CNIError(.ioFailure, "cannot read the netconf file \(quoted(path))", details: "\(error)")
+        }
+        guard let bytes else { throw CNIError(.ioFailure, "the netconf file \(quoted(path)) does not exist") }
+        return try plugin(in: bytes, path: path, pluginType: pluginType)
+    }
+
+    /// The plugin's object from a file's bytes (see `load`).
+    static func plugin(in bytes: [UInt8], path: String, pluginType: String = "ip-masq") throws(CNIError) -> NetConf {
+        let document: JSONValue
+        do { document = try JSONValue.parse(bytes) } catch {
+            throw CNIError(.decodeFailure, "the netconf file \(quoted(path)) is not valid JSON", details: "\(error)")
+        }
+        guard let object = document.objectValue else {
+            throw CNIError(.decodeFailure, "the netconf file \(quoted(path)) must hold a JSON object, found a \(document.kindName)")
+        }
+        guard let plugins = object["plugins"] else {
+            guard object["type"]?.stringValue == pluginType else {
+                throw CNIError(.invalidConfig, "the netconf file \(quoted(path)) is neither a conflist nor a conf of type \(quoted(pluginType))",
+                               details: "type is \(object["type"]?.serialized() ?? "missing")")
+            }
+            return try NetConf(object: object)
+        }
+        guard let list = plugins.arrayValue else {
+            throw CNIError(.decodeFailure, "plugins must be an array in \(quoted(path)), got \(plugins.kindName)")
+        }
+        let entries = list.compactMap(\.objectValue).filter { $0["type"]?.stringValue == pluginType }
+        guard entries.count == 1, var entry = entries.first else {
+            throw CNIError(.invalidConfig, "the conflist \(quoted(path)) has \(entries.count) plugins of type \(quoted(pluginType)), expected one",
+                           details: "types found: \(list.map { $0["type"]?.serialized() ?? "none" }.joined(separator: ", "))")
+        }
+        entry["name"] = object["name"]
+        entry["cniVersion"] = object["cniVersion"]
+        return try NetConf(object: entry)
+    }
+}
+
+/// The reconcile loop's state: the last good config, the problems already reported, the current interval.
+final class Agent {
+    let netconfPath: String
+    let pluginType: String
+    let sync: ConfigSync?
+    let makeBackend: BackendFactory
+    let log: Log
+    /// Nanoseconds until the next pass: the last good config's resyncInterval.
+    private(set) var interval: Int64 = MasqConfig().resyncInterval
+    /// The last FILE whose plugin keys were usable.
+    private var lastGoodNetconf: NetConf?
+    /// The config last adopted (to log what a reload changed).
+    private var adopted: MasqConfig?
+    /// The problem last logged per topic, so a lasting problem is logged once, and its end too.
+    private var reported: [String: String] = [:]
+    /// Where the log goes now (`logFile`), so it is only reopened when that changes.
+    private var logFile: String?
+
+    init(netconfPath: String, pluginType: String = "ip-masq", sync: ConfigSync? = nil,
+         makeBackend: @escaping BackendFactory = systemBackends, log: Log = Log()) {
+        self.netconfPath = netconfPath
+        self.pluginType = pluginType
+        self.sync = sync
+        self.makeBackend = makeBackend
+        self.log = log
+        log.context = "agent"
+    }
+
+    /// One pass: sync the config file, load the config, write a changed policy, repair what is missing.
+    /// True when the network matches the policy in force afterwards.
+    @discardableResult
+    func reconcile() -> Bool {
+        syncConfigFile()
+        guard let (netconf, resolved) = loadConfig() else { return false }
+        do {
+            try reconcile(netconf: netconf, resolved: resolved)
+            report("netfilter", nil, recovered: "the network's rules are in place again")
+            return true
+        } catch {
+            report("netfilter", "pass failed: \(error)")
+            return false
+        }
+    }
+
+    /// Logs a problem once per change of its text (an error line), and its end (an info line).
+    private func report(_ topic: String, _ problem: String?, recovered: String? = nil) {
+        guard reported[topic] != problem else { return }
+        if let problem { log.error(problem) } else if let recovered { log.info(recovered) }
+        reported[topic] = problem
+    }
+
+    /// Mirrors the mounted ConfigMap file to the host path when they differ.
+    private func syncConfigFile() {
+        guard let sync else { return }
+        do throws(SystemError) {
+            let wanted = try Files.read(sync.source)
+            guard try Files.read(sync.destination) != wanted else {
+                report("sync", nil)
+                return
+            }
+            if let wanted {
+                try Files.makeDirectories(Files.parentDirectory(of: sync.destination))
+                try Files.writeAtomically(sync.destination, wanted)
+                log.info("config file \(sync.source) copied to \(sync.destination) (\(wanted.count) bytes)")
+            } else {
+                try Files.remove(sync.destination)
+                log.info("config file \(sync.source) is gone: removed \(sync.destination) (defaults apply)")
+            }
+            report("sync", nil)
+        } catch {
+            report("sync", "cannot copy \(sync.source) to \(sync.destination): \(error)")
+        }
+    }
+
+    /// FILE and its configFile; when FILE or its plugin keys turned unusable, the last good FILE with its configFile read again.
+    private func loadConfig() -> (NetConf, ResolvedConfig)? {
+        var netconf: NetConf
+        var resolved: ResolvedConfig
+        do throws(CNIError) {
+            netconf = try NetconfFile.load(netconfPath, pluginType: pluginType)
+            resolved = try ResolvedConfig(netconf: netconf, command: .add)
+            report("netconf", nil, recovered: "netconf \(netconfPath) is usable again")
+        } catch {
+            guard let lastGood = lastGoodNetconf else {
+                report("netconf", "netconf \(netconfPath) is unusable and no earlier config is known: \(error)")
+                return nil
+            }
+            report("netconf", "netconf \(netconfPath) is unusable, keeping the last good one: \(error)")
+            netconf = lastGood
+            do { resolved = try ResolvedConfig(netconf: netconf, command: .add) } catch {
+                report("configFile", "\(error)")
+                return nil
+            }
+        }
+        adopt(netconf: netconf, resolved: resolved)
+        lastGoodNetconf = netconf
+        return (netconf, resolved)
+    }
+
+    /// Takes over a freshly loaded config's logging and interval, logging what changed.
+    private func adopt(netconf: NetConf, resolved: ResolvedConfig) {
+        let config = resolved.config
+        if config.logFile != logFile, let file = config.logFile {
+            log.redirect(to: file)
+            logFile = file
+        }
+        log.level = config.logLevel
+        log.context = "agent \(netconf.name)"
+        if lastGoodNetconf?.name != netconf.name || adopted?.configFile != config.configFile
+            || adopted?.backend != config.backend || adopted?.stateDir != config.stateDir || adopted?.lockFile != config.lockFile {
+            log.info("serving network \(netconf.name): configFile \(config.configFile ?? "none"), backend \(config.backend.rawValue), "
+                     + "stateDir \(config.stateDir), lockFile \(config.lockFile), resync \(ValueSyntax.formatDuration(config.resyncInterval))")
+        }
+        let firstConfig = adopted == nil
+        adopted = config
+        if let sync, config.configFile != sync.destination {
+            report("sync-target", "the network's configFile is \(config.configFile.map(quoted) ?? "unset"), not the sync destination \(quoted(sync.destination)): the plugin will not see the synced file")
+        } else {
+            report("sync-target", nil)
+        }
+        if let problem = resolved.fileProblem {
+            report("configFile", "config file \(config.configFile ?? "") is invalid, keeping the last good rules: \(problem)")
+        } else {
+            report("configFile", nil, recovered: "config file \(config.configFile ?? "") is valid again")
+            if config.resyncInterval != interval {
+                if !firstConfig { log.info("resync interval \(ValueSyntax.formatDuration(interval)) -> \(ValueSyntax.formatDuration(config.resyncInterval))") }
+                interval = config.resyncInterval
+            }
+        }
+    }
+
+    /// The pass under the lock: policy change, inspection, repair, backend move.
+    private func reconcile(netconf: NetConf, resolved: ResolvedConfig) throws(CNIError) {
+        let session = try openSession(config: resolved.config, network: netconf.name)
+        let previous = try session.networkRecord()
+        let change: NetworkChange
+        do { change = try session.networkChange(policy: resolved.policy, fileProblem: resolved.fileProblem) } catch {
+            throw CNIError(error.code, "no rules exist yet and the config file is invalid, nothing to keep", details: error.description)
+        }
+        let moving = previous.map { $0.backend != session.backend.kind && $0.backend != .auto } ?? false
+        if let policy = change.policy {
+            // Moving to another backend: the new one gets the node-wide rules and every pod's entry at once.
+            if moving { try session.restoreAll(policy: policy) } else { try session.apply(change) }
+            if let previous, !moving {
+                log.info("config changed (\(Self.difference(from: previous.policy, to: policy.json))): node-wide rules rewritten")
+            } else {
+                log.info("node-wide rules written (\(session.backend.kind.rawValue)): \(policy.json.serialized())")
+            }
+        }
+        var inForce = resolved.policy
+        if resolved.fileProblem != nil {
+            guard let lastGood = try session.lastGoodPolicy() else { throw CNIError(.stateFailure, "the network record holds no readable policy") }
+            inForce = lastGood
+        }
+        let policy = inForce
+        let records = try session.records()
+        let problems = try session.inspect(policy: policy, records: records)
+        if !problems.isEmpty {
+            try session.restoreAll(policy: policy)
+            let entries = records.reduce(0) { $0 + $1.addresses.count }
+            log.warning("repaired after \(problems.count) problem(s) (\(problems[0])\(problems.count > 1 ? "; ..." : "")): "
+                        + "node-wide rules and \(entries) pod entries of \(records.count) attachment(s) restored from the records")
+            let remaining = try session.inspect(policy: policy, records: records)
+            if !remaining.isEmpty {
+                throw CNIError(.netfilterFailure, "the network's rules are still wrong after restoring them", details: remaining.joined(separator: "; "))
+            }
+        }
+        if let previous, moving {
+            // The backend changed (config or node choice): the rules now live in the new one, the old ones go.
+            let registrations = records.flatMap { record in record.addresses.map { Registration(owner: record.owner, pod: $0) } }
+            do { try makeBackend(previous.backend, resolved.config).removeNetwork(netconf.name, registrations: registrations) } catch {
+                throw CNIError(.netfilterFailure, "cannot remove the network's \(previous.backend.rawValue) rules after moving to \(session.backend.kind.rawValue)", details: error.message)
+            }
+            log.info("moved from \(previous.backend.rawValue) to \(session.backend.kind.rawValue): the old rules are removed")
+        }
+    }
+
+    /// The session under the node lock, waiting in short slices so a stop request is honoured within a second.
+    private func openSession(config: MasqConfig, network: String) throws(CNIError) -> Session {
+        let plugin = CNIPlugin(environment: [:], stdin: { [] }, makeBackend: makeBackend, log: log)
+        let deadline = FileLock.now() + config.lockTimeout
+        var slice = config
+        slice.lockTimeout = min(config.lockTimeout, 200_000_000)
+        while true {
+            do { return try Session(config: slice, network: network, plugin: plugin) } catch {
+                guard error.code == .tryAgainLater, FileLock.now() < deadline, StopSignal.received == 0 else { throw error }
+            }
+        }
+    }
+
+    /// `key old -> new` for each policy key that differs, for the one log line of a change.
+    static func difference(from old: JSONValue, to new: JSONValue) -> String {
+        func text(_ value: JSONValue?) -> String {
+            switch value {
+            case .array(let items)?: return "[" + items.map(text).joined(separator: ", ") + "]"
+            case .string(let string)?: return string.isEmpty ? "\"\"" : string
+            case let value?: return value.serialized()
+            case nil: return "unset"
+            }
+        }
+        let changed = (new.objectValue?.members ?? []).filter { old[$0.key] != $0.value }.map {
+            "\($0.key) \(text(old[$0.key])) -> \(text($0.value))"
+        }
+        return changed.isEmpty ? "rendering updated" : changed.joined(separator: "; ")
     }
 }

@@ -13,7 +13,8 @@ public enum OperatorCommand {
       ip-masq version                 print the version and the CNI versions supported
       ip-masq list [--json]           registered pods, effective config and backend per network
       ip-masq reset [--network NAME]  remove everything the plugin installed (records included)
-      ip-masq agent --netconf FILE    reconcile loop for a DaemonSet (resyncInterval, repairs)
+      ip-masq agent --netconf FILE    reconcile loop for a DaemonSet (resyncInterval, repairs);
+                                      --once for a single pass
       ip-masq install ...             install the binary and its conflist entry on a node
       ip-masq help                    this text
 
@@ -23,10 +24,26 @@ public enum OperatorCommand {
 
     """
 
+    static let versionHelp = """
+    Usage: ip-masq version
+
+    Prints the plugin's version and the CNI spec versions it supports.
+
+    Exit status:
+      0  printed
+      2  usage error
+
+    """
+
     /// Runs a command; the outcome's stdout is printed and its status is the exit status.
     public static func run(arguments: [String], environment: [String: String]) -> Outcome {
         switch arguments.first {
         case "version", "--version":
+            do throws(Arguments.UsageError) {
+                if try Arguments(Array(arguments.dropFirst()), valued: []).wantsHelp { return CommandExit.help(versionHelp) }
+            } catch {
+                return CommandExit.usageError("version", error)
+            }
             return Outcome(stdout: "ip-masq \(version) (CNI \(CNIVersion.allCases.map(\.rawValue).joined(separator: ", ")))\n", exitStatus: 0)
         case "list": return ListCommand.run(arguments: Array(arguments.dropFirst()))
         case "reset": return ResetCommand.run(arguments: Array(arguments.dropFirst()))

@@ -145,10 +145,26 @@ final class Session {
         } catch {
             throw Self.cniError(error)
         }
+        try savePendingNetworkRecord()
+    }
+
+    /// Rebuilds the network from its records (the agent's repair after a firewall reload) and remembers the policy.
+    func restoreAll(policy: NetworkPolicy) throws(CNIError) {
+        try restore(policy: policy, then: NetworkChange(network: network))
+        try savePendingNetworkRecord()
+    }
+
+    /// Writes the network record of a policy that was just applied.
+    private func savePendingNetworkRecord() throws(CNIError) {
         if let record = pendingNetworkRecord {
             try state { () throws(SystemError) in try store.save(record) }
             pendingNetworkRecord = nil
         }
+    }
+
+    /// What was last applied for the network, from its record.
+    func networkRecord() throws(CNIError) -> NetworkRecord? {
+        try state { () throws(SystemError) in try store.networkRecord(key) }
     }
 
     /// Rewrites the network's node-wide part and re-adds every recorded registration (plus `change`'s own).
