@@ -1,22 +1,235 @@
 import MasqCore
 
-/// The iptables backend (DESIGN 1.4). Not implemented yet: it reports itself unusable.
+/// The iptables backend (DESIGN 1.4): the layout is `IPTablesRenderer`'s. A verb that only registers or removes pods
+/// is one `ipset -exist restore`; a node-wide (re)write reads the two nat POSTROUTING chains, then applies one
+/// `ipset` script and one `iptables-restore -w 5 --noflush` per family, each atomic.
 public struct IPTablesBackend: MasqBackend {
     public let kind = BackendKind.iptables
-    public let renderVersion = "ipt-0"
     public let chain: String
     public let mode: IPTablesMode
+    let runner: CommandRunner
+    let renderer: IPTablesRenderer
 
-    public init(chain: String, mode: IPTablesMode) {
+    /// The xtables lock wait passed to every iptables program, in seconds.
+    static let wait = ["-w", "5"]
+
+    public init(chain: String, mode: IPTablesMode, runner: CommandRunner = SpawnRunner()) {
         self.chain = chain
         self.mode = mode
+        self.runner = runner
+        renderer = IPTablesRenderer(masqChain: chain)
     }
 
-    public func probe() -> String? { "the iptables backend is not implemented yet" }
-    public func apply(_ change: NetworkChange) throws(BackendError) { throw BackendError(.unavailable, probe()!) }
-    public func inspect(network: String, policy: NetworkPolicy, registrations: [Registration], subnets: [CIDR]) throws(BackendError) -> Inspection {
-        throw BackendError(.unavailable, probe()!)
+    /// The chain name and flavour are part of the rendering: changing either rewrites the node-wide part.
+    public var renderVersion: String { "ipt-1 \(chain) \(mode.rawValue)" }
+
+    /// `iptables`, `iptables-nft` or `iptables-legacy` (and the ip6tables equivalents), with `suffix` appended.
+    func program(_ family: IPFamily, _ suffix: String = "") -> String {
+        let base = family == .v4 ? "iptables" : "ip6tables"
+        switch mode {
+        case .auto: return base + suffix
+        case .nft: return base + "-nft" + suffix
+        case .legacy: return base + "-legacy" + suffix
+        }
     }
-    public func removeNetwork(_ network: String, registrations: [Registration]) throws(BackendError) {}
-    public func dump() -> String { "" }
+
+    /// Runs a program; a failure becomes a classified `BackendError`.
+    func execute(_ arguments: [String], input: String = "") throws(BackendError) -> String {
+        let output: ProcessOutput
+        do { output = try runner.run(arguments, input: Array(input.utf8)) } catch {
+            throw BackendError(.unavailable, "cannot run \(arguments[0]): \(error)")
+        }
+        guard output.succeeded else {
+            let text = output.stderrText.trimmingWhitespace()
+            throw Self.classify("\(arguments[0]): " + (text.isEmpty ? "exit status \(output.status)" : text))
+        }
+        return output.stdoutText
+    }
+
+    /// The nat table of one family as `iptables -S` prints it.
+    func listing(_ family: IPFamily) throws(BackendError) -> NATListing {
+        NATListing(try execute([program(family)] + Self.wait + ["-t", "nat", "-S"]))
+    }
+
+    /// Applies an `iptables-restore` input to the nat table of one family, without flushing anything else.
+    func restore(_ family: IPFamily, _ input: String) throws(BackendError) {
+        _ = try execute([program(family, "-restore")] + Self.wait + ["--noflush"], input: input)
+    }
+
+    /// Runs an `ipset` script (`-exist` makes repeated adds and deletes no-ops).
+    func ipset(_ script: String, options: [String] = ["-exist"]) throws(BackendError) -> String {
+        try execute(["ipset"] + options + ["restore"], input: script)
+    }
+
+    static func classify(_ message: String) -> BackendError {
+        let transient = ["xtables lock", "Resource temporarily unavailable", "Device or resource busy"]
+        let unavailable = ["Table does not exist", "can't initialize", "Permission denied", "Operation not permitted",
+                           "Kernel support protocol", "Protocol not supported", "Set type not supported"]
+        let missing = ["does not exist", "doesn't exist", "Couldn't load target", "No chain/target/match by that name",
+                       "Bad rule (does a matching rule exist"]
+        if transient.contains(where: message.contains) { return BackendError(.transient, message) }
+        if unavailable.contains(where: message.contains) { return BackendError(.unavailable, message) }
+        if missing.contains(where: message.contains) { return BackendError(.missingObjects, message) }
+        return BackendError(.failed, message)
+    }
+
+    public func probe() -> String? {
+        do {
+            _ = try execute([program(.v4)] + Self.wait + ["-t", "nat", "-S", "POSTROUTING"])
+            _ = try execute(["ipset", "list", "-n"])
+            return nil
+        } catch {
+            return "the iptables backend is not usable: \(error)"
+        }
+    }
+
+    /// The families whose nat table can be listed; IPv6 may be missing on a node without it, unless it is needed.
+    func listings(needing needed: Set<IPFamily>) throws(BackendError) -> [(IPFamily, NATListing)] {
+        var result: [(IPFamily, NATListing)] = []
+        for family in IPFamily.allCases {
+            do { result.append((family, try listing(family))) } catch where error.kind == .unavailable && family == .v6 && !needed.contains(.v6) {
+                continue
+            }
+        }
+        return result
+    }
+
+    public func apply(_ change: NetworkChange) throws(BackendError) {
+        if let policy = change.policy { return try rewrite(change, policy: policy) }
+        let script = renderer.setInput(for: change, verifying: !change.add.isEmpty)
+        if script.isEmpty { return }
+        let output = try ipset(script)
+        // The jump from POSTROUTING is what references a pod set: without a reference it was deleted (a firewall
+        // reload), and the caller restores the node-wide part.
+        for set in Self.unreferencedSets(in: output) {
+            throw BackendError(.missingObjects, "no rule matches set \(set): the jump from nat POSTROUTING is gone")
+        }
+    }
+
+    /// Sets listed tersely with `References: 0`.
+    static func unreferencedSets(in output: String) -> [String] {
+        var name: String?
+        var unreferenced: [String] = []
+        for line in output.split(separator: "\n") {
+            if line.hasPrefix("Name: ") { name = String(line.dropFirst(6)) }
+            if line == "References: 0", let name { unreferenced.append(name) }
+        }
+        return unreferenced
+    }
+
+    /// Writes the network's sets, chain and jump (both families), then this change's elements.
+    func rewrite(_ change: NetworkChange, policy: NetworkPolicy) throws(BackendError) {
+        var plans: [(IPFamily, IPTablesRenderer.Layout)] = []
+        for (family, listing) in try listings(needing: Set(change.add.map(\.pod.address.family))) {
+            guard let layout = renderer.layout(change.key, family, in: listing) else {
+                throw BackendError(.failed, "chains \(renderer.candidateChains(change.key).joined(separator: " and ")) of the \(family == .v4 ? "iptables" : "ip6tables") nat table are used by other rules; set masqChain to a free name")
+            }
+            plans.append((family, layout))
+        }
+        _ = try ipset(renderer.setInput(for: change, creating: true))
+        for (family, layout) in plans {
+            try restore(family, renderer.nodeWideInput(policy, change.key, family, chain: layout.chain, cleanup: layout.cleanup))
+        }
+    }
+
+    public func removeNetwork(_ network: String, registrations: [Registration]) throws(BackendError) {
+        let key = NetworkKey(network: network)
+        for (family, listing) in try listings(needing: []) {
+            let jumps = renderer.installedJumps(key, family, in: listing)
+            // Only chains that nothing but this network's jumps refers to can go.
+            let chains = renderer.ownedChains(key, family, in: listing).filter { chain in
+                listing.references(to: chain).allSatisfy { $0.chain == "POSTROUTING" && jumps.contains($0.spec) }
+            }
+            if let input = renderer.removalInput(jumps: jumps, chains: chains) { try restore(family, input) }
+        }
+        _ = try ipset(renderer.setRemovalInput(key))
+    }
+
+    public func inspect(network: String, policy: NetworkPolicy, registrations: [Registration], subnets: [CIDR]) throws(BackendError) -> Inspection {
+        let key = NetworkKey(network: network)
+        var inspection = Inspection()
+        func nodeWideProblem(_ text: String) {
+            inspection.problems.append(text)
+            inspection.nodeWideBroken = true
+        }
+        let needed = Set(registrations.map(\.pod.address.family))
+        for (family, listing) in try listings(needing: needed) {
+            let tool = program(family)
+            let jumps = renderer.installedJumps(key, family, in: listing)
+            guard jumps.count == 1, let chain = NATListing.target(of: jumps[0]), renderer.candidateChains(key).contains(chain),
+                  jumps[0] == renderer.jumpRule(key, family, chain: chain) else {
+                nodeWideProblem("\(tool): nat POSTROUTING holds \(jumps.count) jumps for set \(IPTablesRenderer.podSet(key, family)), expected 1 to \(renderer.candidateChains(key).joined(separator: " or "))")
+                continue
+            }
+            let installed = listing.rules(in: chain), expected = renderer.chainRules(policy, key, family)
+            if installed != expected {
+                let difference = zip(installed, expected).first { $0 != $1 }.map { "; first difference: installed \($0.0), config \($0.1)" } ?? ""
+                nodeWideProblem("\(tool): chain \(chain) holds \(installed.count) rules, the config gives \(expected.count)\(difference)")
+            }
+        }
+        let sets = IPTablesRenderer.sets(key)
+        let saved: String
+        do { saved = try ipset(sets.map { "list \($0)" }.joined(separator: "\n") + "\n", options: ["-o", "save"]) } catch {
+            nodeWideProblem("the sets \(sets.joined(separator: ", ")) are not all there: \(error)")
+            return inspection
+        }
+        let elements = Self.elements(in: saved)
+        for registration in registrations {
+            let set = IPTablesRenderer.podSet(key, registration.pod.address.family)
+            let address = CIDR(network: registration.pod.address, prefix: registration.pod.address.family.bitWidth)
+            switch elements[set]?[address] {
+            case registration.owner.tag?: continue
+            case let other?: inspection.problems.append("\(registration.pod.address) is in set \(set) for \(other), not \(registration.owner.tag)")
+            case nil: inspection.problems.append("\(registration.pod.address) of \(registration.owner.tag) is not in set \(set)")
+            }
+        }
+        if policy.exemptPodSubnet {
+            for subnet in subnets where elements[IPTablesRenderer.subnetSet(key, subnet.family)]?[subnet] == nil {
+                inspection.problems.append("pod subnet \(subnet) is not in set \(IPTablesRenderer.subnetSet(key, subnet.family))")
+            }
+        }
+        return inspection
+    }
+
+    /// The elements of `ipset save` output, per set: address or prefix → comment.
+    static func elements(in saved: String) -> [String: [CIDR: String]] {
+        var result: [String: [CIDR: String]] = [:]
+        for line in saved.split(separator: "\n") where line.hasPrefix("add ") {
+            let words = line.split(separator: " ", maxSplits: 3)
+            guard words.count >= 3 else { continue }
+            let element = words[2]
+            let cidr: CIDR?
+            if element.contains("/") {
+                cidr = try? CIDR.parse(element).get()
+            } else {
+                cidr = IPAddress(element).map { CIDR(network: $0, prefix: $0.family.bitWidth) }
+            }
+            guard let cidr else { continue }
+            var comment = ""
+            if words.count == 4, words[3].hasPrefix("comment \"") {
+                comment = String(words[3].dropFirst(9).prefix { $0 != "\"" })
+            }
+            result[String(words[1]), default: [:]][cidr] = comment
+        }
+        return result
+    }
+
+    public func dump() -> String {
+        var text = ""
+        for family in IPFamily.allCases {
+            guard let listing = try? listing(family) else { continue }
+            let jumps = listing.rules(in: "POSTROUTING").filter { $0.contains("--comment \"ip-masq: ") }
+            if jumps.isEmpty { continue }
+            text += "# \(program(family)) -t nat\n"
+            text += jumps.map { "-A POSTROUTING \($0)\n" }.joined()
+            for chain in jumps.compactMap(NATListing.target(of:)) {
+                text += "-N \(chain)\n" + listing.rules(in: chain).map { "-A \(chain) \($0)\n" }.joined()
+            }
+        }
+        let names = ((try? execute(["ipset", "list", "-n"])) ?? "").split(separator: "\n").filter { $0.hasPrefix("IPMASQ-") }
+        if !names.isEmpty, let saved = try? ipset(names.map { "list \($0)" }.joined(separator: "\n") + "\n", options: ["-o", "save"]) {
+            text += "# ipset\n" + saved
+        }
+        return text
+    }
 }

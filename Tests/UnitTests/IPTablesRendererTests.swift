@@ -1,0 +1,199 @@
+import JSON
+import MasqCore
+@testable import Netfilter
+import Testing
+
+/// Representative configs for the iptables golden files, by file name.
+let iptablesGoldenCases: [(String, String)] = [
+    ("ip-masq-agent-default", #"{"exemptPodSubnet":false}"#),
+    ("defaults", #"{}"#),
+    ("dual-stack", #"{"nonMasqueradeCIDRs":["10.0.0.0/8","192.168.0.0/16","fd00::/8","2001:db8::/32"]}"#),
+    ("to-ports", #"{"toPorts":"1024-29999,32768-65535"}"#),
+    ("random-fully-off", #"{"randomFully":false,"toPorts":"40000-50000"}"#),
+    ("exceptions", #"{"nonMasqueradeCIDRs":["10.0.0.0/8"],"masqueradeCIDRs":["10.20.0.0/16","fd00:20::/32"],"masqLinkLocal":true,"masqLinkLocalIPv6":true,"exemptPodSubnet":false}"#),
+]
+
+@Suite struct IPTablesRendererTests {
+    let renderer = IPTablesRenderer(masqChain: "IP-MASQ-AGENT")
+    let key = NetworkKey(network: "podnet")
+    let owner = Owner(network: "podnet", containerID: "0123abcd", ifname: "eth0")
+
+    func registrations(_ addresses: [String], owner: Owner? = nil) -> [Registration] {
+        addresses.map { text in
+            let (address, subnet) = CIDR.parseInterfaceAddress(text)!
+            return Registration(owner: owner ?? self.owner, pod: PodAddress(address: address, subnet: subnet))
+        }
+    }
+
+    /// Everything a first ADD writes on an empty node: both restore inputs, then the ipset script.
+    func firstAdd(_ policy: NetworkPolicy, _ pods: [Registration]) -> String {
+        var change = NetworkChange(network: "podnet", policy: policy)
+        change.add = pods
+        change.addSubnets = Array(Set(pods.map(\.pod.subnet))).sorted()
+        let empty = NATListing("-P POSTROUTING ACCEPT\n")
+        var text = ""
+        for family in IPFamily.allCases {
+            let layout = renderer.layout(key, family, in: empty)!
+            text += "# \(family == .v4 ? "iptables" : "ip6tables")-restore -w 5 --noflush\n"
+            text += renderer.nodeWideInput(policy, key, family, chain: layout.chain, cleanup: layout.cleanup)
+        }
+        return text + "# ipset -exist restore\n" + renderer.setInput(for: change, creating: true)
+    }
+
+    @Test(arguments: iptablesGoldenCases)
+    func firstAddMatchesGolden(name: String, configJSON: String) throws {
+        let policy = NetworkPolicy(config: try resolve(configJSON))
+        let text = firstAdd(policy, registrations(["10.244.1.7/24", "fd00:10:244:1::7/64"]))
+        #expect(matchesGolden(text, "golden/iptables/\(name).txt"), "rendered:\n\(text)")
+    }
+
+    @Test func defaultChainIsIPMasqAgentsOwn() throws {
+        // The ip-masq-agent README's chain: link-local, the three RFC 1918 ranges, then MASQUERADE.
+        let policy = NetworkPolicy(config: try resolve(#"{"exemptPodSubnet":false}"#))
+        let notLocal = "-m addrtype ! --dst-type LOCAL"
+        #expect(renderer.chainRules(policy, key, .v4) == [
+            #"-d 169.254.0.0/16 -m comment --comment "ip-masq-agent: local traffic is not subject to MASQUERADE" \#(notLocal) -j RETURN"#,
+            #"-d 10.0.0.0/8 -m comment --comment "ip-masq-agent: cluster-local traffic should not be subject to MASQUERADE" \#(notLocal) -j RETURN"#,
+            #"-d 172.16.0.0/12 -m comment --comment "ip-masq-agent: cluster-local traffic should not be subject to MASQUERADE" \#(notLocal) -j RETURN"#,
+            #"-d 192.168.0.0/16 -m comment --comment "ip-masq-agent: cluster-local traffic should not be subject to MASQUERADE" \#(notLocal) -j RETURN"#,
+            #"-m comment --comment "ip-masq-agent: outbound traffic is subject to MASQUERADE (must be last in chain)" \#(notLocal) -j MASQUERADE --random-fully"#,
+        ])
+        #expect(renderer.chainRules(policy, key, .v6).first == #"-d fe80::/10 -m comment --comment "ip-masq-agent: local traffic is not subject to MASQUERADE" \#(notLocal) -j RETURN"#)
+    }
+
+    @Test func laterAddIsOnePodElementAndVerifiesTheJump() {
+        var change = NetworkChange(network: "podnet")
+        change.add = registrations(["10.244.1.8/24"])
+        change.addSubnets = [change.add[0].pod.subnet]
+        #expect(renderer.setInput(for: change, verifying: true) == """
+            add IPMASQ-S4-podnet 10.244.1.0/24 comment "pod subnet"
+            add IPMASQ-P4-podnet 10.244.1.8 comment "podnet/0123abcd/eth0"
+            list IPMASQ-P4-podnet -terse
+
+            """)
+    }
+
+    @Test func ipReuseRemovesThePreviousOwnersElementThenAddsTheNewOwners() {
+        let previous = Owner(network: "podnet", containerID: "old", ifname: "eth0")
+        var change = NetworkChange(network: "podnet")
+        change.remove = registrations(["10.244.1.9/24"], owner: previous)
+        change.add = registrations(["10.244.1.9/24"])
+        #expect(matchesGolden(renderer.setInput(for: change, verifying: true), "golden/iptables/ip-reuse.ipset"))
+    }
+
+    @Test func delOfTheLastPodIsIdempotentSetDeletes() {
+        var change = NetworkChange(network: "podnet")
+        change.remove = registrations(["10.244.1.7/24", "fd00:10:244:1::7/64"])
+        change.removeSubnets = change.remove.map(\.pod.subnet)
+        #expect(matchesGolden(renderer.setInput(for: change), "golden/iptables/del-last-pod.ipset"))
+    }
+
+    @Test func toPortsSplitsConnectionsInProportionToRangeSizes() throws {
+        let policy = NetworkPolicy(config: try resolve(#"{"toPorts":"1000-1999,3000-3999,5000-5999"}"#))
+        let tcp = renderer.chainRules(policy, key, .v4).filter { $0.contains("-p tcp ") }
+        #expect(tcp.count == 3)
+        #expect(tcp[0].contains("--probability 0.33333333349 -j MASQUERADE --to-ports 1000-1999 --random-fully"))
+        #expect(tcp[1].contains("--probability 0.50000000000 -j MASQUERADE --to-ports 3000-3999 --random-fully"))
+        #expect(!tcp[2].contains("statistic") && tcp[2].hasSuffix("--to-ports 5000-5999 --random-fully"))
+        #expect(renderer.chainRules(policy, key, .v4).last!.hasSuffix("-j MASQUERADE --random-fully"))
+    }
+
+    @Test(arguments: [(1, 2, "0.50000000000"), (1, 3, "0.33333333349"), (28976, 61744, "0.46929256292"), (1, 65536, "0.00001525879")])
+    func probabilityReadsBackAsIPTablesPrintsIt(part: Int, whole: Int, expected: String) {
+        #expect(IPTablesRenderer.probability(part, of: whole) == expected)
+    }
+
+    @Test func chainNameIsMasqChainUnlessSomeoneElseJumpsToIt() {
+        let ipMasqAgent = #"-A POSTROUTING -m comment --comment "ip-masq-agent: ensure nat POSTROUTING directs all non-LOCAL destination traffic to our custom IP-MASQ-AGENT chain" -m addrtype ! --dst-type LOCAL -j IP-MASQ-AGENT"#
+        let taken = NATListing("-P POSTROUTING ACCEPT\n-N IP-MASQ-AGENT\n\(ipMasqAgent)\n")
+        let derived = renderer.derivedChain(key)
+        #expect(derived.count <= 28 && derived.hasPrefix("IP-MASQ-AGENT-"))
+        #expect(renderer.layout(key, .v4, in: taken)?.chain == derived)
+        // Another network of the plugin holds masqChain: this one gets its own chain too.
+        let other = NetworkKey(network: "othernet")
+        let otherJump = "-A POSTROUTING " + renderer.jumpRule(other, .v4, chain: "IP-MASQ-AGENT")
+        #expect(renderer.layout(key, .v4, in: NATListing("-N IP-MASQ-AGENT\n\(otherJump)\n"))?.chain == derived)
+        #expect(renderer.layout(other, .v4, in: NATListing("-N IP-MASQ-AGENT\n\(otherJump)\n")) == .init(chain: "IP-MASQ-AGENT", cleanup: .init(keepsJump: true)))
+        // A network keeps the derived chain it has even after masqChain becomes free.
+        let ownJump = "-A POSTROUTING " + renderer.jumpRule(key, .v4, chain: derived)
+        #expect(renderer.layout(key, .v4, in: NATListing("-N \(derived)\n\(ownJump)\n"))?.chain == derived)
+        // Both names taken by others: refused.
+        let blocker = "-A POSTROUTING -j \(derived)"
+        #expect(renderer.layout(key, .v4, in: NATListing("-N IP-MASQ-AGENT\n-N \(derived)\n\(ipMasqAgent)\n\(blocker)\n")) == nil)
+    }
+
+    @Test func rebuildKeepsOneJumpAndRemovesStaleOnes() {
+        let current = renderer.jumpRule(key, .v4, chain: "IP-MASQ-AGENT")
+        let old = renderer.jumpRule(key, .v4, chain: "OLD-CHAIN")
+        let listing = NATListing("""
+            -P POSTROUTING ACCEPT
+            -N IP-MASQ-AGENT
+            -N OLD-CHAIN
+            -A POSTROUTING \(current)
+            -A POSTROUTING \(current)
+            -A POSTROUTING \(old)
+            -A OLD-CHAIN -j MASQUERADE
+            """)
+        let layout = renderer.layout(key, .v4, in: listing)!
+        #expect(layout == .init(chain: "IP-MASQ-AGENT", cleanup: .init(jumps: [current, old], chains: ["OLD-CHAIN"], keepsJump: true)))
+        let policy = NetworkPolicy(config: MasqConfig())
+        #expect(matchesGolden(renderer.nodeWideInput(policy, key, .v4, chain: layout.chain, cleanup: layout.cleanup), "golden/iptables/rebuild-with-cleanup.txt"))
+    }
+
+    @Test func removalDeletesJumpsThenChains() {
+        #expect(renderer.removalInput(jumps: [], chains: []) == nil)
+        let jump = renderer.jumpRule(key, .v6, chain: "IP-MASQ-AGENT")
+        #expect(renderer.removalInput(jumps: [jump], chains: ["IP-MASQ-AGENT"]) == """
+            *nat
+            :IP-MASQ-AGENT - [0:0]
+            -D POSTROUTING \(jump)
+            -X IP-MASQ-AGENT
+            COMMIT
+
+            """)
+        #expect(renderer.setRemovalInput(key).hasSuffix("destroy IPMASQ-P4-podnet\ndestroy IPMASQ-S4-podnet\ndestroy IPMASQ-P6-podnet\ndestroy IPMASQ-S6-podnet\n"))
+    }
+
+    @Test func setNamesFitIPSetsLimitForTheLongestKey() {
+        let key = NetworkKey(network: String(repeating: "n", count: 200))
+        for name in IPTablesRenderer.sets(key) { #expect(name.utf8.count <= 31, "\(name)") }
+        #expect(IPTablesRenderer(masqChain: String(repeating: "C", count: 28)).derivedChain(key).utf8.count <= 28)
+    }
+
+    @Test func commentsCannotCarryQuotesOrNewlines() {
+        let text = IPTablesRenderer.comment("a\"b\nc;d$e")
+        #expect(text == #"-m comment --comment "a_b_c_d_e""#)
+    }
+
+    @Test func listingAndIPSetOutputParse() {
+        let listing = NATListing("-P POSTROUTING ACCEPT\n-N X\n-A POSTROUTING -s 1.2.3.4/32 -j X\n-A X -g Y\n")
+        #expect(listing.chains == ["POSTROUTING", "X"])
+        #expect(listing.references(to: "X").map(\.chain) == ["POSTROUTING"])
+        #expect(NATListing.target(of: "-g Y") == "Y")
+        let terse = "Name: A\nType: hash:ip\nReferences: 0\nNumber of entries: 1\nName: B\nReferences: 1\n"
+        #expect(IPTablesBackend.unreferencedSets(in: terse) == ["A"])
+        let saved = """
+            create IPMASQ-P4-podnet hash:ip family inet hashsize 1024 maxelem 65536 comment bucketsize 12 initval 0x1
+            add IPMASQ-P4-podnet 10.244.1.7 comment "podnet/0123abcd/eth0"
+            add IPMASQ-S6-podnet fd00:10:244:1::/64 comment "pod subnet"
+            """
+        let elements = IPTablesBackend.elements(in: saved)
+        #expect(elements["IPMASQ-P4-podnet"]?[CIDR(network: IPAddress("10.244.1.7")!, prefix: 32)] == "podnet/0123abcd/eth0")
+        #expect(elements["IPMASQ-S6-podnet"]?[try! CIDR.parse("fd00:10:244:1::/64").get()] == "pod subnet")
+    }
+
+    @Test func errorsAreClassified() {
+        #expect(IPTablesBackend.classify("ipset v7.17: Error in line 1: The set with the given name does not exist").kind == .missingObjects)
+        #expect(IPTablesBackend.classify("iptables-restore v1.8.9 (legacy): Couldn't load target `IP-MASQ-AGENT':No such file or directory").kind == .missingObjects)
+        #expect(IPTablesBackend.classify("Another app is currently holding the xtables lock. Stopped waiting after 5s.").kind == .transient)
+        #expect(IPTablesBackend.classify("ip6tables v1.8.9 (legacy): can't initialize ip6tables table `nat': Table does not exist (do you need to insmod?)").kind == .unavailable)
+        #expect(IPTablesBackend.classify("iptables-restore: line 3 failed: something new").kind == .failed)
+    }
+
+    @Test func flavourPicksThePrograms() {
+        #expect(IPTablesBackend(chain: "C", mode: .auto).program(.v4, "-restore") == "iptables-restore")
+        #expect(IPTablesBackend(chain: "C", mode: .nft).program(.v6, "-restore") == "ip6tables-nft-restore")
+        #expect(IPTablesBackend(chain: "C", mode: .legacy).program(.v4) == "iptables-legacy")
+        #expect(IPTablesBackend(chain: "C", mode: .nft).renderVersion != IPTablesBackend(chain: "C", mode: .legacy).renderVersion)
+    }
+}
