@@ -232,4 +232,45 @@ struct IPTablesTests {
         #expect(try topology.send(to: Topology.internet.v4) == Topology.pod.v4, "after DEL the pod is no longer masqueraded")
         #expect(try topology.send(to: Topology.internet.v6) == Topology.pod.v6)
     }
+    @Test(arguments: flavours)
+    func exceptionsAndToPortsReadBackExactly(mode: String) throws {
+        let topology = try Topology(), scratch = ScratchDirectory()
+        // The private host's v4 range is an exception inside a non-masquerade range: masqueraded anyway.
+        let input = netconf(scratch: scratch, extra: extra(mode, ["nonMasqueradeCIDRs": Topology.nonMasqueradeCIDRs, "masqueradeCIDRs": ["10.200.0.0/24"],
+                                                                  "toPorts": "1024-29999,32768-65535"]), addresses: Topology.podAddresses)
+        let added = try PluginCall(netns: topology.node, command: "ADD")(input)
+        #expect(added.status == 0, "\(added.stdout)\(added.stderr)")
+        let rules = try chain(topology.node, mode, "IP-MASQ-AGENT")
+        #expect(rules.first?.hasPrefix("-d 10.200.0.0/24 -p tcp ") == true)
+        #expect(rules.contains { $0.contains("-m statistic --mode random --probability 0.46929256292 -j MASQUERADE --to-ports 1024-29999 --random-fully") })
+        // CHECK compares every installed rule with the rendering, text for text: the probabilities read back equal.
+        let check = try PluginCall(netns: topology.node, command: "CHECK")(input)
+        #expect(check.status == 0, "\(check.stdout)")
+        #expect(try topology.send(to: Topology.privateHost.v4) == "10.200.0.1")
+        #expect(try topology.send(to: Topology.privateHost.v6) == Topology.pod.v6)
+        #expect(try topology.send(to: Topology.internet.v4) == Topology.nodeOnInternet.v4)
+        // Traffic the node itself sends is not a registered pod's: the plugin leaves it alone.
+        #expect(try topology.send(from: topology.node, to: Topology.privateHost.v4) == "10.200.0.1")
+    }
+
+    @Test(arguments: flavours)
+    func resetRemovesOneNetworkThenEverything(mode: String) throws {
+        let ns = try Netns("ipt-reset"), scratch = ScratchDirectory()
+        let first = netconf(name: "first", scratch: scratch, extra: extra(mode))
+        let second = netconf(name: "second", scratch: scratch, extra: extra(mode, ["nonMasqueradeCIDRs": ["192.168.0.0/16"]]), addresses: ["10.98.0.3/24"])
+        #expect(try PluginCall(netns: ns, command: "ADD", containerID: "a")(first).status == 0)
+        #expect(try PluginCall(netns: ns, command: "ADD", containerID: "b")(second).status == 0)
+        let options = ["--state-dir", scratch.path + "/state", "--lock-file", scratch.path + "/lock", "--iptables-mode", mode]
+        let one = try ns.exec([Host.pluginBinary, "reset", "--network", "first"] + options)
+        #expect(one.status == 0, "\(one.stdout)\(one.stderr)")
+        let sets = try ns.exec(["ipset", "list", "-n"], check: true).stdout
+        #expect(!sets.contains("-first") && sets.contains("IPMASQ-P4-second"), "\(sets)")
+        let table = try nat(ns, mode)
+        #expect(!table.contains("IPMASQ-P4-first") && table.contains("IPMASQ-P4-second"))
+        #expect(try PluginCall(netns: ns, command: "CHECK", containerID: "b")(second).status == 0, "the other network is intact")
+        let all = try ns.exec([Host.pluginBinary, "reset"] + options)
+        #expect(all.status == 0, "\(all.stdout)\(all.stderr)")
+        #expect(try ns.exec(["ipset", "list", "-n"], check: true).stdout.isEmpty)
+        #expect(try !nat(ns, mode).contains("IP-MASQ") && !nat(ns, mode, v6: true).contains("IP-MASQ"))
+    }
 }
