@@ -44,8 +44,9 @@ public struct CNIPlugin {
         var version = "1.1.0"
         var input: [UInt8] = []
         do throws(CNIError) {
-            let env = try CNIEnvironment(environment)
+            // stdin first, so that even an environment error is reported in the config's cniVersion.
             input = try stdin()
+            let env = try CNIEnvironment(environment)
             if env.command == .version { return Outcome(stdout: Self.versionReply(input), exitStatus: 0) }
             let netconf = try NetConf.decode(input)
             version = netconf.cniVersion.rawValue

@@ -69,7 +69,7 @@ struct Invocation {
         let (_, prevResult) = try prevResult()
         let session = try Session(config: resolved.config, network: netconf.name, plugin: plugin)
         // A changed config reaches the node-wide rules at CHECK too.
-        let change = try session.networkChange(policy: resolved.policy, fileProblem: resolved.fileProblem, rebuildOnly: true)
+        let change = try session.networkChange(policy: resolved.policy, fileProblem: resolved.fileProblem)
         if !change.isEmpty { try session.apply(change, rebuildOnMissing: false) }
         guard let record = try session.record(of: owner) else {
             throw CNIError(.checkFailed, "no registration for \(owner.tag)", details: "ADD did not run or DEL already removed it")
@@ -133,13 +133,14 @@ struct ResolvedConfig {
             config = base
             return
         }
-        let bytes: [UInt8]?
-        do { bytes = try Files.read(path) } catch {
-            throw CNIError(.ioFailure, "cannot read configFile \(quoted(path))", details: "\(error)")
-        }
-        do {
+        do throws(CNIError) {
+            let bytes: [UInt8]?
+            do { bytes = try Files.read(path) } catch {
+                throw CNIError(.ioFailure, "cannot read configFile \(quoted(path))", details: "\(error)")
+            }
             config = try MasqConfig.resolve(netconf: netconf.object, fileContents: bytes)
         } catch {
+            // Unreadable or invalid: DEL and GC go on without it; ADD and CHECK decide under the lock.
             config = base
             fileProblem = error
         }

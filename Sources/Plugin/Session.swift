@@ -47,7 +47,7 @@ final class Session {
 
     /// A change that (re)writes the node-wide part when the policy in force differs from what was applied.
     /// With a refused config file: the last good rules stay, or, when there are none yet, the refusal is the answer.
-    func networkChange(policy: NetworkPolicy, fileProblem: CNIError?, rebuildOnly: Bool = false) throws(CNIError) -> NetworkChange {
+    func networkChange(policy: NetworkPolicy, fileProblem: CNIError?) throws(CNIError) -> NetworkChange {
         let record = try state { () throws(SystemError) in try store.networkRecord(key) }
         if let fileProblem {
             guard record != nil else { throw fileProblem }
