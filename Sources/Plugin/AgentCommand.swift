@@ -68,8 +68,10 @@ enum AgentCommand {
         agent.log.info("agent started (pid \(getpid())): netconf \(agent.netconfPath)"
                        + (sync.map { ", syncing \($0.source) to \($0.destination)" } ?? ""))
         while StopSignal.received == 0 {
-            _ = agent.reconcile()
-            StopSignal.sleep(nanoseconds: agent.interval)
+            // Passes start every interval (not an interval after the previous pass ended).
+            let start = FileLock.now()
+            agent.reconcile()
+            StopSignal.sleep(nanoseconds: start + agent.interval - FileLock.now())
         }
         agent.log.info("agent stopping on \(StopSignal.received == SIGINT ? "SIGINT" : "SIGTERM")")
         return Outcome(stdout: "", exitStatus: CommandExit.ok)
@@ -84,15 +86,21 @@ enum StopSignal {
     /// The signal received so far, or 0.
     static var received: Int32 { signal.load(ordering: .relaxed) }
 
-    /// Installs the handlers (without SA_RESTART, so a sleep is cut short by the signal).
+    /// Installs the handlers (without SA_RESTART, so a sleep is cut short by the signal) and unblocks
+    /// both signals: a parent may have left them blocked, and a blocked mask survives exec.
     static func install() {
         _ = received // initialise the global before a handler can run
         var action = sigaction()
         action.__sigaction_handler.sa_handler = { number in StopSignal.signal.store(number, ordering: .relaxed) }
         sigemptyset(&action.sa_mask)
         action.sa_flags = 0
-        sigaction(SIGTERM, &action, nil)
-        sigaction(SIGINT, &action, nil)
+        var stopSignals = sigset_t()
+        sigemptyset(&stopSignals)
+        for number in [SIGTERM, SIGINT] {
+            sigaction(number, &action, nil)
+            sigaddset(&stopSignals, number)
+        }
+        pthread_sigmask(SIG_UNBLOCK, &stopSignals, nil)
     }
 
     /// Sleeps up to `nanoseconds`, in slices of at most 100 ms, returning early when a stop was requested.
@@ -188,11 +196,13 @@ final class Agent {
     /// True when the network matches the policy in force afterwards.
     @discardableResult
     func reconcile() -> Bool {
+        let start = FileLock.now()
         syncConfigFile()
         guard let (netconf, resolved) = loadConfig() else { return false }
         do {
             try reconcile(netconf: netconf, resolved: resolved)
             report("netfilter", nil, recovered: "the network's rules are in place again")
+            log.debug("pass done in \((FileLock.now() - start) / 1_000_000) ms")
             return true
         } catch {
             report("netfilter", "pass failed: \(error)")

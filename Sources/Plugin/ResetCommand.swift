@@ -9,8 +9,8 @@ enum ResetCommand {
                          [--masq-chain NAME] [--iptables-mode auto|nft|legacy]
 
     Removes everything the plugin installed, under the node lock: per network, its rules and sets
-    from the backend recorded for it (and, to be safe, the same network from the other backend),
-    then its records. With no network left, the nftables table inet ip_masq goes too when nothing
+    from the backend recorded for it (and, to be safe, from the other backend and every iptables
+    flavour), then its records. With no network left, the nftables table inet ip_masq goes too when nothing
     else is in it, and so does the node's backend choice. Running it again finds nothing to do.
     Pods keep their addresses; their traffic is simply no longer masqueraded by ip-masq. Stop
     'ip-masq agent' first: it would write the node-wide rules again at its next pass.
@@ -20,7 +20,8 @@ enum ResetCommand {
       --state-dir DIR        the plugin's stateDir (default /run/cni/ip-masq)
       --lock-file FILE       the plugin's lockFile (default /run/cni/ip-masq.lock)
       --masq-chain NAME      the plugin's masqChain, for iptables (default IP-MASQ-AGENT)
-      --iptables-mode MODE   the plugin's iptablesMode (default auto)
+      --iptables-mode MODE   the plugin's iptablesMode (default: try auto, nft, and legacy when
+                             the kernel has a legacy nat table)
       --help                 this text
 
     Exit status:
@@ -45,7 +46,8 @@ enum ResetCommand {
         do {
             let lock = try FileLock(path: config.lockFile, timeout: config.lockTimeout)
             defer { lock.release() }
-            let (lines, failures) = try reset(network: options["--network"], config: config, makeBackend: makeBackend)
+            let modes = options["--iptables-mode"] == nil ? installedIPTablesModes() : [config.iptablesMode]
+            let (lines, failures) = try reset(network: options["--network"], config: config, iptablesModes: modes, makeBackend: makeBackend)
             let stdout = lines.joined(separator: "\n") + "\n"
             guard failures.isEmpty else { return CommandExit.failed("reset", failures.joined(separator: "; "), stdout: stdout) }
             return Outcome(stdout: stdout, exitStatus: CommandExit.ok)
@@ -55,7 +57,9 @@ enum ResetCommand {
     }
 
     /// Removes the networks' rules and records (the lock is held); returns the report lines and the failures.
-    static func reset(network: String?, config: MasqConfig, makeBackend: BackendFactory) throws(SystemError) -> (lines: [String], failures: [String]) {
+    /// `iptablesModes` are the iptables flavours tried: all of them unless the operator named one.
+    static func reset(network: String?, config: MasqConfig, iptablesModes: [IPTablesMode] = IPTablesMode.allCases,
+                      makeBackend: BackendFactory) throws(SystemError) -> (lines: [String], failures: [String]) {
         let store = StateStore(root: config.stateDir)
         let nodeChoice = try store.chosenBackend()
         var lines: [String] = []
@@ -72,18 +76,10 @@ enum ResetCommand {
             }
             let registrations = pods.flatMap { pod in pod.addresses.map { Registration(owner: pod.owner, pod: $0) } }
             let recorded = [record?.backend, nodeChoice].compactMap { $0 }.first { $0 != .auto }
-            let kinds: [BackendKind] = recorded == .iptables ? [.iptables, .nftables] : [.nftables, .iptables]
-            var failure: String?
-            for kind in kinds {
-                let backend = makeBackend(kind, config)
-                do { try backend.removeNetwork(name, registrations: registrations) } catch {
-                    // The other backend is only tried to be safe; the recorded one must succeed when it is usable.
-                    if kind == recorded && backend.probe() == nil { failure = "network \(name): \(kind.rawValue) failed: \(error)" }
-                }
-            }
-            if let failure {
-                failures.append(failure)
-                lines.append("kept network \(name): its \(recorded!.rawValue) rules could not be removed (records kept for a retry)")
+            if let failure = removeEverywhere(name, registrations: registrations, recorded: recorded, config: config,
+                                              iptablesModes: iptablesModes, makeBackend: makeBackend) {
+                failures.append("network \(name): \(failure)")
+                lines.append("kept network \(name): its \(recorded?.rawValue ?? "") rules could not be removed (records kept for a retry)")
                 continue
             }
             try store.removeNetwork(key)
@@ -114,6 +110,41 @@ enum ResetCommand {
         }
         if lines.isEmpty { lines.append("nothing to reset in \(config.stateDir)") }
         return (lines, failures)
+    }
+
+    /// Removes a network from every backend and iptables flavour; the error of the recorded backend when it is usable
+    /// and failed, else nil. Two rounds: an ipset can only go once no flavour's rule refers to it any more.
+    static func removeEverywhere(_ network: String, registrations: [Registration], recorded: BackendKind?, config: MasqConfig,
+                                 iptablesModes: [IPTablesMode], makeBackend: BackendFactory) -> String? {
+        var attempts: [MasqBackend] = []
+        for kind in recorded == .iptables ? [BackendKind.iptables, .nftables] : [.nftables, .iptables] {
+            for mode in kind == .iptables ? iptablesModes : [config.iptablesMode] {
+                var flavour = config
+                flavour.iptablesMode = mode
+                attempts.append(makeBackend(kind, flavour))
+            }
+        }
+        var failed: [(MasqBackend, BackendError)] = []
+        for _ in 0..<2 {
+            failed = []
+            for backend in attempts {
+                do { try backend.removeNetwork(network, registrations: registrations) } catch { failed.append((backend, error)) }
+            }
+            if failed.isEmpty { return nil }
+            attempts = failed.map(\.0)
+        }
+        // The other backend and absent flavours were only tried to be safe; a usable recorded one must succeed.
+        let relevant = failed.filter { $0.0.kind == recorded && $0.0.probe() == nil }
+        return relevant.isEmpty ? nil : relevant.map { "\($0.0.kind.rawValue) failed: \($0.1)" }.joined(separator: "; ")
+    }
+
+    /// The iptables flavours that may hold rules here: `auto` and `nft`, plus `legacy` only when the kernel has a legacy
+    /// nat table in this network namespace (listing it would otherwise create one, a trace of its own).
+    static func installedIPTablesModes() -> [IPTablesMode] {
+        let legacy = ["/proc/net/ip_tables_names", "/proc/net/ip6_tables_names"].contains { path in
+            ((try? Files.read(path)) ?? nil).map { String(decoding: $0, as: UTF8.self).split(separator: "\n").contains("nat") } ?? false
+        }
+        return legacy ? [.auto, .nft, .legacy] : [.auto, .nft]
     }
 
     /// A plugin configuration from command-line options (option name to config key), validated like a conflist.

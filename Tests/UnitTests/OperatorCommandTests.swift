@@ -14,6 +14,8 @@ final class ScriptedBackend: MasqBackend, @unchecked Sendable {
     /// What the next inspections report (cleared by the next apply that carries a policy, like a real restore).
     var problems: [String] = []
     var failRemoval: BackendError?
+    /// How many removals fail with `failRemoval` before they succeed.
+    var failuresLeft = Int.max
     var usable = true
 
     init(kind: BackendKind) { self.kind = kind }
@@ -27,10 +29,19 @@ final class ScriptedBackend: MasqBackend, @unchecked Sendable {
         Inspection(problems: problems, nodeWideBroken: !problems.isEmpty)
     }
     func removeNetwork(_ network: String, registrations: [Registration]) throws(BackendError) {
-        if let failRemoval { throw failRemoval }
+        if let failRemoval, failuresLeft > 0 {
+            failuresLeft -= 1
+            throw failRemoval
+        }
         removedNetworks.append((network, registrations))
     }
     func dump() -> String { "" }
+}
+
+/// The iptables modes a factory was asked for.
+final class ModeLog: @unchecked Sendable {
+    var modes: [IPTablesMode] = []
+    func append(_ mode: IPTablesMode) { modes.append(mode) }
 }
 
 /// A temporary node: state directory, lock, config files, and one scripted backend per kind.
@@ -46,9 +57,15 @@ final class FakeNode: @unchecked Sendable {
     init() { try? FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true) }
     deinit { try? FileManager.default.removeItem(atPath: directory) }
 
+    /// The iptables flavours backends were made for.
+    let requestedModes = ModeLog()
+
     var makeBackend: BackendFactory {
-        let nftables = self.nftables, iptables = self.iptables
-        return { kind, _ in kind == .iptables ? iptables : nftables }
+        let nftables = self.nftables, iptables = self.iptables, modes = requestedModes
+        return { kind, config in
+            if kind == .iptables { modes.append(config.iptablesMode) }
+            return kind == .iptables ? iptables : nftables
+        }
     }
 
     var quietLog: Log {
@@ -404,7 +421,9 @@ final class FakeNode: @unchecked Sendable {
         #expect(first.lines == ["removed network podnet (nftables, 1 pod): rules and records",
                                 "removed network second (nftables, 1 pod): rules and records"])
         #expect(node.nftables.removedNetworks.map(\.network) == ["podnet", "second"])
-        #expect(node.iptables.removedNetworks.map(\.network) == ["podnet", "second"], "the other backend is tried too")
+        #expect(node.iptables.removedNetworks.map(\.network) == ["podnet", "podnet", "podnet", "second", "second", "second"],
+                "the other backend is tried too, in every iptables flavour")
+        #expect(node.requestedModes.modes.filter { $0 != .auto } == [.nft, .legacy, .nft, .legacy])
         #expect(!FileManager.default.fileExists(atPath: node.stateDir), "records and the backend choice are gone")
         let second = try ResetCommand.reset(network: nil, config: config, makeBackend: node.makeBackend)
         #expect(second.lines == ["nothing to reset in \(node.stateDir)"] && second.failures.isEmpty)
@@ -421,6 +440,18 @@ final class FakeNode: @unchecked Sendable {
         let report = try StateReport(store: StateStore(root: node.stateDir))
         #expect(report.networks.map(\.name) == ["podnet"])
         #expect(report.networks[0].pods.map(\.owner.containerID) == ["ctr1"])
+    }
+
+    @Test func aRemovalBlockedByAnotherFlavourSucceedsInTheSecondRound() throws {
+        let node = FakeNode()
+        #expect(node.add("ctr1", "10.22.0.5/24").exitStatus == 0)
+        // The set is still referenced by a rule of the flavour removed after it: the first attempt fails.
+        node.nftables.failRemoval = BackendError(.failed, "ipset: Set cannot be destroyed: it is in use by a kernel component")
+        node.nftables.failuresLeft = 1
+        let outcome = ResetCommand.run(arguments: ["--state-dir", node.stateDir, "--lock-file", node.lockFile], makeBackend: node.makeBackend)
+        #expect(outcome.exitStatus == 0)
+        #expect(node.nftables.removedNetworks.map(\.network) == ["podnet"])
+        #expect(try StateReport(store: StateStore(root: node.stateDir)).networks.isEmpty)
     }
 
     @Test func aFailingRecordedBackendKeepsTheRecordsAndExitsOne() throws {
