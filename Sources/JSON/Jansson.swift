@@ -76,7 +76,8 @@ extension JSONValue {
         case .null: return json_null()
         case .bool(let flag): return flag ? json_true() : json_false()
         case .int(let number): return json_integer(json_int_t(number))
-        case .double(let number): return json_real(number)
+        // jansson refuses non-finite reals (NULL); JSON has no spelling for them, so they print as null.
+        case .double(let number): return json_real(number) ?? json_null()
         case .string(let text):
             return text.utf8CString.withUnsafeBufferPointer { json_stringn_nocheck($0.baseAddress!, $0.count - 1) }
         case .array(let elements):

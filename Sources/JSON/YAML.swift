@@ -93,7 +93,8 @@ private struct YAMLEventReader {
         if text.hasPrefix("0x"), let integer = Int64(text.dropFirst(2), radix: 16) { return .int(integer) }
         let first = text.utf8.first!
         if first == UInt8(ascii: "-") || first == UInt8(ascii: "+") || first == UInt8(ascii: ".") || (first >= 48 && first <= 57),
-           let number = Double(text) {
+           let number = Double(text), number.isFinite {
+            // Out-of-range (`1e999`) and `inf`/`nan` spellings stay strings: JSON has no value for them.
             return .double(number)
         }
         return .string(text)

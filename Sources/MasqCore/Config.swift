@@ -131,12 +131,12 @@ extension MasqConfig {
             guard allowed.contains(key) else {
                 if case .file = source {
                     throw CNIError(.unsupportedField, "unsupported key \(quoted(key)) in \(source.label)",
-                                   details: "value \(value.serialized()); allowed keys: \(allowed.sorted().joined(separator: ", "))")
+                                   details: "value \(abbreviated(value)); allowed keys: \(allowed.sorted().joined(separator: ", "))")
                 }
                 // Conflist entries carry runtime keys (name, type, prevResult, capabilities...): ignore those,
                 // but refuse a mis-cased spelling of one of ours, which would otherwise be silently ignored.
                 if let intended = allowed.first(where: { $0.lowercased() == key.lowercased() }) {
-                    throw CNIError(.unsupportedField, "unsupported key \(quoted(key)) = \(value.serialized()) in \(source.label)",
+                    throw CNIError(.unsupportedField, "unsupported key \(quoted(key)) = \(abbreviated(value)) in \(source.label)",
                                    details: "did you mean \(quoted(intended))?")
                 }
                 continue
@@ -202,16 +202,23 @@ extension MasqConfig {
     }
 }
 
+/// A value's JSON text for an error message, cut to a readable length (as `quoted` cuts strings).
+func abbreviated(_ value: JSONValue) -> String {
+    let text = value.serialized()
+    guard text.utf8.count > 200 else { return text }
+    return String(text.prefix(200)) + "…(\(text.utf8.count) bytes)"
+}
+
 /// Reads typed values of config keys, with refusals that name the key, the value and the source.
 struct KeyReader {
     var source: ConfigSource
 
     func invalid(_ key: String, _ value: JSONValue, _ expectation: String, code: CNIError.Code = .invalidConfig) -> CNIError {
-        CNIError(code, "invalid \(key) \(value.serialized()) in \(source.label)", details: expectation)
+        CNIError(code, "invalid \(key) \(abbreviated(value)) in \(source.label)", details: expectation)
     }
 
     func wrongType(_ key: String, _ value: JSONValue, _ expected: String) -> CNIError {
-        CNIError(.decodeFailure, "\(key) must be \(expected), got \(value.kindName) \(value.serialized()) in \(source.label)")
+        CNIError(.decodeFailure, "\(key) must be \(expected), got \(value.kindName) \(abbreviated(value)) in \(source.label)")
     }
 
     func bool(_ key: String, _ value: JSONValue) throws(CNIError) -> Bool {

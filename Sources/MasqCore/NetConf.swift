@@ -26,7 +26,7 @@ public struct NetConf: Sendable {
         cniVersion = try Self.version(of: object)
         guard let nameValue = object["name"] else { throw CNIError(.invalidConfig, "missing network name (key \"name\")") }
         guard case .string(let name) = nameValue else {
-            throw CNIError(.decodeFailure, "name must be a string, got \(nameValue.kindName) \(nameValue.serialized())")
+            throw CNIError(.decodeFailure, "name must be a string, got \(nameValue.kindName) \(abbreviated(nameValue))")
         }
         guard Names.isCNIName(name), name.utf8.count <= 253 else {
             throw CNIError(.invalidConfig, "invalid network name \(quoted(name))",
@@ -34,7 +34,7 @@ public struct NetConf: Sendable {
         }
         self.name = name
         if let type = object["type"], type.stringValue == nil {
-            throw CNIError(.decodeFailure, "type must be a string, got \(type.kindName) \(type.serialized())")
+            throw CNIError(.decodeFailure, "type must be a string, got \(type.kindName) \(abbreviated(type))")
         }
     }
 
@@ -45,7 +45,7 @@ public struct NetConf: Sendable {
                            details: "config has no cniVersion (meaning \"0.1.0\"), plugin supports \(CNIVersion.supportedList)")
         }
         guard case .string(let text) = value else {
-            throw CNIError(.decodeFailure, "cniVersion must be a string, got \(value.kindName) \(value.serialized())")
+            throw CNIError(.decodeFailure, "cniVersion must be a string, got \(value.kindName) \(abbreviated(value))")
         }
         guard let version = CNIVersion(rawValue: text) else {
             throw CNIError(.incompatibleVersion, "incompatible CNI versions",
@@ -72,7 +72,7 @@ public struct NetConf: Sendable {
             var result = Set<AttachmentKey>()
             for (index, entry) in entries.enumerated() {
                 guard let containerID = entry["containerID"]?.stringValue, let ifname = entry["ifname"]?.stringValue else {
-                    throw CNIError(.decodeFailure, "\(key)[\(index)] must be an object with string containerID and ifname, got \(entry.serialized())")
+                    throw CNIError(.decodeFailure, "\(key)[\(index)] must be an object with string containerID and ifname, got \(abbreviated(entry))")
                 }
                 result.insert(AttachmentKey(containerID: containerID, ifname: ifname))
             }

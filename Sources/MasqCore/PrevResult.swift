@@ -28,7 +28,7 @@ public struct PrevResult: Sendable, Equatable {
             guard case .array(let entries) = list else { throw CNIError(.decodeFailure, "prevResult.interfaces must be an array, got \(list.kindName)") }
             for (index, entry) in entries.enumerated() {
                 guard case .string(let name) = entry["name"] ?? .null else {
-                    throw CNIError(.decodeFailure, "prevResult.interfaces[\(index)].name must be a string, got \(entry.serialized())")
+                    throw CNIError(.decodeFailure, "prevResult.interfaces[\(index)].name must be a string, got \(abbreviated(entry))")
                 }
                 let sandbox = entry["sandbox"]?.stringValue
                 interfaces.append(Interface(name: name, sandbox: sandbox?.isEmpty == true ? nil : sandbox))
@@ -40,14 +40,14 @@ public struct PrevResult: Sendable, Equatable {
             for (index, entry) in entries.enumerated() {
                 let path = "prevResult.ips[\(index)]"
                 guard case .string(let text) = entry["address"] ?? .null else {
-                    throw CNIError(.decodeFailure, "\(path).address must be a string, got \(entry["address"]?.serialized() ?? "nothing")")
+                    throw CNIError(.decodeFailure, "\(path).address must be a string, got \(entry["address"].map(abbreviated) ?? "nothing")")
                 }
                 guard let (address, subnet) = CIDR.parseInterfaceAddress(text) else {
                     throw CNIError(.decodeFailure, "invalid \(path).address \(quoted(text))", details: "expected an address with prefix such as \"10.1.0.5/24\"")
                 }
                 if let version = entry["version"] {
                     guard version == .string(address.family.rawValue) else {
-                        throw CNIError(.decodeFailure, "invalid \(path).version \(version.serialized()) for address \(quoted(text))",
+                        throw CNIError(.decodeFailure, "invalid \(path).version \(abbreviated(version)) for address \(quoted(text))",
                                        details: "expected \"\(address.family.rawValue)\"")
                     }
                 }
@@ -55,7 +55,7 @@ public struct PrevResult: Sendable, Equatable {
                 switch entry["interface"] {
                 case .int(let i)?: interface = i >= 0 && i < interfaces.count ? Int(i) : nil
                 case nil, .null?: break
-                case let other?: throw CNIError(.decodeFailure, "\(path).interface must be an integer, got \(other.serialized())")
+                case let other?: throw CNIError(.decodeFailure, "\(path).interface must be an integer, got \(abbreviated(other))")
                 }
                 ips.append(IPConfig(address: address, subnet: subnet, interface: interface))
             }
