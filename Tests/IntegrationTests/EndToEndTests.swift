@@ -261,3 +261,59 @@ enum SpyPlugin {
         }
     }
 }
+
+extension EndToEndTests {
+    @Test("ip-masq install as the DaemonSet runs it: the node's conflist gains the entry, the ConfigMap copy rules, the agent follows edits, uninstall restores",
+          .enabled(if: Host.canRunRootTests, "needs root: network namespaces and netfilter"))
+    func installedLikeTheDaemonSet() throws {
+        let site = try Site()
+        let node = site.node
+        // The node as a network add-on left it: bridge + host-local, no masquerading of its own. An ip-masq entry
+        // naming only the test's lock and state paths keeps the test out of the machine's /run/cni; install adds
+        // its configFile to that entry in place, as it would to one it appended.
+        let conflistPath = node.confDirectory + "/10-bridge.conflist"
+        let original = """
+        {"cniVersion": "1.0.0", "name": "podnet", "plugins": [
+          {"type": "bridge", "bridge": "cni0", "isGateway": true, "ipMasq": false,
+           "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.244.7.0/24"}]], "routes": [{"dst": "0.0.0.0/0"}],
+                    "dataDir": "\(node.ipamDirectory)"}},
+          {"type": "ip-masq", "lockFile": "\(node.lockFile)", "stateDir": "\(node.stateDirectory)"}
+        ]}
+        """
+        try original.write(toFile: conflistPath, atomically: true, encoding: .utf8)
+        // The ConfigMap (as mounted in the init container): the "internet" range exempt, 192.168.0.0/16 not.
+        let configMap = node.scratch.path + "/configmap/config"
+        try FileManager.default.createDirectory(atPath: node.scratch.path + "/configmap", withIntermediateDirectories: true)
+        try "nonMasqueradeCIDRs:\n  - 10.0.0.0/8\n  - 203.0.113.0/24\nresyncInterval: 60s\n".write(toFile: configMap, atomically: true, encoding: .utf8)
+        let binDirectory = node.scratch.path + "/opt-cni-bin", hostConfig = node.scratch.path + "/etc-cni-ip-masq/config"
+        let agentNetconf = node.scratch.path + "/etc-cni-ip-masq/netconf.json"
+        let installArguments = [Host.pluginBinary, "install", "--cni-bin-dir", binDirectory, "--cni-conf-dir", node.confDirectory,
+                                "--config-file", configMap, "--host-config-file", hostConfig, "--agent-netconf", agentNetconf]
+        try run(installArguments, check: true)
+        #expect(FileManager.default.isExecutableFile(atPath: binDirectory + "/ip-masq"))
+
+        // The runtime now finds ip-masq in the installed bin dir (the reference plugins come from /usr/lib/cni).
+        let pluginPath = ["CNI_PATH": binDirectory + ":/usr/lib/cni"]
+        let a = try Pod("ia")
+        #expect(try node.harness("add", network: "podnet", pod: a, extraEnvironment: pluginPath).status == 0)
+        a.addresses = [try #require(try a.netns.exec(["ip", "-4", "-o", "addr", "show", "dev", "eth0"]).stdout
+            .firstMatch(of: /inet ([0-9.]+)\//).map { String($0.1) })]
+        #expect(try sourceSeen(from: a, at: site.internet, address: Site.internetAddress.v4) == a.ipv4)
+        #expect(try sourceSeen(from: a, at: site.privateHost, address: Site.privateAddress.v4) == Site.nodePrivate.v4)
+
+        // The operator edits the ConfigMap; the agent copies it to the node and rewrites the rules.
+        try "nonMasqueradeCIDRs:\n  - 10.0.0.0/8\n  - 192.168.0.0/16\n".write(toFile: configMap, atomically: true, encoding: .utf8)
+        let agent = try node.netns.exec([Host.pluginBinary, "agent", "--once", "--netconf", agentNetconf,
+                                         "--sync-config-from", configMap, "--sync-config-to", hostConfig])
+        #expect(agent.status == 0, "agent: \(agent.stderr)")
+        #expect(FileManager.default.contentsEqual(atPath: hostConfig, andPath: configMap))
+        #expect(try sourceSeen(from: a, at: site.internet, address: Site.internetAddress.v4) == Site.nodeInternet.v4)
+        #expect(try sourceSeen(from: a, at: site.privateHost, address: Site.privateAddress.v4) == a.ipv4)
+        #expect(try node.harness("del", network: "podnet", pod: a, extraEnvironment: pluginPath).status == 0)
+
+        // Uninstall gives the add-on's conflist back as it was.
+        try run(installArguments + ["--uninstall"], check: true)
+        #expect(try String(contentsOfFile: conflistPath, encoding: .utf8) == original)
+        #expect(!FileManager.default.fileExists(atPath: hostConfig) && !FileManager.default.fileExists(atPath: agentNetconf))
+    }
+}
