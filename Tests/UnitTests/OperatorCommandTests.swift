@@ -397,6 +397,19 @@ final class FakeNode: @unchecked Sendable {
         #expect(node.nftables.removedNetworks.first?.registrations.map { "\($0.pod.address)" } == ["10.22.0.5"])
     }
 
+    @Test func theConflistsLogFileAndLevelAreHonoured() throws {
+        let node = FakeNode()
+        let logFile = node.directory + "/agent.log"
+        try #"{"cniVersion":"1.0.0","name":"podnet","plugins":[{\#(node.pluginKeys),"logFile":"\#(logFile)","logLevel":"debug"}]}"#
+            .write(toFile: node.conflist, atomically: true, encoding: .utf8)
+        let agent = Agent(netconfPath: node.conflist, makeBackend: node.makeBackend, log: Log(level: .error))
+        #expect(agent.reconcile())
+        let text = try String(contentsOfFile: logFile, encoding: .utf8)
+        #expect(text.contains("ip-masq info agent podnet: serving network podnet: configFile \(node.configFile), backend nftables"))
+        #expect(text.contains("ip-masq info agent podnet: node-wide rules written (nftables)"))
+        #expect(text.contains("ip-masq debug agent podnet: pass done in"))
+    }
+
     @Test func changeLinesNameWhatChanged() {
         var before = MasqConfig()
         before.toPorts = []
