@@ -179,6 +179,8 @@ final class Agent {
     private var adopted: MasqConfig?
     /// The problem last logged per topic, so a lasting problem is logged once, and its end too.
     private var reported: [String: String] = [:]
+    /// The backend the last pass used (logged when it changes).
+    private var backendInUse: BackendKind?
     /// Where the log goes now (`logFile`), so it is only reopened when that changes.
     private var logFile: String?
 
@@ -300,6 +302,10 @@ final class Agent {
     /// The pass under the lock: policy change, inspection, repair, backend move.
     private func reconcile(netconf: NetConf, resolved: ResolvedConfig) throws(CNIError) {
         let session = try openSession(config: resolved.config, network: netconf.name)
+        if backendInUse != session.backend.kind {
+            log.info("backend in use: \(session.backend.kind.rawValue)\(resolved.config.backend == .auto ? " (auto)" : "")")
+            backendInUse = session.backend.kind
+        }
         let previous = try session.networkRecord()
         let change: NetworkChange
         do { change = try session.networkChange(policy: resolved.policy, fileProblem: resolved.fileProblem) } catch {
