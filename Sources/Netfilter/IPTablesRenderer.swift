@@ -4,7 +4,10 @@ import MasqCore
 /// text for pod registrations. Per network `K` and family `f` (4 or 6, IPv6 through ip6tables):
 ///
 /// - ipset `IPMASQ-Pf-K` (`hash:ip`): one element per registered pod address, commented with its owner tag;
-/// - ipset `IPMASQ-Sf-K` (`hash:net`): the network's pod subnets on this node (for `exemptPodSubnet`);
+/// - ipset `IPMASQ-Sf-K` (`hash:net`): the network's pod subnets on this node. With `exemptPodSubnet`, traffic to
+///   any of them is left alone (a `hash:net,net` pairing source and destination subnets, as the nftables backend
+///   does, is not built into every kernel; the two differ only for a network with several subnets of one family on
+///   one node, where pod-to-pod traffic between them is then not masqueraded either);
 /// - nat chain `C`, in ip-masq-agent's rule shape (`RETURN` per non-masquerade range, then `MASQUERADE`),
 ///   every rule with `-m addrtype ! --dst-type LOCAL`, so `iptables -t nat -L C` reads like ip-masq-agent's listing;
 /// - one jump in nat `POSTROUTING`: `! -d <multicast> -m set --match-set IPMASQ-Pf-K src ... -j C`.

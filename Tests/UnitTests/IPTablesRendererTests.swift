@@ -197,3 +197,89 @@ let iptablesGoldenCases: [(String, String)] = [
         #expect(IPTablesBackend(chain: "C", mode: .nft).renderVersion != IPTablesBackend(chain: "C", mode: .legacy).renderVersion)
     }
 }
+
+/// A command runner that records the commands and answers from a script of canned outputs.
+final class ScriptedRunner: CommandRunner, @unchecked Sendable {
+    var calls: [(arguments: [String], input: String)] = []
+    /// Output by program and first argument after the options; missing entries answer empty success.
+    var answers: [String: ProcessOutput] = [:]
+
+    func run(_ arguments: [String], input: [UInt8]) throws(SystemError) -> ProcessOutput {
+        calls.append((arguments, String(decoding: input, as: UTF8.self)))
+        return answers[arguments[0]] ?? ProcessOutput(status: 0, stdout: [], stderr: [])
+    }
+
+    static func output(_ text: String, status: Int32 = 0, stderr: String = "") -> ProcessOutput {
+        ProcessOutput(status: status, stdout: Array(text.utf8), stderr: Array(stderr.utf8))
+    }
+}
+
+@Suite struct IPTablesBackendCommandTests {
+    let owner = Owner(network: "podnet", containerID: "0123abcd", ifname: "eth0")
+
+    func change(policy: NetworkPolicy? = nil) -> NetworkChange {
+        var change = NetworkChange(network: "podnet", policy: policy)
+        let (address, subnet) = CIDR.parseInterfaceAddress("10.244.1.7/24")!
+        change.add = [Registration(owner: owner, pod: PodAddress(address: address, subnet: subnet))]
+        change.addSubnets = [subnet]
+        return change
+    }
+
+    @Test func anAddIsOneIPSetCallAndNoIPTablesAtAll() throws {
+        let runner = ScriptedRunner()
+        runner.answers["ipset"] = ScriptedRunner.output("Name: IPMASQ-P4-podnet\nReferences: 1\n")
+        try IPTablesBackend(chain: "IP-MASQ-AGENT", mode: .nft, runner: runner).apply(change())
+        #expect(runner.calls.map(\.arguments) == [["ipset", "-exist", "restore"]])
+        #expect(runner.calls[0].input.hasSuffix("list IPMASQ-P4-podnet -terse\n"))
+    }
+
+    @Test func anAddWhoseJumpIsGoneAsksForARestore() {
+        let runner = ScriptedRunner()
+        runner.answers["ipset"] = ScriptedRunner.output("Name: IPMASQ-P4-podnet\nReferences: 0\n")
+        let unreferenced = #expect(throws: BackendError.self) { try IPTablesBackend(chain: "C", mode: .nft, runner: runner).apply(change()) }
+        #expect(unreferenced?.kind == .missingObjects)
+        runner.answers["ipset"] = ScriptedRunner.output("", status: 1, stderr: "ipset v7.17: Error in line 1: The set with the given name does not exist")
+        let missing = #expect(throws: BackendError.self) { try IPTablesBackend(chain: "C", mode: .nft, runner: runner).apply(change()) }
+        #expect(missing?.kind == .missingObjects)
+    }
+
+    @Test func aRewriteListsThenWritesSetsThenEachFamilyOnce() throws {
+        let runner = ScriptedRunner()
+        try IPTablesBackend(chain: "IP-MASQ-AGENT", mode: .legacy, runner: runner).apply(change(policy: NetworkPolicy(config: MasqConfig())))
+        #expect(runner.calls.map(\.arguments) == [
+            ["iptables-legacy", "-w", "5", "-t", "nat", "-S"],
+            ["ip6tables-legacy", "-w", "5", "-t", "nat", "-S"],
+            ["ipset", "-exist", "restore"],
+            ["iptables-legacy-restore", "-w", "5", "--noflush"],
+            ["ip6tables-legacy-restore", "-w", "5", "--noflush"],
+        ])
+        #expect(runner.calls[3].input.hasPrefix("*nat\n:IP-MASQ-AGENT - [0:0]\n") && runner.calls[3].input.hasSuffix("COMMIT\n"))
+    }
+
+    @Test func aNodeWithoutIPv6NatStillServesIPv4Pods() throws {
+        let runner = ScriptedRunner()
+        runner.answers["ip6tables-nft"] = ScriptedRunner.output("", status: 3, stderr: "ip6tables v1.8.9 (nf_tables): can't initialize ip6tables table `nat': Table does not exist")
+        try IPTablesBackend(chain: "IP-MASQ-AGENT", mode: .nft, runner: runner).apply(change(policy: NetworkPolicy(config: MasqConfig())))
+        #expect(!runner.calls.contains { $0.arguments[0] == "ip6tables-nft-restore" })
+        #expect(runner.calls.contains { $0.arguments[0] == "iptables-nft-restore" })
+    }
+
+    @Test func dumpShowsOurJumpsChainsAndSets() {
+        let runner = ScriptedRunner()
+        let renderer = IPTablesRenderer(masqChain: "IP-MASQ-AGENT")
+        let key = NetworkKey(network: "podnet")
+        runner.answers["iptables-nft"] = ScriptedRunner.output("""
+            -P POSTROUTING ACCEPT
+            -N IP-MASQ-AGENT
+            -N KUBE-POSTROUTING
+            -A POSTROUTING -j KUBE-POSTROUTING
+            -A POSTROUTING \(renderer.jumpRule(key, .v4, chain: "IP-MASQ-AGENT"))
+            -A IP-MASQ-AGENT -j MASQUERADE
+            -A KUBE-POSTROUTING -j RETURN
+            """)
+        let text = IPTablesBackend(chain: "IP-MASQ-AGENT", mode: .nft, runner: runner).dump()
+        #expect(text.contains("# iptables-nft -t nat\n-A POSTROUTING ! -d 224.0.0.0/4 -m set --match-set IPMASQ-P4-podnet src"))
+        #expect(text.contains("-N IP-MASQ-AGENT\n-A IP-MASQ-AGENT -j MASQUERADE\n"))
+        #expect(!text.contains("KUBE"))
+    }
+}
