@@ -8,6 +8,7 @@ import Synchronization
 
 /// `ip-masq agent`: the reconcile loop a DaemonSet runs beside the plugin (DESIGN 1.7).
 enum AgentCommand {
+    /// `ip-masq agent --help`.
     static let help = """
     Usage: ip-masq agent --netconf FILE [--once] [--plugin-type TYPE]
                          [--sync-config-from SRC --sync-config-to DST]
@@ -44,6 +45,7 @@ enum AgentCommand {
 
     """
 
+    /// Parses the options, then runs one pass (`--once`) or the loop until SIGTERM/SIGINT.
     static func run(arguments: [String]) -> Outcome {
         let options: Arguments
         let sync: ConfigSync?
@@ -117,7 +119,9 @@ enum StopSignal {
 
 /// The `--sync-config-from/--sync-config-to` pair: a ConfigMap file mirrored to the host path the plugin reads.
 struct ConfigSync: Equatable {
+    /// The mounted ConfigMap file.
     var source: String
+    /// The host path the plugin reads as its `configFile`.
     var destination: String
 }
 
@@ -166,10 +170,15 @@ enum NetconfFile {
 
 /// The reconcile loop's state: the last good config, the problems already reported, the current interval.
 final class Agent {
+    /// The conflist or conf of the network served.
     let netconfPath: String
+    /// The `type` of the plugin entry in a conflist.
     let pluginType: String
+    /// The ConfigMap mirroring, when requested.
     let sync: ConfigSync?
+    /// Makes the backends (injected, so tests can substitute fakes).
     let makeBackend: BackendFactory
+    /// Where the agent's lines go (stderr, or the conflist's `logFile`).
     let log: Log
     /// Nanoseconds until the next pass: the last good config's resyncInterval.
     private(set) var interval: Int64 = MasqConfig().resyncInterval

@@ -4,6 +4,7 @@ import Netfilter
 
 /// `ip-masq list`: what the plugin registered on this node, read from the state records under the node lock.
 enum ListCommand {
+    /// `ip-masq list --help`.
     static let help = """
     Usage: ip-masq list [--json] [--network NAME] [--state-dir DIR] [--lock-file FILE]
 
@@ -26,6 +27,7 @@ enum ListCommand {
 
     """
 
+    /// Parses the options, reads the records under the lock and prints them as a table or JSON.
     static func run(arguments: [String]) -> Outcome {
         let options: Arguments
         let config: MasqConfig
@@ -87,12 +89,6 @@ struct StateReport: Equatable {
                 backend: record?.backend ?? nodeBackend, policy: record?.policy, fingerprint: record?.fingerprint, pods: pods))
         }
         self.networks = networks.sorted { $0.name < $1.name }
-    }
-
-    init(stateDir: String, nodeBackend: BackendKind?, networks: [NetworkReport]) {
-        self.stateDir = stateDir
-        self.nodeBackend = nodeBackend
-        self.networks = networks
     }
 
     /// An address with the prefix length of its pod subnet, the way CNI results print it (`10.22.0.5/24`).

@@ -24,6 +24,7 @@ public enum OperatorCommand {
 
     """
 
+    /// `ip-masq version --help`.
     static let versionHelp = """
     Usage: ip-masq version
 

@@ -4,6 +4,7 @@ import Netfilter
 
 /// `ip-masq reset`: removes the plugin's rules and records, for all networks or one, idempotently.
 enum ResetCommand {
+    /// `ip-masq reset --help`.
     static let help = """
     Usage: ip-masq reset [--network NAME] [--state-dir DIR] [--lock-file FILE]
                          [--masq-chain NAME] [--iptables-mode auto|nft|legacy]
@@ -32,6 +33,7 @@ enum ResetCommand {
 
     """
 
+    /// Parses the options and resets under the lock; the report goes to stdout, failures to stderr.
     static func run(arguments: [String], makeBackend: BackendFactory = systemBackends) -> Outcome {
         let options: Arguments
         let config: MasqConfig
