@@ -29,10 +29,15 @@ struct EndToEndTests {
 
 extension EndToEndTests {
     @Test("bridge dual-stack: IPv4 and IPv6 masqueraded to the internet, kept in fd00::/8 and RFC 1918, exceptions masqueraded",
-          .enabled(if: Host.canRunRootTests, "needs root: network namespaces and netfilter"))
-    func bridgeDualStack() throws {
+          .enabled(if: Host.canRunRootTests, "needs root: network namespaces and netfilter"),
+          arguments: [["backend": "nftables"], ["backend": "iptables", "iptablesMode": "nft"], ["backend": "iptables", "iptablesMode": "legacy"]])
+    func bridgeDualStack(backend: [String: String]) throws {
         let site = try Site()
-        let network = try site.node.install(example: "bridge-dualstack.conflist")
+        let network = try site.node.install(example: "bridge-dualstack.conflist") { conflist in
+            var plugins = conflist["plugins"] as! [[String: Any]]
+            for (key, value) in backend { plugins[1][key] = value }
+            conflist["plugins"] = plugins
+        }
         let pod = try Pod("ds")
         try site.node.add(pod, network: network)
         let v4 = try #require(pod.ipv4), v6 = try #require(pod.ipv6)
@@ -46,6 +51,17 @@ extension EndToEndTests {
         // Masqueraded although inside 10.0.0.0/8 and fd00::/8: masqueradeCIDRs are exceptions.
         #expect(try sourceSeen(from: pod, at: site.exceptionHost, address: Site.exceptionAddress.v4) == Site.nodeException.v4)
         #expect(try sourceSeen(from: pod, at: site.exceptionHost, address: Site.exceptionAddress.v6) == Site.nodeException.v6)
+        // And it was the chosen backend that did it, for both families.
+        if let mode = backend["iptablesMode"] {
+            for program in ["iptables", "ip6tables"] {
+                let saved = try site.node.netns.exec(["\(program)-\(mode)-save", "-t", "nat"], check: true).stdout
+                #expect(saved.contains(":IP-MASQ-AGENT") && saved.contains("-j MASQUERADE"), "\(program)-\(mode):\n\(saved)")
+            }
+            #expect(!(try site.node.ruleset()).contains("inet ip_masq"))
+        } else {
+            let table = try site.node.netns.exec(["nft", "list", "table", "inet", "ip_masq"], check: true).stdout
+            #expect(table.contains(v4) && table.contains(v6))
+        }
         try site.node.expectSuccess("check", network: network, pod: pod)
         try site.node.expectSuccess("del", network: network, pod: pod)
         let ruleset = try site.node.ruleset()
@@ -90,7 +106,7 @@ extension EndToEndTests {
         #expect(!(try site.node.ruleset()).contains(address))
     }
 
-    @Test("backend iptables: ip-masq-agent's chain shape in the nat table, per-pod jumps, traffic as with nftables",
+    @Test("backend iptables: ip-masq-agent's chain shape in the nat table, pods in an ipset, traffic as with nftables",
           .enabled(if: Host.canRunRootTests, "needs root: network namespaces and netfilter"))
     func iptablesBackend() throws {
         let site = try Site()
@@ -102,11 +118,15 @@ extension EndToEndTests {
         #expect(try sourceSeen(from: pod, at: site.privateHost, address: Site.privateAddress.v4) == address)
         let chain = try site.node.netns.exec(["iptables", "-w", "-t", "nat", "-S", "IP-MASQ-AGENT"]).stdout
         #expect(chain.contains("192.168.0.0/16") && chain.contains("RETURN") && chain.contains("MASQUERADE"), "IP-MASQ-AGENT:\n\(chain)")
+        // POSTROUTING jumps to the chain for sources in the network's pod set; the pod is an element of it.
         let nat = try site.node.netns.exec(["iptables-save", "-t", "nat"]).stdout
-        #expect(nat.contains(address), "no per-pod entry for \(address):\n\(nat)")
+        let podSet = try #require(nat.firstMatch(of: /-A POSTROUTING .*--match-set (\S+) src .*-j IP-MASQ-AGENT/)?.1, "\(nat)")
+        func members() throws -> String { try site.node.netns.exec(["ipset", "list", String(podSet)], check: true).stdout }
+        #expect(try members().contains(address), "no entry for \(address) in \(podSet)")
         try site.node.expectSuccess("check", network: network, pod: pod)
         try site.node.expectSuccess("del", network: network, pod: pod)
-        #expect(!(try site.node.netns.exec(["iptables-save", "-t", "nat"]).stdout).contains(address))
+        #expect(try !members().contains(address))
+        #expect(!(try site.node.ruleset()).contains("ip_masq"), "the iptables backend wrote nftables rules of its own")
     }
 
     @Test("configFile: a config changed between pods reaches the rules at the next ADD; the new pod follows it",
