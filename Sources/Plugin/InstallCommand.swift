@@ -8,6 +8,7 @@ import Netfilter
 /// `ip-masq install`: puts this binary into the node's CNI bin dir and the plugin into the node's
 /// network config, the way cluster network add-ons install themselves (DESIGN 1.8).
 enum InstallCommand {
+    /// The text of `ip-masq install --help`.
     static let help = """
     Usage: ip-masq install --cni-bin-dir DIR --cni-conf-dir DIR [--conflist FILE]
                            [--config-file PATH [--host-config-file PATH]] [--agent-netconf PATH]
@@ -50,6 +51,7 @@ enum InstallCommand {
 
     """
 
+    /// Parses the command line and installs or uninstalls; the report goes to stdout, warnings to stderr.
     static func run(arguments: [String]) -> Outcome {
         let options: InstallOptions
         do throws(Arguments.UsageError) {
@@ -73,18 +75,26 @@ enum InstallCommand {
 
 /// What `ip-masq install` was asked to do.
 struct InstallOptions: Equatable {
+    /// The node's CNI bin dir (as this process sees it).
     var binDirectory: String
+    /// The node's CNI network config dir (as this process sees it).
     var confDirectory: String
     /// The config to edit; nil picks the one the runtime loads.
     var conflist: String?
+    /// The ip-masq-agent config to use (the ConfigMap mount, or a file on the node).
     var configFile: String?
+    /// Where the node's copy of `configFile` goes; written into the entry as `configFile`.
     var hostConfigFile: String?
+    /// Where the agent's netconf (the entry with the list's name and cniVersion) goes.
     var agentNetconf: String?
+    /// Take the entry out instead of putting it in.
     var uninstall = false
+    /// Report, change nothing.
     var dryRun = false
     /// The binary to copy (this process's own, unless a test says otherwise).
     var binarySource = "/proc/self/exe"
 
+    /// Options with everything spelled out (tests, and the command-line initialiser).
     init(binDirectory: String, confDirectory: String, conflist: String? = nil, configFile: String? = nil,
          hostConfigFile: String? = nil, agentNetconf: String? = nil, uninstall: Bool = false, dryRun: Bool = false,
          binarySource: String = "/proc/self/exe") {
@@ -118,8 +128,11 @@ struct InstallOptions: Equatable {
 
 /// Why install or uninstall stopped.
 struct InstallError: Error, Equatable, CustomStringConvertible {
+    /// What went wrong, naming the path.
     var message: String
+    /// An error with its message.
     init(_ message: String) { self.message = message }
+    /// The message.
     var description: String { message }
 }
 
@@ -223,9 +236,13 @@ struct Installer {
 
     /// A network config as found in the conf dir.
     struct ConfigFile {
+        /// Where it was read from.
         var path: String
+        /// Its bytes as read (a backup or a restore keeps them exactly).
         var bytes: [UInt8]
+        /// Its parsed top-level object.
         var object: JSONObject
+        /// Its permission bits (kept on rewrite).
         var mode: mode_t
         /// True when the file is a single-plugin conf rather than a conflist.
         var isSinglePlugin: Bool { object["plugins"] == nil }
@@ -329,7 +346,9 @@ struct Installer {
 
     /// One file change of uninstall, planned first so `--dry-run` can report it unapplied.
     enum Step {
+        /// Replace a file's bytes, with a mode.
         case write(String, [UInt8], mode_t)
+        /// Remove a file.
         case remove(String)
     }
 
@@ -422,6 +441,7 @@ struct Installer {
         return file
     }
 
+    /// A file's bytes; a missing file is an error here.
     func read(_ path: String) throws(InstallError) -> [UInt8] {
         let bytes: [UInt8]?
         do { bytes = try Files.read(path) } catch { throw InstallError("cannot read \(path): \(error)") }
@@ -460,6 +480,7 @@ struct Installer {
         return true
     }
 
+    /// Removes a file if it exists.
     func remove(_ path: String) throws(InstallError) {
         do { try Files.remove(path) } catch { throw InstallError("cannot remove \(path): \(error)") }
     }
