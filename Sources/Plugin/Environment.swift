@@ -5,16 +5,19 @@ import MasqCore
 
 /// The process's side of things: environment, stdin and stdout, read and written with raw syscalls.
 public enum ProcessIO {
-    /// The environment as a dictionary.
-    public static func environment() -> [String: String] {
+    /// The `CNI_*` variables of the environment (all a CNI invocation reads), as a dictionary. Other variables are
+    /// skipped before any Swift string is made of them: a runtime's environment can hold dozens, and this runs at
+    /// every pod start (child processes still get the whole environment through `environ`).
+    public static func environment(prefix: String = "CNI_") -> [String: String] {
         var result: [String: String] = [:]
+        let prefixLength = prefix.utf8.count
         var pointer = environ
         while let entry = pointer.pointee {
-            let text = String(cString: entry)
-            if let equals = text.firstIndex(of: "=") {
-                result[String(text[..<equals])] = String(text[text.index(after: equals)...])
-            }
             pointer += 1
+            guard strncmp(entry, prefix, prefixLength) == 0, let equals = strchr(entry, 0x3D) else { continue }
+            let nameLength = equals - entry
+            let name = UnsafeRawBufferPointer(start: entry, count: nameLength)
+            result[String(decoding: name, as: UTF8.self)] = String(cString: equals + 1)
         }
         return result
     }
