@@ -181,11 +181,18 @@ public struct NFTablesBackend: MasqBackend {
                 }
             }
         }
+        // A few pods (CHECK): one lookup each. Many (the agent): one listing per family, whose cost does not
+        // multiply with the number of pods.
+        let listed: [IPFamily: Set<IPAddress>]? = registrations.count <= 4 ? nil : Dictionary(uniqueKeysWithValues: IPFamily.allCases.map { family in
+            let items = (try? list("list set \(NFTablesRenderer.table) \(names.pods(family))")) ?? []
+            return (family, Set(Self.elements(of: items).compactMap { Self.cidr(from: $0)?.address }))
+        })
         for registration in registrations {
-            let set = names.pods(registration.pod.address.family)
-            if (try? executor.run("get element \(NFTablesRenderer.table) \(set) { \(registration.pod.address) }", json: false)) == nil {
-                inspection.problems.append("\(registration.pod.address) of \(registration.owner.tag) is not in set \(set)")
-            }
+            let address = registration.pod.address
+            let set = names.pods(address.family)
+            let present = listed.map { $0[address.family]!.contains(address) }
+                ?? ((try? executor.run("get element \(NFTablesRenderer.table) \(set) { \(address) }", json: false)) != nil)
+            if !present { inspection.problems.append("\(address) of \(registration.owner.tag) is not in set \(set)") }
         }
         if policy.exemptPodSubnet {
             for subnet in subnets {
