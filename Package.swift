@@ -42,8 +42,11 @@ let package = Package(
         .target(name: "Netfilter", dependencies: ["MasqCore", "JSON"], swiftSettings: directMetadataAccess),
         // The CNI dispatcher and operator commands, with injected environment and streams.
         .target(name: "Plugin", dependencies: ["MasqCore", "Netfilter", "JSON"], swiftSettings: directMetadataAccess),
+        // main.swift's top-level code is the only main-actor code; without the run-time isolation check at entry, the
+        // binary does not link the concurrency runtime and libdispatch, whose initialisers run at every start.
         .executableTarget(name: "ip-masq", dependencies: ["Plugin"], exclude: ["StaticCXX"],
-                          swiftSettings: directMetadataAccess, linkerSettings: staticCXXRuntime + staticCLibraries),
+                          swiftSettings: directMetadataAccess + [.unsafeFlags(["-disable-dynamic-actor-isolation"])],
+                          linkerSettings: staticCXXRuntime + staticCLibraries),
         .testTarget(name: "UnitTests", dependencies: ["Plugin", "MasqCore", "Netfilter", "JSON"],
                     linkerSettings: staticCLibraries),
         .testTarget(name: "IntegrationTests", dependencies: ["ip-masq"]),

@@ -99,9 +99,13 @@ public struct NFTablesBackend: MasqBackend {
 
     public init(executor: NFTExecutor) { self.executor = executor }
 
-    /// libnftables when it loads, else the `nft` binary.
+    /// Pods' element changes straight through netlink; everything else through libnftables when it loads, else the
+    /// `nft` binary (measured: libnftables is ~2.3 ms faster per script than spawning `nft -f -`).
     public static func makeDefault() -> NFTablesBackend {
-        NFTablesBackend(executor: LibNFTablesExecutor() ?? NFTBinaryExecutor())
+        NFTablesBackend(executor: ElementBatchExecutor { () -> NFTExecutor in
+            if let library = LibNFTablesExecutor() { return library }
+            return NFTBinaryExecutor()
+        })
     }
 
     static func classify(_ message: String) -> BackendError {

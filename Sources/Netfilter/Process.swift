@@ -105,3 +105,30 @@ public struct SpawnRunner: CommandRunner {
         return output
     }
 }
+
+/// Whether `needle` occurs in `haystack`, byte for byte.
+func containsBytes(_ haystack: some Collection<UInt8>, _ needle: some Collection<UInt8>) -> Bool {
+    let text = Array(haystack), pattern = Array(needle)
+    if pattern.isEmpty { return true }
+    if pattern.count > text.count { return false }
+    for start in 0...(text.count - pattern.count) where text[start] == pattern[0] {
+        var offset = 1
+        while offset < pattern.count && text[start + offset] == pattern[offset] { offset += 1 }
+        if offset == pattern.count { return true }
+    }
+    return false
+}
+
+// The module's substring tests on tool output and rule text. They shadow `StringProtocol.contains(_:)` of
+// _StringProcessing, whose single use would link that library and _RegexParser (~1 MB, with metadata the loader
+// relocates and the runtime scans for conformances at every start of the plugin). Byte-wise matching is what
+// matching ASCII tool messages and rules needs.
+extension String {
+    /// Whether `other` occurs in the text, compared byte for byte (UTF-8).
+    func contains(_ other: String) -> Bool { containsBytes(utf8, other.utf8) }
+}
+
+extension Substring {
+    /// Whether `other` occurs in the text, compared byte for byte (UTF-8).
+    func contains(_ other: String) -> Bool { containsBytes(utf8, other.utf8) }
+}
