@@ -50,15 +50,16 @@ struct ElementBatch {
 
     var commands: [Command]
 
-    /// Parses a script; nil unless every line is an element command of a shape this type encodes exactly:
-    /// one address, or a concatenation of two prefixes, with an optional comment.
+    /// Parses a script; nil unless every line (at most 500) is an element command of a shape this type encodes
+    /// exactly: one address, or a concatenation of two prefixes, with an optional comment.
     init?(script: String) {
         var commands: [Command] = []
         for line in script.split(separator: "\n") {
             guard let command = Self.parse(line) else { return nil }
             commands.append(command)
         }
-        if commands.isEmpty { return nil }
+        // Large scripts (a GC of many pods) go to libnftables, which splits its batches to fit the socket buffers.
+        if commands.isEmpty || commands.count > 500 { return nil }
         self.commands = commands
     }
 
