@@ -954,7 +954,7 @@ def main():
     parser.add_argument("--cnitool", required=True, help="the libcni harness (Tests/cnitool)")
     parser.add_argument("--reference-plugins", default="/usr/lib/cni", help="directory of the reference CNI plugins")
     parser.add_argument("--runs", type=int, default=int(os.environ.get("BENCH_RUNS", "40")), help="runs per plugin figure (BENCH_RUNS)")
-    parser.add_argument("--pod-runs", type=int, default=int(os.environ.get("BENCH_POD_RUNS", "0")) or None,
+    parser.add_argument("--pod-runs", type=int, default=int(os.environ.get("BENCH_POD_RUNS") or "0") or None,
                         help="runs per whole-pod figure (BENCH_POD_RUNS; default: BENCH_RUNS, at least 8)")
     parser.add_argument("--out", default=None, help="directory for results.md and latency.svg (default: print only)")
     parser.add_argument("--json", default=None, help="also write the raw figures here")
