@@ -879,12 +879,7 @@ def svg_plot(bench):
         for backend, by_n in plugin.items():
             if any(verb in by_n[n] for n in by_n):
                 series.append((backend, {n: by_n[n].get(verb) for n in by_n}, colors.get(backend, "#000"), False))
-        if verb == "ADD":
-            for label, color in (("libnftables", "#17becf"), ("nft binary", "#9467bd")):
-                key = "ADD, node-wide rewrite (%s)" % label
-                by_n = plugin.get("nftables", {})
-                if any(key in by_n[n] for n in by_n):
-                    series.append(("nftables, rewrite (%s)" % label, {n: by_n[n].get(key) for n in by_n}, color, False))
+
         floors = []
         for backend, by_n in plugin.items():
             for key in sorted({k for n in by_n for k in by_n[n] if k.startswith("floor %s: " % floor_word)}):
@@ -898,6 +893,13 @@ def svg_plot(bench):
         series = [(variant, {n: by_n[n].get(verb) for n in by_n}, colors.get(variant, "#000"), variant == "reference")
                   for variant, by_n in pod.items()]
         panels.append(("Whole pod through libcni: %s" % verb, [(0, "0"), (1000, "1,000")], series))
+    rewrite = []
+    for label, color in (("libnftables", "#17becf"), ("nft -f - (fallback)", "#9467bd")):
+        key = "ADD, node-wide rewrite (%s)" % label.replace("nft -f - (fallback)", "nft binary")
+        by_n = plugin.get("nftables", {})
+        if any(key in by_n[n] for n in by_n):
+            rewrite.append((label, {n: by_n[n].get(key) for n in by_n}, color, False))
+    panels.append(("nftables ADD that rewrites the node-wide rules", [(0, "0"), (1000, "1,000"), (10000, "10,000")], rewrite))
     panels = [panel for panel in panels if panel[2]]
     columns = 2
     panel_w, panel_h = 480, 330
