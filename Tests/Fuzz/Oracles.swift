@@ -60,6 +60,55 @@ enum Oracle {
         guard declarationBodies.contains(body) else { fail("unexpected declaration body: \(line)") }
     }
 
+    /// Bytes allowed inside a quoted string of iptables-restore input (the renderer's comment alphabet).
+    static func isRestoreStringByte(_ byte: UInt8) -> Bool {
+        (byte >= 0x30 && byte <= 0x39) || (byte >= 0x41 && byte <= 0x5A) || (byte >= 0x61 && byte <= 0x7A)
+            || Array(" :/._-()@~,".utf8).contains(byte)
+    }
+
+    /// Checks lines of text for the iptables tools: known leading words, printable ASCII, balanced quotes whose
+    /// contents stay in `allowed`, and (outside quotes) no word that could start another statement.
+    static func checkLines(_ text: String, starts: [String], allowed: (UInt8) -> Bool, tool: String) {
+        guard !text.isEmpty else { return }
+        guard text.hasSuffix("\n") else { fail("\(tool) input does not end with a newline: \(text)") }
+        for line in text.split(separator: "\n", omittingEmptySubsequences: false).dropLast() {
+            guard starts.contains(where: { line.hasPrefix($0) }) else { fail("unexpected \(tool) line: \(line)") }
+            var inQuotes = false
+            for byte in line.utf8 {
+                guard byte >= 0x20 && byte < 0x7F else { fail("control or non-ASCII byte \(byte) in \(tool) line: \(line)") }
+                if byte == UInt8(ascii: "\"") { inQuotes.toggle(); continue }
+                if inQuotes && !allowed(byte) { fail("byte \(byte) inside a quoted string of \(tool) input: \(line)") }
+                if !inQuotes && [UInt8(ascii: "#"), UInt8(ascii: ";"), UInt8(ascii: "'"), UInt8(ascii: "\\")].contains(byte) {
+                    fail("\(byte) outside quotes in \(tool) input: \(line)")
+                }
+            }
+            if inQuotes { fail("unbalanced quotes in \(tool) input: \(line)") }
+            // ipset names are at most 31 bytes, iptables chain names at most 28.
+            for word in line.split(separator: " ") where word.hasPrefix("IPMASQ-") && word.utf8.count > 31 { fail("ipset name too long: \(word)") }
+        }
+    }
+
+    /// The iptables backend's inputs for a policy and registrations: both candidate chains, both families, every set script.
+    static func renderIPTables(network: String, masqChain: String, policy: NetworkPolicy, add: NetworkChange, remove: NetworkChange) {
+        let renderer = IPTablesRenderer(masqChain: masqChain)
+        let key = NetworkKey(network: network)
+        for chain in renderer.candidateChains(key) {
+            guard chain.utf8.count <= 28 else { fail("chain name longer than 28 bytes: \(chain)") }
+            for family in IPFamily.allCases {
+                let cleanup = IPTablesRenderer.Cleanup(jumps: [renderer.jumpRule(key, family, chain: chain)], chains: [renderer.derivedChain(key)])
+                for input in [renderer.nodeWideInput(policy, key, family, chain: chain), renderer.nodeWideInput(policy, key, family, chain: chain, cleanup: cleanup)] {
+                    checkLines(input, starts: ["*nat", ":", "-A ", "-D ", "-X ", "COMMIT"], allowed: isRestoreStringByte, tool: "iptables-restore")
+                }
+                if let removal = renderer.removalInput(jumps: [renderer.jumpRule(key, family, chain: chain)], chains: [chain]) {
+                    checkLines(removal, starts: ["*nat", ":", "-D ", "-X ", "COMMIT"], allowed: isRestoreStringByte, tool: "iptables-restore")
+                }
+            }
+        }
+        for input in [renderer.setInput(for: add, creating: true, verifying: true), renderer.setInput(for: remove), renderer.setRemovalInput(key)] {
+            checkLines(input, starts: ["create ", "add ", "del ", "list ", "destroy "], allowed: isScriptStringByte, tool: "ipset")
+        }
+    }
+
     /// A CNI error must describe itself and serialise to a JSON object that parses back.
     static func checkError(_ error: CNIError) {
         guard !error.msg.isEmpty else { fail("empty msg for code \(error.code)") }
@@ -84,7 +133,7 @@ enum Oracle {
     }
 
     /// Renders everything a policy and some registrations produce and checks each script.
-    static func render(network: String, policy: NetworkPolicy, registrations: [Registration]) {
+    static func render(network: String, masqChain: String, policy: NetworkPolicy, registrations: [Registration]) {
         checkPolicyRecord(policy)
         let renderer = NFTablesRenderer()
         var add = NetworkChange(network: network, policy: policy)
@@ -96,6 +145,7 @@ enum Oracle {
         remove.removeSubnets = add.addSubnets
         checkScript(renderer.script(for: remove, fingerprint: ""))
         checkScript(renderer.removeNetworkScript(key: NetworkKey(network: network)))
+        renderIPTables(network: network, masqChain: masqChain, policy: policy, add: add, remove: remove)
         for registration in registrations where registration.owner.tag.utf8.count > 128 {
             fail("owner tag longer than 128 bytes: \(registration.owner.tag)")
         }

@@ -45,7 +45,7 @@ enum StdinToPlan {
         do { config = try MasqConfig.resolve(netconf: netconf.object, fileContents: nil) } catch { Oracle.checkError(error); return }
         let policy = NetworkPolicy(config: config)
         guard let raw = netconf.object["prevResult"], raw != .null else {
-            Oracle.render(network: netconf.name, policy: policy, registrations: [])
+            Oracle.render(network: netconf.name, masqChain: config.masqChain, policy: policy, registrations: [])
             return
         }
         let prevResult: PrevResult
@@ -59,6 +59,6 @@ enum StdinToPlan {
                                   attachment: AttachmentKey(containerID: containerID, ifname: ifname), prevResult: prevResult)
         let registrations = plan.addresses.map { Registration(owner: plan.owner, pod: $0) }
         if Set(plan.addresses.map(\.address)).count != plan.addresses.count { Oracle.fail("duplicate addresses in a plan") }
-        Oracle.render(network: netconf.name, policy: policy, registrations: registrations)
+        Oracle.render(network: netconf.name, masqChain: config.masqChain, policy: policy, registrations: registrations)
     }
 }

@@ -24,6 +24,6 @@ enum YAMLConfig {
         do { config = try MasqConfig.resolve(netconf: netconf, fileContents: bytes) } catch { Oracle.checkError(error); return }
         let owner = Owner(network: "fuzznet", containerID: "ctr1", ifname: "eth0")
         let pod = PodAddress(address: IPAddress("10.1.2.3")!, subnet: try! CIDR.parse("10.1.2.0/24").get())
-        Oracle.render(network: "fuzznet", policy: NetworkPolicy(config: config), registrations: [Registration(owner: owner, pod: pod)])
+        Oracle.render(network: "fuzznet", masqChain: config.masqChain, policy: NetworkPolicy(config: config), registrations: [Registration(owner: owner, pod: pod)])
     }
 }

@@ -56,7 +56,7 @@ struct CorpusCase {
         case "deep-config": return Data(("nonMasqueradeCIDRs: " + String(repeating: "[", count: 100_000) + String(repeating: "]", count: 100_000) + "\n").utf8)
         case "huge-config":
             var text = "nonMasqueradeCIDRs:\n"
-            for index in 0..<300_000 { text += "  - 10.\(index >> 16).\((index >> 8) & 255).\(index & 255)/32\n" }
+            for index in 0..<120_000 { text += "  - 10.\(index >> 16).\((index >> 8) & 255).\(index & 255)/32\n" }
             return Data(text.utf8)
         default: return nil
         }

@@ -206,7 +206,8 @@ struct JobOutcome {
 }
 
 /// Starts every job at once (100 `posix_spawn`s in a row, no shell) and collects the outcomes.
-func storm(_ jobs: [PluginJob], in ns: Netns, directory: String) throws -> (outcomes: [JobOutcome], seconds: Double) {
+/// `during` runs while the jobs run (a firewall reload racing them, say).
+func storm(_ jobs: [PluginJob], in ns: Netns, directory: String, during: () throws -> Void = {}) throws -> (outcomes: [JobOutcome], seconds: Double) {
     try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
     for (index, job) in jobs.enumerated() { try job.stdin.write(toFile: "\(directory)/\(index).in", atomically: true, encoding: .utf8) }
     let path = ProcessInfo.processInfo.environment["PATH"] ?? "/usr/sbin:/usr/bin:/sbin:/bin"
@@ -217,6 +218,7 @@ func storm(_ jobs: [PluginJob], in ns: Netns, directory: String) throws -> (outc
         return try SpawnedProcess([ipProgram, "netns", "exec", ns.name, Host.pluginBinary], environment: environment,
                                   stdin: "\(directory)/\(index).in", stdout: "\(directory)/\(index).out", stderr: "\(directory)/\(index).err")
     }
+    try during()
     let endings = children.map { $0.wait(timeout: 120) }
     let seconds = Date().timeIntervalSince(started)
     let outcomes = try jobs.enumerated().map { index, job in
@@ -443,6 +445,62 @@ struct ReliabilityTests {
         #expect(trials == 100)
         #expect(interrupted >= 20, "only \(interrupted) of \(trials) kills landed while the plugin ran")
         print("reliability[\(flavour.rawValue)]: \(trials) kill -9 trials (\(interrupted) interrupted a running plugin, \(survivingChildren) left children running, \(mixedFamilies) left one family rewritten and the other not until the retry), kill window \(Int(window * 1000)) ms")
+    }
+
+    /// Simulates a firewall reload: the plugin's nftables table deleted, or both nat tables of the iptables flavour
+    /// replaced by empty ones (the ipsets survive, as they do a firewalld or iptables-restore reload).
+    func reload(_ ns: Netns, _ flavour: Flavour) throws {
+        switch flavour {
+        case .nftables: _ = try ns.exec(["nft", "delete", "table", "inet", "ip_masq"])
+        case .iptablesNFT, .iptablesLegacy:
+            let mode = flavour == .iptablesNFT ? "nft" : "legacy"
+            for tool in ["iptables", "ip6tables"] {
+                try ns.exec(["\(tool)-\(mode)-restore", "-w", "5"], input: "*nat\n:PREROUTING ACCEPT [0:0]\n:INPUT ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:POSTROUTING ACCEPT [0:0]\nCOMMIT\n", check: true)
+            }
+        }
+    }
+
+    @Test(arguments: Flavour.allCases)
+    func firewallReloadsDuringAStormAreRepairedByTheNextAdd(flavour: Flavour) throws {
+        let ns = try Netns("rel-reload"), scratch = ScratchDirectory()
+        func pod(_ index: Int) -> TestPod {
+            TestPod(network: "reload", containerID: "r-\(index)", addresses: ["10.95.\(index % 2).\(index + 2)/24", "fd95\(index % 2 == 0 ? "" : ":1")::\(index + 2)/64"])
+        }
+        func stdin(_ pod: TestPod) -> String {
+            netconf(name: "reload", scratch: scratch, extra: flavour.keys.merging(["lockTimeout": "60s"]) { $1 }, addresses: pod.addresses)
+        }
+        let pods = (0..<40).map(pod)
+        var reloads = 0
+        let result = try storm(pods.map { PluginJob(command: "ADD", containerID: $0.containerID, stdin: stdin($0)) }, in: ns, directory: scratch.path + "/storm") {
+            for _ in 0..<6 {
+                usleep(useconds_t(Int.random(in: 20_000...80_000)))
+                try reload(ns, flavour)
+                reloads += 1
+            }
+        }
+        // A verb racing a reload may fail (a rewrite whose objects vanish under it), but only with a CNI error; a retry succeeds.
+        var failed = 0
+        for outcome in result.outcomes where outcome.status != 0 {
+            failed += 1
+            let reply = (try? JSONSerialization.jsonObject(with: Data(outcome.stdout.utf8))) as? [String: Any]
+            #expect(outcome.status == 1 && [11, 100].contains(reply?["code"] as? Int ?? -1), "\(outcome.job.containerID): \(outcome.stdout)\(outcome.stderr)")
+            let retried = try PluginCall(netns: ns, command: "ADD", containerID: outcome.job.containerID)(outcome.job.stdin)
+            #expect(retried.status == 0, "retried ADD of \(outcome.job.containerID): \(retried.stdout)")
+        }
+        // One more reload after the storm, then the next ADD restores the node-wide part and every recorded pod.
+        try reload(ns, flavour)
+        let sentinel = pod(40)
+        let restored = try PluginCall(netns: ns, command: "ADD", containerID: sentinel.containerID)(stdin(sentinel))
+        #expect(restored.status == 0, "\(restored.stdout)\(restored.stderr)")
+        let all = pods + [sentinel]
+        var expected: [String: String] = [:]
+        for pod in all { for ip in pod.ips { expected[ip] = pod.tag } }
+        let installed = try flavour.pods(ns, network: "reload")
+        #expect(installed == expected, "missing \(Set(expected.keys).subtracting(installed.keys).sorted()), leaked \(Set(installed.keys).subtracting(expected.keys).sorted())")
+        #expect(try flavour.subnets(ns, network: "reload") == Set(all.flatMap(\.subnets)))
+        let checks = try storm(all.map { PluginJob(command: "CHECK", containerID: $0.containerID, stdin: stdin($0)) }, in: ns, directory: scratch.path + "/check").outcomes
+        for outcome in checks where outcome.status != 0 { Issue.record("CHECK of \(outcome.job.containerID) after the repair: \(outcome.stdout)") }
+        print("reliability[\(flavour.rawValue)]: storm of 40 ADDs with \(reloads + 1) firewall reloads: \(failed) ADDs failed with a CNI error and succeeded on retry; the next ADD restored all \(all.count) pods")
     }
 
     @Test(arguments: Flavour.allCases)
