@@ -136,40 +136,185 @@ struct ElementBatch {
     static let newElement: UInt16 = 12, deleteElement: UInt16 = 14 // NFT_MSG_NEWSETELEM, NFT_MSG_DELSETELEM
     static let batchBegin: UInt16 = 0x10, batchEnd: UInt16 = 0x11 // NFNL_MSG_BATCH_BEGIN, NFNL_MSG_BATCH_END
     static let request: UInt16 = 0x1, acknowledge: UInt16 = 0x4, create: UInt16 = 0x400 // NLM_F_*
-    static let nested: UInt16 = 0x8000 // NLA_F_NESTED
 
     /// The whole batch: begin, one message per command (each acknowledged), end; sequence numbers from `firstSequence`.
     func messages(firstSequence: UInt32) -> [UInt8] {
         var buffer: [UInt8] = []
         var sequence = firstSequence
-        Self.appendMessage(&buffer, type: Self.batchBegin, flags: Self.request, sequence: sequence, family: 0, resource: Self.subsystem) { _ in }
+        Netlink.appendMessage(&buffer, type: Self.batchBegin, flags: Self.request, sequence: sequence, family: 0, resource: Self.subsystem) { _ in }
         for command in commands {
             sequence += 1
             let type = Self.subsystem << 8 | (command.add ? Self.newElement : Self.deleteElement)
             let flags = Self.request | Self.acknowledge | (command.add ? Self.create : 0)
-            Self.appendMessage(&buffer, type: type, flags: flags, sequence: sequence, family: command.family, resource: 0) { body in
-                Self.appendAttribute(&body, type: 1, Array(command.table.utf8) + [0]) // NFTA_SET_ELEM_LIST_TABLE
-                Self.appendAttribute(&body, type: 2, Array(command.set.utf8) + [0]) // NFTA_SET_ELEM_LIST_SET
-                Self.appendNested(&body, type: 3) { list in // NFTA_SET_ELEM_LIST_ELEMENTS
-                    Self.appendNested(&list, type: 1) { element in // NFTA_LIST_ELEM
-                        Self.appendNested(&element, type: 1) { Self.appendAttribute(&$0, type: 1, command.key) } // KEY { VALUE }
+            Netlink.appendMessage(&buffer, type: type, flags: flags, sequence: sequence, family: command.family, resource: 0) { body in
+                Netlink.appendAttribute(&body, type: 1, Array(command.table.utf8) + [0]) // NFTA_SET_ELEM_LIST_TABLE
+                Netlink.appendAttribute(&body, type: 2, Array(command.set.utf8) + [0]) // NFTA_SET_ELEM_LIST_SET
+                Netlink.appendNested(&body, type: 3) { list in // NFTA_SET_ELEM_LIST_ELEMENTS
+                    Netlink.appendNested(&list, type: 1) { element in // NFTA_LIST_ELEM
+                        Netlink.appendNested(&element, type: 1) { Netlink.appendAttribute(&$0, type: 1, command.key) } // KEY { VALUE }
                         if let end = command.keyEnd {
-                            Self.appendNested(&element, type: 10) { Self.appendAttribute(&$0, type: 1, end) } // KEY_END { VALUE }
+                            Netlink.appendNested(&element, type: 10) { Netlink.appendAttribute(&$0, type: 1, end) } // KEY_END { VALUE }
                         }
                         if command.add, let comment = command.comment {
                             // nftnl user data: NFTNL_UDATA_SET_ELEM_COMMENT, length with the NUL, text, NUL.
                             let text = Array(comment.utf8) + [0]
-                            Self.appendAttribute(&element, type: 6, [0, UInt8(text.count)] + text) // USERDATA
+                            Netlink.appendAttribute(&element, type: 6, [0, UInt8(text.count)] + text) // USERDATA
                         }
                     }
                 }
             }
         }
         sequence += 1
-        Self.appendMessage(&buffer, type: Self.batchEnd, flags: Self.request, sequence: sequence, family: 0, resource: Self.subsystem) { _ in }
+        Netlink.appendMessage(&buffer, type: Self.batchEnd, flags: Self.request, sequence: sequence, family: 0, resource: Self.subsystem) { _ in }
         return buffer
     }
 
+    /// Sends the batch and waits for every acknowledgement; true when the kernel applied it. False when it refused
+    /// it (nothing changed: a batch is one transaction) or netlink was unusable.
+    func apply() -> Bool {
+        guard let socket = Netlink.Socket() else { return false }
+        let first = socket.firstSequence
+        return socket.send(messages(firstSequence: first))
+            && socket.awaitAcknowledgements(Set((1...UInt32(commands.count)).map { first &+ $0 }))
+    }
+}
+
+/// The iptables backend's `ipset -exist restore` input for a pod's ADD and DEL (element additions and deletions, and the
+/// terse listing that shows whether the pod set is still referenced), done over netlink the way the ipset tool does it,
+/// without starting the tool: its process was most of a pod's ADD or DEL on this backend. Nil for any other input; `run`
+/// returns nil when the kernel refuses a command, and the caller then runs the tool on the whole input, which is safe
+/// because every command of it is idempotent under `-exist`.
+struct IPSetBatch {
+    /// One line of the input.
+    enum Command: Equatable {
+        /// `add|del SET ADDRESS[/PREFIX] [comment "TEXT"]`.
+        case element(add: Bool, set: String, address: [UInt8], prefix: UInt8?, comment: String?)
+        /// `list SET -terse`: answered as `Name: SET` and `References: N` lines.
+        case references(set: String)
+    }
+
+    var commands: [Command]
+
+    /// Parses the input; nil unless every line (at most 200) is one of the commands above.
+    init?(script: String) {
+        var commands: [Command] = []
+        for line in script.split(separator: "\n") {
+            guard let command = Self.parse(line) else { return nil }
+            commands.append(command)
+        }
+        if commands.isEmpty || commands.count > 200 { return nil }
+        self.commands = commands
+    }
+
+    /// One line: `add|del SET ADDRESS[/PREFIX] [comment "TEXT"]` or `list SET -terse`.
+    static func parse(_ line: Substring) -> Command? {
+        var words = line.split(separator: " ", maxSplits: 3)
+        let verb = words.first ?? ""
+        guard words.count >= 2, words[1].utf8.count < 32, !words[1].contains(where: { $0 == "\"" }) else { return nil }
+        let set = String(words[1])
+        if words[0] == "list" { return words.count == 3 && words[2] == "-terse" ? .references(set: set) : nil }
+        guard words[0] == "add" || words[0] == "del", words.count >= 3 else { return nil }
+        var comment: String?
+        if words.count == 4 {
+            let rest = words[3]
+            guard words[0] == "add", rest.hasPrefix("comment \""), rest.hasSuffix("\""), rest.utf8.count > 10 else { return nil }
+            let text = rest.dropFirst(9).dropLast()
+            guard text.utf8.count < 256, !text.contains(where: { $0 == "\"" || $0 == "\\" || $0 == "\n" }) else { return nil }
+            comment = String(text)
+        }
+        words = Array(words[2].split(separator: "/"))
+        guard let address = ElementBatch.addressBytes(words[0]) else { return nil }
+        var prefix: UInt8?
+        if words.count == 2 {
+            guard let length = UInt8(words[1]), Int(length) <= address.count * 8,
+                  ElementBatch.prefixBounds(Substring("\(words[0])/\(length)")) != nil else { return nil }
+            prefix = length
+        } else if words.count != 1 {
+            return nil
+        }
+        return .element(add: verb == "add", set: set, address: address, prefix: prefix, comment: comment)
+    }
+
+    static let subsystem: UInt16 = 6 // NFNL_SUBSYS_IPSET
+    static let protocolVersion: UInt8 = 7 // IPSET_PROTOCOL
+    static let add: UInt16 = 9, delete: UInt16 = 10, list: UInt16 = 7 // IPSET_CMD_*
+
+    /// The element messages (add and del, each acknowledged; no NLM_F_EXCL, which is `-exist`), numbered from `first`.
+    func elementMessages(firstSequence first: UInt32) -> (bytes: [UInt8], sequences: Set<UInt32>) {
+        var buffer: [UInt8] = []
+        var sequences = Set<UInt32>()
+        for (index, command) in commands.enumerated() {
+            guard case .element(let add, let set, let address, let prefix, let comment) = command else { continue }
+            let sequence = first &+ UInt32(index)
+            sequences.insert(sequence)
+            Netlink.appendMessage(&buffer, type: Self.subsystem << 8 | (add ? Self.add : Self.delete), flags: 0x1 | 0x4,
+                                  sequence: sequence, family: 2, resource: 0) { body in
+                Netlink.appendAttribute(&body, type: 1, [Self.protocolVersion]) // IPSET_ATTR_PROTOCOL
+                Netlink.appendAttribute(&body, type: 2, Array(set.utf8) + [0]) // IPSET_ATTR_SETNAME
+                Netlink.appendNested(&body, type: 7) { data in // IPSET_ATTR_DATA
+                    Netlink.appendNested(&data, type: 1) { // IPSET_ATTR_IP { IPADDR_IPV4 | IPADDR_IPV6 }
+                        Netlink.appendAttribute(&$0, type: (address.count == 4 ? 1 : 2) | Netlink.networkByteOrder, address)
+                    }
+                    if let prefix { Netlink.appendAttribute(&data, type: 3, [prefix]) } // IPSET_ATTR_CIDR
+                    if let comment { Netlink.appendAttribute(&data, type: 26, Array(comment.utf8) + [0]) } // IPSET_ATTR_COMMENT
+                    Netlink.appendAttribute(&data, type: 9 | Netlink.networkByteOrder, [0, 0, 0, 0]) // IPSET_ATTR_LINENO, as the tool
+                }
+            }
+        }
+        return (buffer, sequences)
+    }
+
+    /// Runs the input; its output as the tool would print the parts the caller reads, or nil when the tool must run it.
+    func run() -> String? {
+        guard let socket = Netlink.Socket() else { return nil }
+        let elements = elementMessages(firstSequence: socket.firstSequence)
+        if !elements.sequences.isEmpty {
+            guard socket.send(elements.bytes), socket.awaitAcknowledgements(elements.sequences) else { return nil }
+        }
+        var output = ""
+        for (index, command) in commands.enumerated() {
+            guard case .references(let set) = command else { continue }
+            guard let references = Self.references(of: set, through: socket, sequence: socket.firstSequence &+ UInt32(commands.count + index)) else {
+                return nil
+            }
+            output += "Name: \(set)\nReferences: \(references)\n"
+        }
+        return output
+    }
+
+    /// How many rules use a set: the header of its listing (IPSET_FLAG_LIST_HEADER), attribute IPSET_ATTR_REFERENCES.
+    static func references(of set: String, through socket: Netlink.Socket, sequence: UInt32) -> UInt32? {
+        var request: [UInt8] = []
+        Netlink.appendMessage(&request, type: subsystem << 8 | list, flags: 0x1 | 0x100, sequence: sequence, family: 2, resource: 0) { body in
+            Netlink.appendAttribute(&body, type: 1, [protocolVersion])
+            Netlink.appendAttribute(&body, type: 2, Array(set.utf8) + [0])
+            Netlink.appendAttribute(&body, type: 6 | Netlink.networkByteOrder, [0, 0, 0, 4]) // IPSET_ATTR_FLAGS: LIST_HEADER
+        }
+        guard socket.send(request) else { return nil }
+        var references: UInt32?
+        var failed = false
+        let received = socket.receive { type, seen, message in
+            guard seen == sequence else { return true }
+            if type == 3 { return false } // NLMSG_DONE
+            if type == 2 { failed = true; return false } // NLMSG_ERROR: the set is missing or the request was refused
+            guard type == subsystem << 8 | list, message.count > 20 else { return true }
+            for attribute in Netlink.attributes(message[(message.startIndex + 20)...]) where attribute.type == 7 {
+                for inner in Netlink.attributes(attribute.value) where inner.type == 25 && inner.value.count == 4 {
+                    references = inner.value.reduce(0) { $0 << 8 | UInt32($1) }
+                }
+            }
+            return true
+        }
+        return received && !failed ? references : nil
+    }
+}
+
+/// Netlink messages and the socket they go through (NETLINK_NETFILTER), shared by the nftables and ipset fast paths.
+enum Netlink {
+    static let nested: UInt16 = 0x8000 // NLA_F_NESTED
+    static let networkByteOrder: UInt16 = 0x4000 // NLA_F_NET_BYTEORDER
+
+    /// Appends one message: header, nfgenmsg (family, version 0, `resource` as res_id), then what `body` appends.
     static func appendMessage(_ buffer: inout [UInt8], type: UInt16, flags: UInt16, sequence: UInt32, family: UInt8,
                               resource: UInt16, body: (inout [UInt8]) -> Void) {
         var payload: [UInt8] = [family, 0, UInt8(resource >> 8), UInt8(resource & 0xFF)] // nfgenmsg, res_id big-endian
@@ -184,6 +329,7 @@ struct ElementBatch {
         while buffer.count % 4 != 0 { buffer.append(0) }
     }
 
+    /// Appends one attribute, padded to 4 bytes.
     static func appendAttribute(_ buffer: inout [UInt8], type: UInt16, _ value: [UInt8]) {
         withUnsafeBytes(of: UInt16(4 + value.count)) { buffer += $0 }
         withUnsafeBytes(of: type) { buffer += $0 }
@@ -191,6 +337,7 @@ struct ElementBatch {
         while buffer.count % 4 != 0 { buffer.append(0) }
     }
 
+    /// Appends a nested attribute holding what `body` appends.
     static func appendNested(_ buffer: inout [UInt8], type: UInt16, _ body: (inout [UInt8]) -> Void) {
         var inner: [UInt8] = []
         body(&inner)
@@ -199,44 +346,80 @@ struct ElementBatch {
         buffer += inner
     }
 
-    /// Sends the batch and waits for every acknowledgement; true when the kernel applied it. False when it refused
-    /// it (nothing changed: a batch is one transaction) or netlink was unusable.
-    func apply() -> Bool {
-        let fd = socket(AF_NETLINK, Int32(SOCK_RAW.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 12) // NETLINK_NETFILTER
-        guard fd >= 0 else { return false }
-        defer { close(fd) }
-        // The kernel answers at once; a silent socket is a reason to let libnftables try (the script is idempotent).
-        var timeout = timeval(tv_sec: 5, tv_usec: 0)
-        _ = setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
-        var now = timespec()
-        clock_gettime(CLOCK_MONOTONIC, &now)
-        let first = UInt32(truncatingIfNeeded: now.tv_nsec) & 0x0FFF_FFFF | 1
-        let batch = messages(firstSequence: first)
-        let sent = batch.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, 0) }
-        guard sent == batch.count else { return false }
-        var pending = Set((1...UInt32(commands.count)).map { first &+ $0 })
-        var buffer = [UInt8](repeating: 0, count: 16384)
-        while !pending.isEmpty {
-            let count = buffer.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
-            if count < 0 && errno == EINTR { continue }
-            guard count > 0 else { return false }
-            var offset = 0
-            while offset + 16 <= count {
-                let (length, type, sequence) = buffer.withUnsafeBytes { raw in
-                    (raw.loadUnaligned(fromByteOffset: offset, as: UInt32.self),
-                     raw.loadUnaligned(fromByteOffset: offset + 4, as: UInt16.self),
-                     raw.loadUnaligned(fromByteOffset: offset + 8, as: UInt32.self))
+    /// The attributes of a message payload (after its 4-byte nfgenmsg): type (flags cleared) and value.
+    static func attributes(_ bytes: ArraySlice<UInt8>) -> [(type: UInt16, value: ArraySlice<UInt8>)] {
+        var result: [(type: UInt16, value: ArraySlice<UInt8>)] = []
+        var offset = bytes.startIndex
+        while offset + 4 <= bytes.endIndex {
+            let length = Int(UInt16(bytes[offset]) | UInt16(bytes[offset + 1]) << 8)
+            let type = (UInt16(bytes[offset + 2]) | UInt16(bytes[offset + 3]) << 8) & 0x3FFF
+            guard length >= 4, offset + length <= bytes.endIndex else { break }
+            result.append((type, bytes[(offset + 4)..<(offset + length)]))
+            offset += (length + 3) & ~3
+        }
+        return result
+    }
+
+    /// A NETLINK_NETFILTER socket, closed on release.
+    final class Socket {
+        let fd: Int32
+        /// Where this socket's sequence numbers start.
+        let firstSequence: UInt32
+
+        init?() {
+            fd = socket(AF_NETLINK, Int32(SOCK_RAW.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 12) // NETLINK_NETFILTER
+            guard fd >= 0 else { return nil }
+            // The kernel answers at once; a silent socket is a reason to let the tool try (every script is idempotent).
+            var timeout = timeval(tv_sec: 5, tv_usec: 0)
+            _ = setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+            var now = timespec()
+            clock_gettime(CLOCK_MONOTONIC, &now)
+            firstSequence = UInt32(truncatingIfNeeded: now.tv_nsec) & 0x0FFF_FFFF | 1
+        }
+
+        deinit { close(fd) }
+
+        /// Sends messages to the kernel in one datagram.
+        func send(_ bytes: [UInt8]) -> Bool {
+            bytes.withUnsafeBytes { Glibc.send(fd, $0.baseAddress, $0.count, 0) } == bytes.count
+        }
+
+        /// Reads replies, handing each message (type, sequence, whole message) to `handle` until it returns false;
+        /// false when the socket fails or a message is malformed.
+        func receive(_ handle: (UInt16, UInt32, ArraySlice<UInt8>) -> Bool) -> Bool {
+            var buffer = [UInt8](repeating: 0, count: 65536)
+            while true {
+                let count = buffer.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
+                if count < 0 && errno == EINTR { continue }
+                guard count > 0 else { return false }
+                var offset = 0
+                while offset + 16 <= count {
+                    let (length, type, sequence) = buffer.withUnsafeBytes { raw in
+                        (raw.loadUnaligned(fromByteOffset: offset, as: UInt32.self),
+                         raw.loadUnaligned(fromByteOffset: offset + 4, as: UInt16.self),
+                         raw.loadUnaligned(fromByteOffset: offset + 8, as: UInt32.self))
+                    }
+                    guard length >= 16, offset + Int(length) <= count else { return false }
+                    if !handle(type, sequence, buffer[offset..<(offset + Int(length))]) { return true }
+                    offset += (Int(length) + 3) & ~3
                 }
-                guard length >= 16, offset + Int(length) <= count else { return false }
-                if type == 2 { // NLMSG_ERROR: 0 acknowledges, a negative errno refuses
-                    guard length >= 20 else { return false }
-                    let error = buffer.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: offset + 16, as: Int32.self) }
-                    if error != 0 { return false }
-                    pending.remove(sequence)
-                }
-                offset += (Int(length) + 3) & ~3
             }
         }
-        return true
+
+        /// Waits for an acknowledgement (NLMSG_ERROR 0) of each sequence number; false at the first refusal.
+        func awaitAcknowledgements(_ sequences: Set<UInt32>) -> Bool {
+            var pending = sequences
+            var refused = false
+            let received = receive { type, sequence, message in
+                guard type == 2 else { return true } // NLMSG_ERROR: 0 acknowledges, a negative errno refuses
+                guard message.count >= 20 else { refused = true; return false }
+                let error = Int32(bitPattern: UInt32(message[message.startIndex + 16]) | UInt32(message[message.startIndex + 17]) << 8
+                                  | UInt32(message[message.startIndex + 18]) << 16 | UInt32(message[message.startIndex + 19]) << 24)
+                if error != 0 { refused = true; return false }
+                pending.remove(sequence)
+                return !pending.isEmpty
+            }
+            return received && !refused && pending.isEmpty
+        }
     }
 }

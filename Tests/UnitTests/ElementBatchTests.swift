@@ -72,4 +72,45 @@ import Testing
         #expect(ElementBatch.prefixBounds("10.244.1.1/24") == nil)
         #expect(ElementBatch.prefixBounds("10.244.1.0/33") == nil)
     }
+
+    // MARK: ipset
+
+    @Test func acceptsThePodInputOfTheIPTablesRenderer() throws {
+        var change = NetworkChange(network: "bench")
+        change.add = [Self.registration("10.200.200.9", "10.200.0.0/16"), Self.registration("fd00:10:244::9", "fd00:10:244::/64")]
+        change.remove = [Self.registration("10.200.200.8", "10.200.0.0/16")]
+        change.addSubnets = [try CIDR.parse("10.200.0.0/16").get()]
+        change.removeSubnets = [try CIDR.parse("10.201.0.0/16").get()]
+        let input = IPTablesRenderer(masqChain: "IP-MASQ-AGENT").setInput(for: change, verifying: true)
+        let batch = try #require(IPSetBatch(script: input))
+        #expect(batch.commands.count == input.split(separator: "\n").count)
+        #expect(batch.commands.contains(.element(add: true, set: "IPMASQ-P4-bench", address: [10, 200, 200, 9], prefix: nil, comment: "bench/c9/eth0")))
+        #expect(batch.commands.contains(.element(add: false, set: "IPMASQ-S4-bench", address: [10, 201, 0, 0], prefix: 16, comment: nil)))
+        #expect(batch.commands.contains(.references(set: "IPMASQ-P6-bench")))
+        #expect(IPTablesRenderer(masqChain: "IP-MASQ-AGENT").setInput(for: change, creating: true).isEmpty == false)
+        #expect(IPSetBatch(script: IPTablesRenderer(masqChain: "IP-MASQ-AGENT").setInput(for: change, creating: true)) == nil)
+    }
+
+    @Test(arguments: ["create IPMASQ-P4-x hash:ip family inet comment", "destroy IPMASQ-P4-x", "list IPMASQ-P4-x",
+                      "add IPMASQ-P4-x 10.0.0.1/8", "del IPMASQ-P4-x 10.0.0.1 comment \"a\"", "add IPMASQ-P4-x 10.0.0.1 comment \"a\"b\"",
+                      "flush IPMASQ-P4-x", "add IPMASQ-P4-x not-an-address"])
+    func leavesOtherInputToTheIPSetTool(_ line: String) {
+        #expect(IPSetBatch(script: "add IPMASQ-P4-x 10.0.0.2\n" + line + "\n") == nil)
+    }
+
+    /// The add message, as `ipset -exist add T4 10.1.2.3 comment "net/c1/eth0"` (ipset 7.17) sends it.
+    @Test func encodesAnAddLikeTheIPSetTool() throws {
+        let batch = try #require(IPSetBatch(script: "add T4 10.1.2.3 comment \"net/c1/eth0\"\n"))
+        let bytes = batch.elementMessages(firstSequence: 7).bytes
+        let expected: [UInt8] = [76, 0, 0, 0, 0x09, 0x06, 0x05, 0x00, 7, 0, 0, 0, 0, 0, 0, 0, // ADD, REQUEST|ACK (no EXCL: -exist)
+                                 2, 0, 0, 0, // nfgenmsg: AF_INET
+                                 5, 0, 1, 0, 7, 0, 0, 0, // PROTOCOL 7
+                                 7, 0, 2, 0, 0x54, 0x34, 0, 0, // SETNAME "T4"
+                                 40, 0, 7, 0x80, // DATA
+                                 12, 0, 1, 0x80, 8, 0, 1, 0x40, 10, 1, 2, 3, // IP { IPADDR_IPV4 }
+                                 16, 0, 26, 0] + Array("net/c1/eth0".utf8) + [0, // COMMENT
+                                 8, 0, 9, 0x40, 0, 0, 0, 0] // LINENO
+        #expect(bytes == expected)
+    }
 }
+
