@@ -763,15 +763,15 @@ def report(bench, args, elapsed):
     pairs = [(n, a, b) for n, a, b in pairs if a and b]
     if pairs:
         out("The nftables backend sends a pod's element changes (ADD, DEL) to the kernel itself, as one nf_tables netlink "
-            "batch: no libnftables, no `nft`. Scripts that write the node-wide rules (the network's first pod, a changed "
+            "batch: no libnftables, no `nft` (the iptables backend likewise sends its ipset changes over netlink). Scripts that write the node-wide rules (the network's first pod, a changed "
             "config, a restore) go through libnftables, loaded with dlopen, or the `nft` binary when it is missing. "
             "Measured on an ADD that rewrites the node-wide rules: libnftables %s against `nft -f -` %s, so libnftables "
             "is the default and the binary the fallback." % (
                 ", ".join("%.2f ms (N=%d)" % (a["median"], n) for n, a, _ in pairs),
                 ", ".join("%.2f ms (N=%d)" % (b["median"], n) for n, _, b in pairs)))
         out("")
-    out("Peak RSS is GNU time's maximum resident set of the plugin process, which includes any tool it ran and waited "
-        "for (`ipset` for the iptables backend).")
+    out("Peak RSS is GNU time's maximum resident set of the plugin process (including any tool it ran and waited for, "
+        "such as `nft` or `ipset` on the fallback paths).")
     out("")
     out("## Whole pod through libcni (bridge + host-local [+ ip-masq])")
     out("")
@@ -865,9 +865,9 @@ def report(bench, args, elapsed):
     if own:
         out("- The plugin's own cost without netfilter work (a DEL of a pod that was never registered: start-up, config, "
             "lock, record lookup): " + ", ".join("%s N=%d %.2f ms" % (backend, n, summary["median"]) for backend, n, summary in own)
-            + ". The iptables backend adds one `ipset restore` process to it, which is why its ADD and DEL stay "
-            "above the single `ipset` floor by more than the targets allow; the nftables backend talks netlink itself "
-            "and beats its `nft` floor.")
+            + ". Both backends send a pod's element changes over netlink from the plugin's own process (no `nft`, "
+            "`ipset` or libnftables), so an ADD costs this plus one netlink exchange: it beats the `nft` floor, which "
+            "loads libnftables, but stays above the `ipset` floor, a small C program that starts in ~1 ms.")
     out("- The machine is shared: the load average below says how busy it was; medians are robust to the spikes, "
         "the maxima are not.")
     out("")
