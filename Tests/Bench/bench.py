@@ -590,6 +590,7 @@ class Bench:
             os.symlink(os.path.join(args.reference_plugins, name), os.path.join(self.cni_bin, name))
         os.symlink(self.plugin, self.cni_bin + "/ip-masq")
         self.results = {"plugin": {}, "pod": {}, "floor": {}, "noise": []}
+        self.machine = None
 
     def close(self):
         self.namespaces.delete_all()
@@ -680,13 +681,25 @@ def median(summary):
 
 
 def tool_version(argv):
+    """The first line a tool prints about its version (run by the caller inside a benchmark namespace)."""
     try:
-        return run(argv, check=False).strip().splitlines()[0]
+        env = dict(os.environ, PATH=os.environ.get("PATH", "") + ":" + PATH)
+        return (run(argv, check=False, env=env).strip().splitlines() or ["?"])[0]
     except Exception:
         return "?"
 
 
-def machine():
+def machine(bench):
+    """The machine's description, with the tool versions asked inside a namespace of the run."""
+    if bench.machine is None:
+        node = bench.namespaces.add("info")
+        with inside(node):
+            bench.machine = machine_facts()
+        bench.namespaces.delete(node)
+    return bench.machine
+
+
+def machine_facts():
     cpu = "?"
     for line in open("/proc/cpuinfo"):
         if line.startswith("model name"):
@@ -725,7 +738,7 @@ def report(bench, args, elapsed):
     out("")
     out("| | |")
     out("|---|---|")
-    for key, value in machine():
+    for key, value in bench.machine or []:
         out("| %s | %s |" % (key, value))
     out("| load average (1 min) during the run | %s |" % ", ".join("%s: %s" % (label, load) for label, load in r["noise"][:1] + r["noise"][-1:]))
     out("")
@@ -994,6 +1007,7 @@ def main():
     signal.signal(signal.SIGTERM, lambda *_: sys.exit("bench: terminated"))
     started = time.time()
     try:
+        machine(bench)
         if not only or "startup" in only:
             log("start-up: /bin/true and ip-masq VERSION")
             bench.start_up()
