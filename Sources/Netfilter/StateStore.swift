@@ -215,27 +215,13 @@ extension NetworkPolicy {
 }
 
 extension NetworkPolicy {
-    /// Reads back a policy written by `json` (the last good policy of a network).
+    /// Reads back a policy written by `json` (the last good policy of a network), through the config decoder:
+    /// the record uses config-key names, so the same validation applies.
     public init?(json: JSONValue) {
-        func cidrs(_ key: String) -> [CIDR]? {
-            json[key]?.arrayValue?.compactMap { $0.stringValue.flatMap { try? CIDR.parse($0).get() } }
-        }
-        func flag(_ key: String) -> Bool? {
-            if case .bool(let value)? = json[key] { return value }
-            return nil
-        }
-        guard let nonMasquerade = cidrs("nonMasqueradeCIDRs"), let exceptions = cidrs("masqueradeCIDRs"),
-              let masqLinkLocal = flag("masqLinkLocal"), let masqLinkLocalIPv6 = flag("masqLinkLocalIPv6"),
-              let exemptPodSubnet = flag("exemptPodSubnet"), let randomFully = flag("randomFully"),
-              let ports = json["toPorts"]?.stringValue, let toPorts = ValueSyntax.parsePortRanges(ports) else { return nil }
-        var config = MasqConfig()
-        config.nonMasqueradeCIDRs = nonMasquerade
-        config.masqueradeCIDRs = exceptions
-        config.masqLinkLocal = masqLinkLocal
-        config.masqLinkLocalIPv6 = masqLinkLocalIPv6
-        config.exemptPodSubnet = exemptPodSubnet
-        config.randomFully = randomFully
-        config.toPorts = toPorts
+        guard case .object(var object) = json else { return nil }
+        let count = object["nonMasqueradeCIDRs"]?.arrayValue?.count ?? 0
+        object["cidrLimit"] = .int(Int64(max(count, 1)))
+        guard let config = try? MasqConfig.resolve(netconf: object, fileContents: nil) else { return nil }
         self.init(config: config)
     }
 }

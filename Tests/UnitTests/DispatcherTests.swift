@@ -129,4 +129,13 @@ func addInput(version: String = "1.0.0", prevResult: String = "ptp-1.0.0.json", 
         #expect(Date().timeIntervalSince(start) < 2)
         #expect(harness.backend.applied.isEmpty)
     }
+
+    @Test func aPolicySurvivesItsNetworkRecord() throws {
+        for text in [#"{}"#, #"{"nonMasqueradeCIDRs":["10.0.0.0/8","fd00::/8"],"masqueradeCIDRs":["10.9.0.0/16"],"masqLinkLocal":true,"exemptPodSubnet":false,"randomFully":false,"toPorts":"1024-2047,4096"}"#,
+                     #"{"nomasqAllReservedRanges":true}"#] {
+            let policy = NetworkPolicy(config: try resolve(text))
+            #expect(NetworkPolicy(json: policy.json) == policy, "\(text)")
+        }
+        #expect(NetworkPolicy(json: .object(JSONObject([("nonMasqueradeCIDRs", .array([.string("10.0.0.1/8")]))]))) == nil)
+    }
 }
