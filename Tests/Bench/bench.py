@@ -850,7 +850,13 @@ def report(bench, args, elapsed):
                     gap = median(by_n[n][verb + suffix]) - median(by_n[n][floor_name + floor_key])
                     worst = gap if worst is None or gap > worst else worst
                 check("plugin %s within %.0f ms of one `%s` (%s%s, worst N)" % (verb, limit, floor_key, backend, suffix), worst, limit,
-                      lambda v, l: v <= l, "+%.2f ms" % worst)
+                      lambda v, l: v <= l, "%+.2f ms" % worst)
+    for backend, by_n in plugin.items():
+        key = "floor: iptables-restore --noflush"
+        gaps = [median(by_n[n]["ADD"]) - median(by_n[n][key]) for n in sorted(by_n) if key in by_n[n]]
+        if gaps:
+            check("plugin ADD within 2 ms of one `iptables-restore --noflush` (issue 4's floor; %s, worst N)" % backend,
+                  max(gaps), 2.0, lambda v, l: v <= l, "%+.2f ms" % max(gaps))
     rss_values = [(backend, n, key, value) for backend, by_n in plugin.items() for n, figures in by_n.items()
                   for key, value in figures.items() if key.startswith("rss")]
     for label, chosen in (("a pod's ADD and DEL", [item for item in rss_values if "rewrite" not in item[2]]),
@@ -861,7 +867,7 @@ def report(bench, args, elapsed):
                   lambda v, l: v <= l, "%.2f MiB" % (value / 1024))
     if floor:
         gap = median(floor["ip-masq VERSION"]) - median(floor["/bin/true"])
-        check("start-up (VERSION) within 1.5 ms of /bin/true", gap, 1.5, lambda v, l: v <= l, "+%.2f ms" % gap)
+        check("start-up (VERSION) within 1.5 ms of /bin/true", gap, 1.5, lambda v, l: v <= l, "%+.2f ms" % gap)
     out("")
     out("## Notes")
     out("")
@@ -984,6 +990,23 @@ def svg_plot(bench):
     return "\n".join(parts) + "\n"
 
 
+def render(args):
+    """Writes results.md and latency.svg again from the raw figures of an earlier run."""
+    raw = json.load(open(args.render))
+    raw["noise"] = [tuple(item) for item in raw.get("noise", [])]
+    for section in ("plugin", "pod"):
+        raw[section] = {name: {int(n): figures for n, figures in by_n.items()} for name, by_n in raw[section].items()}
+    rendered = argparse.Namespace(results=raw, machine=[tuple(item) for item in raw.get("machine", [])],
+                                  runs=raw.get("runs", 0), pod_runs=raw.get("pod_runs", 0))
+    text, _ = report(rendered, args, raw.get("elapsed", 0))
+    print(text)
+    if args.out:
+        with open(os.path.join(args.out, "results.md"), "w") as handle:
+            handle.write(text)
+        with open(os.path.join(args.out, "latency.svg"), "w") as handle:
+            handle.write(svg_plot(rendered))
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--plugin", required=True, help="the release ip-masq binary")
@@ -997,7 +1020,11 @@ def main():
     parser.add_argument("--only", default="", help="comma-separated subset: startup,plugin,pod")
     parser.add_argument("--backends", default="nftables,iptables-nft,iptables-legacy")
     parser.add_argument("--counts", default="0,1000,10000")
+    parser.add_argument("--render", default=None, help="only write the report and plot again from a --json file")
     args = parser.parse_args()
+    if args.render:
+        render(args)
+        return
     if args.pod_runs is None:
         args.pod_runs = max(8, args.runs)
     if os.geteuid() != 0:
@@ -1007,7 +1034,7 @@ def main():
     signal.signal(signal.SIGTERM, lambda *_: sys.exit("bench: terminated"))
     started = time.time()
     try:
-        machine(bench)
+        bench.results["machine"] = machine(bench)
         if not only or "startup" in only:
             log("start-up: /bin/true and ip-masq VERSION")
             bench.start_up()
@@ -1019,6 +1046,7 @@ def main():
     finally:
         bench.close()
     elapsed = time.time() - started
+    bench.results.update(runs=bench.runs, pod_runs=bench.pod_runs, elapsed=elapsed)
     if args.json:
         with open(args.json, "w") as handle:
             json.dump(bench.results, handle, indent=1)
