@@ -6,7 +6,8 @@ import Glibc
 /// opened `O_CLOEXEC | O_NOFOLLOW`, created 0600 with its parent directory. The kernel drops it
 /// when the process dies, so a killed plugin never leaves it held.
 public final class FileLock {
-    private var fd: Int32
+    /// The open lock file's descriptor (-1 once released).
+    public private(set) var fd: Int32
 
     /// Why the lock was not taken.
     public enum Failure: Error, Sendable, CustomStringConvertible {
@@ -48,11 +49,20 @@ public final class FileLock {
             nanosleep(&request, nil)
             pause = min(pause * 2, 20_000_000)
         }
+        Self.heldDescriptor = fd
     }
+
+    /// The descriptor of the lock this process holds, or -1. Tools the plugin runs while holding it inherit it
+    /// (as descriptor 3, see `SpawnRunner`), so that a tool outliving a killed plugin still finishes under the lock.
+    nonisolated(unsafe) public private(set) static var heldDescriptor: Int32 = -1
 
     /// Releases the lock now (closing the descriptor also does).
     public func release() {
-        if fd >= 0 { close(fd); fd = -1 }
+        if fd >= 0 {
+            if Self.heldDescriptor == fd { Self.heldDescriptor = -1 }
+            close(fd)
+            fd = -1
+        }
     }
 
     deinit { release() }

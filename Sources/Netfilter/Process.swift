@@ -43,7 +43,10 @@ func makePipe(_ fds: inout [Int32]) -> Bool {
 
 /// `posix_spawnp` with pipes on all three streams, read with poll so neither side blocks the other.
 public struct SpawnRunner: CommandRunner {
-    public init() {}
+    /// The descriptor handed to tools as descriptor 3; nil means the node lock this process holds, if any.
+    let inheritedDescriptor: Int32?
+
+    public init(inheritedDescriptor: Int32? = nil) { self.inheritedDescriptor = inheritedDescriptor }
 
     public func run(_ arguments: [String], input: [UInt8]) throws(SystemError) -> ProcessOutput {
         var inPipe: [Int32] = [-1, -1], outPipe: [Int32] = [-1, -1], errPipe: [Int32] = [-1, -1]
@@ -59,6 +62,10 @@ public struct SpawnRunner: CommandRunner {
         posix_spawn_file_actions_adddup2(&actions, inPipe[0], 0)
         posix_spawn_file_actions_adddup2(&actions, outPipe[1], 1)
         posix_spawn_file_actions_adddup2(&actions, errPipe[1], 2)
+        // The node lock goes with the tool: if the plugin is killed, the tool's change still ends before anyone
+        // else takes the lock (a flock is held while any descriptor of it is open).
+        let inherited = inheritedDescriptor ?? FileLock.heldDescriptor
+        if inherited >= 0 { posix_spawn_file_actions_adddup2(&actions, inherited, 3) }
         var pid: pid_t = 0
         let cArguments = arguments.map { strdup($0) } + [nil]
         defer { for pointer in cArguments { free(pointer) } }
