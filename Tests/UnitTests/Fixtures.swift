@@ -48,9 +48,14 @@ final class RecordingBackend: MasqBackend, @unchecked Sendable {
 }
 
 /// Runs the CNI dispatcher in-process with a recording backend and a temporary state directory.
-struct PluginHarness {
+final class PluginHarness {
     let backend = RecordingBackend()
     let directory: String = NSTemporaryDirectory() + "ipmasq-unit-" + UUID().uuidString
+
+    init() {}
+
+    /// The temporary lock and state go with the harness.
+    deinit { try? FileManager.default.removeItem(atPath: directory) }
 
     /// The stdin object with lockFile/stateDir pointed into the temporary directory.
     func stdin(_ text: String) -> [UInt8] {
