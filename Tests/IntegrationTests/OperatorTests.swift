@@ -219,15 +219,16 @@ struct OperatorTests {
         try node.add("ctr1", ["10.99.0.3/24"])
         #expect(try node.installed().contains("192.168.0.0/16"), "the defaults before the ConfigMap is synced")
         let agent = try node.startAgent(["--sync-config-from", configMap, "--sync-config-to", node.configFile])
-        #expect(eventually(within: 3) { agent.log.contains("config changed") } != nil, "the first pass syncs and applies the ConfigMap\n\(agent.log)")
+        #expect(eventually(within: 8) { agent.log.contains("config changed") } != nil, "the first pass syncs and applies the ConfigMap\n\(agent.log)")
         let before = try node.installed()
         #expect(before.contains("10.0.0.0/8") && !before.contains("192.168.0.0/16"), "\(before)")
 
         try "nonMasqueradeCIDRs: [10.0.0.0/8, 192.168.0.0/16]\nresyncInterval: 500ms\n".write(toFile: configMap, atomically: true, encoding: .utf8)
-        let applied = try eventually(within: 3) { try backend.nonMasqueradeListing(in: node.ns).contains("192.168.0.0/16") }
+        let applied = try eventually(within: 5) { try backend.nonMasqueradeListing(in: node.ns).contains("192.168.0.0/16") }
         let seconds = try #require(applied, "the change never reached the rules\n\(agent.log)")
-        // One interval (0.5 s) plus the pass itself and this test's 50 ms polling through `ip netns exec`.
-        #expect(seconds < 0.5 + 0.4, "applied after \(seconds) s")
+        // The resync (0.5 s here, 60 s by default) applied it, not a restart: the bound is loose because CI runs
+        // suites in parallel on 2 cores (the measured figure is printed below; speed belongs to the benchmark).
+        #expect(seconds < 0.5 + 2.5, "applied after \(seconds) s")
         print("agent (\(backend.name)): config change applied after \(String(format: "%.3f", seconds)) s (resyncInterval 500ms)")
         #expect(try node.check("ctr1", ["10.99.0.3/24"]), "CHECK agrees that the rules match the new config")
         #expect(agent.log.contains("config changed (nonMasqueradeCIDRs [10.0.0.0/8] -> [10.0.0.0/8, 192.168.0.0/16]): node-wide rules rewritten"), "\(agent.log)")
@@ -242,14 +243,14 @@ struct OperatorTests {
         let pods = [("ctr1", ["10.99.0.3/24", "fd00:99::3/64"]), ("ctr2", ["10.99.0.4/24"]), ("ctr3", ["10.98.0.9/24"])]
         for (id, addresses) in pods { try node.add(id, addresses) }
         let agent = try node.startAgent()
-        #expect(eventually(within: 3) { agent.log.contains("serving network testnet") } != nil)
+        #expect(eventually(within: 8) { agent.log.contains("serving network testnet") } != nil)
         func allChecksPass() throws -> Bool { try pods.allSatisfy { try node.check($0.0, $0.1) } }
         #expect(try allChecksPass())
         let intact = try node.installed()
 
         for (what, command) in backend.breakages {
             try node.ns.exec(["sh", "-c", command], check: true)
-            let repaired = try eventually(within: 3) { try allChecksPass() }
+            let repaired = try eventually(within: 8) { try allChecksPass() }
             #expect(repaired != nil, "\(what) was not repaired\n\(agent.log)")
             print("agent (\(backend.name)): \(what) repaired after \(repaired.map { String(format: "%.3f", $0) } ?? "-") s")
             #expect(try node.installed() == intact, "after the repair of \(what), everything is as it was")
@@ -269,29 +270,29 @@ struct OperatorTests {
         let node = try OperatorNode("agent-invalid", backend: backend, config: Self.baseConfig)
         try node.add("ctr1", ["10.99.0.3/24"])
         let agent = try node.startAgent()
-        #expect(eventually(within: 3) { agent.log.contains("serving network testnet") } != nil)
+        #expect(eventually(within: 8) { agent.log.contains("serving network testnet") } != nil)
         let good = try node.installed()
 
         try node.writeConfig("nonMasqueradeCIDRs: [10.0.0.1/8]\nresyncInterval: 500ms\n")
-        #expect(eventually(within: 3) { agent.log.contains("is invalid, keeping the last good rules") } != nil, "\(agent.log)")
+        #expect(eventually(within: 8) { agent.log.contains("is invalid, keeping the last good rules") } != nil, "\(agent.log)")
         usleep(1_200_000) // two more passes
         #expect(agent.process.isRunning)
         #expect(try node.installed() == good, "the rules stay as they were")
         #expect(agent.log.components(separatedBy: "is invalid").count - 1 == 1, "a lasting problem is logged once")
         // A firewall reload while the file is invalid: restored with the last good policy.
         try node.ns.exec(["sh", "-c", backend.wipe], check: true)
-        #expect(try eventually(within: 3) { try node.installed() == good } != nil, "\(agent.log)")
+        #expect(try eventually(within: 8) { try node.installed() == good } != nil, "\(agent.log)")
 
         // The conflist itself turns invalid: the last good one is kept, repairs go on.
         let conflist = try String(contentsOfFile: node.conflist, encoding: .utf8)
         try "{\"cniVersion\": ".write(toFile: node.conflist, atomically: true, encoding: .utf8)
-        #expect(eventually(within: 3) { agent.log.contains("is unusable, keeping the last good one") } != nil, "\(agent.log)")
+        #expect(eventually(within: 8) { agent.log.contains("is unusable, keeping the last good one") } != nil, "\(agent.log)")
         try node.ns.exec(["sh", "-c", backend.breakages[0].command], check: true)
-        #expect(try eventually(within: 3) { try node.installed() == good } != nil, "\(agent.log)")
+        #expect(try eventually(within: 8) { try node.installed() == good } != nil, "\(agent.log)")
 
         try conflist.write(toFile: node.conflist, atomically: true, encoding: .utf8)
         try node.writeConfig("nonMasqueradeCIDRs: [10.0.0.0/8, 100.64.0.0/10]\nresyncInterval: 500ms\n")
-        #expect(try eventually(within: 3) { try node.installed().contains("100.64.0.0/10") } != nil)
+        #expect(try eventually(within: 8) { try node.installed().contains("100.64.0.0/10") } != nil)
         #expect(agent.log.contains("is valid again") && agent.log.contains("is usable again"), "\(agent.log)")
         #expect(try node.check("ctr1", ["10.99.0.3/24"]))
         #expect(agent.stop()?.status == 0)
@@ -303,7 +304,7 @@ struct OperatorTests {
         let node = try OperatorNode("agent-signal", backend: .nftables, config: "nonMasqueradeCIDRs: [10.0.0.0/8]\n")
         try node.add("ctr1", ["10.99.0.3/24"])
         let agent = try node.startAgent()
-        #expect(eventually(within: 3) { agent.log.contains("serving network testnet") } != nil)
+        #expect(eventually(within: 8) { agent.log.contains("serving network testnet") } != nil)
         usleep(300_000)
         let stopped = try #require(agent.stop(with: signal), "the agent did not exit\n\(agent.log)")
         #expect(stopped.status == 0)

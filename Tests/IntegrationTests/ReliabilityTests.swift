@@ -531,8 +531,9 @@ struct ReliabilityTests {
             let result = try PluginCall(netns: ns, command: command, containerID: containerPod.containerID)(stdin(containerPod, keys))
             let elapsed = Date().timeIntervalSince(started)
             #expect(result.status == 1 && result.stdout.contains("\"code\": \(code)") && result.stdout.contains("lock"), "\(command): \(result.stdout)")
-            // STATUS waits at most 1 s whatever lockTimeout says; the others wait their 500 ms.
-            #expect(elapsed >= (command == "STATUS" ? 0.9 : 0.45) && elapsed < (command == "STATUS" ? 2.0 : 1.5), "\(command) answered after \(elapsed) s")
+            // STATUS waits at most 1 s whatever lockTimeout says; the others wait their 500 ms. The upper bound only
+            // tells "bounded" from "hung" (a held lock would otherwise block for the default 10 s): loose for a loaded CI.
+            #expect(elapsed >= (command == "STATUS" ? 0.9 : 0.45) && elapsed < (command == "STATUS" ? 4.0 : 3.5), "\(command) answered after \(elapsed) s")
         }
         #expect(try netfilterSnapshot(ns) == before, "nothing changed while the lock was held")
         #expect(!records(stateDir: scratch.path + "/state", network: "locknet").attachments.contains("newcomer@eth0"))
