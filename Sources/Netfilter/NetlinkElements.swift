@@ -33,6 +33,16 @@ public final class ElementBatchExecutor: NFTExecutor, @unchecked Sendable {
     }
 }
 
+/// The commands of a script, one per line: nil when a line is not one, or when there are none or more than `limit`.
+func parsedLines<Command>(of script: String, limit: Int, _ parse: (Substring) -> Command?) -> [Command]? {
+    var commands: [Command] = []
+    for line in script.split(separator: "\n") {
+        guard let command = parse(line) else { return nil }
+        commands.append(command)
+    }
+    return commands.isEmpty || commands.count > limit ? nil : commands
+}
+
 /// Set-element commands parsed from an nft script, encoded as nf_tables netlink messages.
 struct ElementBatch {
     /// One `add element` or `delete element` line with a single element.
@@ -53,13 +63,8 @@ struct ElementBatch {
     /// Parses a script; nil unless every line (at most 500) is an element command of a shape this type encodes
     /// exactly: one address, or a concatenation of two prefixes, with an optional comment.
     init?(script: String) {
-        var commands: [Command] = []
-        for line in script.split(separator: "\n") {
-            guard let command = Self.parse(line) else { return nil }
-            commands.append(command)
-        }
         // Large scripts (a GC of many pods) go to libnftables, which splits its batches to fit the socket buffers.
-        if commands.isEmpty || commands.count > 500 { return nil }
+        guard let commands = parsedLines(of: script, limit: 500, Self.parse) else { return nil }
         self.commands = commands
     }
 
@@ -197,12 +202,7 @@ struct IPSetBatch {
 
     /// Parses the input; nil unless every line (at most 200) is one of the commands above.
     init?(script: String) {
-        var commands: [Command] = []
-        for line in script.split(separator: "\n") {
-            guard let command = Self.parse(line) else { return nil }
-            commands.append(command)
-        }
-        if commands.isEmpty || commands.count > 200 { return nil }
+        guard let commands = parsedLines(of: script, limit: 200, Self.parse) else { return nil }
         self.commands = commands
     }
 
