@@ -907,6 +907,17 @@ def nice_step(top):
     return step
 
 
+def write_report(out, text, bench):
+    """Writes results.md and latency.svg into `out` (nothing when no directory was asked for)."""
+    if not out:
+        return
+    with open(os.path.join(out, "results.md"), "w") as handle:
+        handle.write(text)
+    with open(os.path.join(out, "latency.svg"), "w") as handle:
+        handle.write(svg_plot(bench))
+    log("wrote %s/results.md and %s/latency.svg" % (out, out))
+
+
 def svg_plot(bench):
     """Median latency against N, one panel per verb: plugin alone with its floors, and whole pod through libcni."""
     plugin, pod = bench.results["plugin"], bench.results["pod"]
@@ -1000,11 +1011,7 @@ def render(args):
                                   runs=raw.get("runs", 0), pod_runs=raw.get("pod_runs", 0))
     text, _ = report(rendered, args, raw.get("elapsed", 0))
     print(text)
-    if args.out:
-        with open(os.path.join(args.out, "results.md"), "w") as handle:
-            handle.write(text)
-        with open(os.path.join(args.out, "latency.svg"), "w") as handle:
-            handle.write(svg_plot(rendered))
+    write_report(args.out, text, rendered)
 
 
 def main():
@@ -1053,12 +1060,7 @@ def main():
     if bench.results["floor"] or bench.results["plugin"] or bench.results["pod"]:
         text, checks = report(bench, args, elapsed)
         print(text)
-        if args.out:
-            with open(os.path.join(args.out, "results.md"), "w") as handle:
-                handle.write(text)
-            with open(os.path.join(args.out, "latency.svg"), "w") as handle:
-                handle.write(svg_plot(bench))
-            log("wrote %s/results.md and %s/latency.svg" % (args.out, args.out))
+        write_report(args.out, text, bench)
 
 
 if __name__ == "__main__":
