@@ -136,6 +136,18 @@ public struct IPTablesBackend: MasqBackend {
     }
 
     public func removeNetwork(_ network: String, registrations: [Registration]) throws(BackendError) {
+        try removeNetwork(network, registrations: registrations, keepingSets: false)
+    }
+
+    /// What `iptables` is when the mode is `auto` (`iptables -V` says "nf_tables" or "legacy"); the mode otherwise.
+    public func resolvedMode() -> IPTablesMode {
+        guard mode == .auto else { return mode }
+        guard let version = try? execute([program(.v4), "-V"]) else { return .auto }
+        if version.contains("nf_tables") { return .nft }
+        return version.contains("legacy") ? .legacy : .auto
+    }
+
+    public func removeNetwork(_ network: String, registrations: [Registration], keepingSets: Bool) throws(BackendError) {
         let key = NetworkKey(network: network)
         for (family, listing) in try listings(needing: []) {
             let jumps = renderer.installedJumps(key, family, in: listing)
@@ -145,7 +157,7 @@ public struct IPTablesBackend: MasqBackend {
             }
             if let input = renderer.removalInput(jumps: jumps, chains: chains) { try restore(family, input) }
         }
-        _ = try ipset(renderer.setRemovalInput(key))
+        if !keepingSets { _ = try ipset(renderer.setRemovalInput(key)) }
     }
 
     public func inspect(network: String, policy: NetworkPolicy, registrations: [Registration], subnets: [CIDR]) throws(BackendError) -> Inspection {
