@@ -21,7 +21,8 @@ struct Invocation {
         plugin.log.context = "\(env.command.rawValue) \(netconf.name)" + (env.containerID.map { "/\($0)" } ?? "") + (env.ifname.map { "/\($0)" } ?? "")
         if let problem = resolved.fileProblem { log.warning("config file ignored, keeping the last good config: \(problem)") }
         for warning in resolved.config.warnings { log.warning(warning) }
-        for problem in resolved.plumbingProblems {
+        // STATUS is polled every few seconds: its view of a broken policy is for debugging (ADD reports it per pod).
+        for problem in resolved.plumbingProblems where env.command != .status {
             log.warning("\(env.command.rawValue) goes on without it (only the node plumbing keys matter here): \(problem)")
         }
         switch env.command {

@@ -101,12 +101,14 @@ struct SwitchAndHygieneTests {
         let ns = try Netns("stdout-log"), scratch = ScratchDirectory()
         let output = scratch.path + "/stdout"
         for path in [output, "/proc/self/fd/../fd/1"] {
+            try? FileManager.default.removeItem(atPath: output)
             let input = netconf(scratch: scratch, extra: ["backend": "nftables", "logFile": path])
             let environment = ["CNI_COMMAND=ADD", "CNI_CONTAINERID=ctr1", "CNI_IFNAME=eth0", "CNI_NETNS=/var/run/netns/pod", "CNI_PATH=/usr/lib/cni"]
-            let result = try ns.exec(["env"] + environment + ["sh", "-c", "exec \"$0\" > \(output)", Host.pluginBinary], input: input)
+            let result = try ns.exec(["env"] + environment + ["sh", "-c", "exec \"$0\" >> \(output)", Host.pluginBinary], input: input)
             #expect(result.status == 0, "\(path): \(result.stderr)")
             let text = try String(contentsOfFile: output, encoding: .utf8)
             #expect(try JSONSerialization.jsonObject(with: Data(text.utf8)) is [String: Any], "\(path): stdout is not the result alone: \(text.prefix(400))")
+            #expect(!text.contains("ip-masq info"), "\(path): log lines on stdout: \(text.prefix(400))")
             #expect(result.stderr.contains("logging to stderr"), "\(result.stderr)")
         }
     }
