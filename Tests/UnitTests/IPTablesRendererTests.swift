@@ -259,6 +259,16 @@ final class ScriptedRunner: CommandRunner, @unchecked Sendable {
         #expect(runner.calls[3].input == runner.calls[5].input, "the checked input is the applied one")
     }
 
+    /// Issue 11.7: the probe (STATUS) does not wait for the xtables lock, and a busy lock means the tools work.
+    @Test func theProbeDoesNotWaitForTheXtablesLock() {
+        let runner = ScriptedRunner()
+        runner.answers["iptables-legacy"] = ScriptedRunner.output("", status: 4, stderr: "Another app is currently holding the xtables lock. Perhaps you want to use the -w option?")
+        #expect(IPTablesBackend(chain: "IP-MASQ-AGENT", mode: .legacy, runner: runner).probe() == nil)
+        #expect(runner.calls.allSatisfy { !$0.arguments.contains("-w") }, "\(runner.calls.map(\.arguments))")
+        runner.answers["iptables-legacy"] = ScriptedRunner.output("", status: 3, stderr: "iptables v1.8.9 (legacy): can't initialize iptables table `nat': Table does not exist")
+        #expect(IPTablesBackend(chain: "IP-MASQ-AGENT", mode: .legacy, runner: runner).probe() != nil)
+    }
+
     /// Issue 11.6: a refusal of one family changes neither (every family's input is checked before any is applied).
     @Test func aRefusedFamilyChangesNoFamily() {
         let runner = ScriptedRunner()
