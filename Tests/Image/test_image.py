@@ -74,18 +74,12 @@ def sha256(path):
         return hashlib.sha256(f.read()).hexdigest()
 
 
-def original_conflist(backend, dirs):
-    """The node's network config before install: a real bridge conflist (ipMasq off). The iptables variants
-    carry the operator's ip-masq entry naming the backend (install updates it in place, keeping those keys)."""
+def original_conflist(dirs):
+    """The node's network config before install: a real bridge conflist (ipMasq off)."""
     plugins = [{'type': 'bridge', 'bridge': 'cni0', 'isGateway': True, 'ipMasq': False,
                 'ipam': {'type': 'host-local', 'ranges': [[{'subnet': '10.244.1.0/24'}]],
                          'routes': [{'dst': '0.0.0.0/0'}], 'dataDir': os.path.join(dirs.tmp, 'ipam')}},
                {'type': 'portmap', 'capabilities': {'portMappings': True}}]
-    if backend != 'nftables':
-        entry = {'type': 'ip-masq', 'backend': 'iptables'}
-        if backend == 'iptables-legacy':
-            entry['iptablesMode'] = 'legacy'
-        plugins.append(entry)
     return json.dumps({'cniVersion': '1.0.0', 'name': NETWORK, 'plugins': plugins}, indent=2) + '\n'
 
 
@@ -112,7 +106,7 @@ class ImageNode:
             self.cd.link_cni_plugins(plugins=('loopback', 'bridge', 'host-local', 'portmap'))
             self.bin_dir = self.dirs.node('/opt/cni/bin')
             self.conf_dir = self.dirs.node('/etc/cni/net.d')
-            self.original = original_conflist(backend, self.dirs)
+            self.original = original_conflist(self.dirs)
             self.cd.write_conflist(self.original, CONFLIST_NAME)
             self.original_bin = sorted(os.listdir(self.bin_dir))
             self.cd.start()
@@ -130,9 +124,15 @@ class ImageNode:
             raise
 
     # -- the DaemonSet pod ---------------------------------------------------------------------------------------
-    def run_daemonset(self, attempt=0, install_command=None):
+    def install_command(self):
+        """The manifest's install command, with the backend pinned as the README says for iptables nodes."""
+        extra = {'nftables': [], 'iptables': ['--backend', 'iptables'],
+                 'iptables-legacy': ['--backend', 'iptables', '--iptables-mode', 'legacy']}[self.backend]
+        return self.manifest.install['command'] + extra
+
+    def run_daemonset(self, attempt=0):
         self.ds = kubelet.DaemonSetPod(self.cd, self.manifest, self.dirs, self.image, self.configmap,
-                                       self.heartbeat, attempt=attempt, install_command=install_command)
+                                       self.heartbeat, attempt=attempt, install_command=self.install_command())
         return self.ds
 
     def node_path(self, manifest_arg_option, container=None):
@@ -235,7 +235,7 @@ def step_install(node, rootfs):
     expect(entry.get('type') == 'ip-masq' and entry.get('configFile') == host_config, f'entry {entry}')
     expect([p['type'] for p in edited['plugins']] == ['bridge', 'portmap', 'ip-masq'], f'plugins {edited["plugins"]}')
     if node.backend != 'nftables':
-        expect(entry.get('backend') == 'iptables', f'the operator\'s backend key was lost: {entry}')
+        expect(entry.get('backend') == 'iptables', f'--backend iptables is not in the entry: {entry}')
     with open(os.path.join(node.conf_dir, CONFLIST_NAME + '.ip-masq.bak')) as f:
         expect(f.read() == node.original, 'the backup is not the original conflist')
     with open(node.node_path('--host-config-file')) as f, open(os.path.join(node.configmap, 'config')) as g:
@@ -315,7 +315,7 @@ def step_liveness(node):
 def uninstall_with_image(node, attempt):
     """The image run with the install container's arguments plus --uninstall, and its mounts."""
     helper = kubelet.DaemonSetPod(node.cd, node.manifest, node.dirs, node.image, node.configmap, node.heartbeat,
-                                  attempt=attempt, install_command=node.manifest.install['command'] + ['--uninstall'])
+                                  attempt=attempt, install_command=node.install_command() + ['--uninstall'])
     helper.stop()
     return helper.install_status
 
