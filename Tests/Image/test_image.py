@@ -39,6 +39,7 @@ sys.path.insert(0, HERE)
 import kubelet  # noqa: E402
 from kubelet import cn  # noqa: E402
 import ociimage  # noqa: E402  (the runtime tier's busybox image: sandbox and workload)
+import podman_node  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(HERE))
 MANIFEST = os.path.join(REPO, 'cni-conf', 'ip-masq-daemonset.yaml')
@@ -91,7 +92,7 @@ def configmap_text(cidrs):
 class ImageNode:
     """One backend's node: world, dirs, containerd with both images, the DaemonSet pod, workload pods."""
 
-    def __init__(self, backend, image_archive, bb_archive, names):
+    def __init__(self, backend, image_archive, bb_archive, names, manifest_digest):
         self.backend = backend
         self.tmp = tempfile.mkdtemp(prefix='ipmimg-')
         self.world = cn.World('im' + backend[:4], ipv6=False)
@@ -112,8 +113,12 @@ class ImageNode:
             self.cd.start()
             self.cd.import_image(bb_archive)
             self.cd.import_image(image_archive)
-            listed = cn.sh('ctr', '--address', self.cd.sock, '-n', 'k8s.io', 'images', 'ls', '-q').stdout.split()
+            rows = [line.split() for line in
+                    cn.sh('ctr', '--address', self.cd.sock, '-n', 'k8s.io', 'images', 'ls').stdout.splitlines()[1:]]
+            listed = [r[0] for r in rows]
             expect(all(n in listed for n in names), f'imported names {listed}, wanted {names}')
+            digests = {r[2] for r in rows if r[0] in names}
+            expect(digests == {manifest_digest}, f'containerd holds {digests}, the archive\'s manifest is {manifest_digest}')
             expect(self.image in listed, f'the manifest\'s image {self.image} is not among {listed}')
             self.configmap = self.dirs.configmap_volume('config', {'config': configmap_text(
                 ['10.0.0.0/8', '172.16.0.0/12', '192.168.0.0/16'])})
@@ -379,6 +384,37 @@ def step_reinstall(node, rootfs):
     return 'installed over .ip-masq-install.1.tmp in both dirs; a new pod follows the ConfigMap'
 
 
+def check_podman(args, names):
+    """`podman load` names the image both ways; its default command and the tools run in a read-only container with
+    only NET_ADMIN and NET_RAW, in the container's own network namespace."""
+    netns = cn.Netns('impm')
+    tmp = tempfile.mkdtemp(prefix='ipmimg-pm-')
+    pm = podman_node.Podman(netns, tmp)
+    try:
+        out = pm.podman('load', '-i', args.image).stdout
+        listed = pm.podman('images', '--format', '{{.Repository}}:{{.Tag}}').stdout.split()
+        expect(sorted(listed) == sorted(names), f'podman load gave {listed} ({out.strip()}), wanted {names}')
+        run = ['run', '--rm', '--network', 'none', '--read-only', '--cap-drop', 'all', '--cap-add', 'NET_ADMIN,NET_RAW']
+        version = pm.podman(*run, names[0]).stdout.strip()
+        expect(version.startswith('ip-masq ' + names[0].rsplit(':', 1)[1]), f'default command printed {version!r}')
+        for tool in (['/usr/sbin/nft', 'list', 'ruleset'], ['/usr/sbin/iptables-legacy-save'], ['/usr/sbin/iptables-save'],
+                     ['/usr/sbin/ip6tables-nft-restore', '--version'], ['/usr/sbin/ipset', 'list', '-n']):
+            r = pm.podman(*run, '--entrypoint', tool[0], names[1], *tool[1:], check=False)
+            expect(r.returncode == 0, f'{" ".join(tool)} in the image: exit {r.returncode}: {r.stderr.strip()}')
+        shell = pm.podman(*run, '--entrypoint', '/bin/sh', names[1], '-c', 'true', check=False)
+        expect(shell.returncode != 0, 'the image has a shell')
+        return f'{", ".join(listed)}; {version}; nft, iptables (both), ipset run; no /bin/sh'
+    finally:
+        try:
+            pm.close()
+        finally:
+            netns.close()
+            left = podman_node.leftovers(tmp)
+            shutil.rmtree(tmp, ignore_errors=True)
+            if left:
+                raise Failure(f'left behind: {left}')
+
+
 def run_backend(backend, args, names, report):
     steps = [('install', lambda n: step_install(n, args.rootfs)), ('traffic', step_traffic), ('edit', step_edit),
              ('flush', step_flush)]
@@ -387,7 +423,7 @@ def run_backend(backend, args, names, report):
     steps += [('uninstall', step_uninstall), ('reinstall', lambda n: step_reinstall(n, args.rootfs))]
     t0 = time.monotonic()
     try:
-        node = ImageNode(backend, args.image, args.bb, names)
+        node = ImageNode(backend, args.image, args.bb, names, args.digest)
     except Exception as e:  # noqa: BLE001
         report(f'{backend}: node setup', False, time.monotonic() - t0, str(e))
         traceback.print_exc()
@@ -430,7 +466,8 @@ def main():
         print('image: 0 passed, 0 failed, all skipped')
         return 0
     with open(os.path.join(os.path.dirname(args.image), 'image.json')) as f:
-        names = json.load(f)['names']
+        built = json.load(f)
+    names, args.digest = built['names'], built['manifest']
     work = tempfile.mkdtemp(prefix='ipmimg-bb-')
     args.bb = os.path.join(work, 'bb.oci.tar')
     ociimage.write_oci_archive(args.bb, cn.IMAGE)
@@ -442,6 +479,12 @@ def main():
 
     started = time.monotonic()
     try:
+        if not args.only or any(o in 'podman' for o in args.only):
+            t = time.monotonic()
+            try:
+                report('podman load', True, time.monotonic() - t, check_podman(args, names))
+            except Exception as e:  # noqa: BLE001
+                report('podman load', False, time.monotonic() - t, str(e))
         for backend in backends:
             run_backend(backend, args, names, report)
     finally:
