@@ -283,7 +283,8 @@ final class Agent {
             log.redirect(to: file)
             logFile = file
         }
-        log.level = config.logLevel
+        // The agent is a long-running container: its changes are worth a line each unless logLevel says otherwise.
+        log.level = config.logLevelGiven ? config.logLevel : .info
         log.context = "agent \(netconf.name)"
         if lastGoodNetconf?.name != netconf.name || adopted?.configFile != config.configFile
             || adopted?.backend != config.backend || adopted?.stateDir != config.stateDir || adopted?.lockFile != config.lockFile {
