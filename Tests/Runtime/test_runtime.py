@@ -239,6 +239,17 @@ for _backend in ('nftables', 'iptables'):
               f'ADD+DEL+DEL, stop+remove leave nothing')(
             with_node('basic', backend=_backend, ipv6=_ipv6)(_basic))
 
+def info_level(node):
+    pod = basic_cycle(node)
+    lines = plugin_stderr_lines(node)
+    adds = [line for line in lines if ' ip-masq info ADD ' in line and pod in line and 'registered 10.244.' in line]
+    expect(len(adds) == 1, f'logLevel info: wanted one registration line in containerd\'s log, got {lines}')
+    expect(all(line.count('ip-masq ') == 1 for line in lines), f'one message per line: {lines}')
+
+
+check('containerd nftables logLevel info: each registration is one line in containerd\'s log')(
+    with_node('info', plugin_extra={'logLevel': 'info'})(info_level))
+
 for _version in ('0.3.1', '0.4.0', '1.0.0'):
     def _versions(node, _v=_version):
         pod = basic_cycle(node)
