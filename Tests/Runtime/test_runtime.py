@@ -410,15 +410,30 @@ def podman_cycle(backend):
                             f'{tmp}/ip-masq.lock').stdout
                 return [p for n in json.loads(out)['networks'] if n['name'] == net for p in n['pods']]
 
+            def verbs_since(mark):
+                return [c['verb'] for c in pm.calls()[mark:]]
+
+            def expect_calls(mark, want, what):
+                got = verbs_since(mark)
+                # podman asks VERSION (CNI_NETNS=dummy) in each process that loads the networks, before any use.
+                expect([v for v in got if v != 'VERSION'] == want and got and got[0] == 'VERSION',
+                       f'{what}: podman called {got}, wanted VERSION first, then {want}')
+
+            mark = len(pm.calls())
             pm.run('c1', nets[0])
+            expect_calls(mark, ['ADD'], 'run')
             ip1 = pm.ip('c1', nets[0])
             traffic('c1', ip1)
             expect(len(registered(nets[0])) == 1, f'records {registered(nets[0])}')
+            mark = len(pm.calls())
             pm.podman('restart', '-t', '0', 'c1')
+            expect_calls(mark, ['DEL', 'ADD'], 'restart')
             ip1 = pm.ip('c1', nets[0])
             traffic('c1', ip1)
             expect(len(registered(nets[0])) == 1, f'after restart: records {registered(nets[0])}')
+            mark = len(pm.calls())
             pm.podman('network', 'reload', 'c1')
+            expect_calls(mark, ['DEL', 'ADD'], 'network reload')
             traffic('c1', pm.ip('c1', nets[0]))
             expect(len(registered(nets[0])) == 1, f'after network reload: records {registered(nets[0])}')
             # Two networks on one container: one registration in each.
@@ -426,8 +441,11 @@ def podman_cycle(backend):
             expect(len(registered(nets[0])) == 2 and len(registered(nets[1])) == 1,
                    f'two networks: {registered(nets[0])} / {registered(nets[1])}')
             traffic('c2', pm.ip('c2', nets[0]), pm.ip('c2', nets[1]))
+            mark = len(pm.calls())
             for name in ('c1', 'c2'):
                 pm.podman('stop', '-t', '0', name)
+            expect(sorted(v for v in verbs_since(mark) if v != 'VERSION') == ['DEL', 'DEL', 'DEL'],
+                   f'stop: podman called {verbs_since(mark)} (one DEL per network attachment)')
             expect(registered(nets[0]) == [] and registered(nets[1]) == [], 'records after stop')
             for name in ('c1', 'c2'):
                 pm.podman('rm', name)
@@ -437,8 +455,6 @@ def podman_cycle(backend):
             veths = world.node.run('ip', '-o', 'link', 'show', 'type', 'veth').stdout
             expect(veths.count('\n') == 2, f'veths left: {veths}')
             calls = pm.calls()
-            verbs = sorted({c['verb'] for c in calls})
-            expect('VERSION' in verbs, f'podman called {verbs}')
             expect(all(c['status'] == 0 for c in calls), f'failed calls: {[c for c in calls if c["status"]]}')
         finally:
             pm.close()
