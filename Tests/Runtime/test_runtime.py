@@ -11,6 +11,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -498,6 +499,8 @@ def main():
         print(f'runtime: 0 passed, 0 failed, {len(selected)} skipped')
         return 0
     PLUGIN = os.path.abspath(args.plugin)
+    # A SIGTERM (a CI timeout) unwinds like an exception, so every check's cleanup still runs.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit('runtime tier: terminated'))
     work = tempfile.mkdtemp(prefix='ipmrt-img-')
     IMAGE_ARCHIVE = os.path.join(work, 'bb.oci.tar')
     ROOTFS_TAR = os.path.join(work, 'rootfs.tar')
