@@ -384,6 +384,37 @@ check('containerd iptables: conflist made invalid while pods run; they still sto
       known_failure=PENDING_DEL_LENIENCY)(with_node('invalidi', backend='iptables')(invalid))
 
 
+def broken_then_repaired(node):
+    pods = [node.cd.run_pod(f'p{i}') for i in range(2)]
+    # Not JSON any more: containerd itself cannot load the network, so it cannot DEL (the plugin is never run).
+    node.write(text='{ "cniVersion": "1.0.0", "name": ')
+    time.sleep(1)  # containerd's inotify reload
+    try:
+        node.client.stop_pod_sandbox(pods[0][0])
+        refused = None
+    except Exception as e:  # noqa: BLE001
+        refused = e.details() if hasattr(e, 'details') else str(e)
+    expect(refused and 'cni plugin not initialized' in refused, f'StopPodSandbox with a broken conflist: {refused}')
+    expect(len(node.registered()) >= 1, 'the pods stay registered while containerd cannot DEL')
+    # Repaired (as an operator or `ip-masq install` would): the kubelet's retries now remove everything.
+    node.write()
+    deadline = time.monotonic() + 10
+    for pod, _, _ in pods:
+        while True:
+            try:
+                node.cd.remove_pod(pod)
+                break
+            except Exception:  # noqa: BLE001
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+    node.assert_clean()
+
+
+check('containerd nftables: conflist broken (not JSON) under running pods: no DEL until repaired, then no leaks')(
+    with_node('broken')(broken_then_repaired))
+
+
 # --- podman -----------------------------------------------------------------------------------------------------
 
 import podman_node as pn  # noqa: E402
