@@ -331,20 +331,25 @@ class Containerd:
         sh('ctr', '--address', self.sock, '-n', 'k8s.io', 'images', 'import', archive)
 
     # -- pods --------------------------------------------------------------------------------------------------
-    def run_sandbox(self, name, host_network=False, privileged=False, uid=None, namespace='default'):
+    def run_sandbox(self, name, host_network=False, privileged=False, uid=None, namespace='default',
+                    log_directory=None):
         config = cri.sandbox_config(name, uid=uid or f'{name}-{uuid.uuid4().hex[:8]}', namespace=namespace,
-                                    host_network=host_network, privileged=privileged)
+                                    host_network=host_network, privileged=privileged, log_directory=log_directory)
         pod = self.client.run_pod_sandbox(config)
         self.sandboxes.add(pod)
         return pod, config
 
     def run_pod(self, name, host_network=False, privileged=False, mounts=None, command=None, image=None,
-                envs=None):
-        """A sandbox with one started container (the image's sleep unless `command`): (pod, container, config)."""
-        pod, config = self.run_sandbox(name, host_network, privileged)
+                envs=None, logs=False):
+        """A sandbox with one started container (the image's sleep unless `command`): (pod, container, config).
+        logs=True: the container's stdout/stderr go to TMP/logs/<name>/main.log (CRI log format)."""
+        log_directory = os.path.join(self.tmp, 'logs', name) if logs else None
+        pod, config = self.run_sandbox(name, host_network, privileged, log_directory=log_directory)
         ctr = self.client.create_container(pod, cri.container_config('main', image or self.image, command=command,
                                                                      mounts=mounts, privileged=privileged,
-                                                                     envs=envs), config)
+                                                                     envs=envs,
+                                                                     log_path='main.log' if logs else None),
+                                           config)
         self.client.start_container(ctr)
         return pod, ctr, config
 
