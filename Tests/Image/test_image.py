@@ -482,7 +482,8 @@ def main():
         if not args.only or any(o in 'podman' for o in args.only):
             t = time.monotonic()
             try:
-                report('podman load', True, time.monotonic() - t, check_podman(args, names))
+                note = check_podman(args, names)
+                report('podman load', True, time.monotonic() - t, note)
             except Exception as e:  # noqa: BLE001
                 report('podman load', False, time.monotonic() - t, str(e))
         for backend in backends:
