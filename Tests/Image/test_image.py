@@ -261,9 +261,41 @@ def step_install(node, rootfs):
     wait_for('the agent\'s first heartbeat', beating, 30)
     probe = ds.probe()
     expect(probe['exit_code'] == 0, f'liveness probe failed: {probe}')
+    limit = memory_limit(node.cd.container_pid(ds.agent_id))
+    want_limit = kubelet.quantity_bytes(node.manifest.agent['resources']['limits']['memory'])
+    expect(limit == want_limit, f'the agent\'s memory limit is {limit}, the manifest says {want_limit}')
+    caps = capabilities(node.cd.container_pid(ds.agent_id))
+    expect(caps == {'cap_net_admin', 'cap_net_raw'}, f'the agent runs with {sorted(caps)}')
     want = 'nftables' if node.backend == 'nftables' else 'iptables'
     wait_for('the agent\'s backend line', lambda: any(f'backend in use: {want}' in line for line in ds.log('agent.log')), 10)
-    return f'{len(ds.install_status["log"])} install lines; probe: {probe["stdout"].decode().strip()}'
+    return (f'{len(ds.install_status["log"])} install lines; agent: memory limit {limit >> 20} MiB, {"+".join(sorted(caps))};'
+            f' probe: {probe["stdout"].decode().strip()}')
+
+
+def memory_limit(pid):
+    """The memory limit of a process's cgroup (v1 memory controller or v2 memory.max), in bytes."""
+    with open(f'/proc/{pid}/cgroup') as f:
+        lines = [line.rstrip('\n').split(':', 2) for line in f]
+    for _, controllers, path in lines:
+        if 'memory' in controllers.split(','):
+            with open(f'/sys/fs/cgroup/memory{path}/memory.limit_in_bytes') as g:
+                return int(g.read())
+    path = next(p for _, c, p in lines if c == '')
+    with open(f'/sys/fs/cgroup{path}/memory.max') as g:
+        text = g.read().strip()
+    return None if text == 'max' else int(text)
+
+
+CAPABILITY_NAMES = ['chown', 'dac_override', 'dac_read_search', 'fowner', 'fsetid', 'kill', 'setgid', 'setuid',
+                    'setpcap', 'linux_immutable', 'net_bind_service', 'net_broadcast', 'net_admin', 'net_raw']
+
+
+def capabilities(pid):
+    """The effective capabilities of a process, by name (the first 14 named; others as numbers)."""
+    with open(f'/proc/{pid}/status') as f:
+        bits = int(next(line.split()[1] for line in f if line.startswith('CapEff:')), 16)
+    return {('cap_' + CAPABILITY_NAMES[i]) if i < len(CAPABILITY_NAMES) else f'cap_{i}'
+            for i in range(64) if bits >> i & 1}
 
 
 def step_traffic(node):
