@@ -382,13 +382,16 @@ def step_uninstall(node):
     records = [os.path.relpath(os.path.join(d, f), state) for d, _, fs in os.walk(state) for f in fs] \
         if os.path.isdir(state) else []
     expect(not records, f'records left after reset: {records}')
+    run_cni = node.dirs.node('/run/cni')
+    remaining = sorted(os.path.relpath(os.path.join(d, n), run_cni) for d, ds, fs in os.walk(run_cni) for n in ds + fs)
     expect(sorted(os.listdir(node.bin_dir)) == node.original_bin, f'bin dir {os.listdir(node.bin_dir)}')
     # The pods created meanwhile are deleted with the original conflist: no ip-masq call any more.
     for pod in list(node.pods):
         node.cd.remove_pod(pod)
         node.pods.remove(pod)
     expect(not node.netfilter_traces(), f'traces after the pods went: {node.netfilter_traces()}')
-    return f'agent stopped in {elapsed:.2f} s (grace {node.manifest.grace} s), exit 0; reset: {out.splitlines()[0]}'
+    return (f'agent stopped in {elapsed:.2f} s (grace {node.manifest.grace} s), exit 0; reset: {out.splitlines()[0]};'
+            f' /run/cni holds {remaining or "nothing"}')
 
 
 def step_reinstall(node, rootfs):
