@@ -298,6 +298,9 @@ def concurrent(node, count=10):
         t.join(120)
     expect(not errors, f'Stop/RemovePodSandbox failed: {errors[:2]}')
     node.assert_clean()
+    for pod, _ in pods:
+        verbs = [(c['verb'], c['status']) for c in node.cd.calls() if c['id'] == pod]
+        expect(verbs == [('ADD', 0), ('DEL', 0), ('DEL', 0)], f'{pod[:12]}: calls {verbs}')
 
 
 check('containerd nftables dual-stack: 10 pods created and removed concurrently')(
