@@ -498,6 +498,11 @@ def podman_cycle(backend, ipv6=False):
             text = world.node.run('nft', 'list', 'table', 'inet', 'ip_masq', check=False).stdout \
                 if backend == 'nftables' else world.node.run('ipset', 'list').stdout
             expect('10.244.1' not in text and 'fd00:10:244:' not in text, f'netfilter entries left: {text}')
+            for net in nets:
+                d = os.path.join(tmp, 'ipam', net)
+                held = [f for f in os.listdir(d) if not f.startswith('last_reserved_ip') and f != 'lock'] \
+                    if os.path.isdir(d) else []
+                expect(held == [], f'ipam addresses left in {net}: {held}')
             veths = world.node.run('ip', '-o', 'link', 'show', 'type', 'veth').stdout
             expect(veths.count('\n') == 2, f'veths left: {veths}')
             calls = pm.calls()
