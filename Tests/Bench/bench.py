@@ -1042,6 +1042,9 @@ def render(args):
         raw[section] = {name: {int(n): figures for n, figures in by_n.items()} for name, by_n in raw.get(section, {}).items()}
     rendered = argparse.Namespace(results=raw, machine=[tuple(item) for item in raw.get("machine", [])],
                                   runs=raw.get("runs", 0), pod_runs=raw.get("pod_runs", 0))
+    if raw.get("runtime") and not (raw.get("floor") or raw.get("plugin") or raw.get("pod")):
+        splice_runtime_section(args.out, rendered)  # the figures of a `--only runtime` run
+        return
     text, _ = report(rendered, args, raw.get("elapsed", 0))
     print(text)
     write_report(args.out, text, rendered)

@@ -179,16 +179,20 @@ def section(runtime, runs):
                 'StopPodSandbox+RemovePodSandbox (wrapped)'):
         out.append('| ours | %s | %s |' % (key, ' | '.join(fmt(_by_n(ours, n).get(key)) for n in (0, 1000))))
     out.append('')
+    def verdict(ours_ms, ref_ms):
+        if abs(ours_ms - ref_ms) < 0.05 * ref_ms:
+            return 'within 5%: about equal'
+        return 'ours %.2f× faster' % (ref_ms / ours_ms) if ours_ms < ref_ms else 'reference %.2f× faster' % (
+            ours_ms / ref_ms)
     notes = []
     for n in (0, 1000):
         o, r = _by_n(ours, n), _by_n(runtime.get('reference', {}), n)
         if o and r:
             notes.append('N=%d: pod start %.1f vs %.1f ms (%s), stop+remove %.1f vs %.1f ms (%s)' % (
                 n, med(o['RunPodSandbox']), med(r['RunPodSandbox']),
-                'ours faster' if med(o['RunPodSandbox']) < med(r['RunPodSandbox']) else 'reference faster',
+                verdict(med(o['RunPodSandbox']), med(r['RunPodSandbox'])),
                 med(o['StopPodSandbox+RemovePodSandbox']), med(r['StopPodSandbox+RemovePodSandbox']),
-                'ours faster' if med(o['StopPodSandbox+RemovePodSandbox']) < med(r['StopPodSandbox+RemovePodSandbox'])
-                else 'reference faster'))
+                verdict(med(o['StopPodSandbox+RemovePodSandbox']), med(r['StopPodSandbox+RemovePodSandbox']))))
         if o.get('plugin ADD (wrapper-timed)') and o.get('RunPodSandbox (wrapped)'):
             notes.append('N=%d: ip-masq\'s share of a pod start %.0f%% (%.1f of %.1f ms), of a stop+remove %.0f%% '
                          '(two DELs, %.1f of %.1f ms)' % (

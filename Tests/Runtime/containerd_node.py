@@ -194,9 +194,9 @@ start=$(date +%s%N)
 out=$(printf '%s' "$in" | {plugin} 2>{stderr_to})
 status=$?
 end=$(date +%s%N)
-printf '%s\\t%s\\t%s\\t%s\\t%s\\t%s\\t%s\\n' "$CNI_COMMAND" "$CNI_CONTAINERID" "$CNI_NETNS" "$CNI_IFNAME" "$CNI_ARGS" \\
-  "$status" "$((end - start))" >>"$log"
-printf '%s\\n' "$in" | tr -d '\\n' >>"$log.stdin"; printf '\\n' >>"$log.stdin"
+# One line per call, in one write (concurrent calls append whole lines): the fields, then stdin on one line.
+printf '%s\\t%s\\t%s\\t%s\\t%s\\t%s\\t%s\\t%s\\n' "$CNI_COMMAND" "$CNI_CONTAINERID" "$CNI_NETNS" "$CNI_IFNAME" \\
+  "$CNI_ARGS" "$status" "$((end - start))" "${{in//$'\\n'/ }}" >>"$log"
 printf '%s' "$out"
 exit $status
 '''
@@ -256,17 +256,14 @@ class Containerd:
         """The recorded plugin calls: [{'verb','id','netns','ifname','args','status','ns','stdin'}]."""
         if not os.path.exists(self.calls_log):
             return []
-        with open(self.calls_log) as f:
-            rows = [line.rstrip('\n').split('\t') for line in f if line.strip()]
-        with open(self.calls_log + '.stdin') as f:
-            stdins = [line.rstrip('\n') for line in f]
-        keys = ['verb', 'id', 'netns', 'ifname', 'args', 'status', 'ns']
+        keys = ['verb', 'id', 'netns', 'ifname', 'args', 'status', 'ns', 'stdin']
         out = []
-        for row, stdin in zip(rows, stdins):
-            d = dict(zip(keys, row))
-            d['status'], d['ns'] = int(d['status']), int(d['ns'])
-            d['stdin'] = stdin
-            out.append(d)
+        with open(self.calls_log) as f:
+            for line in f:
+                if line.strip():
+                    d = dict(zip(keys, line.rstrip('\n').split('\t', len(keys) - 1)))
+                    d['status'], d['ns'] = int(d['status']), int(d['ns'])
+                    out.append(d)
         return out
 
     # -- the daemon --------------------------------------------------------------------------------------------
@@ -394,7 +391,7 @@ class Containerd:
             except ProcessLookupError:
                 pass
         runc_root = os.path.join(self.tmp, 'runc')
-        for pid in _pids_in_cgroup_of_runc(runc_root):
+        for pid in _container_init_pids(runc_root):
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
@@ -432,7 +429,7 @@ def _pids_with_arg(needle):
     return out
 
 
-def _pids_in_cgroup_of_runc(runc_root):
+def _container_init_pids(runc_root):
     """PIDs of container init processes runc recorded under our runc root (state.json 'init_process_pid')."""
     out = []
     if not os.path.isdir(runc_root):

@@ -99,17 +99,19 @@ class Podman:
         self.names.append(name)
         self.podman('run', '-d', '--name', name, '--network', networks, IMAGE, *command)
 
-    def ip(self, name, network):
-        out = self.podman('inspect', name).stdout
-        nets = json.loads(out)[0]['NetworkSettings']['Networks']
-        return nets[network]['IPAddress']
+    def ip(self, name, network, family=4):
+        nets = json.loads(self.podman('inspect', name).stdout)[0]['NetworkSettings']['Networks']
+        return nets[network]['IPAddress' if family == 4 else 'GlobalIPv6Address']
+
+    def networks(self, name):
+        return list(json.loads(self.podman('inspect', name).stdout)[0]['NetworkSettings']['Networks'])
 
     def seen_from(self, name, addr, port=8080, tries=3):
         last = None
         for _ in range(tries):
             r = self.podman('exec', name, 'sh', '-c', f'nc -w 3 {addr} {port} </dev/null', check=False)
             if r.returncode == 0 and r.stdout.strip():
-                return r.stdout.strip()
+                return r.stdout.strip().removeprefix('::ffff:')
             last = r
             time.sleep(0.3)
         raise RuntimeError(f'no answer from {addr} inside {name}: {last.stderr}')

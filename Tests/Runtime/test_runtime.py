@@ -298,6 +298,9 @@ def concurrent(node, count=10):
         t.join(120)
     expect(not errors, f'Stop/RemovePodSandbox failed: {errors[:2]}')
     node.assert_clean()
+    for pod, _ in pods:
+        verbs = [(c['verb'], c['status']) for c in node.cd.calls() if c['id'] == pod]
+        expect(verbs == [('ADD', 0), ('DEL', 0), ('DEL', 0)], f'{pod[:12]}: calls {verbs}')
 
 
 check('containerd nftables dual-stack: 10 pods created and removed concurrently')(
@@ -422,16 +425,16 @@ check('containerd nftables: conflist broken (not JSON) under running pods: no DE
 import podman_node as pn  # noqa: E402
 
 
-def podman_cycle(backend):
+def podman_cycle(backend, ipv6=False):
     def run():
         tmp = tempfile.mkdtemp(prefix='ipmrt-pm-')
-        world = cn.World('pm', ipv6=False)
+        world = cn.World('pm', ipv6=ipv6)
         pm = pn.Podman(world.node, tmp)
         nets = [f'pm{backend[:2]}a{os.getpid() % 10000}', f'pm{backend[:2]}b{os.getpid() % 10000}']
         try:
             pm.link_cni_plugins(PLUGIN)
             for i, net in enumerate(nets):
-                text = conflist(net, tmp, '1.0.0', False, backend, subnet=10 + i, bridge=f'cni{i}')
+                text = conflist(net, tmp, '1.0.0', ipv6, backend, subnet=10 + i, bridge=f'cni{i}')
                 pm.write_conflist(text, f'{10 + i}-{net}.conflist')
             pm.import_rootfs(ROOTFS_TAR)
             world.serve()
@@ -441,6 +444,12 @@ def podman_cycle(backend):
                 expect(got == world.NODE_INTERNET4, f'{name}: internet saw {got}')
                 got = pm.seen_from(name, world.PRIVATE4)
                 expect(got in want_pod_ips, f'{name}: private host saw {got}, wanted one of {want_pod_ips}')
+                if ipv6:
+                    got = pm.seen_from(name, world.INTERNET6)
+                    expect(got == world.NODE_INTERNET6, f'{name}: internet (v6) saw {got}')
+                    got = pm.seen_from(name, world.PRIVATE6)
+                    want6 = [pm.ip(name, n, 6) for n in nets if n in pm.networks(name)]
+                    expect(got in want6, f'{name}: private host (v6) saw {got}, wanted one of {want6}')
 
             def registered(net):
                 out = cn.sh(PLUGIN, 'list', '--json', '--state-dir', f'{tmp}/ip-masq-state', '--lock-file',
@@ -488,7 +497,12 @@ def podman_cycle(backend):
                 pm.podman('rm', name)
             text = world.node.run('nft', 'list', 'table', 'inet', 'ip_masq', check=False).stdout \
                 if backend == 'nftables' else world.node.run('ipset', 'list').stdout
-            expect('10.244.1' not in text, f'netfilter entries left: {text}')
+            expect('10.244.1' not in text and 'fd00:10:244:' not in text, f'netfilter entries left: {text}')
+            for net in nets:
+                d = os.path.join(tmp, 'ipam', net)
+                held = [f for f in os.listdir(d) if not f.startswith('last_reserved_ip') and f != 'lock'] \
+                    if os.path.isdir(d) else []
+                expect(held == [], f'ipam addresses left in {net}: {held}')
             veths = world.node.run('ip', '-o', 'link', 'show', 'type', 'veth').stdout
             expect(veths.count('\n') == 2, f'veths left: {veths}')
             calls = pm.calls()
@@ -503,9 +517,9 @@ def podman_cycle(backend):
     return run
 
 
-for _backend in ('nftables', 'iptables'):
-    check(f'podman {_backend}: run, traffic, restart, network reload, two networks, stop, rm')(
-        podman_cycle(_backend))
+for _backend, _ipv6 in (('nftables', True), ('iptables', False)):
+    check(f'podman {_backend} {"dual-stack" if _ipv6 else "IPv4"}: run, traffic, restart, network reload, '
+          f'two networks, stop, rm')(podman_cycle(_backend, _ipv6))
 
 
 # --- the runner -------------------------------------------------------------------------------------------------
