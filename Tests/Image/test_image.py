@@ -440,11 +440,17 @@ def check_podman(args, names):
         expect(shell.returncode != 0, 'the image has a shell')
         return f'{", ".join(listed)}; {version}; nft, iptables (both), ipset run; no /bin/sh'
     finally:
+        # conmon runs `podman container cleanup` after each --rm container, in the background; that process
+        # opens the storage again (and its overlay mount): wait for it before cleaning up.
+        deadline = time.monotonic() + 30
+        while cn._pids_with_arg(tmp) and time.monotonic() < deadline:
+            time.sleep(0.1)
         try:
             pm.close()
         finally:
             netns.close()
             left = podman_node.leftovers(tmp)
+            cn.unmount_under(tmp)  # reported below, but not left mounted
             shutil.rmtree(tmp, ignore_errors=True)
             if left:
                 raise Failure(f'left behind: {left}')
