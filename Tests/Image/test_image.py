@@ -3,8 +3,8 @@
     python3 Tests/Image/test_image.py --image .build/image/ip-masq.tar [--rootfs .build/image/rootfs] [--only nft]
 
 Root only. Per backend, one throwaway node (network namespaces; containerd in a private mount namespace that has
-the test's directories at /etc/cni, /opt and /run, see kubelet.py), the image imported with `ctr images import`,
-and these steps in order, each printed as ok/FAIL with its time:
+the test's directories at /etc/cni, /opt and /run, see kubelet.py), the image imported with `ctr images import`
+(containerd's digest must be the archive's manifest), and these steps in order, each printed as ok/FAIL with its time:
   install   the init container installs: the binary arrives in the bin dir by one rename (inotify) with the
             image's bytes, the conflist gains the ip-masq entry (also by rename), the config copy and the
             agent's netconf exist; then the agent container starts and its liveness probe passes
@@ -20,6 +20,9 @@ and these steps in order, each printed as ok/FAIL with its time:
             gone), `ip-masq reset` on the node: no netfilter object, no record left
   reinstall stale temporaries of an interrupted install in the bin and conf dirs: the pod installs again and a
             new pod is masqueraded as configured
+Before them: `archive` reads the archive back (OCI layout, both names in index.json, digests, sorted entries owned
+by 0:0 with one mtime, no gzip timestamp, no shell) and `podman load` loads it (both names; the default command
+and nft, iptables, ipset run in a read-only container with only NET_ADMIN and NET_RAW).
 The last line is `image: N passed, N failed`.
 """
 import argparse
@@ -419,6 +422,44 @@ def step_reinstall(node, rootfs):
     return 'installed over .ip-masq-install.1.tmp in both dirs; a new pod follows the ConfigMap'
 
 
+def check_archive(args, names, digest):
+    """The archive's OCI layout and the layer's reproducibility properties, read back with tarfile."""
+    import gzip
+    import io
+    import tarfile
+    with tarfile.open(args.image) as outer:
+        members = {m.name: m for m in outer.getmembers()}
+        read = lambda name: outer.extractfile(members[name]).read()  # noqa: E731
+        expect(json.loads(read('oci-layout')) == {'imageLayoutVersion': '1.0.0'}, 'oci-layout')
+        index = json.loads(read('index.json'))
+        refs = [(m['annotations']['io.containerd.image.name'], m['annotations']['org.opencontainers.image.ref.name'],
+                 m['digest']) for m in index['manifests']]
+        expect(refs == [(n, n, digest) for n in names], f'index.json entries {refs}')
+        manifest_bytes = read('blobs/sha256/' + digest[7:])
+        expect('sha256:' + hashlib.sha256(manifest_bytes).hexdigest() == digest, 'manifest blob digest')
+        manifest = json.loads(manifest_bytes)
+        config = json.loads(read('blobs/sha256/' + manifest['config']['digest'][7:]))
+        layer_gz = read('blobs/sha256/' + manifest['layers'][0]['digest'][7:])
+        expect(layer_gz[4:8] == b'\0\0\0\0', 'the gzip header carries a timestamp')
+        layer = gzip.decompress(layer_gz)
+        expect('sha256:' + hashlib.sha256(layer).hexdigest() == config['rootfs']['diff_ids'][0], 'diff_id')
+        expect(config['config']['Entrypoint'] == ['/ip-masq'], f'entrypoint {config["config"]}')
+        epochs = {m.mtime for m in outer.getmembers()}
+    with tarfile.open(fileobj=io.BytesIO(layer)) as inner:
+        entries = inner.getmembers()
+    names_in_layer = [m.name.rstrip('/') for m in entries]
+    expect(names_in_layer == sorted(names_in_layer), 'layer entries are not sorted')
+    expect({(m.uid, m.gid, m.uname, m.gname) for m in entries} == {(0, 0, '', '')}, 'owners are not 0:0')
+    epochs |= {m.mtime for m in entries}
+    expect(len(epochs) == 1, f'more than one mtime: {sorted(epochs)[:5]}')
+    by_name = {m.name.rstrip('/'): m for m in entries}
+    expect(by_name['ip-masq'].mode == 0o755 and by_name['ip-masq'].isfile(), '/ip-masq')
+    shells = [n for n in ('bin/sh', 'bin/bash', 'usr/bin/sh', 'bin/dash') if n in by_name]
+    expect(not shells, f'shells in the image: {shells}')
+    return (f'{len(entries)} entries, sorted, 0:0, every mtime {time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epochs.pop()))};'
+            f' {len(layer) / 1e6:.1f} MB uncompressed; no shell')
+
+
 def check_podman(args, names):
     """`podman load` names the image both ways; its default command and the tools run in a read-only container with
     only NET_ADMIN and NET_RAW, in the container's own network namespace."""
@@ -520,6 +561,12 @@ def main():
 
     started = time.monotonic()
     try:
+        t = time.monotonic()
+        try:
+            note = check_archive(args, names, args.digest)
+            report('archive', True, time.monotonic() - t, note)
+        except Exception as e:  # noqa: BLE001
+            report('archive', False, time.monotonic() - t, str(e))
         if not args.only or any(o in 'podman' for o in args.only):
             t = time.monotonic()
             try:
