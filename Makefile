@@ -2,7 +2,7 @@
 PREFIX ?= /opt/cni/bin
 BIN := .build/release/ip-masq
 
-.PHONY: build release install test demo bench clean
+.PHONY: build release install image test demo bench clean
 
 build:
 	swift build
@@ -14,6 +14,9 @@ release:
 install: release
 	install -d $(DESTDIR)$(PREFIX)
 	install -m 0755 $(BIN) $(DESTDIR)$(PREFIX)/ip-masq
+
+image:
+	bash .ci/image
 
 test:
 	bash .ci/test

@@ -47,7 +47,11 @@ public struct MasqConfig: Equatable, Sendable {
     public var lockTimeout: Int64 = 10_000_000_000
     public var stateDir = "/run/cni/ip-masq"
     public var logFile: String? = nil
-    public var logLevel: LogLevel = .info
+    /// `warning`: a healthy ADD/DEL writes nothing (containerd copies a plugin's stderr into its log); `info` shows
+    /// each registration.
+    public var logLevel: LogLevel = .warning
+    /// Whether some layer set `logLevel` (the agent then uses it; else it logs at `info`).
+    public private(set) var logLevelGiven = false
     /// Whether some layer set `nonMasqueradeCIDRs` (the reserved-ranges flag then does not apply).
     public private(set) var nonMasqueradeCIDRsGiven = false
     /// What resolution ignored and the operator should hear about (unknown config file keys): logged as warnings.
@@ -224,7 +228,9 @@ extension MasqConfig {
                 if let path = logFile, Self.standardOutputPaths.contains(path) {
                     throw reader.invalid(key, value, "standard output carries the CNI result; log to stderr (unset logFile) or a file")
                 }
-            case "logLevel": logLevel = try reader.choice(key, value, LogLevel.self)
+            case "logLevel":
+                logLevel = try reader.choice(key, value, LogLevel.self)
+                logLevelGiven = true
             default: break
             }
         }

@@ -40,7 +40,7 @@ public struct IPTablesBackend: MasqBackend {
             throw BackendError(.unavailable, "cannot run \(arguments[0]): \(error)")
         }
         guard output.succeeded else {
-            let text = output.stderrText.trimmingWhitespace()
+            let text = OneLine.fold(output.stderrText, limit: OneLine.toolTextLimit)
             throw Self.classify("\(arguments[0]): " + (text.isEmpty ? "exit status \(output.status)" : text))
         }
         return output.stdoutText

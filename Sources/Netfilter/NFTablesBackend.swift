@@ -109,7 +109,7 @@ public struct NFTablesBackend: MasqBackend {
     }
 
     static func classify(_ message: String) -> BackendError {
-        let text = message.trimmingWhitespace()
+        let text = OneLine.fold(message, limit: OneLine.toolTextLimit)
         if text.contains("No such file or directory") { return BackendError(.missingObjects, text) }
         if text.contains("Device or resource busy") || text.contains("Resource temporarily unavailable") { return BackendError(.transient, text) }
         if text.contains("Operation not permitted") || text.contains("Protocol not supported") { return BackendError(.unavailable, text) }

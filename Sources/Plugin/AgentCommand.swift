@@ -11,7 +11,8 @@ enum AgentCommand {
     /// `ip-masq agent --help`.
     static let help = """
     Usage: ip-masq agent --netconf FILE [--once] [--plugin-type TYPE]
-                         [--sync-config-from SRC --sync-config-to DST]
+                         [--sync-config-from SRC --sync-config-to DST] [--heartbeat HB]
+           ip-masq agent --healthcheck --heartbeat HB
 
     Keeps one network's masquerade rules in line with its config, for a DaemonSet on every node.
     FILE is the network's conflist (the entry of type "ip-masq" is used, with the list's name and
@@ -34,6 +35,9 @@ enum AgentCommand {
       --sync-config-from SRC  before each pass, copy SRC (a mounted ConfigMap file) ...
       --sync-config-to DST    ... to DST (the plugin's configFile on the host) when it changed,
                               atomically; when SRC is absent, DST is removed (defaults apply)
+      --heartbeat HB          after every successful pass, write the time to HB (atomically)
+      --healthcheck           check HB instead (a liveness probe): exit 0 when the last successful
+                              pass ended at most 2 x resyncInterval + 10s ago, else 1
       --help                  this text
 
     Exit status:
@@ -49,12 +53,15 @@ enum AgentCommand {
     static func run(arguments: [String]) -> Outcome {
         let options: Arguments
         let sync: ConfigSync?
+        let heartbeat: String?
         do throws(Arguments.UsageError) {
-            options = try Arguments(arguments, valued: ["--netconf", "--plugin-type", "--sync-config-from", "--sync-config-to"],
-                                    flags: ["--once"])
+            options = try Arguments(arguments, valued: ["--netconf", "--plugin-type", "--sync-config-from", "--sync-config-to", "--heartbeat"],
+                                    flags: ["--once", "--healthcheck"])
             if options.wantsHelp { return CommandExit.help(help) }
+            if options.has("--healthcheck") { return try healthcheck(options) }
             guard options["--netconf"] != nil else { throw Arguments.UsageError(message: "--netconf FILE is required") }
             _ = try options.path("--netconf")
+            heartbeat = try options.path("--heartbeat")
             switch (try options.path("--sync-config-from"), try options.path("--sync-config-to")) {
             case (let source?, let destination?): sync = ConfigSync(source: source, destination: destination)
             case (nil, nil): sync = nil
@@ -63,9 +70,10 @@ enum AgentCommand {
         } catch {
             return CommandExit.usageError("agent", error)
         }
-        let agent = Agent(netconfPath: options["--netconf"]!, pluginType: options["--plugin-type"] ?? "ip-masq", sync: sync)
+        let agent = Agent(netconfPath: options["--netconf"]!, pluginType: options["--plugin-type"] ?? "ip-masq", sync: sync,
+                          heartbeat: heartbeat)
         if options.has("--once") {
-            return Outcome(stdout: "", exitStatus: agent.reconcile() ? CommandExit.ok : CommandExit.failure)
+            return Outcome(stdout: "", exitStatus: agent.pass() ? CommandExit.ok : CommandExit.failure)
         }
         StopSignal.install()
         agent.log.info("agent started (pid \(getpid())): netconf \(agent.netconfPath)"
@@ -73,11 +81,25 @@ enum AgentCommand {
         while StopSignal.received == 0 {
             // Passes start every interval (not an interval after the previous pass ended).
             let start = FileLock.now()
-            agent.reconcile()
+            agent.pass()
             StopSignal.sleep(nanoseconds: start + agent.interval - FileLock.now())
         }
         agent.log.info("agent stopping on \(StopSignal.received == SIGINT ? "SIGINT" : "SIGTERM")")
         return Outcome(stdout: "", exitStatus: CommandExit.ok)
+    }
+
+    /// `--healthcheck --heartbeat HB`: the verdict on HB's age, one line on stdout.
+    static func healthcheck(_ options: Arguments) throws(Arguments.UsageError) -> Outcome {
+        guard let path = try options.path("--heartbeat") else { throw Arguments.UsageError(message: "--healthcheck needs --heartbeat HB") }
+        guard options["--netconf"] == nil, options["--sync-config-from"] == nil, !options.has("--once") else {
+            throw Arguments.UsageError(message: "--healthcheck takes only --heartbeat")
+        }
+        let contents: [UInt8]?
+        do { contents = try Files.read(path) } catch {
+            return CommandExit.failed("agent", "cannot read the heartbeat: \(error)")
+        }
+        let verdict = Heartbeat.verdict(contents, path: path, now: Heartbeat.now())
+        return Outcome(stdout: verdict.message + "\n", exitStatus: verdict.healthy ? CommandExit.ok : CommandExit.failure)
     }
 }
 
@@ -193,12 +215,15 @@ final class Agent {
     private var backendInUse: BackendKind?
     /// Where the log goes now (`logFile`), so it is only reopened when that changes.
     private var logFile: String?
+    /// The liveness record written after each successful pass (`--heartbeat`).
+    let heartbeat: String?
 
-    init(netconfPath: String, pluginType: String = "ip-masq", sync: ConfigSync? = nil,
+    init(netconfPath: String, pluginType: String = "ip-masq", sync: ConfigSync? = nil, heartbeat: String? = nil,
          makeBackend: @escaping BackendFactory = systemBackends, log: Log = Log()) {
         self.netconfPath = netconfPath
         self.pluginType = pluginType
         self.sync = sync
+        self.heartbeat = heartbeat
         self.makeBackend = makeBackend
         self.log = log
         log.context = "agent"
@@ -220,6 +245,20 @@ final class Agent {
             report("netfilter", "pass failed: \(error)")
             return false
         }
+    }
+
+    /// A pass, then the heartbeat when it succeeded (a heartbeat that cannot be written is logged, once).
+    @discardableResult
+    func pass() -> Bool {
+        let succeeded = reconcile()
+        guard succeeded, let heartbeat else { return succeeded }
+        do throws(SystemError) {
+            try Heartbeat(passEnded: Heartbeat.now(), interval: interval).write(to: heartbeat)
+            report("heartbeat", nil, recovered: "heartbeat \(heartbeat) written again")
+        } catch {
+            report("heartbeat", "cannot write the heartbeat \(heartbeat): \(error)")
+        }
+        return succeeded
     }
 
     /// Logs a problem once per change of its text (an error line), and its end (an info line).
@@ -284,7 +323,8 @@ final class Agent {
             log.redirect(to: file)
             logFile = file
         }
-        log.level = config.logLevel
+        // The agent is a long-running container: its changes are worth a line each unless logLevel says otherwise.
+        log.level = config.logLevelGiven ? config.logLevel : .info
         log.context = "agent \(netconf.name)"
         if lastGoodNetconf?.name != netconf.name || adopted?.configFile != config.configFile
             || adopted?.backend != config.backend || adopted?.stateDir != config.stateDir || adopted?.lockFile != config.lockFile {

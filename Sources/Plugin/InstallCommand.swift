@@ -12,7 +12,7 @@ enum InstallCommand {
     static let help = """
     Usage: ip-masq install --cni-bin-dir DIR --cni-conf-dir DIR [--conflist FILE]
                            [--config-file PATH [--host-config-file PATH]] [--agent-netconf PATH]
-                           [--uninstall] [--dry-run]
+                           [--backend B] [--iptables-mode M] [--uninstall] [--dry-run]
 
     Installs ip-masq on a node:
       1. copies this binary to DIR/ip-masq (atomically: a temporary file renamed over it, mode 0755);
@@ -40,6 +40,8 @@ enum InstallCommand {
       --config-file PATH       an ip-masq-agent config file (YAML or JSON)
       --host-config-file PATH  where to copy it on the node; this path is written as configFile
       --agent-netconf PATH     also write the plugin's netconf here, for the agent
+      --backend B              write "backend": B into the entry (auto, nftables, iptables)
+      --iptables-mode M        write "iptablesMode": M into the entry (auto, nft, legacy)
       --uninstall              take the entry out again: the backup comes back when nothing else
                                changed, else only the entry is removed; removes the files of 2. and 4.
                                The binary stays: run 'ip-masq reset' to remove the rules, then delete it
@@ -56,7 +58,7 @@ enum InstallCommand {
         let options: InstallOptions
         do throws(Arguments.UsageError) {
             let parsed = try Arguments(arguments, valued: ["--cni-bin-dir", "--cni-conf-dir", "--conflist", "--config-file",
-                                                           "--host-config-file", "--agent-netconf"],
+                                                           "--host-config-file", "--agent-netconf", "--backend", "--iptables-mode"],
                                        flags: ["--uninstall", "--dry-run"])
             if parsed.wantsHelp { return CommandExit.help(help) }
             options = try InstallOptions(parsed)
@@ -87,6 +89,8 @@ struct InstallOptions: Equatable {
     var hostConfigFile: String?
     /// Where the agent's netconf (the entry with the list's name and cniVersion) goes.
     var agentNetconf: String?
+    /// Node plumbing written into the entry (`backend`, `iptablesMode`), as given.
+    var entryKeys = JSONObject()
     /// Take the entry out instead of putting it in.
     var uninstall = false
     /// Report, change nothing.
@@ -117,6 +121,14 @@ struct InstallOptions: Equatable {
                   configFile: try arguments.path("--config-file"), hostConfigFile: try arguments.path("--host-config-file"),
                   agentNetconf: try arguments.path("--agent-netconf"),
                   uninstall: arguments.has("--uninstall"), dryRun: arguments.has("--dry-run"))
+        for (option, key, allowed) in [("--backend", "backend", BackendKind.allCases.map(\.rawValue)),
+                                       ("--iptables-mode", "iptablesMode", IPTablesMode.allCases.map(\.rawValue))] {
+            guard let value = arguments[option] else { continue }
+            guard allowed.contains(value) else {
+                throw Arguments.UsageError(message: "option \(option) takes \(allowed.joined(separator: ", ")), got \(quoted(value))")
+            }
+            entryKeys[key] = .string(value)
+        }
         if hostConfigFile != nil && configFile == nil && !uninstall {
             throw Arguments.UsageError(message: "--host-config-file needs --config-file (the file to copy there)")
         }
@@ -268,6 +280,7 @@ struct Installer {
         }
         var settings = JSONObject([("type", .string(ConflistEdit.pluginType))])
         if let path = options.configFileForEntry { settings["configFile"] = .string(path) }
+        for (key, value) in options.entryKeys.members { settings[key] = value }
         let edited = ConflistEdit.inserting(settings, into: list)
         let destination = original.isSinglePlugin ? Self.conflistPath(for: original.path) : original.path
         if original.isSinglePlugin && Files.exists(destination) {
@@ -461,6 +474,9 @@ struct Installer {
     func write(_ path: String, _ bytes: [UInt8], mode: mode_t, onlyWhenChanged: Bool = false) throws(InstallError) -> Bool {
         if onlyWhenChanged, (try? Files.read(path)) == bytes { return false }
         let temporary = Files.parentDirectory(of: path) + "/.ip-masq-install.\(getpid()).tmp"
+        // A temporary of this name is stale: an earlier install with the same PID (PID 1 in an init container) was
+        // killed between its write and its rename. It is replaced, not an obstacle forever.
+        if unlink(temporary) != 0 && errno != ENOENT { throw InstallError("cannot remove the stale \(temporary): \(SystemError("unlink"))") }
         let fd = open(temporary, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, mode)
         guard fd >= 0 else { throw InstallError("cannot create \(temporary): \(SystemError("open"))") }
         var failure: SystemError?

@@ -53,7 +53,9 @@ public final class Log: @unchecked Sendable {
         gmtime_r(&seconds, &parts)
         func two(_ value: Int32) -> String { value < 10 ? "0\(value)" : "\(value)" }
         let stamp = "\(parts.tm_year + 1900)-\(two(parts.tm_mon + 1))-\(two(parts.tm_mday))T\(two(parts.tm_hour)):\(two(parts.tm_min)):\(two(parts.tm_sec))Z"
-        let line = "\(stamp) ip-masq \(messageLevel.rawValue) \(context)\(context.isEmpty ? "" : ": ")\(message)\n"
+        // One line per message, whatever it embeds (containerd and journald split on newlines).
+        let text = message.contains(where: { $0.isNewline }) ? OneLine.fold(message) : message
+        let line = "\(stamp) ip-masq \(messageLevel.rawValue) \(context)\(context.isEmpty ? "" : ": ")\(text)\n"
         _ = line.utf8CString.withUnsafeBufferPointer { Glibc.write(fd, $0.baseAddress, $0.count - 1) }
     }
 }

@@ -590,7 +590,7 @@ class Bench:
         for name in os.listdir(args.reference_plugins):
             os.symlink(os.path.join(args.reference_plugins, name), os.path.join(self.cni_bin, name))
         os.symlink(self.plugin, self.cni_bin + "/ip-masq")
-        self.results = {"plugin": {}, "pod": {}, "floor": {}, "noise": []}
+        self.results = {"plugin": {}, "pod": {}, "floor": {}, "noise": [], "runtime": {}}
         self.machine = None
 
     def close(self):
@@ -831,6 +831,8 @@ def report(bench, args, elapsed):
         out("The masquerade's own share (each median minus `none` at N=0, which is bridge + host-local + the harness): "
             + "; ".join(lines_share) + ".")
         out("")
+    if r.get("runtime"):
+        lines.extend(runtime_section(r["runtime"], bench.pod_runs))
     # Targets.
     out("## Targets (issue 7)")
     out("")
@@ -883,6 +885,13 @@ def report(bench, args, elapsed):
             backend, n, key, value = max(chosen, key=lambda item: item[3])
             check("plugin peak RSS ≤ 8 MiB, %s (largest: %s %s, N=%d)" % (label, backend, key[4:], n), value, 8192,
                   lambda v, l: v <= l, "%.2f MiB" % (value / 1024))
+    runtime = r.get("runtime") or {}
+    for key, word in (("RunPodSandbox", "pod start"), ("StopPodSandbox+RemovePodSandbox", "pod stop + remove")):
+        ours_cri, ref_cri = runtime.get("ours", {}).get(1000, {}), runtime.get("reference", {}).get(1000, {})
+        if ours_cri.get(key) and ref_cri.get(key):
+            gap = median(ref_cri[key]) - median(ours_cri[key])
+            check("%s through containerd faster than reference, N=1000 (issue 13)" % word, gap, 0.0, lambda v, l: v > l,
+                  "%.1f vs %.1f ms" % (median(ours_cri[key]), median(ref_cri[key])))
     if floor:
         gap = median(floor["ip-masq VERSION"]) - median(floor["/bin/true"])
         check("start-up (VERSION) within 1.5 ms of /bin/true", gap, 1.5, lambda v, l: v <= l, "%+.2f ms" % gap)
@@ -969,6 +978,12 @@ def svg_plot(bench):
         if any(key in by_n[n] for n in by_n):
             rewrite.append((label, {n: by_n[n].get(key) for n in by_n}, color, False))
     panels.append(("nftables ADD that rewrites the node-wide rules", [(0, "0"), (1000, "1,000"), (10000, "10,000")], rewrite))
+    runtime = bench.results.get("runtime") or {}
+    for key, title in (("RunPodSandbox", "Through containerd: RunPodSandbox"),
+                       ("StopPodSandbox+RemovePodSandbox", "Through containerd: Stop+RemovePodSandbox")):
+        series = [(variant, {n: by_n[n].get(key) for n in by_n}, colors.get(variant, "#000"), variant == "reference")
+                  for variant, by_n in runtime.items()]
+        panels.append((title, [(0, "0"), (1000, "1,000")], series))
     panels = [panel for panel in panels if panel[2]]
     columns = 2
     panel_w, panel_h = 480, 330
@@ -1023,10 +1038,13 @@ def render(args):
     """Writes results.md and latency.svg again from the raw figures of an earlier run."""
     raw = json.load(open(args.render))
     raw["noise"] = [tuple(item) for item in raw.get("noise", [])]
-    for section in ("plugin", "pod"):
-        raw[section] = {name: {int(n): figures for n, figures in by_n.items()} for name, by_n in raw[section].items()}
+    for section in ("plugin", "pod", "runtime"):
+        raw[section] = {name: {int(n): figures for n, figures in by_n.items()} for name, by_n in raw.get(section, {}).items()}
     rendered = argparse.Namespace(results=raw, machine=[tuple(item) for item in raw.get("machine", [])],
                                   runs=raw.get("runs", 0), pod_runs=raw.get("pod_runs", 0))
+    if raw.get("runtime") and not (raw.get("floor") or raw.get("plugin") or raw.get("pod")):
+        splice_runtime_section(args.out, rendered)  # the figures of a `--only runtime` run
+        return
     text, _ = report(rendered, args, raw.get("elapsed", 0))
     print(text)
     write_report(args.out, text, rendered)
@@ -1042,7 +1060,8 @@ def main():
                         help="runs per whole-pod figure (BENCH_POD_RUNS; default: BENCH_RUNS, at least 8)")
     parser.add_argument("--out", default=None, help="directory for results.md and latency.svg (default: print only)")
     parser.add_argument("--json", default=None, help="also write the raw figures here")
-    parser.add_argument("--only", default="", help="comma-separated subset: startup,plugin,pod")
+    parser.add_argument("--only", default="", help="comma-separated subset: startup,plugin,pod,runtime (runtime alone "
+                        "rewrites only the runtime section of an existing results.md and writes runtime.svg)")
     parser.add_argument("--backends", default="nftables,iptables-nft,iptables-legacy")
     parser.add_argument("--counts", default="0,1000,10000")
     parser.add_argument("--render", default=None, help="only write the report and plot again from a --json file")
@@ -1068,6 +1087,10 @@ def main():
             bench.plugin_alone([b for b in args.backends.split(",") if b], counts)
         if not only or "pod" in only:
             bench.whole_pod(["ours", "ours-iptables-nft", "reference", "none"], [c for c in counts if c <= 1000])
+        if not only or "runtime" in only:
+            bench.note_load("runtime")
+            bench.results["runtime"] = runtime_module().measure(sys.modules[__name__], bench.plugin, bench.pod_runs,
+                                                                [c for c in counts if c <= 1000], log)
     finally:
         bench.close()
     elapsed = time.time() - started
@@ -1079,6 +1102,48 @@ def main():
         text, checks = report(bench, args, elapsed)
         print(text)
         write_report(args.out, text, bench)
+    elif bench.results["runtime"]:
+        splice_runtime_section(args.out, bench)
+
+
+def runtime_module():
+    """Tests/Runtime/bench_runtime.py (containerd through our CRI client; needs grpcio on PYTHONPATH)."""
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "Runtime"))
+    import bench_runtime
+    return bench_runtime
+
+
+def runtime_section(runtime, runs):
+    return runtime_module().section(runtime, runs)
+
+
+def splice_runtime_section(out, bench):
+    """A runtime-only run (`--only runtime`): its section replaces (or is added before the targets of) the runtime
+    section of the existing results.md, the rest of which stays as its own run wrote it; the plot goes to runtime.svg."""
+    section = runtime_section(bench.results["runtime"], bench.pod_runs)
+    section += ["Measured in a separate run (`bash .ci/bench --runtime`, %.0f s; load average %s); plot: "
+                "[runtime.svg](runtime.svg)." % (bench.results["elapsed"], ", ".join(
+                    "%s %s" % item for item in bench.results["noise"]) or "–"), ""]
+    print("\n".join(section))
+    if not out:
+        return
+    path = os.path.join(out, "results.md")
+    text = open(path).read() if os.path.exists(path) else "# ip-masq benchmark results\n\n"
+    lines = text.split("\n")
+    title = section[0]
+    if title in lines:
+        start = lines.index(title)
+        end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
+        lines[start:end] = section
+    else:
+        at = next((i for i, line in enumerate(lines) if line.startswith("## Targets")), len(lines))
+        lines[at:at] = section
+    with open(path, "w") as handle:
+        handle.write("\n".join(lines))
+    only_runtime = argparse.Namespace(results={"plugin": {}, "pod": {}, "runtime": bench.results["runtime"]})
+    with open(os.path.join(out, "runtime.svg"), "w") as handle:
+        handle.write(svg_plot(only_runtime))
+    log("updated the runtime section of %s/results.md and wrote %s/runtime.svg" % (out, out))
 
 
 if __name__ == "__main__":

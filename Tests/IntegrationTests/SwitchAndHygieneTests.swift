@@ -45,7 +45,8 @@ struct SwitchAndHygieneTests {
         let ns = try Netns("switch-add"), scratch = ScratchDirectory()
         let a = netconf(scratch: scratch, extra: extra(from), addresses: ["10.99.0.3/24", "fd00:99::3/64"])
         #expect(try PluginCall(netns: ns, command: "ADD", containerID: "a")(a).status == 0)
-        let b = netconf(scratch: scratch, extra: extra(to), addresses: ["10.99.0.4/24"])
+        // logLevel info: the move is an info line (the default, warning, keeps a healthy ADD silent).
+        let b = netconf(scratch: scratch, extra: extra(to, "nft", ["logLevel": "info"]), addresses: ["10.99.0.4/24"])
         let add = try PluginCall(netns: ns, command: "ADD", containerID: "b")(b)
         #expect(add.status == 0, "\(add.stdout)\(add.stderr)")
         #expect(add.stderr.contains("moved network testnet from \(from.prefix(8))"), "\(add.stderr)")
@@ -122,7 +123,7 @@ struct SwitchAndHygieneTests {
         let output = scratch.path + "/stdout"
         for path in [output, "/proc/self/fd/../fd/1"] {
             try? FileManager.default.removeItem(atPath: output)
-            let input = netconf(scratch: scratch, extra: ["backend": "nftables", "logFile": path])
+            let input = netconf(scratch: scratch, extra: ["backend": "nftables", "logFile": path, "logLevel": "info"])
             let environment = ["CNI_COMMAND=ADD", "CNI_CONTAINERID=ctr1", "CNI_IFNAME=eth0", "CNI_NETNS=/var/run/netns/pod", "CNI_PATH=/usr/lib/cni"]
             let result = try ns.exec(["env"] + environment + ["sh", "-c", "exec \"$0\" >> \(output)", Host.pluginBinary], input: input)
             #expect(result.status == 0, "\(path): \(result.stderr)")

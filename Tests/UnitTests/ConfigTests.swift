@@ -21,7 +21,7 @@ func refusal(_ netconf: String, file: String? = nil) -> CNIError? {
         #expect(config.cidrLimit == 64 && config.exemptPodSubnet && config.randomFully && config.toPorts.isEmpty)
         #expect(config.backend == .auto && config.masqChain == "IP-MASQ-AGENT")
         #expect(config.lockFile == "/run/cni/ip-masq.lock" && config.stateDir == "/run/cni/ip-masq")
-        #expect(config.resyncInterval == 60_000_000_000 && config.logLevel == .info && config.logFile == nil)
+        #expect(config.resyncInterval == 60_000_000_000 && config.logLevel == .warning && config.logFile == nil)
     }
 
     @Test func fileOverridesConflistWhichOverridesDefaults() throws {

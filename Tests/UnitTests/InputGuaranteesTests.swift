@@ -337,7 +337,8 @@ struct RefusingBackend: MasqBackend {
         let node = GuaranteeNode()
         #expect(node.run("ADD", node.stdin(#""backend":"nftables""#)).0.exitStatus == 0)
         let other = #"{"cniVersion":"1.0.0","interfaces":[{"name":"eth0","sandbox":"/x"}],"ips":[{"interface":0,"address":"10.99.0.4/24"}]}"#
-        let (add, _) = node.run("ADD", node.stdin(#""backend":"iptables""#, prevResult: other), environment: ["CNI_CONTAINERID": "ctr2"])
+        // The move is logged at info (the default level, warning, keeps a healthy ADD silent).
+        let (add, _) = node.run("ADD", node.stdin(#""backend":"iptables","logLevel":"info""#, prevResult: other), environment: ["CNI_CONTAINERID": "ctr2"])
         #expect(add.exitStatus == 0, "\(add.stdout)")
         let moved = Set(node.iptables.applied.flatMap(\.add).map { "\($0.pod.address)" })
         #expect(moved == ["10.99.0.3", "10.99.0.4"], "every recorded pod is in the new backend")
