@@ -83,6 +83,12 @@ public protocol MasqBackend: Sendable {
     func removeNetwork(_ network: String, registrations: [Registration]) throws(BackendError)
     /// A human-readable listing of what the backend installed (demo and `list`).
     func dump() -> String
+    /// The pod entries of a network whose owner comment is `tag` (what DEL removes for a damaged record). Lists sets.
+    func entries(network: String, taggedWith tag: String) throws(BackendError) -> [PodAddress]
+}
+
+extension MasqBackend {
+    public func entries(network: String, taggedWith tag: String) throws(BackendError) -> [PodAddress] { [] }
 }
 
 extension MasqBackend {

@@ -194,6 +194,19 @@ public struct IPTablesBackend: MasqBackend {
         return inspection
     }
 
+    public func entries(network: String, taggedWith tag: String) throws(BackendError) -> [PodAddress] {
+        let key = NetworkKey(network: network)
+        let sets = IPFamily.allCases.map { IPTablesRenderer.podSet(key, $0) }
+        var found: [PodAddress] = []
+        for set in sets {
+            guard let saved = try? ipset("list \(set)\n", options: ["-o", "save"]) else { continue }
+            for (cidr, comment) in Self.elements(in: saved)[set] ?? [:] where comment == tag {
+                found.append(PodAddress(address: cidr.address, subnet: cidr))
+            }
+        }
+        return found.sorted()
+    }
+
     /// The elements of `ipset save` output, per set: address or prefix → comment.
     static func elements(in saved: String) -> [String: [CIDR: String]] {
         var result: [String: [CIDR: String]] = [:]
