@@ -174,6 +174,32 @@ struct LifecycleTests {
         #expect(left.contains("10.99.0.4") && !left.contains("10.99.0.3"), "the other network's pod stays:\n\(left)")
     }
 
+    /// Two network names whose hashed keys collide: the same 11-byte prefix and the same low 32 bits of FNV-1a 64.
+    static func collidingNames() -> (String, String) {
+        var seen: [UInt32: String] = [:]
+        for index in 0... {
+            let name = "collisionab-\(index)"
+            var hash: UInt64 = 0xcbf2_9ce4_8422_2325
+            for byte in name.utf8 { hash = (hash ^ UInt64(byte)) &* 0x100_0000_01b3 }
+            if let other = seen[UInt32(truncatingIfNeeded: hash)] { return (other, name) }
+            seen[UInt32(truncatingIfNeeded: hash)] = name
+        }
+        fatalError("unreachable")
+    }
+
+    @Test(arguments: backends)
+    func namesWhoseHashedKeysCollideAreRefusedNotShared(backend: String) throws {
+        let ns = try Netns("life-coll"), scratch = ScratchDirectory()
+        let (first, second) = Self.collidingNames()
+        #expect(try add(ns, scratch, backend, "a", ["10.99.0.3/24"], network: first).status == 0)
+        let refused = try add(ns, scratch, backend, "a", ["10.99.0.4/24"], network: second)
+        #expect(refused.status == 1 && refused.stdout.contains("\"code\": 7") && refused.stdout.contains(first), "\(refused.stdout)")
+        // The other name's DEL (same container and interface) leaves the first network's pod alone.
+        #expect(try del(ns, scratch, backend, "a", network: second).status == 0)
+        #expect(try check(ns, scratch, backend, "a", ["10.99.0.3/24"], network: first).status == 0)
+        #expect(try listed(ns, scratch)[first] == ["a/eth0"])
+    }
+
     @Test(arguments: backends)
     func interfaceNamedLikeATemporaryIsVisible(backend: String) throws {
         let ns = try Netns("life-tmp"), scratch = ScratchDirectory()
