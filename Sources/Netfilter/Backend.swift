@@ -42,6 +42,9 @@ public struct BackendError: Error, Sendable, CustomStringConvertible {
         case failed
         /// The tool or library is not there or not permitted.
         case unavailable
+        /// A removal was applied except for pod-subnet entries the kernel refused (the message lists them). Those
+        /// are never consulted without the pod's own entry, which did go: DEL and GC log them and succeed.
+        case partial
     }
 
     public var kind: Kind

@@ -128,7 +128,24 @@ public struct NFTablesBackend: MasqBackend {
     public func apply(_ change: NetworkChange) throws(BackendError) {
         let script = renderer.script(for: change, fingerprint: change.policy.map(fingerprint(of:)) ?? "")
         if script.isEmpty { return }
-        _ = try executor.run(script, json: false)
+        do { _ = try executor.run(script, json: false) } catch where error.kind == .failed && change.policy == nil && change.add.isEmpty {
+            try removeOneByOne(change)
+        }
+    }
+
+    /// A removal the kernel refused as a whole (a `podnets` element of the record overlaps another one, e.g. after a
+    /// hand-edited record): each pod's elements on their own. A pod element that cannot go is an error; a `podnets`
+    /// element that cannot go is reported as `.partial` (it is never consulted without the pod element).
+    func removeOneByOne(_ change: NetworkChange) throws(BackendError) {
+        let names = NFTablesRenderer.Names(key: change.key.rawValue)
+        var refused: [String] = []
+        for registration in change.remove {
+            _ = try executor.run(renderer.podRemoval(registration, names: names).joined(separator: "\n") + "\n", json: false)
+            do { _ = try executor.run(renderer.podnetRemoval(registration, names: names).joined(separator: "\n") + "\n", json: false) } catch {
+                refused.append("\(NFTablesRenderer.podnet(registration.pod)) of \(registration.owner.tag) (\(error.message))")
+            }
+        }
+        if !refused.isEmpty { throw BackendError(.partial, "pod subnet elements left in \(names.podnets(.v4))/\(names.podnets(.v6)): " + refused.joined(separator: "; ")) }
     }
 
     public func removeNetwork(_ network: String, registrations: [Registration]) throws(BackendError) {

@@ -45,22 +45,26 @@ public struct NFTablesRenderer: Sendable {
         var lines: [String] = []
         if let policy = change.policy { lines += nodeWide(policy, names: names, fingerprint: fingerprint) }
         // Removals first, each as add+delete so that an element already gone is not an error.
-        for registration in change.remove {
-            let family = registration.pod.address.family
-            lines.append("add element \(Self.table) \(names.pods(family)) { \(registration.pod.address) }")
-            lines.append("delete element \(Self.table) \(names.pods(family)) { \(registration.pod.address) }")
-        }
-        for registration in change.remove {
-            let family = registration.pod.address.family
-            lines.append("add element \(Self.table) \(names.podnets(family)) { \(Self.podnet(registration.pod)) }")
-            lines.append("delete element \(Self.table) \(names.podnets(family)) { \(Self.podnet(registration.pod)) }")
-        }
+        for registration in change.remove { lines += podRemoval(registration, names: names) }
+        for registration in change.remove { lines += podnetRemoval(registration, names: names) }
         for registration in change.add {
             let family = registration.pod.address.family
             lines.append("add element \(Self.table) \(names.podnets(family)) { \(Self.podnet(registration.pod)) comment \"\(registration.owner.tag)\" }")
             lines.append("add element \(Self.table) \(names.pods(family)) { \(registration.pod.address) comment \"\(registration.owner.tag)\" }")
         }
         return lines.isEmpty ? "" : lines.joined(separator: "\n") + "\n"
+    }
+
+    /// The removal of a pod's address element (add+delete: no error when it is already gone).
+    func podRemoval(_ registration: Registration, names: Names) -> [String] {
+        let set = names.pods(registration.pod.address.family)
+        return ["add element \(Self.table) \(set) { \(registration.pod.address) }", "delete element \(Self.table) \(set) { \(registration.pod.address) }"]
+    }
+
+    /// The removal of a pod's `podnets` element.
+    func podnetRemoval(_ registration: Registration, names: Names) -> [String] {
+        let set = names.podnets(registration.pod.address.family)
+        return ["add element \(Self.table) \(set) { \(Self.podnet(registration.pod)) }", "delete element \(Self.table) \(set) { \(Self.podnet(registration.pod)) }"]
     }
 
     /// A pod's `podnets` element: its address (as a full-length prefix) and its subnet.

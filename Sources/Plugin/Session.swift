@@ -255,6 +255,26 @@ final class Session {
             }
         } catch where error.kind == .missingObjects {
             throw Self.cniError(error)
+        } catch where error.kind == .partial {
+            log.warning("removed, except: \(error.message)")
+        } catch where error.kind == .failed && !change.remove.isEmpty && !(change.add.isEmpty && change.policy == nil) {
+            // A removal the kernel refuses (entries of a record it could never have installed) must not block the
+            // rest: the removals on their own (element by element if need be), then the rest.
+            var removal = NetworkChange(network: network), rest = change
+            removal.remove = change.remove
+            removal.removeSubnets = change.removeSubnets
+            rest.remove = []
+            rest.removeSubnets = []
+            do { try backend.apply(removal) } catch where error.kind == .partial || error.kind == .missingObjects {
+                log.warning("removed, except: \(error.message)")
+            } catch {
+                rollBack()
+                throw Self.cniError(error)
+            }
+            do { try backend.apply(rest) } catch {
+                rollBack()
+                throw Self.cniError(error)
+            }
         } catch {
             rollBack()
             throw Self.cniError(error)
@@ -365,7 +385,7 @@ final class Session {
         case .transient: return CNIError(.tryAgainLater, "netfilter is busy", details: error.message)
         case .missingObjects: return CNIError(.netfilterFailure, "netfilter objects are missing", details: "missing: " + error.message)
         case .unavailable: return CNIError(.netfilterFailure, "the netfilter backend is not usable", details: error.message)
-        case .failed: return CNIError(.netfilterFailure, "applying the rules failed", details: error.message)
+        case .failed, .partial: return CNIError(.netfilterFailure, "applying the rules failed", details: error.message)
         }
     }
 

@@ -333,6 +333,17 @@ struct LifecycleTests {
         #expect(agent.status == 0, "\(agent.stdout)\(agent.stderr)")
         #expect(agent.stderr.contains("skipped the record of testnet/b/eth0"), "\(agent.stderr)")
         #expect(try podInstalled(ns, backend, "10.99.0.3") && podInstalled(ns, backend, "10.99.0.5"), "\((try? installed(ns, backend)) ?? "")")
+        // DEL of the refused record succeeds (what it could not remove is logged), and the pod entry goes.
+        #expect(try add(ns, scratch, backend, "b", ["10.99.0.4/24"]).status == 0)
+        for record in records {
+            let text = try String(contentsOfFile: record, encoding: .utf8)
+            try text.replacingOccurrences(of: "\"10.99.0.0/24\"", with: backend == "nftables" ? "\"fd00:99::/64\"" : "\"0.0.0.0/0\"")
+                .write(toFile: record, atomically: false, encoding: .utf8)
+        }
+        let delB = try del(ns, scratch, backend, "b")
+        #expect(delB.status == 0, "\(delB.stdout)\(delB.stderr)")
+        #expect(try !podInstalled(ns, backend, "10.99.0.4"), "\((try? installed(ns, backend)) ?? "")")
+        #expect(try del(ns, scratch, backend, "b").status == 0)
     }
 
     // MARK: 12.3 / 12.4 one owner per address, node-wide
