@@ -230,7 +230,8 @@ public struct StateStore: Sendable {
         return false
     }
 
-    static func holder(_ owner: Owner) -> AddressHolder {
+    /// How the ownership index names `owner`.
+    public static func holder(_ owner: Owner) -> AddressHolder {
         AddressHolder(key: NetworkKey(network: owner.network), file: fileName(for: owner.attachment))
     }
 

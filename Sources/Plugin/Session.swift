@@ -90,9 +90,10 @@ final class Session {
     func owns(_ owner: Owner, _ address: IPAddress) throws(SystemError) -> Bool {
         switch try store.holder(of: address) {
         case nil: return true
-        case .success(let holder)?: return holder == AddressHolder(key: NetworkKey(network: owner.network), file: AttachmentRecord(owner: owner, addresses: []).fileName)
+        case .success(let holder)?: return holder == StateStore.holder(owner)
         case .failure(let damage)?:
-            log.warning("the ownership entry of \(address) is damaged (\(damage.bytes) bytes); taking it as \(owner.tag)'s, whose record lists it")
+            log.warning("the ownership entry of \(address) is damaged (\(damage.bytes) bytes); "
+                        + "taking it as \(owner.tag)'s, whose record lists it")
             return true
         }
     }
@@ -107,14 +108,15 @@ final class Session {
                 switch try store.read(owner) {
                 case .found(let previous):
                     // A repeated ADD with other addresses: drop the old ones this attachment still owns.
-                    for pod in previous.addresses where !newAddresses.contains(pod) && !newAddresses.map(\.address).contains(pod.address) {
-                        if try owns(owner, pod.address) {
+                    let kept = Set(me.addresses.map(\.address))
+                    for pod in previous.addresses where !newAddresses.contains(pod) {
+                        if kept.contains(pod.address) {
+                            // The same address on another subnet: its old subnet element goes.
+                            change.remove.append(Registration(owner: owner, pod: pod))
+                        } else if try owns(owner, pod.address) {
                             change.remove.append(Registration(owner: owner, pod: pod))
                             try store.release(pod.address)
                         }
-                    }
-                    for pod in previous.addresses where !newAddresses.contains(pod) && newAddresses.map(\.address).contains(pod.address) {
-                        change.remove.append(Registration(owner: owner, pod: pod)) // same address, other subnet
                     }
                     for subnet in Set(previous.addresses.map(\.subnet)).subtracting(me.addresses.map(\.subnet)) {
                         if try store.leave(subnet, owner: owner) { change.removeSubnets.append(subnet) }
@@ -122,7 +124,8 @@ final class Session {
                 case .damaged(let why):
                     try removeDamaged(owner, why: why, into: &change, releasing: true)
                 case .other(let holder):
-                    throw SystemError("the state file of \(owner.tag) holds the record of \(holder.tag) (their names hash alike)", errno: 17)
+                    throw SystemError("the state file of \(owner.tag) holds the record of \(holder.tag) (their names hash alike)",
+                                      errno: 17 /* EEXIST */)
                 case .missing:
                     break
                 }
@@ -130,7 +133,7 @@ final class Session {
                     // An address another attachment still holds (IP reuse before its DEL): take it over.
                     let address = registration.pod.address
                     guard case .success(let holder)? = try store.holder(of: address),
-                          holder != AddressHolder(key: key, file: me.fileName),
+                          holder != StateStore.holder(owner),
                           let other = try store.record(in: holder.key, named: holder.file),
                           let pod = other.addresses.first(where: { $0.address == address }) else { continue }
                     if holder.key == key {
@@ -138,7 +141,8 @@ final class Session {
                         log.info("\(address) moves from \(other.owner.tag) to \(owner.tag)")
                     } else {
                         foreign[holder.key, default: []].append(Registration(owner: other.owner, pod: pod))
-                        log.warning("\(address) is taken over by \(owner.tag) from \(other.owner.tag) of network \(other.owner.network) (its DEL never came): its entry there goes")
+                        log.warning("\(address) is taken over by \(owner.tag) from \(other.owner.tag) of network "
+                                    + "\(other.owner.network) (its DEL never came): its entry there goes")
                     }
                 }
                 try store.save(me)
