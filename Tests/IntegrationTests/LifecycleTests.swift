@@ -394,5 +394,12 @@ struct LifecycleTests {
         #expect(agent.status == 0, "\(agent.stdout)\(agent.stderr)")
         #expect(try !podInstalled(ns, backend, "10.99.0.7", network: "other"))
         #expect(try podInstalled(ns, backend, "10.99.0.9", network: "other"))
+        // And the live owners' network: its pass restores and then finds nothing wrong (no stale owner to expect).
+        let ownConf = scratch.path + "/testnet.conf"
+        try netconf(scratch: scratch, extra: extra(backend), addresses: []).write(toFile: ownConf, atomically: true, encoding: .utf8)
+        let own = try ns.exec([Host.pluginBinary, "agent", "--netconf", ownConf, "--once"])
+        #expect(own.status == 0, "\(own.stdout)\(own.stderr)")
+        #expect(try podInstalled(ns, backend, "10.99.0.3", owner: "testnet/b/eth0") && podInstalled(ns, backend, "10.99.0.7", owner: "testnet/d/eth0"))
+        #expect(try check(ns, scratch, backend, "b", ["10.99.0.3/24"]).status == 0)
     }
 }
