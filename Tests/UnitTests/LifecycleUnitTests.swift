@@ -28,6 +28,23 @@ struct LifecycleUnitTests {
         }
     }
 
+    @Test("distinct networks get distinct netfilter objects, however their names are crafted")
+    func objectNamesAreDistinct() {
+        let names = ["pod-net", "pod_net_b40e5ef6", "pod_net", "pod.net", "4_x", "x", "masq", "nomasq", "podnets",
+                     String(repeating: "n", count: 20), String(repeating: "n", count: 21), "backend", "owners", "lock"]
+        var owners: [String: String] = [:]
+        for name in names {
+            let key = NetworkKey(network: name)
+            let nft = NFTablesRenderer.Names(key: key.rawValue)
+            let objects = nft.sets.map { "set " + $0 } + [nft.post, nft.masq, nft.snat].map { "chain " + $0 }
+                + IPTablesRenderer.sets(key).map { "ipset " + $0 }
+            for object in objects {
+                #expect(owners[object] == nil, "\(object) of \(name) is also \(owners[object] ?? "")'s")
+                owners[object] = name
+            }
+        }
+    }
+
     @Test("network directories cannot coincide with node-wide files, whatever the name")
     func networkPathsAreSeparate() {
         let store = StateStore(root: "/s")
