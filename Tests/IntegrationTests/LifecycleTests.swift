@@ -3,20 +3,29 @@ import Testing
 
 /// Issue 11 items 1, 3, 4, 5 and issue 12 items 3, 4: nested pod subnets, state name collisions, leftovers of killed
 /// invocations, damaged records, failed ADDs, and node-wide address ownership. Every test runs the real binary in a
-/// throwaway namespace, on both backends (iptables in its nft flavour; the legacy one shares the ipset code).
+/// throwaway namespace, on both backends (iptables in its nft flavour, and in its legacy one where the chain matters).
 @Suite(.enabled(if: Host.canRunRootTests, "needs root: network namespaces and netfilter"))
 struct LifecycleTests {
     static let backends = ["nftables", "iptables"]
 
     func extra(_ backend: String, _ more: [String: Any] = [:]) -> [String: Any] {
-        let base: [String: Any] = backend == "nftables" ? ["backend": "nftables"] : ["backend": "iptables", "iptablesMode": "nft"]
+        let base: [String: Any] = switch backend {
+        case "nftables": ["backend": "nftables"]
+        case "iptables-legacy": ["backend": "iptables", "iptablesMode": "legacy"]
+        default: ["backend": "iptables", "iptablesMode": "nft"]
+        }
         return base.merging(more) { $1 }
+    }
+
+    /// `iptables-nft` or `iptables-legacy` (with the `ip6` twin when `v6`).
+    func iptables(_ backend: String, v6: Bool = false) -> String {
+        (v6 ? "ip6tables" : "iptables") + (backend == "iptables-legacy" ? "-legacy" : "-nft")
     }
 
     /// Everything the backend holds in the namespace (nft ruleset, or iptables-nft rules and ipsets).
     func installed(_ ns: Netns, _ backend: String) throws -> String {
         if backend == "nftables" { return try ns.ruleset() }
-        return try ns.exec(["iptables-nft-save", "-t", "nat"], check: true).stdout + ns.exec(["ipset", "save"], check: true).stdout
+        return try ns.exec([iptables(backend) + "-save", "-t", "nat"], check: true).stdout + ns.exec(["ipset", "save"], check: true).stdout
     }
 
     /// Whether `address` is installed as a pod of `network` (the owner comment too, when given).
@@ -70,10 +79,10 @@ struct LifecycleTests {
         if backend == "nftables" {
             try ns.exec(["nft", "flush", "ruleset"], check: true)
         } else {
-            try ns.exec(["iptables-nft", "-w", "5", "-t", "nat", "-F"], check: true)
-            try ns.exec(["iptables-nft", "-w", "5", "-t", "nat", "-X"], check: true)
-            try ns.exec(["ip6tables-nft", "-w", "5", "-t", "nat", "-F"], check: true)
-            try ns.exec(["ip6tables-nft", "-w", "5", "-t", "nat", "-X"], check: true)
+            for tool in [iptables(backend), iptables(backend, v6: true)] {
+                try ns.exec([tool, "-w", "5", "-t", "nat", "-F"], check: true)
+                try ns.exec([tool, "-w", "5", "-t", "nat", "-X"], check: true)
+            }
             try ns.exec(["ipset", "destroy"], check: true)
         }
     }
@@ -105,7 +114,7 @@ struct LifecycleTests {
 
     // MARK: 11.1 nested pod subnets
 
-    @Test(arguments: backends)
+    @Test(arguments: backends + ["iptables-legacy"])
     func nestedPodSubnetsAddDelAndRestore(backend: String) throws {
         let ns = try Netns("life-nest"), scratch = ScratchDirectory()
         let a = try add(ns, scratch, backend, "a", ["10.88.0.5/16"])
@@ -348,7 +357,7 @@ struct LifecycleTests {
 
     // MARK: 12.3 / 12.4 one owner per address, node-wide
 
-    @Test(arguments: backends)
+    @Test(arguments: backends + ["iptables-legacy"])
     func anAddressBelongsToOneAttachmentNodeWide(backend: String) throws {
         let topology = try Topology(), scratch = ScratchDirectory(), node = topology.node
         // Network A masquerades everything but 172.16.0.0/12 (so the private host 10.200.0.2 too); network B keeps
@@ -369,7 +378,7 @@ struct LifecycleTests {
         #expect(try topology.send(to: Topology.privateHost.v4) == Topology.pod.v4)
     }
 
-    @Test(arguments: backends)
+    @Test(arguments: backends + ["iptables-legacy"])
     func restoreInstallsOnlyEachAddresssCurrentOwner(backend: String) throws {
         let ns = try Netns("life-rest"), scratch = ScratchDirectory()
         // Within one network: A's stale registration, then B takes the address over.
