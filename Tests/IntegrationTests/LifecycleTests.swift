@@ -25,7 +25,10 @@ struct LifecycleTests {
     /// Everything the backend holds in the namespace (nft ruleset, or iptables-nft rules and ipsets).
     func installed(_ ns: Netns, _ backend: String) throws -> String {
         if backend == "nftables" { return try ns.ruleset() }
-        return try ns.exec([iptables(backend) + "-save", "-t", "nat"], check: true).stdout + ns.exec(["ipset", "save"], check: true).stdout
+        // Without iptables-save's timestamped comment lines, so two listings of the same rules compare equal.
+        let rules = try ns.exec([iptables(backend) + "-save", "-t", "nat"], check: true).stdout
+            .split(separator: "\n").filter { !$0.hasPrefix("#") }.joined(separator: "\n")
+        return try rules + "\n" + ns.exec(["ipset", "save"], check: true).stdout
     }
 
     /// Whether `address` is installed as a pod of `network` (the owner comment too, when given).
