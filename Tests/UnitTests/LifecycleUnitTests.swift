@@ -73,6 +73,43 @@ struct LifecycleUnitTests {
         #expect(!FileManager.default.fileExists(atPath: root + "/a"))
     }
 
+    @Test("a journal puts every record, ownership entry and subnet membership back as it was")
+    func journalRollsBack() throws {
+        let root = NSTemporaryDirectory() + "ipmasq-journal-" + UUID().uuidString
+        defer { try? FileManager.default.removeItem(atPath: root) }
+        let plain = StateStore(root: root)
+        let a = Owner(network: "net", containerID: "a", ifname: "eth0"), b = Owner(network: "other", containerID: "b", ifname: "eth0")
+        let address = try #require(IPAddress("10.1.0.5")), subnet = try CIDR.parse("10.1.0.0/24").get()
+        try plain.save(AttachmentRecord(owner: a, addresses: [PodAddress(address: address, subnet: subnet)]))
+        try plain.claim(address, for: a)
+        try plain.join(subnet, owner: a)
+        let before = try files(root)
+        // b takes the address over, a leaves its subnet: then the change fails and is rolled back.
+        let journal = StateJournal()
+        let store = StateStore(root: root, journal: journal)
+        try store.save(AttachmentRecord(owner: b, addresses: [PodAddress(address: address, subnet: subnet)]))
+        try store.claim(address, for: b)
+        try store.join(subnet, owner: b)
+        #expect(try store.leave(subnet, owner: a), "a was the last member in its network: the directory goes")
+        #expect(try store.holds(b, address) && files(root) != before)
+        try journal.rollBack()
+        #expect(try files(root) == before)
+        #expect(try store.holds(a, address) && store.record(of: b) == nil && store.record(of: a) != nil)
+    }
+
+    /// Every file below `root` with its contents.
+    func files(_ root: String) throws -> [String: String] {
+        var result: [String: String] = [:]
+        let enumerator = FileManager.default.enumerator(atPath: root)
+        while let relative = enumerator?.nextObject() as? String {
+            var isDirectory: ObjCBool = false
+            if FileManager.default.fileExists(atPath: root + "/" + relative, isDirectory: &isDirectory), !isDirectory.boolValue {
+                result[relative] = try String(contentsOfFile: root + "/" + relative, encoding: .utf8)
+            }
+        }
+        return result
+    }
+
     @Test("install replaces a stale temporary of an interrupted install (PID 1 in an init container)")
     func installReplacesStaleTemporaries() throws {
         let node = try InstallNode(sample: "containerd")
