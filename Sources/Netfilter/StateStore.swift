@@ -319,6 +319,15 @@ public struct StateStore: Sendable {
         return nil
     }
 
+    /// The directory of a network's records in the previous layout (`<root>/<network>/`), when one is there: this
+    /// version does not read it (README, Upgrading). Only plain names are looked up (one `lstat`).
+    public func previousLayoutDirectory(of network: String) -> String? {
+        let key = NetworkKey(network: network)
+        guard key.rawValue == network, !Self.nodeWideNames.contains(network) else { return nil }
+        let directory = root + "/" + network
+        return Files.exists(directory + "/network.json") || Files.exists(directory + "/attachments") ? directory : nil
+    }
+
     /// Removes all state of a network, its entries in the ownership index included.
     public func removeNetwork(_ key: NetworkKey) throws(SystemError) {
         try Files.removeTree(networkDirectory(key))

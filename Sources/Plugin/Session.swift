@@ -42,6 +42,9 @@ final class Session {
         do { collision = try store.collision(for: network) } catch {
             throw CNIError(.stateFailure, "cannot read the state directory \(quoted(config.stateDir))", details: "\(error)")
         }
+        if let old = store.previousLayoutDirectory(of: network) {
+            log.warning("\(old) holds records of a previous version's layout, which are not read: reset with that version (README, Upgrading)")
+        }
         if let collision, !forDelete {
             throw CNIError(.invalidConfig, "network name \(quoted(network)) has the same state key \(key) as network \(quoted(collision))",
                            details: "rename one of the two networks")

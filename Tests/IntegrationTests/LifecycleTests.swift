@@ -247,6 +247,16 @@ struct LifecycleTests {
         #expect(!FileManager.default.fileExists(atPath: scratch.path + "/state"), "reset removed the state directory: \(stateFiles(scratch))")
     }
 
+    @Test func recordsOfThePreviousLayoutAreNamedNotRead() throws {
+        let ns = try Netns("life-old"), scratch = ScratchDirectory()
+        try FileManager.default.createDirectory(atPath: scratch.path + "/state/testnet/attachments", withIntermediateDirectories: true)
+        try Data(#"{"network":"testnet","containerID":"old","ifname":"eth0","addresses":[]}"#.utf8)
+            .write(to: URL(fileURLWithPath: scratch.path + "/state/testnet/attachments/old@eth0"))
+        let result = try add(ns, scratch, "nftables", "a", ["10.99.0.3/24"])
+        #expect(result.status == 0, "\(result.stdout)")
+        #expect(result.stderr.contains("\(scratch.path)/state/testnet holds records of a previous version's layout"), "\(result.stderr)")
+    }
+
     // MARK: 11.5 damaged records
 
     @Test(arguments: [("nftables", "garbage"), ("nftables", "empty"), ("nftables", "no index"),
