@@ -246,7 +246,7 @@ struct LenientDelAndReadOnlyCheckTests {
         #expect(try PluginCall(netns: ns, command: "ADD")(input).status == 0)
         let before = try snapshot(ns)
         let records = try FileManager.default.subpathsOfDirectory(atPath: scratch.path + "/state").sorted()
-        let network = try String(contentsOfFile: scratch.path + "/state/testnet/network.json", encoding: .utf8)
+        let network = try String(contentsOfFile: scratch.path + "/state/networks/testnet/network.json", encoding: .utf8)
         try "nonMasqueradeCIDRs: [10.0.0.0/8, 100.64.0.0/10]\n".write(toFile: file, atomically: true, encoding: .utf8)
         let changed = try PluginCall(netns: ns, command: "CHECK")(input)
         #expect(changed.status == 1 && changed.stdout.contains("\"code\": 101"), "\(changed.stdout)")
@@ -256,7 +256,7 @@ struct LenientDelAndReadOnlyCheckTests {
         #expect(refused.stderr.contains("last good"), "\(refused.stderr)")
         #expect(try snapshot(ns) == before, "CHECK wrote netfilter")
         #expect(try FileManager.default.subpathsOfDirectory(atPath: scratch.path + "/state").sorted() == records)
-        #expect(try String(contentsOfFile: scratch.path + "/state/testnet/network.json", encoding: .utf8) == network)
+        #expect(try String(contentsOfFile: scratch.path + "/state/networks/testnet/network.json", encoding: .utf8) == network)
     }
 
     /// A prevResult whose only address is on the host side registers nothing, says so, and CHECK fails.

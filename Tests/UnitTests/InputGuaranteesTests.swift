@@ -82,11 +82,11 @@ struct RefusingBackend: MasqBackend {
         let (del, reply) = node.run("DEL", node.stdin(#""backend":"nftables""#))
         #expect(del.exitStatus == 0, "\(reply?.serialized() ?? "")")
         #expect(node.logText.contains("records are kept"), "\(node.logText)")
-        #expect(FileManager.default.fileExists(atPath: node.stateDir + "/podnet/attachments/ctr1@eth0"))
+        #expect(FileManager.default.fileExists(atPath: node.stateDir + "/networks/podnet/attachments/ctr1@eth0"))
         node.refusing = []
         #expect(node.run("DEL", node.stdin(#""backend":"nftables""#)).0.exitStatus == 0)
         #expect(node.nftables.applied.last?.remove.map { "\($0.pod.address)" } == ["10.99.0.3"], "the retry removes it")
-        #expect(!FileManager.default.fileExists(atPath: node.stateDir + "/podnet/attachments/ctr1@eth0"))
+        #expect(!FileManager.default.fileExists(atPath: node.stateDir + "/networks/podnet/attachments/ctr1@eth0"))
     }
 
     /// A DEL after a backend switch whose new backend refuses the move removes the pod where it is recorded.
@@ -111,7 +111,7 @@ struct RefusingBackend: MasqBackend {
         let (del, reply) = node.run("DEL", node.stdin(keys.contains(#""backend""#) ? keys : #""backend":"nftables","# + keys))
         #expect(del.exitStatus == 0, "\(keys): \(reply?.serialized() ?? del.stdout)")
         #expect(node.nftables.applied.last?.remove.map { "\($0.pod.address)" } == ["10.99.0.3"], "the pod's element goes")
-        #expect(!FileManager.default.fileExists(atPath: node.stateDir + "/podnet/attachments/ctr1@eth0"))
+        #expect(!FileManager.default.fileExists(atPath: node.stateDir + "/networks/podnet/attachments/ctr1@eth0"))
         #expect(node.logText.contains("warning"), "the policy problem is logged: \(node.logText)")
     }
 
@@ -308,12 +308,12 @@ struct RefusingBackend: MasqBackend {
         let node = GuaranteeNode()
         #expect(node.run("ADD", node.stdin(#""backend":"nftables""#)).0.exitStatus == 0)
         let applied = node.nftables.applied.count
-        let record = try String(contentsOfFile: node.stateDir + "/podnet/network.json", encoding: .utf8)
+        let record = try String(contentsOfFile: node.stateDir + "/networks/podnet/network.json", encoding: .utf8)
         let (check, reply) = node.run("CHECK", node.stdin(#""backend":"nftables","nonMasqueradeCIDRs":["10.0.0.0/8"]"#))
         #expect(check.exitStatus == 1)
         #expect(reply?["code"] == .int(101), "\(check.stdout)")
         #expect(node.nftables.applied.count == applied, "CHECK wrote netfilter")
-        #expect(try String(contentsOfFile: node.stateDir + "/podnet/network.json", encoding: .utf8) == record, "CHECK wrote the record")
+        #expect(try String(contentsOfFile: node.stateDir + "/networks/podnet/network.json", encoding: .utf8) == record, "CHECK wrote the record")
         #expect(node.run("CHECK", node.stdin(#""backend":"nftables""#)).0.exitStatus == 0)
     }
 
@@ -345,7 +345,7 @@ struct RefusingBackend: MasqBackend {
         #expect(node.iptables.applied.contains { $0.policy != nil })
         #expect(node.nftables.removedNetworks.map(\.network) == ["podnet"], "the old backend's objects go")
         #expect(node.logText.contains("moved"), "\(node.logText)")
-        let record = try String(contentsOfFile: node.stateDir + "/podnet/network.json", encoding: .utf8)
+        let record = try String(contentsOfFile: node.stateDir + "/networks/podnet/network.json", encoding: .utf8)
         #expect(record.contains(#""backend":"iptables""#) && record.contains("iptablesMode") && record.contains("masqChain"), "\(record)")
     }
 
