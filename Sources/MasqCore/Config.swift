@@ -50,6 +50,8 @@ public struct MasqConfig: Equatable, Sendable {
     public var logLevel: LogLevel = .info
     /// Whether some layer set `nonMasqueradeCIDRs` (the reserved-ranges flag then does not apply).
     public private(set) var nonMasqueradeCIDRsGiven = false
+    /// Where each key (and each CIDR of a list) came from, for `explain` and `lint`; not part of the value.
+    public internal(set) var provenance = Provenance()
 
     /// ip-masq-agent's default non-masquerade list (RFC 1918).
     public static let defaultNonMasqueradeCIDRs = ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"].map(Self.literal)
@@ -65,14 +67,17 @@ public struct MasqConfig: Equatable, Sendable {
 }
 
 /// Where a key was read from, for error messages.
-public enum ConfigSource: Sendable, Equatable {
+public enum ConfigSource: Sendable, Equatable, Hashable {
     case netconf
     case file(String)
+    /// Not set by any layer: the built-in default.
+    case builtIn
 
-    var label: String {
+    public var label: String {
         switch self {
         case .netconf: return "network config"
         case .file(let path): return "config file \(path)"
+        case .builtIn: return "default"
         }
     }
 }
@@ -101,18 +106,32 @@ extension MasqConfig {
     ///   - netconf: the plugin's object from stdin (or from a conflist file).
     ///   - fileContents: the bytes of `configFile` when it exists, nil when it is absent or not configured.
     public static func resolve(netconf: JSONObject, fileContents: [UInt8]?) throws(CNIError) -> MasqConfig {
+        let path = configFilePath(in: netconf) ?? ""
+        return try resolve(netconf: netconf, files: fileContents.map { [ConfigFileContents(path: path, bytes: $0)] } ?? [])
+    }
+
+    /// Resolves with the files `configFile` names (one file, or a directory's files in lexical order, merged as
+    /// `mergeLayer` says); `files` is ignored when the netconf sets no `configFile`.
+    public static func resolve(netconf: JSONObject, files: [ConfigFileContents]) throws(CNIError) -> MasqConfig {
         var config = MasqConfig()
         try config.apply(netconf, source: .netconf, allowed: netconfKeys)
-        if let fileContents, let path = config.configFile {
-            let document: JSONValue
-            do { document = try JSONValue.parseYAML(fileContents) } catch {
-                throw CNIError(.invalidConfig, "configFile \(quoted(path)) is not valid YAML or JSON", details: error.description)
-            }
-            switch document {
-            case .null: break // an empty file means defaults, as ip-masq-agent treats it
-            case .object(let object): try config.apply(object, source: .file(path), allowed: fileKeys)
-            default:
-                throw CNIError(.invalidConfig, "configFile \(quoted(path)) must hold a mapping of keys, found a \(document.kindName)")
+        config.provenance.record(netconf, source: .netconf, allowed: netconfKeys, config: config, merging: false)
+        if config.configFile != nil {
+            for (index, file) in files.enumerated() {
+                let document: JSONValue
+                do { document = try JSONValue.parseYAML(file.bytes) } catch {
+                    throw CNIError(.invalidConfig, "configFile \(quoted(file.path)) is not valid YAML or JSON", details: error.description)
+                }
+                switch document {
+                case .null: break // an empty file means defaults, as ip-masq-agent treats it
+                case .object(let object):
+                    let before = config
+                    try config.apply(object, source: .file(file.path), allowed: fileKeys)
+                    if index > 0 { config.mergeLayer(object, over: before) }
+                    config.provenance.record(object, source: .file(file.path), allowed: fileKeys, config: config, merging: index > 0)
+                default:
+                    throw CNIError(.invalidConfig, "configFile \(quoted(file.path)) must hold a mapping of keys, found a \(document.kindName)")
+                }
             }
         }
         try config.validate()
@@ -124,7 +143,7 @@ extension MasqConfig {
         netconf["configFile"]?.stringValue.flatMap { $0.isEmpty ? nil : $0 }
     }
 
-    private mutating func apply(_ object: JSONObject, source: ConfigSource, allowed: Set<String>) throws(CNIError) {
+    mutating func apply(_ object: JSONObject, source: ConfigSource, allowed: Set<String>) throws(CNIError) {
         var sawNonMasq = false
         let reader = KeyReader(source: source)
         for (key, value) in object.members {

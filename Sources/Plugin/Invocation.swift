@@ -134,11 +134,11 @@ struct ResolvedConfig {
             return
         }
         do throws(CNIError) {
-            let bytes: [UInt8]?
-            do { bytes = try Files.read(path) } catch {
+            let files: [ConfigFileContents]
+            do { files = try ConfigDirectory.read(path) } catch {
                 throw CNIError(.ioFailure, "cannot read configFile \(quoted(path))", details: "\(error)")
             }
-            config = try MasqConfig.resolve(netconf: netconf.object, fileContents: bytes)
+            config = try MasqConfig.resolve(netconf: netconf.object, files: files)
         } catch {
             // Unreadable or invalid: DEL and GC go on without it; ADD and CHECK decide under the lock.
             config = base
