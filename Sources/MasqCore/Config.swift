@@ -48,6 +48,10 @@ public struct MasqConfig: Equatable, Sendable {
     public var stateDir = "/run/cni/ip-masq"
     public var logFile: String? = nil
     public var logLevel: LogLevel = .info
+    /// Delete the conntrack entries a verb makes stale (a pod's at DEL and ADD, changed verdicts at a policy change).
+    public var conntrackFlush = true
+    /// Drop registered pods' packets in conntrack state INVALID that would leave unmasqueraded where the policy masquerades.
+    public var dropInvalid = true
     /// Whether some layer set `nonMasqueradeCIDRs` (the reserved-ranges flag then does not apply).
     public private(set) var nonMasqueradeCIDRsGiven = false
     /// Where each key (and each CIDR of a list) came from, for `explain` and `lint`; not part of the value.
@@ -93,12 +97,14 @@ extension MasqConfig {
         "nonMasqueradeCIDRs", "nomasqAllReservedRanges", "masqLinkLocal", "masqLinkLocalIPv6", "masqueradeCIDRs",
         "cidrLimit", "exemptPodSubnet", "randomFully", "toPorts", "resyncInterval", "configFile", "backend",
         "iptablesMode", "masqChain", "lockFile", "lockTimeout", "stateDir", "logFile", "logLevel",
+        "conntrackFlush", "dropInvalid",
     ]
     /// Keys a config file may set: ip-masq-agent's own plus the plugin's masquerade policy keys.
     /// Node plumbing (backend, paths, logging) stays in the conflist so every invocation agrees on it.
     static let fileKeys: Set<String> = [
         "nonMasqueradeCIDRs", "nomasqAllReservedRanges", "masqLinkLocal", "masqLinkLocalIPv6", "masqueradeCIDRs",
         "cidrLimit", "exemptPodSubnet", "randomFully", "toPorts", "resyncInterval",
+        "conntrackFlush", "dropInvalid",
     ]
 
     /// Resolves the configuration: defaults < conflist keys < config file keys, then validates the result.
@@ -194,6 +200,8 @@ extension MasqConfig {
             case "stateDir": stateDir = try reader.path(key, value, optional: false)!
             case "logFile": logFile = try reader.path(key, value, optional: true)
             case "logLevel": logLevel = try reader.choice(key, value, LogLevel.self)
+            case "conntrackFlush": conntrackFlush = try reader.bool(key, value)
+            case "dropInvalid": dropInvalid = try reader.bool(key, value)
             default: break
             }
         }

@@ -47,6 +47,7 @@ struct Invocation {
         let registrations = plan.addresses.map { Registration(owner: plan.owner, pod: $0) }
         try session.register(registrations, owner: plan.owner, into: &change)
         try session.apply(change)
+        session.forgetConnections(of: plan.addresses.map(\.address), after: "ADD")
         log.info("registered \(plan.addresses.map { "\($0.address)" }.joined(separator: ", "))\(change.policy == nil ? "" : " (node-wide rules written)")")
         return PrevResult.echo(rawResult, as: netconf.cniVersion).serialized(pretty: true) + "\n"
     }
@@ -60,6 +61,7 @@ struct Invocation {
         do { try session.apply(change, rebuildOnMissing: false) } catch where error.code == .netfilterFailure && session.objectsMissing(error) {
             log.info("the network's objects are already gone")
         }
+        session.forgetConnections(of: change.remove.map(\.pod.address), after: "DEL")
         try session.forget(owner)
     }
 
@@ -99,6 +101,7 @@ struct Invocation {
         for record in stale { try session.unregister(record.owner, into: &change) }
         guard !stale.isEmpty else { return }
         do { try session.apply(change, rebuildOnMissing: false) } catch where session.objectsMissing(error) {}
+        session.forgetConnections(of: change.remove.map(\.pod.address), after: "GC")
         for record in stale { try session.forget(record.owner) }
         log.info("removed \(stale.count) stale attachment(s): \(stale.map(\.owner.tag).joined(separator: ", "))")
     }

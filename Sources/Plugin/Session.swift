@@ -13,6 +13,8 @@ final class Session {
     private let lock: FileLock
     /// Written after the change that installs a new policy succeeds.
     private var pendingNetworkRecord: NetworkRecord?
+    /// The policy a pending rewrite replaces, for the conntrack cleanup after it (ConntrackHygiene.swift).
+    private var replacedPolicy: NetworkPolicy?
 
     init(config: MasqConfig, network: String, plugin: CNIPlugin, forDelete: Bool = false) throws(CNIError) {
         self.config = config
@@ -58,6 +60,7 @@ final class Session {
             return NetworkChange(network: network)
         }
         pendingNetworkRecord = NetworkRecord(network: network, backend: backend.kind, fingerprint: fingerprint, policy: policy.json)
+        replacedPolicy = record.flatMap { NetworkPolicy(json: $0.policy) }
         return NetworkChange(network: network, policy: policy)
     }
 
@@ -146,6 +149,10 @@ final class Session {
             throw Self.cniError(error)
         }
         try savePendingNetworkRecord()
+        if let old = replacedPolicy, let new = change.policy {
+            replacedPolicy = nil
+            forgetConnections(changedFrom: old, to: new)
+        }
     }
 
     /// Rebuilds the network from its records (the agent's repair after a firewall reload) and remembers the policy.
