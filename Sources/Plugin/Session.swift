@@ -15,6 +15,8 @@ final class Session {
     private var pendingNetworkRecord: NetworkRecord?
     /// The policy a pending rewrite replaces, for the conntrack cleanup after it (ConntrackHygiene.swift).
     private var replacedPolicy: NetworkPolicy?
+    /// Conntrack entries this session deleted (the agent's ip_masq_conntrack_deleted_total).
+    var deletedConnections = 0
 
     init(config: MasqConfig, network: String, plugin: CNIPlugin, forDelete: Bool = false) throws(CNIError) {
         self.config = config
