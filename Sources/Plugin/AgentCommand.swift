@@ -347,6 +347,7 @@ final class Agent {
         }
         let moving = previous.map { $0.backend != session.backend.kind && $0.backend != .auto } ?? false
         if let policy = change.policy {
+            LintCommand.logFindings(config: resolved.config, podSubnets: ((try? session.records()) ?? []).flatMap { $0.addresses.map(\.subnet) }, log: log)
             // Moving to another backend: the new one gets the node-wide rules and every pod's entry at once.
             if moving { try session.restoreAll(policy: policy) } else { try session.apply(change) }
             if let previous, !moving {

@@ -48,6 +48,7 @@ struct Invocation {
         try session.register(registrations, owner: plan.owner, into: &change)
         try session.apply(change)
         session.forgetConnections(of: plan.addresses.map(\.address), after: "ADD")
+        if change.policy != nil { LintCommand.logFindings(config: resolved.config, podSubnets: plan.addresses.map(\.subnet), log: log) }
         log.info("registered \(plan.addresses.map { "\($0.address)" }.joined(separator: ", "))\(change.policy == nil ? "" : " (node-wide rules written)")")
         return PrevResult.echo(rawResult, as: netconf.cniVersion).serialized(pretty: true) + "\n"
     }
