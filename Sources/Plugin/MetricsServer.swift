@@ -139,23 +139,26 @@ final class MetricsServer: @unchecked Sendable {
     }
 
     /// The whole response for a request line such as `GET /metrics HTTP/1.1`.
-    func respond(to requestLine: String) -> [UInt8] {
+    func respond(to requestLine: String) -> [UInt8] { Self.respond(to: requestLine, metrics: metrics) }
+
+    /// The response to a request line (static, so tests route without a socket).
+    static func respond(to requestLine: String, metrics: AgentMetrics) -> [UInt8] {
         let words = requestLine.split(separator: " ")
-        guard words.count == 3, words[2].hasPrefix("HTTP/1.") else { return Self.response(400, "bad request\n") }
+        guard words.count == 3, words[2].hasPrefix("HTTP/1.") else { return response(400, "bad request\n") }
         let head = words[0] == "HEAD"
-        guard words[0] == "GET" || head else { return Self.response(405, "only GET and HEAD\n", extra: "Allow: GET, HEAD\r\n") }
+        guard words[0] == "GET" || head else { return response(405, "only GET and HEAD\n", extra: "Allow: GET, HEAD\r\n") }
         let path = words[1].split(separator: "?", maxSplits: 1, omittingEmptySubsequences: false).first.map(String.init) ?? ""
         switch path {
         case "/metrics":
-            return Self.response(200, metrics.render(), type: "text/plain; version=0.0.4; charset=utf-8", headOnly: head)
+            return response(200, metrics.render(), type: "text/plain; version=0.0.4; charset=utf-8", headOnly: head)
         case "/healthz":
-            return metrics.isAlive() ? Self.response(200, "ok\n", headOnly: head)
-                : Self.response(503, "the reconcile loop has not run for more than two intervals\n", headOnly: head)
+            return metrics.isAlive() ? response(200, "ok\n", headOnly: head)
+                : response(503, "the reconcile loop has not run for more than two intervals\n", headOnly: head)
         case "/readyz":
-            return metrics.isReady() ? Self.response(200, "ok\n", headOnly: head)
-                : Self.response(503, "no successful pass within the last two intervals\n", headOnly: head)
+            return metrics.isReady() ? response(200, "ok\n", headOnly: head)
+                : response(503, "no successful pass within the last two intervals\n", headOnly: head)
         default:
-            return Self.response(404, "not found; try /metrics, /healthz or /readyz\n", headOnly: head)
+            return response(404, "not found; try /metrics, /healthz or /readyz\n", headOnly: head)
         }
     }
 
