@@ -106,11 +106,16 @@ struct InsightTests {
         return body
     }
 
-    @Test func metricsFollowPodsPacketsInvocationsRepairsAndReloads() throws {
+    @Test(arguments: [["backend": "nftables"], ["backend": "iptables", "iptablesMode": "nft"]])
+    func metricsFollowPodsPacketsInvocationsRepairsAndReloads(backend: [String: String]) throws {
         let topology = try Topology(), scratch = ScratchDirectory()
         let configFile = scratch.path + "/config"
         try "nonMasqueradeCIDRs: [10.0.0.0/8, fd00:200::/64]\n".write(toFile: configFile, atomically: true, encoding: .utf8)
-        let (conflist, stdin) = try Self.files(scratch, keys: ["backend": "nftables", "configFile": configFile, "resyncInterval": "300ms"])
+        var keys: [String: Any] = ["configFile": configFile, "resyncInterval": "300ms"]
+        for (key, value) in backend { keys[key] = value }
+        let (conflist, stdin) = try Self.files(scratch, keys: keys)
+        let kind = backend["backend"]!
+        let pods = "ip_masq_pods{network=\"insight\",backend=\"\(kind)\"}"
         let port = 9797
         let agent = Process()
         agent.executableURL = URL(fileURLWithPath: "/usr/bin/env")
@@ -125,7 +130,7 @@ struct InsightTests {
             agent.waitUntilExit()
         }
         var body = try Self.waitFor(topology.node, port: port, "a first pass") { Self.value($0, "ip_masq_passes_total{result=\"ok\"}") ?? 0 >= 1 }
-        #expect(Self.value(body, "ip_masq_pods{network=\"insight\",backend=\"nftables\"}") == 0)
+        #expect(Self.value(body, pods) == 0)
         #expect(try Self.scrape(topology.node, port: port, path: "/healthz").0 == 200)
         #expect(try Self.scrape(topology.node, port: port, path: "/readyz").0 == 200)
         #expect(try Self.scrape(topology.node, port: port, path: "/other").0 == 404)
@@ -138,7 +143,7 @@ struct InsightTests {
         #expect(try topology.send(to: Topology.internet.v4) == Topology.nodeOnInternet.v4)
         #expect(try topology.send(to: Topology.privateHost.v4) == Topology.pod.v4)
         body = try Self.waitFor(topology.node, port: port, "two pods, the ADDs and the packets") {
-            Self.value($0, "ip_masq_pods{network=\"insight\",backend=\"nftables\"}") == 2
+            Self.value($0, pods) == 2
                 && Self.value($0, "ip_masq_cni_invocations_total{verb=\"ADD\",result=\"ok\"}") == 2
                 && Self.value($0, "ip_masq_packets_total{network=\"insight\",verdict=\"masquerade\"}") ?? 0 >= 2
         }
@@ -149,7 +154,11 @@ struct InsightTests {
         #expect(Self.value(body, "ip_masq_cni_duration_seconds_count{verb=\"ADD\"}") == 2)
 
         // A firewall reload deletes the table: the agent repairs it and counts the repair.
-        try topology.node.exec(["nft", "delete", "table", "inet", "ip_masq"], check: true)
+        if kind == "nftables" {
+            try topology.node.exec(["nft", "delete", "table", "inet", "ip_masq"], check: true)
+        } else {
+            try topology.node.exec(["iptables-nft", "-w", "-t", "nat", "-F", "IP-MASQ-AGENT"], check: true)
+        }
         body = try Self.waitFor(topology.node, port: port, "a repair") {
             Self.value($0, "ip_masq_repairs_total{network=\"insight\",what=\"node_wide_rules\"}") ?? 0 >= 1
         }
@@ -164,7 +173,7 @@ struct InsightTests {
         #expect(try PluginCall(netns: topology.node, command: "DEL")(stdin).status == 0)
         #expect(try PluginCall(netns: topology.node, command: "DEL", containerID: "ctr2")(second).status == 0)
         body = try Self.waitFor(topology.node, port: port, "no pods and the DELs") {
-            Self.value($0, "ip_masq_pods{network=\"insight\",backend=\"nftables\"}") == 0
+            Self.value($0, pods) == 0
                 && Self.value($0, "ip_masq_cni_invocations_total{verb=\"DEL\",result=\"ok\"}") == 2
         }
         #expect(Self.value(body, "ip_masq_cni_invocations_total{verb=\"ADD\",result=\"error\"}") == 1)
