@@ -122,12 +122,15 @@ struct InsightTests {
         agent.arguments = ["ip", "netns", "exec", topology.node.name, Host.pluginBinary, "agent", "--netconf", conflist,
                            "--metrics-address", "127.0.0.1:\(port)"]
         agent.standardOutput = FileHandle.nullDevice
-        let agentLog = Pipe()
-        agent.standardError = agentLog
+        // The agent's log goes to a file (a pipe nobody drains could fill and block it); printed with INSIGHT_SAMPLE=1.
+        let logPath = scratch.path + "/agent.log"
+        FileManager.default.createFile(atPath: logPath, contents: nil)
+        agent.standardError = FileHandle(forWritingAtPath: logPath)
         try agent.run()
         defer {
             if agent.isRunning { kill(agent.processIdentifier, SIGTERM) }
             agent.waitUntilExit()
+            if ProcessInfo.processInfo.environment["INSIGHT_SAMPLE"] != nil { print((try? String(contentsOfFile: logPath, encoding: .utf8)) ?? "") }
         }
         var body = try Self.waitFor(topology.node, port: port, "a first pass") { Self.value($0, "ip_masq_passes_total{result=\"ok\"}") ?? 0 >= 1 }
         #expect(Self.value(body, pods) == 0)
@@ -137,7 +140,7 @@ struct InsightTests {
 
         // Two pods come; the first sends real traffic, masqueraded and kept.
         #expect(try PluginCall(netns: topology.node, command: "ADD")(stdin).status == 0)
-        let second = stdin.replacingOccurrences(of: "10.99.0.3/24", with: "10.99.0.4/24").replacingOccurrences(of: "fd00:99::3/64", with: "fd00:99::4/64")
+        let second = netconf(name: "insight", scratch: scratch, extra: keys, addresses: ["10.99.0.4/24", "fd00:99::4/64"])
         #expect(try PluginCall(netns: topology.node, command: "ADD", containerID: "ctr2")(second).status == 0)
         #expect(try topology.send(to: Topology.internet.v4) == Topology.nodeOnInternet.v4)
         #expect(try topology.send(to: Topology.internet.v4) == Topology.nodeOnInternet.v4)
