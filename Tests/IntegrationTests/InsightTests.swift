@@ -73,6 +73,11 @@ struct InsightTests {
             print(try topology.node.exec([Host.pluginBinary, "explain", "--netconf", conflist, "--pod", Topology.pod.v4] + destinations + ["10.99.0.1"]).stdout)
             print(try topology.node.exec([Host.pluginBinary, "lint", "--netconf", conflist]).stdout)
         }
+        // lint reads the pod subnets from the records: the pod's IPv6 subnet is in no non-masquerade range.
+        let lint = try topology.node.exec([Host.pluginBinary, "lint", "--netconf", conflist, "--json"])
+        #expect(lint.status == 3, "\(lint.stdout)\(lint.stderr)")
+        let findings = (try JSONSerialization.jsonObject(with: Data(lint.stdout.utf8)) as? [String: Any])?["findings"] as? [[String: Any]] ?? []
+        #expect(findings.map { $0["check"] as? String } == ["pod-subnet-not-covered"] && (findings.first?["message"] as? String ?? "").contains("fd00:99::/64"))
         let text = try topology.node.exec([Host.pluginBinary, "explain", "--netconf", conflist, "10.200.0.2", "10.99.0.1"])
         #expect(text.stdout == "10.200.0.2: keep source (nonMasqueradeCIDRs 10.0.0.0/8, from \(directory)/config)\n"
                 + "10.99.0.1: keep source (destination is local to the node)\n")
