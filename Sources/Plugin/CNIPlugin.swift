@@ -33,6 +33,8 @@ public struct CNIPlugin {
     public var stdin: () throws(CNIError) -> [UInt8]
     public var makeBackend: BackendFactory
     public var log: Log
+    /// What this invocation did beyond its result, for its metrics record (InvocationStats.swift).
+    let tally = InvocationTally()
 
     public init(environment: [String: String], stdin: @escaping () throws(CNIError) -> [UInt8],
                 makeBackend: @escaping BackendFactory = systemBackends, log: Log = Log()) {
@@ -49,7 +51,8 @@ public struct CNIPlugin {
         let start = FileLock.now()
         var counted: (CNICommand, String)? // the verb and stateDir, once known, for the invocation record
         func record(_ code: Int) -> InvocationRecord? {
-            counted.flatMap { InvocationRecord(stateDir: $0.1, verb: $0.0, code: code, nanoseconds: FileLock.now() - start) }
+            counted.flatMap { InvocationRecord(stateDir: $0.1, verb: $0.0, code: code, nanoseconds: FileLock.now() - start,
+                                                 deletedConnections: tally.deletedConnections) }
         }
         do throws(CNIError) {
             // stdin first, so that even an environment error is reported in the config's cniVersion.
