@@ -19,7 +19,6 @@ final class Session {
     private var replacedPolicy: NetworkPolicy?
     /// Conntrack entries this session deleted (ip_masq_conntrack_deleted_total), added to the invocation's tally.
     var deletedConnections = 0
-    private let tally: InvocationTally
     /// Where the network's rules were recorded when that differs from where they belong now (a backend or
     /// iptables flavour switch): `moveIfNeeded` moves them.
     private(set) var recordedElsewhere: NetworkRecord?
@@ -34,7 +33,6 @@ final class Session {
         key = NetworkKey(network: network)
         store = StateStore(root: config.stateDir)
         log = plugin.log
-        tally = plugin.tally
         makeBackend = plugin.makeBackend
         do { lock = try FileLock(path: config.lockFile, timeout: config.lockTimeout) } catch {
             switch error {
@@ -55,7 +53,7 @@ final class Session {
         if let record, Self.placementDiffers(record, kind: kind, config: placed, make: plugin.makeBackend) { recordedElsewhere = record }
     }
 
-    deinit { tally.deletedConnections += deletedConnections }
+    deinit { InvocationTally.deletedConnections += deletedConnections }
 
     /// The configured backend; for `auto`, the node's earlier choice, else nftables when usable, else iptables.
     static func chooseBackend(config: MasqConfig, store: StateStore, key: NetworkKey, forDelete: Bool, readOnly: Bool = false,
