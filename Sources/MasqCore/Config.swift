@@ -52,8 +52,14 @@ public struct MasqConfig: Equatable, Sendable {
     public var logLevel: LogLevel = .warning
     /// Whether some layer set `logLevel` (the agent then uses it; else it logs at `info`).
     public private(set) var logLevelGiven = false
+    /// Delete the conntrack entries a verb makes stale (a pod's at DEL and ADD, changed verdicts at a policy change).
+    public var conntrackFlush = true
+    /// Drop registered pods' packets in conntrack state INVALID that would leave unmasqueraded where the policy masquerades.
+    public var dropInvalid = true
     /// Whether some layer set `nonMasqueradeCIDRs` (the reserved-ranges flag then does not apply).
     public private(set) var nonMasqueradeCIDRsGiven = false
+    /// Where each key (and each CIDR of a list) came from, for `explain` and `lint`; not part of the value.
+    public internal(set) var provenance = Provenance()
     /// What resolution ignored and the operator should hear about (unknown config file keys): logged as warnings.
     public internal(set) var warnings: [String] = []
 
@@ -71,14 +77,17 @@ public struct MasqConfig: Equatable, Sendable {
 }
 
 /// Where a key was read from, for error messages.
-public enum ConfigSource: Sendable, Equatable {
+public enum ConfigSource: Sendable, Equatable, Hashable {
     case netconf
     case file(String)
+    /// Not set by any layer: the built-in default.
+    case builtIn
 
-    var label: String {
+    public var label: String {
         switch self {
         case .netconf: return "network config"
         case .file(let path): return "config file \(path)"
+        case .builtIn: return "default"
         }
     }
 }
@@ -94,12 +103,14 @@ extension MasqConfig {
         "nonMasqueradeCIDRs", "nomasqAllReservedRanges", "masqLinkLocal", "masqLinkLocalIPv6", "masqueradeCIDRs",
         "cidrLimit", "exemptPodSubnet", "randomFully", "toPorts", "resyncInterval", "configFile", "backend",
         "iptablesMode", "masqChain", "lockFile", "lockTimeout", "stateDir", "logFile", "logLevel",
+        "conntrackFlush", "dropInvalid",
     ]
     /// Keys a config file may set: ip-masq-agent's own plus the plugin's masquerade policy keys.
     /// Node plumbing (backend, paths, logging) stays in the conflist so every invocation agrees on it.
     static let fileKeys: Set<String> = [
         "nonMasqueradeCIDRs", "nomasqAllReservedRanges", "masqLinkLocal", "masqLinkLocalIPv6", "masqueradeCIDRs",
         "cidrLimit", "exemptPodSubnet", "randomFully", "toPorts", "resyncInterval",
+        "conntrackFlush", "dropInvalid",
     ]
 
     /// Resolves the configuration: defaults < conflist keys < config file keys, then validates the result.
@@ -107,18 +118,37 @@ extension MasqConfig {
     ///   - netconf: the plugin's object from stdin (or from a conflist file).
     ///   - fileContents: the bytes of `configFile` when it exists, nil when it is absent or not configured.
     public static func resolve(netconf: JSONObject, fileContents: [UInt8]?) throws(CNIError) -> MasqConfig {
+        let path = configFilePath(in: netconf) ?? ""
+        return try resolve(netconf: netconf, files: fileContents.map { [ConfigFileContents(path: path, bytes: $0)] } ?? [])
+    }
+
+    /// Resolves with the files `configFile` names (one file, or a directory's files in lexical order, merged as
+    /// `mergeLayer` says); `files` is ignored when the netconf sets no `configFile`.
+    /// `recordingProvenance` (explain, lint) notes where each key came from; the CNI verbs skip that cost.
+    public static func resolve(netconf: JSONObject, files: [ConfigFileContents], recordingProvenance: Bool = false) throws(CNIError) -> MasqConfig {
         var config = MasqConfig()
         try config.apply(netconf, source: .netconf, allowed: netconfKeys)
-        if let fileContents, let path = config.configFile {
-            let document: JSONValue
-            do { document = try JSONValue.parseYAML(fileContents) } catch {
-                throw CNIError(.invalidConfig, "configFile \(quoted(path)) is not valid YAML or JSON", details: error.description)
-            }
-            switch document {
-            case .null: break // an empty file means defaults, as ip-masq-agent treats it
-            case .object(let object): try config.apply(object, source: .file(path), allowed: fileKeys)
-            default:
-                throw CNIError(.invalidConfig, "configFile \(quoted(path)) must hold a mapping of keys, found a \(document.kindName)")
+        if recordingProvenance { config.provenance.record(netconf, source: .netconf, allowed: netconfKeys, config: config, merging: false) }
+        var keysFromFiles = Set<String>()
+        if config.configFile != nil {
+            for (index, file) in files.enumerated() {
+                let document: JSONValue
+                do { document = try JSONValue.parseYAML(file.bytes) } catch {
+                    throw CNIError(.invalidConfig, "configFile \(quoted(file.path)) is not valid YAML or JSON", details: error.description)
+                }
+                switch document {
+                case .null: break // an empty file means defaults, as ip-masq-agent treats it
+                case .object(let object):
+                    let before = config
+                    try config.apply(object, source: .file(file.path), allowed: fileKeys)
+                    if index > 0 { config.mergeLayer(object, over: before, keysFromFiles: keysFromFiles) }
+                    if files.count > 1 { for (key, _) in object.members { keysFromFiles.insert(key) } }
+                    if recordingProvenance {
+                        config.provenance.record(object, source: .file(file.path), allowed: fileKeys, config: config, merging: index > 0)
+                    }
+                default:
+                    throw CNIError(.invalidConfig, "configFile \(quoted(file.path)) must hold a mapping of keys, found a \(document.kindName)")
+                }
             }
         }
         try config.validate()
@@ -162,7 +192,7 @@ extension MasqConfig {
         netconf["configFile"]?.stringValue.flatMap { $0.isEmpty ? nil : $0 }
     }
 
-    private mutating func apply(_ object: JSONObject, source: ConfigSource, allowed: Set<String>) throws(CNIError) {
+    mutating func apply(_ object: JSONObject, source: ConfigSource, allowed: Set<String>) throws(CNIError) {
         var sawNonMasq = false
         let reader = KeyReader(source: source)
         for (key, value) in object.members {
@@ -231,6 +261,8 @@ extension MasqConfig {
             case "logLevel":
                 logLevel = try reader.choice(key, value, LogLevel.self)
                 logLevelGiven = true
+            case "conntrackFlush": conntrackFlush = try reader.bool(key, value)
+            case "dropInvalid": dropInvalid = try reader.bool(key, value)
             default: break
             }
         }

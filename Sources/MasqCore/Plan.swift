@@ -102,6 +102,8 @@ public struct NetworkPolicy: Equatable, Sendable {
     public var exemptPodSubnet: Bool
     public var randomFully: Bool
     public var toPorts: [ClosedRange<Int>]
+    /// The leak guard: INVALID packets that would leave unmasqueraded towards a masqueraded destination are dropped.
+    public var dropInvalid: Bool
 
     public init(config: MasqConfig) {
         nonMasquerade = Self.fold(config.effectiveNonMasqueradeCIDRs)
@@ -111,6 +113,7 @@ public struct NetworkPolicy: Equatable, Sendable {
         exemptPodSubnet = config.exemptPodSubnet
         randomFully = config.randomFully
         toPorts = config.toPorts
+        dropInvalid = config.dropInvalid
     }
 
     /// The ranges of one family.

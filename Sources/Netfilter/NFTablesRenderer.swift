@@ -93,7 +93,7 @@ public struct NFTablesRenderer: Sendable {
         for family in IPFamily.allCases {
             rule(names.post, "\(Self.match(family)) saddr @\(names.pods(family)) jump \(names.masq)")
         }
-        for body in decisionRules(policy, names: names) { rule(names.masq, body) }
+        for body in decisionRules(policy, names: names) { rule(names.masq, Self.counting(body)) }
         for body in masqueradeRules(policy) { rule(names.snat, body) }
         return lines
     }
@@ -137,6 +137,16 @@ public struct NFTablesRenderer: Sendable {
         }
         rules.append("goto \(names.snat)")
         return rules
+    }
+
+    /// A decision rule with a `counter` before its verdict, so the agent can export packets and bytes per verdict
+    /// (`return`: source kept, `goto snat_K`: masqueraded). nat chains see a connection's first packet only.
+    static func counting(_ body: String) -> String {
+        if body.hasSuffix(" return") { return String(body.dropLast(" return".count)) + " counter return" }
+        if body.hasPrefix("goto ") { return "counter " + body }
+        let words = body.split(separator: " ", omittingEmptySubsequences: false)
+        guard words.count >= 2, words[words.count - 2] == "goto" else { return body }
+        return (words.dropLast(2) + ["counter"] + words.suffix(2)).joined(separator: " ")
     }
 
     /// The masquerade: with `toPorts`, tcp/udp/sctp connections spread over the ranges in proportion to their sizes.

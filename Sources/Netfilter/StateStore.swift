@@ -393,6 +393,7 @@ extension NetworkPolicy {
             ("exemptPodSubnet", .bool(exemptPodSubnet)),
             ("randomFully", .bool(randomFully)),
             ("toPorts", .string(toPorts.map { $0.lowerBound == $0.upperBound ? "\($0.lowerBound)" : "\($0.lowerBound)-\($0.upperBound)" }.joined(separator: ","))),
+            ("dropInvalid", .bool(dropInvalid)),
         ]))
     }
 }

@@ -56,6 +56,8 @@ struct Invocation {
         let registrations = plan.addresses.map { Registration(owner: plan.owner, pod: $0) }
         try session.register(registrations, owner: plan.owner, into: &change)
         try session.apply(change)
+        session.forgetConnections(of: plan.addresses.map(\.address), after: "ADD")
+        if change.policy != nil { LintCommand.logFindings(netconf: netconf.object, config: resolved.config, podSubnets: plan.addresses.map(\.subnet), log: log) }
         let written = change.policy == nil ? "" : " (node-wide rules written)"
         if plan.addresses.isEmpty {
             log.warning("nothing registered: \(Self.noAddressReason(prevResult, ifname: owner.ifname))\(written)")
@@ -93,6 +95,7 @@ struct Invocation {
             log.error("the pod's entries could not be removed, its records are kept for GC or a retry: \(error)")
             return
         }
+        session.forgetConnections(of: change.remove.map(\.pod.address), after: "DEL")
         try session.forget(owner)
     }
 
@@ -146,6 +149,7 @@ struct Invocation {
         for record in stale { try session.unregister(record.owner, into: &change) }
         guard !stale.isEmpty else { return }
         do { try session.apply(change, rebuildOnMissing: false) } catch where session.objectsMissing(error) {}
+        session.forgetConnections(of: change.remove.map(\.pod.address), after: "GC")
         for record in stale { try session.forget(record.owner) }
         log.info("removed \(stale.count) stale attachment(s): \(stale.map(\.owner.tag).joined(separator: ", "))")
     }
@@ -190,7 +194,7 @@ struct ResolvedConfig {
     /// ADD and CHECK: conflist keys must be valid, and a broken config file is tolerated when a last good policy
     /// exists (decided under the lock, by `Session`). DEL, GC and STATUS read only the node plumbing (no policy,
     /// no config file): they must work whatever the policy keys say.
-    init(netconf: NetConf, command: CNICommand) throws(CNIError) {
+    init(netconf: NetConf, command: CNICommand, recordingProvenance: Bool = false) throws(CNIError) {
         if command == .del || command == .gc || command == .status {
             let plumbing = try MasqConfig.resolvePlumbing(netconf: netconf.object)
             config = plumbing.config
@@ -198,17 +202,17 @@ struct ResolvedConfig {
             recordedBackendWins = !plumbing.invalidKeys.isDisjoint(with: ["backend", "iptablesMode", "masqChain"])
             return
         }
-        let base = try MasqConfig.resolve(netconf: netconf.object, fileContents: nil)
+        let base = try MasqConfig.resolve(netconf: netconf.object, files: [], recordingProvenance: recordingProvenance)
         guard let path = base.configFile else {
             config = base
             return
         }
         do throws(CNIError) {
-            let bytes: [UInt8]?
-            do { bytes = try Files.read(path) } catch {
+            let files: [ConfigFileContents]
+            do { files = try ConfigDirectory.read(path) } catch {
                 throw CNIError(.ioFailure, "cannot read configFile \(quoted(path))", details: "\(error)")
             }
-            config = try MasqConfig.resolve(netconf: netconf.object, fileContents: bytes)
+            config = try MasqConfig.resolve(netconf: netconf.object, files: files, recordingProvenance: recordingProvenance)
         } catch {
             // Unreadable or invalid: DEL and GC go on without it; ADD and CHECK decide under the lock.
             config = base

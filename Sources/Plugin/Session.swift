@@ -15,6 +15,10 @@ final class Session {
     private let makeBackend: BackendFactory
     /// Written after the change that installs a new policy succeeds.
     private var pendingNetworkRecord: NetworkRecord?
+    /// The policy a pending rewrite replaces, for the conntrack cleanup after it (ConntrackHygiene.swift).
+    private var replacedPolicy: NetworkPolicy?
+    /// Conntrack entries this session deleted (ip_masq_conntrack_deleted_total), added to the invocation's tally.
+    var deletedConnections = 0
     /// Where the network's rules were recorded when that differs from where they belong now (a backend or
     /// iptables flavour switch): `moveIfNeeded` moves them.
     private(set) var recordedElsewhere: NetworkRecord?
@@ -67,6 +71,8 @@ final class Session {
                            details: "rename one of the two networks")
         }
     }
+
+    deinit { InvocationTally.deletedConnections += deletedConnections }
 
     /// The configured backend; for `auto`, the node's earlier choice, else nftables when usable, else iptables.
     static func chooseBackend(config: MasqConfig, store: StateStore, key: NetworkKey, forDelete: Bool, readOnly: Bool = false,
@@ -194,6 +200,7 @@ final class Session {
             return NetworkChange(network: network)
         }
         pendingNetworkRecord = networkRecord(for: policy)
+        replacedPolicy = record.flatMap { NetworkPolicy(json: $0.policy) }
         return NetworkChange(network: network, policy: policy)
     }
 
@@ -405,6 +412,10 @@ final class Session {
         }
         applyForeignRemovals()
         try savePendingNetworkRecord()
+        if let old = replacedPolicy, let new = change.policy {
+            replacedPolicy = nil
+            forgetConnections(changedFrom: old, to: new)
+        }
     }
 
     /// Removes the entries of addresses taken over from attachments of other networks (each in its own backend).

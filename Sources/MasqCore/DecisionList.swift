@@ -1,0 +1,107 @@
+/// DESIGN 1.1's decision list for one network, computed once from its policy: the ordered steps a registered pod's
+/// packet is judged by in nat POSTROUTING, first match wins. It is a value so that one definition answers "what
+/// happens to a packet to this destination" for every user: the conntrack cleanup after a policy change (which
+/// entries now get another verdict), the leak guard, the tests that compare it with real packets, and (later) the
+/// renderers, which can print each step as a rule.
+public struct DecisionList: Equatable, Sendable {
+    /// The name of a step, as the design numbers them.
+    public enum Step: String, Equatable, Sendable, CaseIterable {
+        /// 1. The destination is an address of the node itself.
+        case local
+        /// 2. The destination is multicast (224.0.0.0/4, ff00::/8).
+        case multicast
+        /// 3. The destination is in `masqueradeCIDRs`.
+        case exceptions
+        /// 4. The destination is link-local and its family's `masqLinkLocal` flag is off.
+        case linkLocal
+        /// 5. The destination is in `nonMasqueradeCIDRs`.
+        case nonMasquerade
+        /// 6. The destination is in the pod's own subnet and `exemptPodSubnet` is on.
+        case podSubnet
+        /// 7. Everything else.
+        case masquerade
+    }
+
+    /// How a matching packet leaves the node.
+    public enum Action: Equatable, Sendable {
+        /// Unchanged: the destination sees the pod's own address.
+        case keepSource
+        /// Behind the node's address, with the policy's port options.
+        case masquerade
+    }
+
+    /// What a step tests.
+    public enum Match: Equatable, Sendable {
+        /// The destination's address type is LOCAL (known to the kernel only; the caller says).
+        case localDestination
+        /// The destination lies in one of these prefixes (either family).
+        case destination([CIDR])
+        /// The destination lies in the pod's own subnet.
+        case podSubnet
+        /// Every packet.
+        case any
+    }
+
+    /// One step of the list.
+    public struct Rule: Equatable, Sendable {
+        public var step: Step
+        public var match: Match
+        public var action: Action
+    }
+
+    /// The port options of the final masquerade (`randomFully`, `toPorts`).
+    public struct MasqueradeOptions: Hashable, Sendable {
+        public var randomFully: Bool
+        public var toPorts: [ClosedRange<Int>]
+    }
+
+    /// A packet's fate: kept, or masqueraded with these options.
+    public enum Verdict: Hashable, Sendable {
+        case keepSource
+        case masquerade(MasqueradeOptions)
+
+        public var masquerades: Bool { if case .masquerade = self { return true } else { return false } }
+    }
+
+    /// The steps in order; a step that cannot match under the policy (link-local with both flags on, the pod subnet
+    /// with `exemptPodSubnet` off) is left out, as the renderers leave out its rule.
+    public let rules: [Rule]
+    public let options: MasqueradeOptions
+
+    static let multicastRanges = ["224.0.0.0/4", "ff00::/8"].map(MasqConfig.literal)
+    static let linkLocalV4 = MasqConfig.literal("169.254.0.0/16")
+    static let linkLocalV6 = MasqConfig.literal("fe80::/10")
+
+    public init(policy: NetworkPolicy) {
+        var rules = [Rule(step: .local, match: .localDestination, action: .keepSource),
+                     Rule(step: .multicast, match: .destination(Self.multicastRanges), action: .keepSource),
+                     Rule(step: .exceptions, match: .destination(policy.masqueradeExceptions), action: .masquerade)]
+        let linkLocal = (policy.masqLinkLocal ? [] : [Self.linkLocalV4]) + (policy.masqLinkLocalIPv6 ? [] : [Self.linkLocalV6])
+        if !linkLocal.isEmpty { rules.append(Rule(step: .linkLocal, match: .destination(linkLocal), action: .keepSource)) }
+        rules.append(Rule(step: .nonMasquerade, match: .destination(policy.nonMasquerade), action: .keepSource))
+        if policy.exemptPodSubnet { rules.append(Rule(step: .podSubnet, match: .podSubnet, action: .keepSource)) }
+        rules.append(Rule(step: .masquerade, match: .any, action: .masquerade))
+        self.rules = rules
+        options = MasqueradeOptions(randomFully: policy.randomFully, toPorts: policy.toPorts)
+    }
+
+    /// The verdict for a registered pod's packet to `destination`, and the step that decided it.
+    /// - Parameters:
+    ///   - podSubnet: the subnet of the pod's interface (step 6), nil when unknown.
+    ///   - destinationIsLocal: whether the destination is an address of the node (step 1); only the kernel knows.
+    public func verdict(destination: IPAddress, podSubnet: CIDR?, destinationIsLocal: Bool = false) -> (verdict: Verdict, step: Step) {
+        for rule in rules where matches(rule.match, destination: destination, podSubnet: podSubnet, local: destinationIsLocal) {
+            return (rule.action == .keepSource ? .keepSource : .masquerade(options), rule.step)
+        }
+        return (.masquerade(options), .masquerade) // unreachable: the last rule matches everything
+    }
+
+    private func matches(_ match: Match, destination: IPAddress, podSubnet: CIDR?, local: Bool) -> Bool {
+        switch match {
+        case .localDestination: return local
+        case .destination(let ranges): return ranges.contains { $0.contains(destination) }
+        case .podSubnet: return podSubnet?.contains(destination) ?? false
+        case .any: return true
+        }
+    }
+}
