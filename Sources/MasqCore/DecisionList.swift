@@ -53,6 +53,11 @@ public struct DecisionList: Equatable, Sendable {
     public struct MasqueradeOptions: Hashable, Sendable {
         public var randomFully: Bool
         public var toPorts: [ClosedRange<Int>]
+
+        public init(randomFully: Bool, toPorts: [ClosedRange<Int>]) {
+            self.randomFully = randomFully
+            self.toPorts = toPorts
+        }
     }
 
     /// A packet's fate: kept, or masqueraded with these options.

@@ -46,12 +46,12 @@ public struct IPTablesBackend: MasqBackend {
         return output.stdoutText
     }
 
-    /// The nat table of one family as `iptables -S` prints it.
-    func listing(_ family: IPFamily) throws(BackendError) -> NATListing {
-        NATListing(try execute([program(family)] + Self.wait + ["-t", "nat", "-S"]))
+    /// The nat table (or another) of one family as `iptables -S` prints it.
+    func listing(_ family: IPFamily, table: String = "nat") throws(BackendError) -> NATListing {
+        NATListing(try execute([program(family)] + Self.wait + ["-t", table, "-S"]))
     }
 
-    /// Applies an `iptables-restore` input to the nat table of one family, without flushing anything else.
+    /// Applies an `iptables-restore` input (nat, and the leak guard's mangle part) of one family, flushing nothing else.
     func restore(_ family: IPFamily, _ input: String) throws(BackendError) {
         _ = try execute([program(family, "-restore")] + Self.wait + ["--noflush"], input: input)
     }
@@ -129,9 +129,14 @@ public struct IPTablesBackend: MasqBackend {
             }
             plans.append((family, layout))
         }
+        var guards: [IPFamily: String] = [:]
+        for (family, _) in plans {
+            guards[family] = renderer.guardInput(policy, change.key, family, mangle: try listing(family, table: "mangle"))
+        }
         _ = try ipset(renderer.setInput(for: change, creating: true))
         for (family, layout) in plans {
-            try restore(family, renderer.nodeWideInput(policy, change.key, family, chain: layout.chain, cleanup: layout.cleanup))
+            try restore(family, renderer.nodeWideInput(policy, change.key, family, chain: layout.chain, cleanup: layout.cleanup)
+                        + (guards[family] ?? ""))
         }
     }
 
@@ -143,7 +148,9 @@ public struct IPTablesBackend: MasqBackend {
             let chains = renderer.ownedChains(key, family, in: listing).filter { chain in
                 listing.references(to: chain).allSatisfy { $0.chain == "POSTROUTING" && jumps.contains($0.spec) }
             }
-            if let input = renderer.removalInput(jumps: jumps, chains: chains) { try restore(family, input) }
+            let guardRemoval = renderer.guardRemovalInput(key, family, mangle: try self.listing(family, table: "mangle")) ?? ""
+            let input = (renderer.removalInput(jumps: jumps, chains: chains) ?? "") + guardRemoval
+            if !input.isEmpty { try restore(family, input) }
         }
         _ = try ipset(renderer.setRemovalInput(key))
     }
@@ -169,6 +176,7 @@ public struct IPTablesBackend: MasqBackend {
                 let difference = zip(installed, expected).first { $0 != $1 }.map { "; first difference: installed \($0.0), config \($0.1)" } ?? ""
                 nodeWideProblem("\(tool): chain \(chain) holds \(installed.count) rules, the config gives \(expected.count)\(difference)")
             }
+            inspectGuard(policy, key, family, tool: tool, problem: nodeWideProblem)
         }
         let sets = IPTablesRenderer.sets(key)
         let saved: String
@@ -192,6 +200,22 @@ public struct IPTablesBackend: MasqBackend {
             }
         }
         return inspection
+    }
+
+    /// Compares the leak guard in the mangle table with the policy (present and equal, or absent when `dropInvalid` is off).
+    func inspectGuard(_ policy: NetworkPolicy, _ key: NetworkKey, _ family: IPFamily, tool: String, problem: (String) -> Void) {
+        guard let mangle = try? listing(family, table: "mangle") else { return problem("\(tool): the mangle table cannot be listed") }
+        let chain = IPTablesRenderer.guardChain(key)
+        let jumps = renderer.installedJumps(key, family, in: mangle)
+        guard policy.dropInvalid else {
+            if !jumps.isEmpty || mangle.chains.contains(chain) { problem("\(tool): mangle chain \(chain) or its jump exists although dropInvalid is off") }
+            return
+        }
+        if jumps != [renderer.guardJumpRule(key, family)] {
+            problem("\(tool): mangle POSTROUTING holds \(jumps.count) leak-guard jumps for set \(IPTablesRenderer.podSet(key, family)), expected 1 to \(chain)")
+        } else if mangle.rules(in: chain) != renderer.guardRules(policy, key, family) {
+            problem("\(tool): mangle chain \(chain) holds \(mangle.rules(in: chain).count) rules, the config gives \(renderer.guardRules(policy, key, family).count)")
+        }
     }
 
     /// The elements of `ipset save` output, per set: address or prefix → comment.

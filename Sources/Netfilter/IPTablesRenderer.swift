@@ -128,6 +128,63 @@ public struct IPTablesRenderer: Sendable {
         return "\(whole)." + String(repeating: "0", count: 11 - fraction.count) + fraction
     }
 
+    // MARK: The leak guard (dropInvalid), in the mangle table
+
+    /// The mangle chain of a network's leak guard: INVALID packets of registered pods (which no nat chain sees) are
+    /// dropped where the decision list would masquerade them.
+    public static func guardChain(_ key: NetworkKey) -> String { "IPMASQ-INVALID-" + hex(fnv1a64(key.rawValue), digits: 8) }
+
+    /// The guard's jump from mangle POSTROUTING for one family.
+    public func guardJumpRule(_ key: NetworkKey, _ family: IPFamily) -> String {
+        "! -d \(Self.multicast(family)) -m set --match-set \(Self.podSet(key, family)) src -m conntrack --ctstate INVALID "
+            + "\(Self.comment("ip-masq: invalid packets of registered pods of network \(key.rawValue)")) -j \(Self.guardChain(key))"
+    }
+
+    /// The guard chain's rules: the decision list with DROP where the nat chain masquerades.
+    public func guardRules(_ policy: NetworkPolicy, _ key: NetworkKey, _ family: IPFamily) -> [String] {
+        let drop = "\(Self.comment("ip-masq: an invalid packet would leave with the pod address")) -j DROP"
+        var rules = ["-m addrtype --dst-type LOCAL -j RETURN"]
+        rules += policy.masqueradeExceptions(family).map { "-d \($0) \(drop)" }
+        if !(family == .v4 ? policy.masqLinkLocal : policy.masqLinkLocalIPv6) { rules.append("-d \(Self.linkLocal(family)) -j RETURN") }
+        rules += policy.nonMasquerade(family).map { "-d \($0) -j RETURN" }
+        if policy.exemptPodSubnet { rules.append("-m set --match-set \(Self.subnetSet(key, family)) dst -j RETURN") }
+        rules.append(drop)
+        return rules
+    }
+
+    /// The mangle table's part of a rewrite: the guard chain and its single jump, or their removal when
+    /// `dropInvalid` is off; nil when there is nothing to do. `mangle` is the installed mangle listing.
+    public func guardInput(_ policy: NetworkPolicy, _ key: NetworkKey, _ family: IPFamily, mangle: NATListing) -> String? {
+        let chain = Self.guardChain(key)
+        let jumps = installedJumps(key, family, in: mangle)
+        let exists = mangle.chains.contains(chain)
+        var lines = ["*mangle"]
+        if policy.dropInvalid {
+            lines.append(":\(chain) - [0:0]")
+            lines += guardRules(policy, key, family).map { "-A \(chain) \($0)" }
+            let expected = guardJumpRule(key, family)
+            var kept = false
+            for jump in jumps {
+                if jump == expected && !kept { kept = true } else { lines.append("-D POSTROUTING \(jump)") }
+            }
+            if !kept { lines.append("-A POSTROUTING \(expected)") }
+        } else {
+            if jumps.isEmpty && !exists { return nil }
+            if exists { lines.append(":\(chain) - [0:0]") }
+            lines += jumps.map { "-D POSTROUTING \($0)" }
+            if exists { lines.append("-X \(chain)") }
+        }
+        lines.append("COMMIT")
+        return lines.joined(separator: "\n") + "\n"
+    }
+
+    /// Removes the guard (whatever the policy) from the mangle table; nil when it is not there.
+    public func guardRemovalInput(_ key: NetworkKey, _ family: IPFamily, mangle: NATListing) -> String? {
+        var policy = NetworkPolicy(config: MasqConfig())
+        policy.dropInvalid = false
+        return guardInput(policy, key, family, mangle: mangle)
+    }
+
     // MARK: iptables-restore input
 
     /// What a network's rebuild must clean up besides writing its chain and jump (from the installed listing).

@@ -157,12 +157,22 @@ public struct NFTablesBackend: MasqBackend {
             inspection.nodeWideBroken = true
         }
         // Chains: the rule count and every rule's fingerprint comment.
-        let expectedCounts = [
+        var expectedCounts = [
             names.post: IPFamily.allCases.count,
             names.masq: renderer.decisionRules(policy, names: names).count,
             names.snat: renderer.masqueradeRules(policy).count,
         ]
-        for chain in [names.post, names.masq, names.snat] {
+        var chains = [names.post, names.masq, names.snat]
+        if policy.dropInvalid {
+            expectedCounts[names.guardChain] = renderer.guardRules(names: names).count
+            expectedCounts[names.drop] = renderer.decisionRules(policy, names: names, masquerade: "drop").count
+            chains += [names.guardChain, names.drop]
+        } else {
+            for chain in [names.guardChain, names.drop] where (try? list("list chain \(NFTablesRenderer.table) \(chain)")) != nil {
+                nodeWideProblem("chain \(chain) of table \(NFTablesRenderer.table) exists although dropInvalid is off")
+            }
+        }
+        for chain in chains {
             guard let items = try? list("list chain \(NFTablesRenderer.table) \(chain)") else {
                 nodeWideProblem("chain \(chain) of table \(NFTablesRenderer.table) is missing")
                 continue

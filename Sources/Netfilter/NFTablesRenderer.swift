@@ -20,6 +20,10 @@ public struct NFTablesRenderer: Sendable {
         var post: String { "post_" + key }
         var masq: String { "masq_" + key }
         var snat: String { "snat_" + key }
+        /// The leak guard (`dropInvalid`): a filter chain at postrouting for INVALID packets of registered pods, and
+        /// the decision list with `drop` where the nat chain masquerades.
+        var guardChain: String { "guard_" + key }
+        var drop: String { "drop_" + key }
         func pods(_ family: IPFamily) -> String { "pods\(family.rawValue)_" + key }
         func subnets(_ family: IPFamily) -> String { "subnets\(family.rawValue)_" + key }
         func nonMasquerade(_ family: IPFamily) -> String { "nomasq\(family.rawValue)_" + key }
@@ -84,7 +88,28 @@ public struct NFTablesRenderer: Sendable {
         }
         for body in decisionRules(policy, names: names) { rule(names.masq, body) }
         for body in masqueradeRules(policy) { rule(names.snat, body) }
+        lines += leakGuard(policy, names: names, comment: comment)
         return lines
+    }
+
+    /// The leak guard's chains when `dropInvalid` is on, else their removal (create, flush, delete: whether or not
+    /// they exist). Conntrack sends no INVALID packet through a nat chain, so without it a late RST or FIN of an
+    /// expired connection leaves with the pod's own address (reference plugins' issue #816).
+    func leakGuard(_ policy: NetworkPolicy, names: Names, comment: String) -> [String] {
+        var lines = ["add chain \(Self.table) \(names.guardChain) { type filter hook postrouting priority filter; policy accept; }",
+                     "add chain \(Self.table) \(names.drop)"]
+        for chain in [names.guardChain, names.drop] { lines.append("flush chain \(Self.table) \(chain)") }
+        guard policy.dropInvalid else {
+            return lines + [names.guardChain, names.drop].map { "delete chain \(Self.table) \($0)" }
+        }
+        for body in guardRules(names: names) { lines.append("add rule \(Self.table) \(names.guardChain) \(body)\(comment)") }
+        for body in decisionRules(policy, names: names, masquerade: "drop") { lines.append("add rule \(Self.table) \(names.drop) \(body)\(comment)") }
+        return lines
+    }
+
+    /// The guard chain's rules: INVALID packets of registered pods go through the decision list.
+    func guardRules(names: Names) -> [String] {
+        IPFamily.allCases.map { "ct state invalid \(Self.match($0)) saddr @\(names.pods($0)) jump \(names.drop)" }
     }
 
     /// `add set` for each of a network's sets (a no-op for sets that exist).
@@ -100,10 +125,12 @@ public struct NFTablesRenderer: Sendable {
         }
     }
 
-    /// DESIGN 1.1 steps 1–7 for a registered pod's packet.
-    func decisionRules(_ policy: NetworkPolicy, names: Names) -> [String] {
+    /// DESIGN 1.1 steps 1–7 for a registered pod's packet; `masquerade` is what the masquerading steps do (the
+    /// leak guard drops instead).
+    func decisionRules(_ policy: NetworkPolicy, names: Names, masquerade: String? = nil) -> [String] {
+        let masquerade = masquerade ?? "goto \(names.snat)"
         var rules = ["fib daddr type local return", "ip daddr 224.0.0.0/4 return", "ip6 daddr ff00::/8 return"]
-        for family in IPFamily.allCases { rules.append("\(Self.match(family)) daddr @\(names.exceptions(family)) goto \(names.snat)") }
+        for family in IPFamily.allCases { rules.append("\(Self.match(family)) daddr @\(names.exceptions(family)) \(masquerade)") }
         if !policy.masqLinkLocal { rules.append("ip daddr 169.254.0.0/16 return") }
         if !policy.masqLinkLocalIPv6 { rules.append("ip6 daddr fe80::/10 return") }
         for family in IPFamily.allCases { rules.append("\(Self.match(family)) daddr @\(names.nonMasquerade(family)) return") }
@@ -113,7 +140,7 @@ public struct NFTablesRenderer: Sendable {
                 rules.append("\(match) saddr . \(match) daddr @\(names.subnets(family)) return")
             }
         }
-        rules.append("goto \(names.snat)")
+        rules.append(masquerade)
         return rules
     }
 
@@ -138,9 +165,11 @@ public struct NFTablesRenderer: Sendable {
         var lines = ["add table \(Self.table)"]
         // Create-then-delete makes the script succeed whether or not the objects exist.
         lines.append("add chain \(Self.table) \(names.post) { type nat hook postrouting priority srcnat; policy accept; }")
-        for chain in [names.masq, names.snat] { lines.append("add chain \(Self.table) \(chain)") }
-        for chain in [names.post, names.masq, names.snat] { lines.append("flush chain \(Self.table) \(chain)") }
-        for chain in [names.post, names.masq, names.snat] { lines.append("delete chain \(Self.table) \(chain)") }
+        lines.append("add chain \(Self.table) \(names.guardChain) { type filter hook postrouting priority filter; policy accept; }")
+        for chain in [names.masq, names.snat, names.drop] { lines.append("add chain \(Self.table) \(chain)") }
+        let chains = [names.post, names.guardChain, names.masq, names.snat, names.drop]
+        for chain in chains { lines.append("flush chain \(Self.table) \(chain)") }
+        for chain in chains { lines.append("delete chain \(Self.table) \(chain)") }
         lines += setDeclarations(names)
         for set in names.sets { lines.append("delete set \(Self.table) \(set)") }
         return lines.joined(separator: "\n") + "\n"

@@ -11,6 +11,7 @@ let iptablesGoldenCases: [(String, String)] = [
     ("to-ports", #"{"toPorts":"1024-29999,32768-65535"}"#),
     ("random-fully-off", #"{"randomFully":false,"toPorts":"40000-50000"}"#),
     ("exceptions", #"{"nonMasqueradeCIDRs":["10.0.0.0/8"],"masqueradeCIDRs":["10.20.0.0/16","fd00:20::/32"],"masqLinkLocal":true,"masqLinkLocalIPv6":true,"exemptPodSubnet":false}"#),
+    ("drop-invalid-off", #"{"dropInvalid":false}"#),
 ]
 
 @Suite struct IPTablesRendererTests {
@@ -36,6 +37,7 @@ let iptablesGoldenCases: [(String, String)] = [
             let layout = renderer.layout(key, family, in: empty)!
             text += "# \(family == .v4 ? "iptables" : "ip6tables")-restore -w 5 --noflush\n"
             text += renderer.nodeWideInput(policy, key, family, chain: layout.chain, cleanup: layout.cleanup)
+            text += renderer.guardInput(policy, key, family, mangle: empty) ?? ""
         }
         return text + "# ipset -exist restore\n" + renderer.setInput(for: change, creating: true)
     }
@@ -249,11 +251,15 @@ final class ScriptedRunner: CommandRunner, @unchecked Sendable {
         #expect(runner.calls.map(\.arguments) == [
             ["iptables-legacy", "-w", "5", "-t", "nat", "-S"],
             ["ip6tables-legacy", "-w", "5", "-t", "nat", "-S"],
+            ["iptables-legacy", "-w", "5", "-t", "mangle", "-S"],
+            ["ip6tables-legacy", "-w", "5", "-t", "mangle", "-S"],
             ["ipset", "-exist", "restore"],
             ["iptables-legacy-restore", "-w", "5", "--noflush"],
             ["ip6tables-legacy-restore", "-w", "5", "--noflush"],
         ])
-        #expect(runner.calls[3].input.hasPrefix("*nat\n:IP-MASQ-AGENT - [0:0]\n") && runner.calls[3].input.hasSuffix("COMMIT\n"))
+        // One restore per family: the nat chain and jump, then the leak guard in mangle.
+        #expect(runner.calls[5].input.hasPrefix("*nat\n:IP-MASQ-AGENT - [0:0]\n") && runner.calls[5].input.hasSuffix("COMMIT\n"))
+        #expect(runner.calls[5].input.contains("COMMIT\n*mangle\n:IPMASQ-INVALID-"))
     }
 
     @Test func aNodeWithoutIPv6NatStillServesIPv4Pods() throws {
