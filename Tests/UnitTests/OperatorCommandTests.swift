@@ -197,6 +197,7 @@ final class FakeNode: @unchecked Sendable {
           exemptPodSubnet     true
           randomFully         true
           toPorts             1024-29999
+          dropInvalid         true
 
           CONTAINER ID       IFNAME  ADDRESSES
           a-first-container  net1    10.22.0.5/24, fd00:22::5/64
