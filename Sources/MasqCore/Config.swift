@@ -99,7 +99,6 @@ extension MasqConfig {
     static let fileKeys: Set<String> = [
         "nonMasqueradeCIDRs", "nomasqAllReservedRanges", "masqLinkLocal", "masqLinkLocalIPv6", "masqueradeCIDRs",
         "cidrLimit", "exemptPodSubnet", "randomFully", "toPorts", "resyncInterval",
-        "conntrackFlush", "dropInvalid",
     ]
 
     /// Resolves the configuration: defaults < conflist keys < config file keys, then validates the result.

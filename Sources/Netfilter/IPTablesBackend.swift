@@ -13,7 +13,12 @@ public struct IPTablesBackend: MasqBackend {
     /// The xtables lock wait passed to every iptables program, in seconds.
     static let wait = ["-w", "5"]
 
-    public init(chain: String, mode: IPTablesMode, runner: CommandRunner = SpawnRunner()) {
+    /// Whether the node's policy has the leak guard (`dropInvalid`, a conflist key): its mangle jump is a second
+    /// reference to each pod set, which the ADD path's reference count must expect.
+    public let guardsInvalid: Bool
+
+    public init(chain: String, mode: IPTablesMode, runner: CommandRunner = SpawnRunner(), guardsInvalid: Bool = true) {
+        self.guardsInvalid = guardsInvalid
         self.chain = chain
         self.mode = mode
         self.runner = runner
@@ -102,20 +107,20 @@ public struct IPTablesBackend: MasqBackend {
         let script = renderer.setInput(for: change, verifying: !change.add.isEmpty)
         if script.isEmpty { return }
         let output = try ipset(script)
-        // The jump from POSTROUTING is what references a pod set: without a reference it was deleted (a firewall
-        // reload), and the caller restores the node-wide part.
-        for set in Self.unreferencedSets(in: output) {
-            throw BackendError(.missingObjects, "no rule matches set \(set): the jump from nat POSTROUTING is gone")
+        // The jumps from nat POSTROUTING (and mangle POSTROUTING, the leak guard) are what reference a pod set: with
+        // fewer references one was deleted (a firewall reload), and the caller restores the node-wide part.
+        for set in Self.unreferencedSets(in: output, expected: guardsInvalid ? 2 : 1) {
+            throw BackendError(.missingObjects, "fewer rules than expected match set \(set): a jump from nat or mangle POSTROUTING is gone")
         }
     }
 
-    /// Sets listed tersely with `References: 0`.
-    static func unreferencedSets(in output: String) -> [String] {
+    /// Sets listed tersely with fewer than `expected` references.
+    static func unreferencedSets(in output: String, expected: Int = 1) -> [String] {
         var name: String?
         var unreferenced: [String] = []
         for line in output.split(separator: "\n") {
             if line.hasPrefix("Name: ") { name = String(line.dropFirst(6)) }
-            if line == "References: 0", let name { unreferenced.append(name) }
+            if line.hasPrefix("References: "), let count = Int(line.dropFirst(12)), count < expected, let name { unreferenced.append(name) }
         }
         return unreferenced
     }

@@ -174,6 +174,8 @@ let iptablesGoldenCases: [(String, String)] = [
         #expect(NATListing.target(of: "-g Y") == "Y")
         let terse = "Name: A\nType: hash:ip\nReferences: 0\nNumber of entries: 1\nName: B\nReferences: 1\n"
         #expect(IPTablesBackend.unreferencedSets(in: terse) == ["A"])
+        // With the leak guard's mangle jump, each pod set has two references; one gone is a reload too.
+        #expect(IPTablesBackend.unreferencedSets(in: terse, expected: 2) == ["A", "B"])
         let saved = """
             create IPMASQ-P4-podnet hash:ip family inet hashsize 1024 maxelem 65536 comment bucketsize 12 initval 0x1
             add IPMASQ-P4-podnet 10.244.1.7 comment "podnet/0123abcd/eth0"
