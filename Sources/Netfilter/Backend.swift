@@ -85,6 +85,15 @@ public protocol MasqBackend: Sendable {
     func dump() -> String
     /// The node's conntrack table, for the entries a verb makes stale (fakes: an empty one).
     var connections: ConnectionTable { get }
+    /// `removeNetwork`, optionally keeping the sets another flavour's rules still match (iptables flavour switch).
+    func removeNetwork(_ network: String, registrations: [Registration], keepingSets: Bool) throws(BackendError)
+}
+
+extension MasqBackend {
+    /// Backends whose sets belong to them alone remove everything.
+    public func removeNetwork(_ network: String, registrations: [Registration], keepingSets: Bool) throws(BackendError) {
+        try removeNetwork(network, registrations: registrations)
+    }
 }
 
 extension MasqBackend {
