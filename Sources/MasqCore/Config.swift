@@ -52,10 +52,17 @@ public struct MasqConfig: Equatable, Sendable {
     public var conntrackFlush = true
     /// Drop registered pods' packets in conntrack state INVALID that would leave unmasqueraded where the policy masquerades.
     public var dropInvalid = true
+    /// SNAT to this source instead of MASQUERADE (issue 15), per family; nil: the outgoing interface's address.
+    public var snatAddress: SNATTarget? = nil
+    public var snatAddressIPv6: SNATTarget? = nil
+    /// Only traffic leaving through these interfaces is masqueraded; empty: every interface.
+    public var egressInterfaces: [String] = []
     /// Whether some layer set `nonMasqueradeCIDRs` (the reserved-ranges flag then does not apply).
     public private(set) var nonMasqueradeCIDRsGiven = false
     /// What resolution ignored and the operator should hear about (unknown config file keys): logged as warnings.
     public internal(set) var warnings: [String] = []
+    /// Where each key (and each CIDR of a list) came from, for `explain` and `lint`; not part of the value.
+    public internal(set) var provenance = Provenance()
 
     /// ip-masq-agent's default non-masquerade list (RFC 1918).
     public static let defaultNonMasqueradeCIDRs = ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"].map(Self.literal)
@@ -71,14 +78,17 @@ public struct MasqConfig: Equatable, Sendable {
 }
 
 /// Where a key was read from, for error messages.
-public enum ConfigSource: Sendable, Equatable {
+public enum ConfigSource: Sendable, Equatable, Hashable {
     case netconf
     case file(String)
+    /// Not set by any layer: the built-in default.
+    case builtIn
 
-    var label: String {
+    public var label: String {
         switch self {
         case .netconf: return "network config"
         case .file(let path): return "config file \(path)"
+        case .builtIn: return "default"
         }
     }
 }
@@ -94,13 +104,14 @@ extension MasqConfig {
         "nonMasqueradeCIDRs", "nomasqAllReservedRanges", "masqLinkLocal", "masqLinkLocalIPv6", "masqueradeCIDRs",
         "cidrLimit", "exemptPodSubnet", "randomFully", "toPorts", "resyncInterval", "configFile", "backend",
         "iptablesMode", "masqChain", "lockFile", "lockTimeout", "stateDir", "logFile", "logLevel",
-        "conntrackFlush", "dropInvalid",
+        "conntrackFlush", "dropInvalid", "snatAddress", "snatAddressIPv6", "egressInterfaces",
     ]
     /// Keys a config file may set: ip-masq-agent's own plus the plugin's masquerade policy keys.
     /// Node plumbing (backend, paths, logging) stays in the conflist so every invocation agrees on it.
     static let fileKeys: Set<String> = [
         "nonMasqueradeCIDRs", "nomasqAllReservedRanges", "masqLinkLocal", "masqLinkLocalIPv6", "masqueradeCIDRs",
         "cidrLimit", "exemptPodSubnet", "randomFully", "toPorts", "resyncInterval",
+        "snatAddress", "snatAddressIPv6", "egressInterfaces",
     ]
 
     /// Resolves the configuration: defaults < conflist keys < config file keys, then validates the result.
@@ -108,18 +119,32 @@ extension MasqConfig {
     ///   - netconf: the plugin's object from stdin (or from a conflist file).
     ///   - fileContents: the bytes of `configFile` when it exists, nil when it is absent or not configured.
     public static func resolve(netconf: JSONObject, fileContents: [UInt8]?) throws(CNIError) -> MasqConfig {
+        let path = configFilePath(in: netconf) ?? ""
+        return try resolve(netconf: netconf, files: fileContents.map { [ConfigFileContents(path: path, bytes: $0)] } ?? [])
+    }
+
+    /// Resolves with the files `configFile` names (one file, or a directory's files in lexical order, merged as
+    /// `mergeLayer` says); `files` is ignored when the netconf sets no `configFile`.
+    public static func resolve(netconf: JSONObject, files: [ConfigFileContents]) throws(CNIError) -> MasqConfig {
         var config = MasqConfig()
         try config.apply(netconf, source: .netconf, allowed: netconfKeys)
-        if let fileContents, let path = config.configFile {
-            let document: JSONValue
-            do { document = try JSONValue.parseYAML(fileContents) } catch {
-                throw CNIError(.invalidConfig, "configFile \(quoted(path)) is not valid YAML or JSON", details: error.description)
-            }
-            switch document {
-            case .null: break // an empty file means defaults, as ip-masq-agent treats it
-            case .object(let object): try config.apply(object, source: .file(path), allowed: fileKeys)
-            default:
-                throw CNIError(.invalidConfig, "configFile \(quoted(path)) must hold a mapping of keys, found a \(document.kindName)")
+        config.provenance.record(netconf, source: .netconf, allowed: netconfKeys, config: config, merging: false)
+        if config.configFile != nil {
+            for (index, file) in files.enumerated() {
+                let document: JSONValue
+                do { document = try JSONValue.parseYAML(file.bytes) } catch {
+                    throw CNIError(.invalidConfig, "configFile \(quoted(file.path)) is not valid YAML or JSON", details: error.description)
+                }
+                switch document {
+                case .null: break // an empty file means defaults, as ip-masq-agent treats it
+                case .object(let object):
+                    let before = config
+                    try config.apply(object, source: .file(file.path), allowed: fileKeys)
+                    if index > 0 { config.mergeLayer(object, over: before) }
+                    config.provenance.record(object, source: .file(file.path), allowed: fileKeys, config: config, merging: index > 0)
+                default:
+                    throw CNIError(.invalidConfig, "configFile \(quoted(file.path)) must hold a mapping of keys, found a \(document.kindName)")
+                }
             }
         }
         try config.validate()
@@ -156,7 +181,7 @@ extension MasqConfig {
         netconf["configFile"]?.stringValue.flatMap { $0.isEmpty ? nil : $0 }
     }
 
-    private mutating func apply(_ object: JSONObject, source: ConfigSource, allowed: Set<String>) throws(CNIError) {
+    mutating func apply(_ object: JSONObject, source: ConfigSource, allowed: Set<String>) throws(CNIError) {
         var sawNonMasq = false
         let reader = KeyReader(source: source)
         for (key, value) in object.members {
@@ -225,6 +250,9 @@ extension MasqConfig {
             case "logLevel": logLevel = try reader.choice(key, value, LogLevel.self)
             case "conntrackFlush": conntrackFlush = try reader.bool(key, value)
             case "dropInvalid": dropInvalid = try reader.bool(key, value)
+            case "snatAddress": snatAddress = try reader.snatTarget(key, value, .v4)
+            case "snatAddressIPv6": snatAddressIPv6 = try reader.snatTarget(key, value, .v6)
+            case "egressInterfaces": egressInterfaces = try reader.interfaces(key, value)
             default: break
             }
         }
@@ -328,6 +356,32 @@ struct KeyReader {
             throw invalid(key, value, "expected an absolute path")
         }
         return text
+    }
+
+    /// A SNAT source of `family` (issue 15); the empty string means unset (MASQUERADE).
+    func snatTarget(_ key: String, _ value: JSONValue, _ family: IPFamily) throws(CNIError) -> SNATTarget? {
+        let text = try string(key, value)
+        if text.isEmpty { return nil }
+        let name = family == .v4 ? "IPv4" : "IPv6"
+        guard let target = SNATTarget.parse(text), target.family == family else {
+            throw invalid(key, value, "expected an \(name) address or an inclusive range such as "
+                          + (family == .v4 ? "\"203.0.113.9\" or \"203.0.113.9-203.0.113.12\"" : "\"2001:db8::9\" or \"2001:db8::9-2001:db8::c\""))
+        }
+        return target
+    }
+
+    /// Interface names, each optionally ending in the `+` wildcard (issue 15).
+    func interfaces(_ key: String, _ value: JSONValue) throws(CNIError) -> [String] {
+        guard case .array(let elements) = value else { throw wrongType(key, value, "an array of interface names") }
+        var result: [String] = []
+        for (index, element) in elements.enumerated() {
+            guard case .string(let text) = element else { throw wrongType("\(key)[\(index)]", element, "an interface name string") }
+            guard InterfacePattern.isValid(text) else {
+                throw invalid("\(key)[\(index)]", element, "expected an interface name of 1-15 characters (no space, '/', ':', quote or '*'), optionally ending in the '+' wildcard, such as \"eth0\" or \"wg+\"")
+            }
+            if !result.contains(text) { result.append(text) }
+        }
+        return result
     }
 
     /// A list of aligned CIDRs; nested duplicates are kept as given (the renderer normalises).

@@ -83,6 +83,8 @@ public protocol MasqBackend: Sendable {
     func removeNetwork(_ network: String, registrations: [Registration]) throws(BackendError)
     /// A human-readable listing of what the backend installed (demo and `list`).
     func dump() -> String
+    /// What the network's decision rules counted, per verdict (RuleCounters.swift; fakes count nothing).
+    func ruleCounters(network: String) throws(BackendError) -> RuleCounters
     /// The node's conntrack table, for the entries a verb makes stale (fakes: an empty one).
     var connections: ConnectionTable { get }
     /// `removeNetwork`, optionally keeping the sets another flavour's rules still match (iptables flavour switch).

@@ -36,6 +36,8 @@ public struct IPTablesRenderer: Sendable {
         static let podSubnet = "ip-masq-agent: traffic to the pod subnet is not subject to MASQUERADE"
         static let exception = "ip-masq-agent: masqueradeCIDRs traffic is subject to MASQUERADE"
         static let outbound = "ip-masq-agent: outbound traffic is subject to MASQUERADE (must be last in chain)"
+        static let exceptionSNAT = "ip-masq-agent: masqueradeCIDRs traffic is subject to SNAT"
+        static let outboundSNAT = "ip-masq-agent: outbound traffic is subject to SNAT (must be last in chain)"
         /// The comment of a network's jump in POSTROUTING.
         static func jump(_ key: NetworkKey) -> String { "ip-masq: registered pods of network \(key.rawValue)" }
     }
@@ -79,7 +81,7 @@ public struct IPTablesRenderer: Sendable {
     public func chainRules(_ policy: NetworkPolicy, _ key: NetworkKey, _ family: IPFamily) -> [String] {
         var rules: [String] = []
         for exception in policy.masqueradeExceptions(family) {
-            rules += masqueradeRules(policy, destination: exception)
+            rules += masqueradeRules(policy, destination: exception, family: family)
         }
         if !(family == .v4 ? policy.masqLinkLocal : policy.masqLinkLocalIPv6) {
             rules.append("-d \(Self.linkLocal(family)) \(Self.comment(Comment.linkLocal)) \(Self.notLocal) -j RETURN")
@@ -90,29 +92,43 @@ public struct IPTablesRenderer: Sendable {
         if policy.exemptPodSubnet {
             rules.append("-m set --match-set \(Self.subnetSet(key, family)) dst \(Self.comment(Comment.podSubnet)) \(Self.notLocal) -j RETURN")
         }
-        rules += masqueradeRules(policy, destination: nil)
+        rules += masqueradeRules(policy, destination: nil, family: family)
         return rules
     }
 
     /// MASQUERADE, for one exception destination or for all outbound traffic: with `toPorts`, one rule per protocol
     /// and range first, connections spread over the ranges in proportion to their sizes, then the plain MASQUERADE.
-    func masqueradeRules(_ policy: NetworkPolicy, destination: CIDR?) -> [String] {
+    /// With the family's SNAT source (issue 15) the target is SNAT to it, with the same port options; with
+    /// `egressInterfaces` the rules are repeated per interface (`-o`), so traffic leaving elsewhere reaches the
+    /// chain's end and keeps its source.
+    func masqueradeRules(_ policy: NetworkPolicy, destination: CIDR?, family: IPFamily) -> [String] {
         let flags = policy.randomFully ? " --random-fully" : ""
         let match = destination.map { "-d \($0) " } ?? ""
         let traffic = destination == nil ? "outbound" : "masqueradeCIDRs"
-        var rules: [String] = []
-        for proto in ["tcp", "udp", "sctp"] {
-            var remaining = policy.toPorts.reduce(0) { $0 + $1.count }
-            for (index, range) in policy.toPorts.enumerated() {
-                let ports = range.lowerBound == range.upperBound ? "\(range.lowerBound)" : "\(range.lowerBound)-\(range.upperBound)"
-                let pick = index == policy.toPorts.count - 1 ? "" : " -m statistic --mode random --probability \(Self.probability(range.count, of: remaining))"
-                let comment = Self.comment("ip-masq-agent: \(traffic) \(proto) traffic is subject to MASQUERADE to ports \(ports)")
-                rules.append("\(match)-p \(proto) \(comment) \(Self.notLocal)\(pick) -j MASQUERADE --to-ports \(ports)\(flags)")
-                remaining -= range.count
-            }
+        let target = policy.snatTarget(family)
+        let verb = target == nil ? "MASQUERADE" : "SNAT"
+        func jump(ports: String?) -> String {
+            guard let target else { return "-j MASQUERADE" + (ports.map { " --to-ports \($0)" } ?? "") }
+            guard let ports else { return "-j SNAT --to-source \(target)" }
+            return "-j SNAT --to-source " + (family == .v4 ? "\(target):\(ports)" : "[\(target)]:\(ports)")
         }
-        let comment = Self.comment(destination == nil ? Comment.outbound : Comment.exception)
-        rules.append("\(match)\(comment) \(Self.notLocal) -j MASQUERADE\(flags)")
+        let interfaces = policy.egressInterfaces.isEmpty ? [""] : policy.egressInterfaces.map { "-o \($0) " }
+        var rules: [String] = []
+        for interface in interfaces {
+            for proto in ["tcp", "udp", "sctp"] {
+                var remaining = policy.toPorts.reduce(0) { $0 + $1.count }
+                for (index, range) in policy.toPorts.enumerated() {
+                    let ports = range.lowerBound == range.upperBound ? "\(range.lowerBound)" : "\(range.lowerBound)-\(range.upperBound)"
+                    let pick = index == policy.toPorts.count - 1 ? "" : " -m statistic --mode random --probability \(Self.probability(range.count, of: remaining))"
+                    let comment = Self.comment("ip-masq-agent: \(traffic) \(proto) traffic is subject to \(verb) to ports \(ports)")
+                    rules.append("\(match)\(interface)-p \(proto) \(comment) \(Self.notLocal)\(pick) \(jump(ports: ports))\(flags)")
+                    remaining -= range.count
+                }
+            }
+            let comment = target == nil ? (destination == nil ? Comment.outbound : Comment.exception)
+                : (destination == nil ? Comment.outboundSNAT : Comment.exceptionSNAT)
+            rules.append("\(match)\(interface)\(Self.comment(comment)) \(Self.notLocal) \(jump(ports: nil))\(flags)")
+        }
         return rules
     }
 
@@ -143,12 +159,14 @@ public struct IPTablesRenderer: Sendable {
     /// The guard chain's rules: the decision list with DROP where the nat chain masquerades.
     public func guardRules(_ policy: NetworkPolicy, _ key: NetworkKey, _ family: IPFamily) -> [String] {
         let drop = "\(Self.comment("ip-masq: an invalid packet would leave with the pod address")) -j DROP"
+        // With `egressInterfaces`, only packets leaving through them would be masqueraded, so only those are dropped.
+        let interfaces = policy.egressInterfaces.isEmpty ? [""] : policy.egressInterfaces.map { "-o \($0) " }
         var rules = ["-m addrtype --dst-type LOCAL -j RETURN"]
-        rules += policy.masqueradeExceptions(family).map { "-d \($0) \(drop)" }
+        rules += policy.masqueradeExceptions(family).flatMap { exception in interfaces.map { "-d \(exception) \($0)\(drop)" } }
         if !(family == .v4 ? policy.masqLinkLocal : policy.masqLinkLocalIPv6) { rules.append("-d \(Self.linkLocal(family)) -j RETURN") }
         rules += policy.nonMasquerade(family).map { "-d \($0) -j RETURN" }
         if policy.exemptPodSubnet { rules.append("-m set --match-set \(Self.subnetSet(key, family)) dst -j RETURN") }
-        rules.append(drop)
+        rules += interfaces.map { "\($0)\(drop)" }
         return rules
     }
 
@@ -349,3 +367,4 @@ extension IPTablesRenderer {
         return Layout(chain: chain, cleanup: cleanup)
     }
 }
+

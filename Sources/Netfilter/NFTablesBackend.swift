@@ -93,7 +93,7 @@ public struct NFTBinaryExecutor: NFTExecutor {
 /// The nftables backend (DESIGN 1.4): renders with `NFTablesRenderer` and applies each change in one transaction.
 public struct NFTablesBackend: MasqBackend {
     public let kind = BackendKind.nftables
-    public let renderVersion = "nft-1"
+    public let renderVersion = "nft-2"
     let executor: NFTExecutor
     let renderer = NFTablesRenderer()
 

@@ -86,7 +86,7 @@ public struct NFTablesRenderer: Sendable {
         for family in IPFamily.allCases {
             rule(names.post, "\(Self.match(family)) saddr @\(names.pods(family)) jump \(names.masq)")
         }
-        for body in decisionRules(policy, names: names) { rule(names.masq, body) }
+        for body in decisionRules(policy, names: names) { rule(names.masq, Self.counting(body)) }
         for body in masqueradeRules(policy) { rule(names.snat, body) }
         lines += leakGuard(policy, names: names, comment: comment)
         return lines
@@ -128,9 +128,15 @@ public struct NFTablesRenderer: Sendable {
     /// DESIGN 1.1 steps 1–7 for a registered pod's packet; `masquerade` is what the masquerading steps do (the
     /// leak guard drops instead).
     func decisionRules(_ policy: NetworkPolicy, names: Names, masquerade: String? = nil) -> [String] {
-        let masquerade = masquerade ?? "goto \(names.snat)"
+        // The nat chain's masquerading steps go to snat_K, which applies `egressInterfaces`; the leak guard's drop
+        // is limited to them here (a packet leaving elsewhere keeps its source anyway).
+        let actions = masquerade.map { verdict in
+            policy.egressInterfaces.isEmpty ? [verdict] : policy.egressInterfaces.map { "oifname \"\(Self.interface($0))\" \(verdict)" }
+        } ?? ["goto \(names.snat)"]
         var rules = ["fib daddr type local return", "ip daddr 224.0.0.0/4 return", "ip6 daddr ff00::/8 return"]
-        for family in IPFamily.allCases { rules.append("\(Self.match(family)) daddr @\(names.exceptions(family)) \(masquerade)") }
+        for family in IPFamily.allCases {
+            for action in actions { rules.append("\(Self.match(family)) daddr @\(names.exceptions(family)) \(action)") }
+        }
         if !policy.masqLinkLocal { rules.append("ip daddr 169.254.0.0/16 return") }
         if !policy.masqLinkLocalIPv6 { rules.append("ip6 daddr fe80::/10 return") }
         for family in IPFamily.allCases { rules.append("\(Self.match(family)) daddr @\(names.nonMasquerade(family)) return") }
@@ -140,24 +146,56 @@ public struct NFTablesRenderer: Sendable {
                 rules.append("\(match) saddr . \(match) daddr @\(names.subnets(family)) return")
             }
         }
-        rules.append(masquerade)
+        rules += actions
         return rules
     }
 
+    /// A decision rule with a `counter` before its verdict, so the agent can export packets and bytes per verdict
+    /// (`return`: source kept, `goto snat_K`: masqueraded). nat chains see a connection's first packet only.
+    static func counting(_ body: String) -> String {
+        if body.hasSuffix(" return") { return String(body.dropLast(" return".count)) + " counter return" }
+        if body.hasPrefix("goto ") { return "counter " + body }
+        let words = body.split(separator: " ", omittingEmptySubsequences: false)
+        guard words.count >= 2, words[words.count - 2] == "goto" else { return body }
+        return (words.dropLast(2) + ["counter"] + words.suffix(2)).joined(separator: " ")
+    }
+
     /// The masquerade: with `toPorts`, tcp/udp/sctp connections spread over the ranges in proportion to their sizes.
+    /// With `snatAddress`/`snatAddressIPv6`, that family SNATs to the chosen source instead (same port options);
+    /// with `egressInterfaces`, each rule is repeated per interface and a packet leaving elsewhere falls off the
+    /// chain's end with its source kept.
     func masqueradeRules(_ policy: NetworkPolicy) -> [String] {
         let flags = policy.randomFully ? " fully-random" : ""
-        var rules: [String] = []
-        var remaining = policy.toPorts.reduce(0) { $0 + $1.count }
-        for (index, range) in policy.toPorts.enumerated() {
-            let ports = range.lowerBound == range.upperBound ? "\(range.lowerBound)" : "\(range.lowerBound)-\(range.upperBound)"
-            let pick = index == policy.toPorts.count - 1 ? "" : "numgen random mod \(remaining) < \(range.count) "
-            rules.append("meta l4proto { tcp, udp, sctp } \(pick)masquerade to :\(ports)\(flags)")
-            remaining -= range.count
+        let interfaces = policy.egressInterfaces.isEmpty ? [""] : policy.egressInterfaces.map { "oifname \"\(Self.interface($0))\" " }
+        // Without a SNAT source one family-neutral group, as before; otherwise one group per family.
+        let groups: [(match: String, family: IPFamily?)] = policy.snatAddress == nil && policy.snatAddressIPv6 == nil
+            ? [("", nil)] : IPFamily.allCases.map { ("meta nfproto ipv\($0.rawValue) ", $0) }
+        func action(_ family: IPFamily?, ports: String?) -> String {
+            guard let family, let target = policy.snatTarget(family) else { return "masquerade" + (ports.map { " to :\($0)" } ?? "") }
+            let match = Self.match(family)
+            guard let ports else { return "snat \(match) to \(target)" }
+            let address = family == .v4 ? "\(target)"
+                : target.first == target.last ? "[\(target.first)]" : "[\(target.first)]-[\(target.last)]"
+            return "snat \(match) to \(address):\(ports)"
         }
-        rules.append("masquerade" + flags)
+        var rules: [String] = []
+        for interface in interfaces {
+            for group in groups {
+                var remaining = policy.toPorts.reduce(0) { $0 + $1.count }
+                for (index, range) in policy.toPorts.enumerated() {
+                    let ports = range.lowerBound == range.upperBound ? "\(range.lowerBound)" : "\(range.lowerBound)-\(range.upperBound)"
+                    let pick = index == policy.toPorts.count - 1 ? "" : "numgen random mod \(remaining) < \(range.count) "
+                    rules.append("\(interface)\(group.match)meta l4proto { tcp, udp, sctp } \(pick)\(action(group.family, ports: ports))\(flags)")
+                    remaining -= range.count
+                }
+                rules.append("\(interface)\(group.match)\(action(group.family, ports: nil))\(flags)")
+            }
+        }
         return rules
     }
+
+    /// An `egressInterfaces` name as nft matches it: iptables' `+` wildcard is nft's `*`.
+    static func interface(_ pattern: String) -> String { pattern.hasSuffix("+") ? pattern.dropLast() + "*" : pattern }
 
     /// Deletes a network's chains and sets (the table stays for other networks).
     public func removeNetworkScript(key: NetworkKey) -> String {

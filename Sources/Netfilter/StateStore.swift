@@ -220,7 +220,16 @@ extension NetworkPolicy {
             ("randomFully", .bool(randomFully)),
             ("toPorts", .string(toPorts.map { $0.lowerBound == $0.upperBound ? "\($0.lowerBound)" : "\($0.lowerBound)-\($0.upperBound)" }.joined(separator: ","))),
             ("dropInvalid", .bool(dropInvalid)),
-        ]))
+        ] + egressMembers))
+    }
+
+    /// Issue 15's keys, present only when set, so the records and fingerprints of policies without them stay as before.
+    var egressMembers: [(String, JSONValue)] {
+        var members: [(String, JSONValue)] = []
+        if let snatAddress { members.append(("snatAddress", .string(snatAddress.description))) }
+        if let snatAddressIPv6 { members.append(("snatAddressIPv6", .string(snatAddressIPv6.description))) }
+        if !egressInterfaces.isEmpty { members.append(("egressInterfaces", .array(egressInterfaces.map { .string($0) }))) }
+        return members
     }
 }
 

@@ -34,6 +34,10 @@ enum AgentCommand {
       --sync-config-from SRC  before each pass, copy SRC (a mounted ConfigMap file) ...
       --sync-config-to DST    ... to DST (the plugin's configFile on the host) when it changed,
                               atomically; when SRC is absent, DST is removed (defaults apply)
+      --metrics-address ADDR:PORT
+                              serve Prometheus metrics at /metrics, and /healthz (the loop is
+                              alive) and /readyz (the last pass succeeded within two intervals);
+                              e.g. 127.0.0.1:9797, [::1]:9797, :9797 (off by default)
       --help                  this text
 
     Exit status:
@@ -50,7 +54,7 @@ enum AgentCommand {
         let options: Arguments
         let sync: ConfigSync?
         do throws(Arguments.UsageError) {
-            options = try Arguments(arguments, valued: ["--netconf", "--plugin-type", "--sync-config-from", "--sync-config-to"],
+            options = try Arguments(arguments, valued: ["--netconf", "--plugin-type", "--sync-config-from", "--sync-config-to", "--metrics-address"],
                                     flags: ["--once"])
             if options.wantsHelp { return CommandExit.help(help) }
             guard options["--netconf"] != nil else { throw Arguments.UsageError(message: "--netconf FILE is required") }
@@ -64,6 +68,15 @@ enum AgentCommand {
             return CommandExit.usageError("agent", error)
         }
         let agent = Agent(netconfPath: options["--netconf"]!, pluginType: options["--plugin-type"] ?? "ip-masq", sync: sync)
+        if let text = options["--metrics-address"] {
+            guard let address = MetricsServer.Address.parse(text) else {
+                return CommandExit.usageError("agent", Arguments.UsageError(message: "--metrics-address \(quoted(text)): expected HOST:PORT, [IPV6]:PORT or :PORT"))
+            }
+            do { agent.metrics = try AgentMetrics.serve(at: address) } catch {
+                agent.log.error("\(error)")
+                return Outcome(stdout: "", exitStatus: CommandExit.failure)
+            }
+        }
         if options.has("--once") {
             return Outcome(stdout: "", exitStatus: agent.reconcile() ? CommandExit.ok : CommandExit.failure)
         }
@@ -73,7 +86,9 @@ enum AgentCommand {
         while StopSignal.received == 0 {
             // Passes start every interval (not an interval after the previous pass ended).
             let start = FileLock.now()
+            agent.metrics?.beat()
             agent.reconcile()
+            agent.metrics?.beat()
             StopSignal.sleep(nanoseconds: start + agent.interval - FileLock.now())
         }
         agent.log.info("agent stopping on \(StopSignal.received == SIGINT ? "SIGINT" : "SIGTERM")")
@@ -193,6 +208,8 @@ final class Agent {
     private var backendInUse: BackendKind?
     /// Where the log goes now (`logFile`), so it is only reopened when that changes.
     private var logFile: String?
+    /// The exported metrics, when `--metrics-address` is given (Metrics.swift).
+    var metrics: AgentMetrics?
 
     init(netconfPath: String, pluginType: String = "ip-masq", sync: ConfigSync? = nil,
          makeBackend: @escaping BackendFactory = systemBackends, log: Log = Log()) {
@@ -210,14 +227,19 @@ final class Agent {
     func reconcile() -> Bool {
         let start = FileLock.now()
         syncConfigFile()
-        guard let (netconf, resolved) = loadConfig() else { return false }
+        guard let (netconf, resolved) = loadConfig() else {
+            metrics?.passEnded(ok: false, since: start)
+            return false
+        }
         do {
             try reconcile(netconf: netconf, resolved: resolved)
             report("netfilter", nil, recovered: "the network's rules are in place again")
             log.debug("pass done in \((FileLock.now() - start) / 1_000_000) ms")
+            metrics?.passEnded(ok: true, since: start)
             return true
         } catch {
             report("netfilter", "pass failed: \(error)")
+            metrics?.passEnded(ok: false, since: start)
             return false
         }
     }
@@ -256,6 +278,7 @@ final class Agent {
     private func loadConfig() -> (NetConf, ResolvedConfig)? {
         var netconf: NetConf
         var resolved: ResolvedConfig
+        var fellBack = false
         do throws(CNIError) {
             netconf = try NetconfFile.load(netconfPath, pluginType: pluginType)
             resolved = try ResolvedConfig(netconf: netconf, command: .add)
@@ -266,6 +289,7 @@ final class Agent {
                 return nil
             }
             report("netconf", "netconf \(netconfPath) is unusable, keeping the last good one: \(error)")
+            fellBack = true
             netconf = lastGood
             do { resolved = try ResolvedConfig(netconf: netconf, command: .add) } catch {
                 report("configFile", "\(error)")
@@ -273,6 +297,7 @@ final class Agent {
             }
         }
         adopt(netconf: netconf, resolved: resolved)
+        metrics?.configRead(ok: resolved.fileProblem == nil && !fellBack, interval: interval, lockTimeout: resolved.config.lockTimeout)
         lastGoodNetconf = netconf
         return (netconf, resolved)
     }
@@ -324,6 +349,7 @@ final class Agent {
             throw CNIError(error.code, "no rules exist yet and the config file is invalid, nothing to keep", details: error.description)
         }
         if let policy = change.policy {
+            LintCommand.logFindings(config: resolved.config, podSubnets: ((try? session.records()) ?? []).flatMap { $0.addresses.map(\.subnet) }, log: log)
             try session.apply(change)
             if let previous {
                 log.info("config changed (\(Self.difference(from: previous.policy, to: policy.json))): node-wide rules rewritten")
@@ -340,6 +366,7 @@ final class Agent {
         let records = try session.records()
         let problems = try session.inspect(policy: policy, records: records)
         if !problems.isEmpty {
+            metrics?.repaired(network: netconf.name, problems: problems)
             try session.restoreAll(policy: policy)
             let entries = records.reduce(0) { $0 + $1.addresses.count }
             log.warning("repaired after \(problems.count) problem(s) (\(problems[0])\(problems.count > 1 ? "; ..." : "")): "
@@ -349,6 +376,7 @@ final class Agent {
                 throw CNIError(.netfilterFailure, "the network's rules are still wrong after restoring them", details: remaining.joined(separator: "; "))
             }
         }
+        metrics?.observe(session, records: records, log: log)
     }
 
     /// The session under the node lock, waiting in short slices so a stop request is honoured within a second.

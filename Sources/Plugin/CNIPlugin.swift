@@ -6,10 +6,13 @@ import Netfilter
 public struct Outcome: Sendable, Equatable {
     public var stdout: String
     public var exitStatus: Int32
+    /// A CNI invocation's record for the agent's metrics, appended by `main` after stdout is written.
+    public var invocationRecord: InvocationRecord? = nil
 
-    public init(stdout: String, exitStatus: Int32) {
+    public init(stdout: String, exitStatus: Int32, invocationRecord: InvocationRecord? = nil) {
         self.stdout = stdout
         self.exitStatus = exitStatus
+        self.invocationRecord = invocationRecord
     }
 }
 
@@ -43,6 +46,11 @@ public struct CNIPlugin {
     public func run() -> Outcome {
         var version = "1.1.0"
         var input: [UInt8] = []
+        let start = FileLock.now()
+        var counted: (CNICommand, String)? // the verb and stateDir, once known, for the invocation record
+        func record(_ code: Int) -> InvocationRecord? {
+            counted.flatMap { InvocationRecord(stateDir: $0.1, verb: $0.0, code: code, nanoseconds: FileLock.now() - start) }
+        }
         do throws(CNIError) {
             // stdin first, so that even an environment error is reported in the config's cniVersion.
             input = try stdin()
@@ -50,9 +58,10 @@ public struct CNIPlugin {
             if env.command == .version { return Outcome(stdout: Self.versionReply(input), exitStatus: 0) }
             let netconf = try NetConf.decode(input)
             version = netconf.cniVersion.rawValue
+            counted = (env.command, netconf.object["stateDir"]?.stringValue ?? MasqConfig().stateDir)
             try netconf.checkAllows(env.command)
             let stdout = try Invocation(env: env, netconf: netconf, plugin: self).run()
-            return Outcome(stdout: stdout, exitStatus: 0)
+            return Outcome(stdout: stdout, exitStatus: 0, invocationRecord: record(0))
         } catch {
             if let reportedVersion = Self.reportableVersion(input) { version = reportedVersion }
             log.error("\(error.code.rawValue) \(error)")
@@ -62,7 +71,7 @@ public struct CNIPlugin {
                 ("msg", .string(error.msg)),
                 ("details", .string(error.details)),
             ]))
-            return Outcome(stdout: object.serialized(pretty: true) + "\n", exitStatus: 1)
+            return Outcome(stdout: object.serialized(pretty: true) + "\n", exitStatus: 1, invocationRecord: record(error.code.rawValue))
         }
     }
 

@@ -19,6 +19,7 @@ extension Session {
             log.warning("conntrack: cannot delete the entries of \(addresses.map(\.description).joined(separator: ", ")) after \(verb): \(error)")
             return
         }
+        deletedConnections += deleted
         if deleted > 0 {
             log.info("conntrack: deleted \(deleted) entr\(deleted == 1 ? "y" : "ies") from \(addresses.map(\.description).joined(separator: ", ")) after \(verb)")
         }
@@ -64,6 +65,7 @@ extension Session {
             log.warning("conntrack: cannot read the network's records to clean up after the policy change: \(error)")
             return
         }
+        deletedConnections += deleted
         log.info("conntrack: policy changed: deleted \(deleted) entr\(deleted == 1 ? "y" : "ies") of \(pods) pod address(es) whose destination now gets another verdict")
     }
 }

@@ -57,6 +57,7 @@ struct Invocation {
         try session.register(registrations, owner: plan.owner, into: &change)
         try session.apply(change)
         session.forgetConnections(of: plan.addresses.map(\.address), after: "ADD")
+        if change.policy != nil { LintCommand.logFindings(config: resolved.config, podSubnets: plan.addresses.map(\.subnet), log: log) }
         let written = change.policy == nil ? "" : " (node-wide rules written)"
         if plan.addresses.isEmpty {
             log.warning("nothing registered: \(Self.noAddressReason(prevResult, ifname: owner.ifname))\(written)")
@@ -207,11 +208,11 @@ struct ResolvedConfig {
             return
         }
         do throws(CNIError) {
-            let bytes: [UInt8]?
-            do { bytes = try Files.read(path) } catch {
+            let files: [ConfigFileContents]
+            do { files = try ConfigDirectory.read(path) } catch {
                 throw CNIError(.ioFailure, "cannot read configFile \(quoted(path))", details: "\(error)")
             }
-            config = try MasqConfig.resolve(netconf: netconf.object, fileContents: bytes)
+            config = try MasqConfig.resolve(netconf: netconf.object, files: files)
         } catch {
             // Unreadable or invalid: DEL and GC go on without it; ADD and CHECK decide under the lock.
             config = base

@@ -16,6 +16,9 @@ public enum OperatorCommand {
       ip-masq agent --netconf FILE    reconcile loop for a DaemonSet (resyncInterval, repairs);
                                       --once for a single pass
       ip-masq install ...             install the binary and its conflist entry on a node
+      ip-masq explain --netconf FILE DST...
+                                      why traffic to DST is masqueraded or not, by config rule
+      ip-masq lint --netconf FILE     config mistakes: uncovered pod subnets, no-op ranges, ...
       ip-masq help                    this text
 
     Run 'ip-masq COMMAND --help' for a command's options.
@@ -50,6 +53,8 @@ public enum OperatorCommand {
         case "reset": return ResetCommand.run(arguments: Array(arguments.dropFirst()))
         case "agent": return AgentCommand.run(arguments: Array(arguments.dropFirst()))
         case "install": return InstallCommand.run(arguments: Array(arguments.dropFirst()))
+        case "explain": return ExplainCommand.run(arguments: Array(arguments.dropFirst()))
+        case "lint": return LintCommand.run(arguments: Array(arguments.dropFirst()))
         case nil:
             // No command is a usage error: the usage goes to stderr, stdout stays empty.
             ProcessIO.write(usage, to: 2)

@@ -20,6 +20,8 @@ final class Session {
     /// Where the network's rules were recorded when that differs from where they belong now (a backend or
     /// iptables flavour switch): `moveIfNeeded` moves them.
     private(set) var recordedElsewhere: NetworkRecord?
+    /// Conntrack entries this session deleted (the agent's ip_masq_conntrack_deleted_total).
+    var deletedConnections = 0
 
     /// - Parameters:
     ///   - readOnly: CHECK: the node's backend choice is not written either.

@@ -14,4 +14,5 @@ if environment["CNI_COMMAND"].map({ !$0.isEmpty }) == true {
     outcome = OperatorCommand.run(arguments: Array(CommandLine.arguments.dropFirst()), environment: environment)
 }
 ProcessIO.write(outcome.stdout)
+outcome.invocationRecord?.append()
 exit(outcome.exitStatus)
