@@ -59,10 +59,10 @@ public struct MasqConfig: Equatable, Sendable {
     public var egressInterfaces: [String] = []
     /// Whether some layer set `nonMasqueradeCIDRs` (the reserved-ranges flag then does not apply).
     public private(set) var nonMasqueradeCIDRsGiven = false
-    /// What resolution ignored and the operator should hear about (unknown config file keys): logged as warnings.
-    public internal(set) var warnings: [String] = []
     /// Where each key (and each CIDR of a list) came from, for `explain` and `lint`; not part of the value.
     public internal(set) var provenance = Provenance()
+    /// What resolution ignored and the operator should hear about (unknown config file keys): logged as warnings.
+    public internal(set) var warnings: [String] = []
 
     /// ip-masq-agent's default non-masquerade list (RFC 1918).
     public static let defaultNonMasqueradeCIDRs = ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"].map(Self.literal)

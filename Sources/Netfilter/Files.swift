@@ -15,7 +15,10 @@ public enum Files {
         defer { close(fd) }
         var info = stat()
         guard fstat(fd, &info) == 0 else { throw SystemError("fstat \(path)") }
-        guard info.st_mode & S_IFMT == S_IFREG else { throw SystemError("\(path) is not a regular file", errno: EINVAL) }
+        guard info.st_mode & S_IFMT == S_IFREG else {
+            // EISDIR lets a caller that accepts directories (a configFile of layers) tell them apart.
+            throw SystemError("\(path) is not a regular file", errno: info.st_mode & S_IFMT == S_IFDIR ? EISDIR : EINVAL)
+        }
         var result: [UInt8] = []
         var chunk = [UInt8](repeating: 0, count: 16384)
         while true {

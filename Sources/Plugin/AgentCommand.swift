@@ -11,7 +11,7 @@ enum AgentCommand {
     /// `ip-masq agent --help`.
     static let help = """
     Usage: ip-masq agent --netconf FILE [--once] [--plugin-type TYPE]
-                         [--sync-config-from SRC --sync-config-to DST]
+                         [--sync-config-from SRC --sync-config-to DST] [--metrics-address ADDR:PORT]
 
     Keeps one network's masquerade rules in line with its config, for a DaemonSet on every node.
     FILE is the network's conflist (the entry of type "ip-masq" is used, with the list's name and

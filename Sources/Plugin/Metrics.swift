@@ -206,11 +206,18 @@ extension AgentMetrics {
     func repaired(network: String, problems: [String]) {
         var kinds = Set<String>()
         for problem in problems {
-            if problem.contains(" is not in set ") && problem.hasPrefix("pod subnet ") { kinds.insert("pod_subnets") }
-            else if problem.contains(" is not in set ") || problem.contains(" is in set ") { kinds.insert("pod_entries") }
-            else { kinds.insert("node_wide_rules") }
+            // A byte search: String.contains(String) would link _StringProcessing (~1 MB) into the per-pod binary.
+            let aboutASet = Self.has(problem, " is not in set ") || Self.has(problem, " is in set ")
+            kinds.insert(aboutASet ? (problem.hasPrefix("pod subnet ") ? "pod_subnets" : "pod_entries") : "node_wide_rules")
         }
         update { state in for kind in kinds { state.repairs[[network, kind], default: 0] += 1 } }
+    }
+
+    /// Whether `text` contains `part` (bytes).
+    static func has(_ text: String, _ part: String) -> Bool {
+        let haystack = Array(text.utf8), needle = Array(part.utf8)
+        guard needle.count <= haystack.count else { return false }
+        return (0...(haystack.count - needle.count)).contains { haystack[$0..<($0 + needle.count)].elementsEqual(needle) }
     }
 
     /// After a pass's netfilter work: pods, rule counters, conntrack deletions, and the plugin's invocation records.

@@ -24,7 +24,7 @@ final class MetricsServer: @unchecked Sendable {
                 guard let colon = text.lastIndex(of: ":") else { return nil }
                 host = text[..<colon]
                 port = text[text.index(after: colon)...]
-                if host.contains(":") { return nil } // an IPv6 address needs brackets
+                if host.utf8.contains(UInt8(ascii: ":")) { return nil } // an IPv6 address needs brackets
             }
             guard let number = UInt16(port), number > 0 else { return nil }
             if host.isEmpty { return Address(host: nil, port: number) }

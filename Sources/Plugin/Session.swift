@@ -17,11 +17,11 @@ final class Session {
     private var pendingNetworkRecord: NetworkRecord?
     /// The policy a pending rewrite replaces, for the conntrack cleanup after it (ConntrackHygiene.swift).
     private var replacedPolicy: NetworkPolicy?
+    /// Conntrack entries this session deleted (the agent's ip_masq_conntrack_deleted_total).
+    var deletedConnections = 0
     /// Where the network's rules were recorded when that differs from where they belong now (a backend or
     /// iptables flavour switch): `moveIfNeeded` moves them.
     private(set) var recordedElsewhere: NetworkRecord?
-    /// Conntrack entries this session deleted (the agent's ip_masq_conntrack_deleted_total).
-    var deletedConnections = 0
 
     /// - Parameters:
     ///   - readOnly: CHECK: the node's backend choice is not written either.

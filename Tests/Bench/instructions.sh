@@ -9,7 +9,7 @@ work=$(mktemp -d /tmp/ipmasq-instr-XXXXXX)
 ip netns add "$ns"
 trap 'ip netns del "$ns"; rm -rf "$work"' EXIT
 conf() {
-  printf '{"cniVersion":"1.0.0","name":"instr","type":"ip-masq","backend":"nftables","lockFile":"%s/lock","stateDir":"%s/state",%s"prevResult":{"cniVersion":"1.0.0","interfaces":[{"name":"eth0","sandbox":"/var/run/netns/x"}],"ips":[{"interface":0,"address":"%s/24"}]}}' \
+  printf '{"cniVersion":"1.0.0","name":"instr","type":"ip-masq","backend":"nftables","conntrackFlush":false,"lockFile":"%s/lock","stateDir":"%s/state",%s"prevResult":{"cniVersion":"1.0.0","interfaces":[{"name":"eth0","sandbox":"/var/run/netns/x"}],"ips":[{"interface":0,"address":"%s/24"}]}}' \
     "$work" "$work" "${2:-}" "$1"
 }
 run() { # verb container ip [valgrind]

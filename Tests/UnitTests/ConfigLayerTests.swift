@@ -75,4 +75,25 @@ private func layered(_ netconf: String, _ files: [(String, String)]) throws(CNIE
         #expect(try ConfigDirectory.read(directory + "/config").count == 1)
         #expect(try ConfigDirectory.read(directory + "/absent").isEmpty)
     }
+
+    /// A directory of layers through the dispatcher: an invalid layer with no rules yet is refused naming the file, and
+    /// nothing is changed; a directory without layer files means defaults (it used to be refused as "not a file").
+    @Test func anAddAgainstADirectoryOfLayers() throws {
+        let scratch = FileManager.default.temporaryDirectory.appendingPathComponent("ipmasq-layer-add-\(UUID().uuidString)").path
+        try FileManager.default.createDirectory(atPath: scratch + "/layers", withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: scratch) }
+        try "nonMasqueradeCIDRs: [10.0.0.0/8]\n".write(toFile: scratch + "/layers/config", atomically: true, encoding: .utf8)
+        try "nonMasqueradeCIDRs: [10.0.0.1/8]\n".write(toFile: scratch + "/layers/ip-masq-user", atomically: true, encoding: .utf8)
+        let stdin = #"{"cniVersion":"1.0.0","name":"layers","type":"ip-masq","configFile":"\#(scratch)/layers","lockFile":"\#(scratch)/lock","stateDir":"\#(scratch)/state","prevResult":{"cniVersion":"1.0.0","interfaces":[{"name":"eth0","sandbox":"/x"}],"ips":[{"interface":0,"address":"10.1.2.3/24"}]}}"#
+        let environment = ["CNI_COMMAND": "ADD", "CNI_CONTAINERID": "c1", "CNI_IFNAME": "eth0", "CNI_NETNS": "/x", "CNI_PATH": "/opt/cni/bin"]
+        let backend = RecordingBackend()
+        let refused = BadInputUnitTests.dispatch(environment, Array(stdin.utf8), backend: backend)
+        #expect(refused.exitStatus == 1 && refused.stdout.contains("\"code\": 7") && refused.stdout.contains(scratch + "/layers/ip-masq-user"), "\(refused.stdout)")
+        #expect(backend.applied.isEmpty)
+        try FileManager.default.removeItem(atPath: scratch + "/layers/ip-masq-user")
+        try FileManager.default.removeItem(atPath: scratch + "/layers/config")
+        let accepted = BadInputUnitTests.dispatch(environment, Array(stdin.utf8), backend: backend)
+        #expect(accepted.exitStatus == 0, "\(accepted.stdout)")
+        #expect(backend.applied.first?.policy?.nonMasquerade.map(\.description) == ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"])
+    }
 }
