@@ -188,6 +188,11 @@ struct ConntrackTests {
         #expect(!established(tcpBefore).isEmpty && established(tcpBefore).split(separator: " ").filter { $0.hasPrefix("dport=") || $0.hasPrefix("sport=") }
                 == established(tcpAfter).split(separator: " ").filter { $0.hasPrefix("dport=") || $0.hasPrefix("sport=") },
                 "the same entry (same NAT port) before and after:\n\(tcpBefore)\n\(tcpAfter)")
+        // Control: deleting that entry (what a flush of all the pod's entries would do) breaks the connection, since
+        // its next packet is masqueraded afresh to another port; so the survival above could have failed.
+        try topology.node.exec(["conntrack", "-D", "-p", "tcp", "--dport", "7000"], check: true)
+        let beforeBreak = client.lines.count
+        #expect(client.next(3, after: beforeBreak, timeout: 4) == nil, "after its entry is deleted the connection no longer answers")
         withExtendedLifetime((sender, server)) {}
     }
 
