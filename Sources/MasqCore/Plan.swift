@@ -43,10 +43,13 @@ public struct NetworkKey: Hashable, Sendable, CustomStringConvertible, Comparabl
 public struct Owner: Hashable, Sendable, Comparable {
     public var network: String
     public var attachment: AttachmentKey
+    /// The Kubernetes pod, when CNI_ARGS named it (Attribution.swift); not part of the identity.
+    public var pod: PodIdentity?
 
-    public init(network: String, containerID: String, ifname: String) {
+    public init(network: String, containerID: String, ifname: String, pod: PodIdentity? = nil) {
         self.network = network
         self.attachment = AttachmentKey(containerID: containerID, ifname: ifname)
+        self.pod = pod
     }
 
     public var containerID: String { attachment.containerID }

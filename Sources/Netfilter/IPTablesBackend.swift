@@ -210,7 +210,7 @@ public struct IPTablesBackend: MasqBackend {
             let set = IPTablesRenderer.podSet(key, registration.pod.address.family)
             let address = CIDR(network: registration.pod.address, prefix: registration.pod.address.family.bitWidth)
             switch elements[set]?[address] {
-            case registration.owner.tag?: continue
+            case registration.owner.comment?: continue
             case let other?: inspection.problems.append("\(registration.pod.address) is in set \(set) for \(other), not \(registration.owner.tag)")
             case nil: inspection.problems.append("\(registration.pod.address) of \(registration.owner.tag) is not in set \(set)")
             }

@@ -270,7 +270,7 @@ public struct IPTablesRenderer: Sendable {
             lines.append("add \(Self.subnetSet(change.key, subnet.family)) \(subnet) comment \"pod subnet\"")
         }
         for registration in change.add {
-            lines.append("add \(Self.podSet(change.key, registration.pod.address.family)) \(registration.pod.address) comment \"\(registration.owner.tag)\"")
+            lines.append("add \(Self.podSet(change.key, registration.pod.address.family)) \(registration.pod.address) comment \"\(registration.owner.comment)\"")
         }
         if verifying {
             for family in Set(change.add.map(\.pod.address.family)).sorted() {

@@ -58,7 +58,7 @@ public struct NFTablesRenderer: Sendable {
         }
         for registration in change.add {
             let family = registration.pod.address.family
-            lines.append("add element \(Self.table) \(names.pods(family)) { \(registration.pod.address) comment \"\(registration.owner.tag)\" }")
+            lines.append("add element \(Self.table) \(names.pods(family)) { \(registration.pod.address) comment \"\(registration.owner.comment)\" }")
         }
         return lines.isEmpty ? "" : lines.joined(separator: "\n") + "\n"
     }

@@ -20,7 +20,7 @@ public struct AttachmentRecord: Equatable, Sendable {
             ("containerID", .string(owner.containerID)),
             ("ifname", .string(owner.ifname)),
             ("addresses", .array(addresses.map { .object(JSONObject([("address", .string("\($0.address)")), ("subnet", .string("\($0.subnet)"))])) })),
-        ]))
+        ] + (owner.pod.map { [("podNamespace", JSONValue.string($0.namespace)), ("podName", .string($0.name))] } ?? [])))
     }
 
     init?(json: JSONValue) {
@@ -32,7 +32,8 @@ public struct AttachmentRecord: Equatable, Sendable {
                   let subnetText = entry["subnet"]?.stringValue, case .success(let subnet) = CIDR.parse(subnetText) else { return nil }
             addresses.append(PodAddress(address: address, subnet: subnet))
         }
-        self.init(owner: Owner(network: network, containerID: containerID, ifname: ifname), addresses: addresses)
+        let pod = PodIdentity.given(namespace: json["podNamespace"]?.stringValue, name: json["podName"]?.stringValue)
+        self.init(owner: Owner(network: network, containerID: containerID, ifname: ifname, pod: pod), addresses: addresses)
     }
 }
 

@@ -173,4 +173,61 @@ struct EgressPolicyTests {
         #expect(try Self.sources(topology, to: Topology.privateHost.v6) == [Topology.pod.v6])
         try plugin(topology, "DEL", "a", netconf(scratch: scratch, extra: control, addresses: []))
     }
+
+    /// Attribution: with `K8S_POD_NAMESPACE` and `K8S_POD_NAME` in CNI_ARGS, the record, `list`, `list --json`,
+    /// the ADD and DEL log lines and the element comment name the pod; CHECK (which compares iptables' element
+    /// comments) passes, and a repair writes the comment again from the record. Another pod without CNI_ARGS keeps
+    /// the plain owner tag.
+    @Test(arguments: backends)
+    func thePodBehindAnAddressIsNamed(backend: [String: String]) throws {
+        let topology = try Topology(), scratch = ScratchDirectory()
+        let input = netconf(scratch: scratch, extra: backend, addresses: Topology.podAddresses)
+        var call = PluginCall(netns: topology.node, command: "ADD", containerID: "c0ffee")
+        call.extraEnvironment = ["CNI_ARGS": "IgnoreUnknown=1;K8S_POD_NAMESPACE=payments;K8S_POD_NAME=api-7f9c;K8S_POD_UID=x"]
+        let add = try call(input)
+        #expect(add.status == 0, "\(add.stderr)")
+        #expect(add.stderr.contains("(pod payments/api-7f9c)") && add.stderr.contains("registered 10.99.0.3"), "\(add.stderr)")
+        try plugin(topology, "ADD", "plain", netconf(scratch: scratch, extra: backend, addresses: ["10.99.0.4/24"]))
+
+        func comments() throws -> String {
+            backend["backend"] == "nftables" ? try topology.node.ruleset()
+                : try topology.node.exec(["ipset", "-o", "save", "list"], check: true).stdout
+        }
+        let expected = "payments/api-7f9c testnet/c0ffee/eth0"
+        let written = try comments()
+        #expect(written.contains("10.99.0.3 comment \"\(expected)\""), "\(written)")
+        #expect(try comments().contains("fd00:99::3 comment \"\(expected)\""))
+        #expect(try comments().contains("10.99.0.4 comment \"testnet/plain/eth0\""))
+        let list = try topology.node.exec([Host.pluginBinary, "list", "--state-dir", scratch.path + "/state", "--lock-file", scratch.path + "/lock"], check: true).stdout
+        #expect(list.contains("POD") && list.contains("payments/api-7f9c"), "\(list)")
+        let json = try topology.node.exec([Host.pluginBinary, "list", "--json", "--state-dir", scratch.path + "/state", "--lock-file", scratch.path + "/lock"], check: true).stdout
+        let document = try JSONSerialization.jsonObject(with: Data(json.utf8)) as? [String: Any]
+        let pods = ((document?["networks"] as? [[String: Any]])?.first?["pods"] as? [[String: Any]]) ?? []
+        let named = pods.first { $0["containerID"] as? String == "c0ffee" }
+        #expect(named?["podNamespace"] as? String == "payments" && named?["podName"] as? String == "api-7f9c", "\(json)")
+        #expect(pods.first { $0["containerID"] as? String == "plain" }?["podNamespace"] is NSNull)
+
+        var check = call
+        check.command = "CHECK"
+        let checked = try check(input)
+        #expect(checked.status == 0, "CHECK: \(checked.stdout)\(checked.stderr)")
+        // A repair (the agent's pass after the rules are gone) writes the comments again from the records.
+        if backend["backend"] == "nftables" {
+            try topology.node.exec(["nft", "delete", "table", "inet", "ip_masq"], check: true)
+        } else {
+            try topology.node.exec(["ipset", "flush"], check: true)
+        }
+        let conf = scratch.path + "/net.conf"
+        try netconf(scratch: scratch, extra: backend, addresses: []).write(toFile: conf, atomically: true, encoding: .utf8)
+        #expect(try agentPass(topology, conf: conf).contains("repaired"))
+        let rewritten = try comments()
+        #expect(rewritten.contains("10.99.0.3 comment \"\(expected)\""), "\(rewritten)")
+
+        var delete = call
+        delete.command = "DEL"
+        let deleted = try delete(netconf(scratch: scratch, extra: backend, addresses: []))
+        #expect(deleted.status == 0 && deleted.stderr.contains("(pod payments/api-7f9c)"), "\(deleted.stderr)")
+        #expect(try !comments().contains("payments/api-7f9c"))
+        try plugin(topology, "DEL", "plain", netconf(scratch: scratch, extra: backend, addresses: []))
+    }
 }

@@ -94,3 +94,19 @@ import Testing
                                          "-o wg+ -m comment --comment \"ip-masq: an invalid packet would leave with the pod address\" -j DROP"])
     }
 }
+
+@Suite struct AttributionUnitTests {
+    @Test func theCommentNamesThePodAndFitsNFTables() {
+        let plain = Owner(network: "podnet", containerID: "abc", ifname: "eth0")
+        #expect(plain.comment == plain.tag)
+        let named = Owner(network: "podnet", containerID: "abc", ifname: "eth0", pod: PodIdentity(namespace: "payments", name: "api-1"))
+        #expect(named.comment == "payments/api-1 podnet/abc/eth0")
+        #expect(named == plain && named.hashValue == plain.hashValue, "the pod is not part of the owner's identity")
+        let long = Owner(network: String(repeating: "n", count: 40), containerID: String(repeating: "c", count: 64), ifname: "eth0",
+                         pod: PodIdentity(namespace: String(repeating: "s", count: 63), name: String(repeating: "p", count: 253)))
+        #expect(long.comment.utf8.count <= 128 && long.comment.hasSuffix(" " + long.tag) && long.comment.contains("~"), "\(long.comment)")
+        let odd = Owner(network: "n", containerID: "c", ifname: "eth0", pod: PodIdentity(namespace: "a\"b", name: "c d"))
+        #expect(odd.comment == "a_b/c_d n/c/eth0", "quotes and spaces cannot reach the script")
+        #expect(PodIdentity.given(namespace: "", name: "x") == nil && PodIdentity.given(namespace: "x", name: nil) == nil)
+    }
+}
