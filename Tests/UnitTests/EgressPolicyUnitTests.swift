@@ -64,6 +64,17 @@ import Testing
         #expect(other.verdict(destination: internet, podSubnet: nil).verdict != list.verdict(destination: internet, podSubnet: nil).verdict)
     }
 
+    @Test func explainNamesTheSNATSource() throws {
+        let config = try resolve(#"{"nonMasqueradeCIDRs":["10.0.0.0/8"],"snatAddress":"203.0.113.9"}"#)
+        func text(_ destination: String) -> String {
+            Explanation(destination: IPAddress(destination)!, policy: NetworkPolicy(config: config), provenance: config.provenance,
+                        podSubnet: nil, destinationIsLocal: false).verdictText
+        }
+        #expect(text("198.51.100.1") == "SNAT to 203.0.113.9")
+        #expect(text("2001:db8::1") == "masquerade", "no IPv6 source: MASQUERADE")
+        #expect(text("10.1.1.1") == "keep source")
+    }
+
     @Test func nftablesRules() throws {
         let renderer = NFTablesRenderer()
         let plain = NetworkPolicy(config: MasqConfig())
