@@ -270,6 +270,29 @@ struct ConntrackTests {
         }
     }
 
+    /// CHECK inspects the leak guard: a flushed guard is a difference (101); turning `dropInvalid` off removes it.
+    @Test(arguments: backends)
+    func checkInspectsTheGuardAndTurningItOffRemovesIt(backend: [String: String]) throws {
+        let ns = try Netns("ct-check"), scratch = ScratchDirectory()
+        let input = netconf(scratch: scratch, extra: backend, addresses: Topology.podAddresses)
+        #expect(try PluginCall(netns: ns, command: "ADD")(input).status == 0)
+        #expect(try PluginCall(netns: ns, command: "CHECK")(input).status == 0)
+        let nft = backend["backend"] == "nftables"
+        let chain = nft ? "drop_testnet" : try #require(ns.exec(["iptables-nft", "-t", "mangle", "-S"], check: true).stdout
+            .split(separator: "\n").first { $0.hasPrefix("-N IPMASQ-INVALID-") }).dropFirst(3)
+        try ns.exec(nft ? ["nft", "flush", "chain", "inet", "ip_masq", "drop_testnet"] : ["iptables-nft", "-t", "mangle", "-F", String(chain)], check: true)
+        let check = try PluginCall(netns: ns, command: "CHECK")(input)
+        #expect(check.status == 1 && check.stdout.contains("\"code\": 101") && check.stdout.contains(String(chain)), "\(check.stdout)")
+        var off: [String: Any] = backend
+        off["dropInvalid"] = false
+        let rewrite = netconf(scratch: scratch, extra: off, addresses: ["10.99.0.4/24"])
+        #expect(try PluginCall(netns: ns, command: "ADD", containerID: "b")(rewrite).status == 0)
+        let installed = nft ? try ns.ruleset() : try ns.exec(["iptables-nft-save", "-t", "mangle"], check: true).stdout
+            + ns.exec(["ip6tables-nft-save", "-t", "mangle"], check: true).stdout
+        #expect(!installed.contains("drop_testnet") && !installed.contains("guard_testnet") && !installed.contains("IPMASQ-INVALID-"), "\(installed)")
+        #expect(try PluginCall(netns: ns, command: "CHECK", containerID: "b")(rewrite).status == 0)
+    }
+
     // MARK: Item 1: the decision list against real packets
 
     /// For a table of destinations, the source each one sees is the decision list's verdict: the node's address when
