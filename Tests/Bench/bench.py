@@ -684,6 +684,9 @@ class Bench:
                             samples.setdefault("ADD, " + label, Samples()).add(must(timed([self.plugin], scenario.env("ADD", cid), conf), "ADD"))
                             run([conntrack, "-I", "-p", "udp", "-s", ip, "-d", "198.51.100.1", "--sport", "40000", "--dport", "53", "-t", "600"])
                             samples.setdefault("DEL, " + label, Samples()).add(must(timed([self.plugin], scenario.env("DEL", cid), conf), "DEL"))
+                        # The floor: Debian's tool reading one address's entries (its dump also walks the whole table).
+                        samples.setdefault("floor: conntrack -L -s ADDRESS", Samples()).add(
+                            must(timed([conntrack, "-L", "-s", "10.200.102.9"], {"PATH": PATH}), "conntrack -L"))
                     # The flush-on pods are 10.200.101.x: the DEL must have deleted each one's entry.
                     left = run([conntrack, "-L", "-p", "udp", "--dport", "53"], check=False).count("src=10.200.101.")
                     results["pod entries left after DELs with the flush off"] = run(
@@ -889,7 +892,7 @@ def report(bench, args, elapsed):
         tables = sorted(conntrack, key=int)
         out("| figure | " + " | ".join("T = %s" % t for t in tables) + " |")
         out("|---|" + "---:|" * len(tables))
-        for key in ("ADD, flush on", "ADD, flush off", "DEL, flush on", "DEL, flush off"):
+        for key in ("ADD, flush on", "ADD, flush off", "DEL, flush on", "DEL, flush off", "floor: conntrack -L -s ADDRESS"):
             out("| %s | %s |" % (key, " | ".join(fmt(conntrack[t].get(key)) for t in tables)))
         for verb in ("ADD", "DEL"):
             out("| %s: flush's cost (on − off) | %s |" % (verb, " | ".join(

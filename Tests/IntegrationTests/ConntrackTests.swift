@@ -270,6 +270,29 @@ struct ConntrackTests {
         }
     }
 
+    /// CHECK inspects the leak guard: a flushed guard is a difference (101); turning `dropInvalid` off removes it.
+    @Test(arguments: backends)
+    func checkInspectsTheGuardAndTurningItOffRemovesIt(backend: [String: String]) throws {
+        let ns = try Netns("ct-check"), scratch = ScratchDirectory()
+        let input = netconf(scratch: scratch, extra: backend, addresses: Topology.podAddresses)
+        #expect(try PluginCall(netns: ns, command: "ADD")(input).status == 0)
+        #expect(try PluginCall(netns: ns, command: "CHECK")(input).status == 0)
+        let nft = backend["backend"] == "nftables"
+        let chain = nft ? "drop_testnet" : try #require(ns.exec(["iptables-nft", "-t", "mangle", "-S"], check: true).stdout
+            .split(separator: "\n").first { $0.hasPrefix("-N IPMASQ-INVALID-") }).dropFirst(3)
+        try ns.exec(nft ? ["nft", "flush", "chain", "inet", "ip_masq", "drop_testnet"] : ["iptables-nft", "-t", "mangle", "-F", String(chain)], check: true)
+        let check = try PluginCall(netns: ns, command: "CHECK")(input)
+        #expect(check.status == 1 && check.stdout.contains("\"code\": 101") && check.stdout.contains(String(chain)), "\(check.stdout)")
+        var off: [String: Any] = backend
+        off["dropInvalid"] = false
+        let rewrite = netconf(scratch: scratch, extra: off, addresses: ["10.99.0.4/24"])
+        #expect(try PluginCall(netns: ns, command: "ADD", containerID: "b")(rewrite).status == 0)
+        let installed = nft ? try ns.ruleset() : try ns.exec(["iptables-nft-save", "-t", "mangle"], check: true).stdout
+            + ns.exec(["ip6tables-nft-save", "-t", "mangle"], check: true).stdout
+        #expect(!installed.contains("drop_testnet") && !installed.contains("guard_testnet") && !installed.contains("IPMASQ-INVALID-"), "\(installed)")
+        #expect(try PluginCall(netns: ns, command: "CHECK", containerID: "b")(rewrite).status == 0)
+    }
+
     // MARK: Item 1: the decision list against real packets
 
     /// For a table of destinations, the source each one sees is the decision list's verdict: the node's address when
@@ -293,18 +316,36 @@ struct ConntrackTests {
         for (key, value) in config { settings[key] = value }
         try plugin(topology, "ADD", "a", netconf(scratch: scratch, extra: settings, addresses: Topology.podAddresses))
         let subnets = ["10.99.0.0/24", "fd00:99::/64"].map { try! CIDR.parse($0).get() }
+        let destinations = [Topology.internet.v4, Topology.internet.v6, Topology.privateHost.v4, Topology.privateHost.v6, "10.99.0.1"] + extra
+        func host(_ destination: String) -> Netns {
+            destination == "10.99.0.1" ? topology.node
+                : (destination.hasPrefix("10.200.") || destination.hasPrefix("fd00:200:") ? topology.privateHost : topology.internet)
+        }
+        // One receiver per destination, then one burst from the pod to all of them (a fresh source port each).
+        let receivers = try destinations.enumerated().map { index, destination in
+            try Background(in: host(destination), Self.receiver(destination), output: scratch.path + "/probe-\(index)")
+        }
+        usleep(500_000)
+        try topology.pod.exec(["python3", "-c", """
+            import socket, time
+            targets = [\(destinations.map(\.debugDescription).joined(separator: ", "))]
+            sockets = [socket.socket(socket.AF_INET6 if ":" in t else socket.AF_INET, socket.SOCK_DGRAM) for t in targets]
+            for _ in range(10):
+                for s, t in zip(sockets, targets):
+                    s.sendto(b"probe", (t, 9999))
+                time.sleep(0.1)
+            """], check: true)
         var steps: Set<DecisionList.Step> = []
-        for destination in [Topology.internet.v4, Topology.internet.v6, Topology.privateHost.v4, Topology.privateHost.v6, "10.99.0.1"] + extra {
+        for (destination, receiver) in zip(destinations, receivers) {
             let address = IPAddress(destination)!
-            let local = destination == "10.99.0.1"
-            let (verdict, step) = list.verdict(destination: address, podSubnet: subnets.first { $0.family == address.family }, destinationIsLocal: local)
+            let (verdict, step) = list.verdict(destination: address, podSubnet: subnets.first { $0.family == address.family },
+                                               destinationIsLocal: destination == "10.99.0.1")
             steps.insert(step)
-            let host = local ? topology.node : (destination.hasPrefix("10.200.") || destination.hasPrefix("fd00:200:") ? topology.privateHost : topology.internet)
-            let nodeAddress = host === topology.privateHost ? (address.family == .v4 ? "10.200.0.1" : "fd00:200::1")
+            let nodeAddress = host(destination) === topology.privateHost ? (address.family == .v4 ? "10.200.0.1" : "fd00:200::1")
                 : (address.family == .v4 ? Topology.nodeOnInternet.v4 : Topology.nodeOnInternet.v6)
             let expected = verdict.masquerades ? nodeAddress : (address.family == .v4 ? Topology.pod.v4 : Topology.pod.v6)
-            let seen = try topology.send(from: topology.pod, to: destination, listener: host, timeout: 3)
-            #expect(seen == expected, "\(destination): step \(step) says \(verdict.masquerades ? "masquerade" : "keep"), the host saw \(seen ?? "nothing")")
+            let seen = Set(receiver.next(1, after: 0, timeout: 3) ?? [])
+            #expect(seen == [expected], "\(destination): step \(step) says \(verdict.masquerades ? "masquerade" : "keep"), the host saw \(seen)")
         }
         #expect(steps.isSuperset(of: [.local, .exceptions, .linkLocal, .nonMasquerade, .masquerade]))
     }

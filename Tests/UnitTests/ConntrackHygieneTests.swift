@@ -75,3 +75,30 @@ import Testing
         for kept in stays { #expect(table.entries.contains(kept), "\(kept.destination)") }
     }
 }
+
+/// The two keys: booleans, default true, conflist only (every invocation on the node must agree on them).
+@Suite struct ConntrackKeysTests {
+    @Test func defaultsAreOnAndTheConflistTurnsThemOff() throws {
+        let defaults = try resolve("{}")
+        #expect(defaults.conntrackFlush && defaults.dropInvalid && NetworkPolicy(config: defaults).dropInvalid)
+        let off = try resolve(#"{"conntrackFlush":false,"dropInvalid":false}"#)
+        #expect(!off.conntrackFlush && !off.dropInvalid)
+    }
+
+    @Test func aConfigFileMayNotSetThem() {
+        for key in ["conntrackFlush", "dropInvalid"] {
+            let refusal = #expect(throws: CNIError.self) { try resolve(#"{"configFile":"/etc/x"}"#, file: "\(key): false\n") }
+            #expect(refusal?.code == .unsupportedField && refusal?.msg.contains(key) == true)
+        }
+    }
+
+    @Test func aWrongTypeNamesTheKey() {
+        let refusal = #expect(throws: CNIError.self) { try resolve(#"{"dropInvalid":"yes"}"#) }
+        #expect(refusal?.code == .decodeFailure && refusal?.msg.contains("dropInvalid") == true)
+    }
+
+    @Test func theRecordKeepsDropInvalid() throws {
+        let policy = NetworkPolicy(config: try resolve(#"{"dropInvalid":false}"#))
+        #expect(NetworkPolicy(json: policy.json) == policy)
+    }
+}

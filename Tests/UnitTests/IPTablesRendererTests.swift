@@ -231,9 +231,13 @@ final class ScriptedRunner: CommandRunner, @unchecked Sendable {
 
     @Test func anAddIsOneIPSetCallAndNoIPTablesAtAll() throws {
         let runner = ScriptedRunner()
-        runner.answers["ipset"] = ScriptedRunner.output("Name: IPMASQ-P4-podnet\nReferences: 1\n")
+        // Two references: the nat jump and the leak guard's mangle jump (one, without the guard).
+        runner.answers["ipset"] = ScriptedRunner.output("Name: IPMASQ-P4-podnet\nReferences: 2\n")
         try IPTablesBackend(chain: "IP-MASQ-AGENT", mode: .nft, runner: runner).apply(change())
         #expect(runner.calls.map(\.arguments) == [["ipset", "-exist", "restore"]])
+        runner.answers["ipset"] = ScriptedRunner.output("Name: IPMASQ-P4-podnet\nReferences: 1\n")
+        try IPTablesBackend(chain: "IP-MASQ-AGENT", mode: .nft, runner: runner, guardsInvalid: false).apply(change())
+        #expect(throws: BackendError.self) { try IPTablesBackend(chain: "IP-MASQ-AGENT", mode: .nft, runner: runner).apply(change()) }
         #expect(runner.calls[0].input.hasSuffix("list IPMASQ-P4-podnet -terse\n"))
     }
 
