@@ -81,10 +81,13 @@ public struct IPTablesBackend: MasqBackend {
         return BackendError(.failed, message)
     }
 
+    /// Without the xtables wait: STATUS probes, and must not wait for a lock; a busy lock means the tools work.
     public func probe() -> String? {
         do {
-            _ = try execute([program(.v4)] + Self.wait + ["-t", "nat", "-S", "POSTROUTING"])
+            _ = try execute([program(.v4), "-t", "nat", "-S", "POSTROUTING"])
             _ = try execute(["ipset", "list", "-n"])
+            return nil
+        } catch where error.kind == .transient {
             return nil
         } catch {
             return "the iptables backend is not usable: \(error)"

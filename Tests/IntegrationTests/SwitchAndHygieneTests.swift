@@ -26,11 +26,18 @@ struct SwitchAndHygieneTests {
         return result
     }
 
+    /// The plugin keys of a backend named as the tests name them: `nftables`, `iptables` (the nft flavour) or
+    /// `iptables-legacy`.
     func extra(_ backend: String, _ mode: String = "nft", _ more: [String: Any] = [:]) -> [String: Any] {
-        ["backend": backend, "iptablesMode": mode].merging(more) { $1 }
+        let (kind, flavour) = backend == "iptables-legacy" ? ("iptables", "legacy") : (backend, mode)
+        return ["backend": kind, "iptablesMode": flavour].merging(more) { $1 }
     }
 
-    static let switches = [("nftables", "iptables"), ("iptables", "nftables")]
+    /// Where `backend`'s pod entries show in `traces`, and where its rules do.
+    func entries(_ backend: String) -> String { backend == "nftables" ? "nftables" : "ipset" }
+    func rules(_ backend: String) -> String { backend == "nftables" ? "nftables" : backend == "iptables" ? "iptables-nft" : backend }
+
+    static let switches = [("nftables", "iptables"), ("iptables", "nftables"), ("iptables-legacy", "nftables"), ("nftables", "iptables-legacy")]
 
     /// The first ADD with the other backend moves every recorded pod there and removes every object of the old one.
     @Test(arguments: switches)
@@ -41,15 +48,12 @@ struct SwitchAndHygieneTests {
         let b = netconf(scratch: scratch, extra: extra(to), addresses: ["10.99.0.4/24"])
         let add = try PluginCall(netns: ns, command: "ADD", containerID: "b")(b)
         #expect(add.status == 0, "\(add.stdout)\(add.stderr)")
-        #expect(add.stderr.contains("moved network testnet from \(from)"), "\(add.stderr)")
+        #expect(add.stderr.contains("moved network testnet from \(from.prefix(8))"), "\(add.stderr)")
         let after = try traces(ns)
-        let pods = to == "nftables" ? after["nftables"]!.joined(separator: "\n") : after["ipset"]!.joined(separator: "\n")
+        let pods = after[entries(to)]!.joined(separator: "\n")
         for address in ["10.99.0.3", "fd00:99::3", "10.99.0.4"] { #expect(pods.contains(address), "\(address) is in \(to): \(after)") }
-        if from == "nftables" {
-            #expect(after["nftables"]!.isEmpty, "nothing of the network is left in nftables: \(after["nftables"]!)")
-        } else {
-            #expect(after["iptables-nft"]!.isEmpty && after["ipset"]!.isEmpty, "nothing is left in iptables: \(after)")
-        }
+        #expect(after[rules(from)]!.isEmpty && after[entries(from)]!.isEmpty, "nothing of the network is left in \(from): \(after)")
+        #expect(!after[rules(to)]!.isEmpty)
         // CHECK of a pod registered before the switch agrees; with the old backend configured it reports the split.
         let moved = netconf(scratch: scratch, extra: extra(to), addresses: ["10.99.0.3/24", "fd00:99::3/64"])
         #expect(try PluginCall(netns: ns, command: "CHECK", containerID: "a")(moved).status == 0)
@@ -73,7 +77,23 @@ struct SwitchAndHygieneTests {
         #expect(del.status == 0, "\(del.stdout)\(del.stderr)")
         let end = try traces(ns)
         #expect(!end.values.joined().contains { $0.contains("10.99.0.3") }, "\(end)")
-        #expect(end[from == "nftables" ? "nftables" : "iptables-nft"]!.isEmpty, "the old backend holds nothing: \(end)")
+        #expect(end[rules(from)]!.isEmpty, "the old backend holds nothing: \(end)")
+    }
+
+    /// The agent is the first to see the switch: its pass moves the network.
+    @Test(arguments: [("nftables", "iptables"), ("iptables", "nftables")])
+    func anAgentPassAfterABackendSwitchMovesTheNetwork(from: String, to: String) throws {
+        let ns = try Netns("switch-agent"), scratch = ScratchDirectory()
+        #expect(try PluginCall(netns: ns, command: "ADD")(netconf(scratch: scratch, extra: extra(from), addresses: ["10.99.0.3/24"])).status == 0)
+        let conf = scratch.path + "/net.conf"
+        try netconf(scratch: scratch, extra: extra(to), addresses: []).write(toFile: conf, atomically: true, encoding: .utf8)
+        let agent = try ns.exec([Host.pluginBinary, "agent", "--netconf", conf, "--once"])
+        #expect(agent.status == 0, "\(agent.stderr)")
+        #expect(agent.stderr.contains("moved network testnet from \(from)"), "\(agent.stderr)")
+        let after = try traces(ns)
+        #expect(after[entries(to)]!.contains { $0.contains("10.99.0.3") }, "\(after)")
+        #expect(after[rules(from)]!.isEmpty && (from == "nftables" || after["ipset"]!.isEmpty), "\(after)")
+        #expect(try PluginCall(netns: ns, command: "CHECK")(netconf(scratch: scratch, extra: extra(to), addresses: ["10.99.0.3/24"])).status == 0)
     }
 
     static let flavourSwitches = [("nft", "legacy"), ("legacy", "nft")]

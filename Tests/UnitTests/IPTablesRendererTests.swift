@@ -271,6 +271,28 @@ final class ScriptedRunner: CommandRunner, @unchecked Sendable {
         #expect(runner.calls[5].input == runner.calls[7].input, "the checked input is the applied one")
     }
 
+    /// Issue 12.2: `auto` is compared with a concrete flavour by what `iptables` is, so auto -> nft on an nft node is no move.
+    @Test func autoResolvesToTheFlavourOfIptables() {
+        for (version, mode) in [("iptables v1.8.9 (nf_tables)", IPTablesMode.nft), ("iptables v1.8.9 (legacy)", .legacy)] {
+            let runner = ScriptedRunner()
+            runner.answers["iptables"] = ScriptedRunner.output(version + "\n")
+            #expect(IPTablesBackend(chain: "C", mode: .auto, runner: runner).resolvedMode() == mode)
+            #expect(runner.calls.map(\.arguments) == [["iptables", "-V"]])
+        }
+        let concrete = ScriptedRunner()
+        #expect(IPTablesBackend(chain: "C", mode: .legacy, runner: concrete).resolvedMode() == .legacy && concrete.calls.isEmpty)
+    }
+
+    /// Issue 11.7: the probe (STATUS) does not wait for the xtables lock, and a busy lock means the tools work.
+    @Test func theProbeDoesNotWaitForTheXtablesLock() {
+        let runner = ScriptedRunner()
+        runner.answers["iptables-legacy"] = ScriptedRunner.output("", status: 4, stderr: "Another app is currently holding the xtables lock. Perhaps you want to use the -w option?")
+        #expect(IPTablesBackend(chain: "IP-MASQ-AGENT", mode: .legacy, runner: runner).probe() == nil)
+        #expect(runner.calls.allSatisfy { !$0.arguments.contains("-w") }, "\(runner.calls.map(\.arguments))")
+        runner.answers["iptables-legacy"] = ScriptedRunner.output("", status: 3, stderr: "iptables v1.8.9 (legacy): can't initialize iptables table `nat': Table does not exist")
+        #expect(IPTablesBackend(chain: "IP-MASQ-AGENT", mode: .legacy, runner: runner).probe() != nil)
+    }
+
     /// Issue 11.6: a refusal of one family changes neither (every family's input is checked before any is applied).
     @Test func aRefusedFamilyChangesNoFamily() {
         let runner = ScriptedRunner()

@@ -18,6 +18,8 @@ final class GuaranteeNode: @unchecked Sendable {
     deinit { try? FileManager.default.removeItem(atPath: directory) }
 
     var logText: String { (try? String(contentsOfFile: logPath, encoding: .utf8)) ?? "" }
+    /// Backends whose applies fail (netfilter refusing), by kind.
+    nonisolated(unsafe) var refusing: Set<BackendKind> = []
 
     /// The plugin's stdin: the network podnet with `keys` (a JSON fragment) and, for ADD/CHECK, a prevResult.
     func stdin(_ keys: String, version: String = "1.1.0", prevResult: String? = nil) -> String {
@@ -32,11 +34,14 @@ final class GuaranteeNode: @unchecked Sendable {
         if command == "STATUS" || command == "GC" { env = ["CNI_COMMAND": command, "CNI_PATH": "/opt/cni/bin"] }
         for (key, value) in environment { env[key] = value }
         let bytes = Array(stdin.utf8)
-        let nftables = self.nftables, iptables = self.iptables
+        let nftables = self.nftables, iptables = self.iptables, refusing = self.refusing
         let log = Log(level: .debug)
         log.redirect(to: logPath)
         let plugin = CNIPlugin(environment: env, stdin: { () throws(CNIError) -> [UInt8] in bytes },
-                               makeBackend: { kind, _ in kind == .iptables ? iptables : nftables }, log: log)
+                               makeBackend: { kind, _ in
+                                   let backend: MasqBackend = kind == .iptables ? iptables : nftables
+                                   return refusing.contains(kind) ? RefusingBackend(wrapped: backend) : backend
+                               }, log: log)
         let outcome = plugin.run()
         return (outcome, try? JSONValue.parse(outcome.stdout))
     }
@@ -52,7 +57,49 @@ final class GuaranteeNode: @unchecked Sendable {
     }
 }
 
+/// A backend whose applies netfilter refuses (everything else as the wrapped one).
+struct RefusingBackend: MasqBackend {
+    let wrapped: MasqBackend
+    var kind: BackendKind { wrapped.kind }
+    var renderVersion: String { wrapped.renderVersion }
+    func probe() -> String? { wrapped.probe() }
+    func apply(_ change: NetworkChange) throws(BackendError) { throw BackendError(.failed, "refused in this test") }
+    func inspect(network: String, policy: NetworkPolicy, registrations: [Registration], subnets: [CIDR]) throws(BackendError) -> Inspection {
+        try wrapped.inspect(network: network, policy: policy, registrations: registrations, subnets: subnets)
+    }
+    func removeNetwork(_ network: String, registrations: [Registration]) throws(BackendError) {
+        try wrapped.removeNetwork(network, registrations: registrations)
+    }
+    func dump() -> String { wrapped.dump() }
+}
+
 @Suite struct DelLeniencyTests {
+    /// Netfilter refusing the removal does not fail DEL: logged, and the records stay for GC or a retry.
+    @Test func delSucceedsWhenNetfilterRefuses() throws {
+        let node = GuaranteeNode()
+        #expect(node.run("ADD", node.stdin(#""backend":"nftables""#)).0.exitStatus == 0)
+        node.refusing = [.nftables]
+        let (del, reply) = node.run("DEL", node.stdin(#""backend":"nftables""#))
+        #expect(del.exitStatus == 0, "\(reply?.serialized() ?? "")")
+        #expect(node.logText.contains("records are kept"), "\(node.logText)")
+        #expect(FileManager.default.fileExists(atPath: node.stateDir + "/podnet/attachments/ctr1@eth0"))
+        node.refusing = []
+        #expect(node.run("DEL", node.stdin(#""backend":"nftables""#)).0.exitStatus == 0)
+        #expect(node.nftables.applied.last?.remove.map { "\($0.pod.address)" } == ["10.99.0.3"], "the retry removes it")
+        #expect(!FileManager.default.fileExists(atPath: node.stateDir + "/podnet/attachments/ctr1@eth0"))
+    }
+
+    /// A DEL after a backend switch whose new backend refuses the move removes the pod where it is recorded.
+    @Test func delAfterASwitchThatCannotMove() throws {
+        let node = GuaranteeNode()
+        #expect(node.run("ADD", node.stdin(#""backend":"nftables""#)).0.exitStatus == 0)
+        node.refusing = [.iptables]
+        let (del, reply) = node.run("DEL", node.stdin(#""backend":"iptables""#))
+        #expect(del.exitStatus == 0, "\(reply?.serialized() ?? "")")
+        #expect(node.logText.contains("cannot move"), "\(node.logText)")
+        #expect(node.nftables.applied.last?.remove.map { "\($0.pod.address)" } == ["10.99.0.3"])
+    }
+
     /// Issue 11.2: DEL needs only the plumbing keys; a bad policy value, duration or mis-cased key is logged.
     @Test(arguments: [#""nonMasqueradeCIDRs":["10.200.0.1/16"]"#, #""resyncInterval":"1 minute""#,
                       #""nonMasqueradeCidrs":["10.0.0.0/8"]"#, #""toPorts":"0-1""#, #""cidrLimit":"many""#,
