@@ -125,10 +125,12 @@ extension MasqConfig {
 
     /// Resolves with the files `configFile` names (one file, or a directory's files in lexical order, merged as
     /// `mergeLayer` says); `files` is ignored when the netconf sets no `configFile`.
-    public static func resolve(netconf: JSONObject, files: [ConfigFileContents]) throws(CNIError) -> MasqConfig {
+    /// `recordingProvenance` (explain, lint) notes where each key came from; the CNI verbs skip that cost.
+    public static func resolve(netconf: JSONObject, files: [ConfigFileContents], recordingProvenance: Bool = false) throws(CNIError) -> MasqConfig {
         var config = MasqConfig()
         try config.apply(netconf, source: .netconf, allowed: netconfKeys)
-        config.provenance.record(netconf, source: .netconf, allowed: netconfKeys, config: config, merging: false)
+        if recordingProvenance { config.provenance.record(netconf, source: .netconf, allowed: netconfKeys, config: config, merging: false) }
+        var keysFromFiles = Set<String>()
         if config.configFile != nil {
             for (index, file) in files.enumerated() {
                 let document: JSONValue
@@ -140,8 +142,11 @@ extension MasqConfig {
                 case .object(let object):
                     let before = config
                     try config.apply(object, source: .file(file.path), allowed: fileKeys)
-                    if index > 0 { config.mergeLayer(object, over: before) }
-                    config.provenance.record(object, source: .file(file.path), allowed: fileKeys, config: config, merging: index > 0)
+                    if index > 0 { config.mergeLayer(object, over: before, keysFromFiles: keysFromFiles) }
+                    if files.count > 1 { for (key, _) in object.members { keysFromFiles.insert(key) } }
+                    if recordingProvenance {
+                        config.provenance.record(object, source: .file(file.path), allowed: fileKeys, config: config, merging: index > 0)
+                    }
                 default:
                     throw CNIError(.invalidConfig, "configFile \(quoted(file.path)) must hold a mapping of keys, found a \(document.kindName)")
                 }

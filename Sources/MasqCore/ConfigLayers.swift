@@ -51,11 +51,11 @@ extension MasqConfig {
     /// the files before it — lists unioned (earlier ranges first), booleans OR'd, scalars replaced (the last file
     /// wins, which `apply` already did). A later file can widen the lists and turn a flag on, never undo an earlier
     /// file's choice: a platform-owned and a user-owned ConfigMap coexist.
-    mutating func mergeLayer(_ object: JSONObject, over before: MasqConfig) {
+    mutating func mergeLayer(_ object: JSONObject, over before: MasqConfig, keysFromFiles: Set<String>) {
         func union(_ earlier: [CIDR], _ later: [CIDR]) -> [CIDR] { earlier + later.filter { !earlier.contains($0) } }
         for (key, _) in object.members {
             // Only values an earlier file set are merged; the conflist's are replaced, as for a single file.
-            guard case .file = before.provenance.source(of: key) else { continue }
+            guard keysFromFiles.contains(key) else { continue }
             switch key {
             case "nonMasqueradeCIDRs":
                 nonMasqueradeCIDRs = union(before.nonMasqueradeCIDRs, nonMasqueradeCIDRs)

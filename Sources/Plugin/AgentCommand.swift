@@ -350,7 +350,7 @@ final class Agent {
             throw CNIError(error.code, "no rules exist yet and the config file is invalid, nothing to keep", details: error.description)
         }
         if let policy = change.policy {
-            LintCommand.logFindings(config: resolved.config, podSubnets: ((try? session.records()) ?? []).flatMap { $0.addresses.map(\.subnet) }, log: log)
+            LintCommand.logFindings(netconf: netconf.object, config: resolved.config, podSubnets: ((try? session.records()) ?? []).flatMap { $0.addresses.map(\.subnet) }, log: log)
             try session.apply(change)
             if let previous {
                 log.info("config changed (\(Self.difference(from: previous.policy, to: policy.json))): node-wide rules rewritten")

@@ -175,7 +175,7 @@ struct PolicyInputs {
     /// `lenient` (lint): with a refused config file and no last good policy, the conflist entry alone.
     static func load(_ path: String, pluginType: String, lenient: Bool = false) throws(CNIError) -> PolicyInputs {
         let netconf = try NetconfFile.load(path, pluginType: pluginType)
-        let resolved = try ResolvedConfig(netconf: netconf, command: .add)
+        let resolved = try ResolvedConfig(netconf: netconf, command: .add, recordingProvenance: true)
         let config = resolved.config
         let store = StateStore(root: config.stateDir)
         let key = NetworkKey(network: netconf.name)

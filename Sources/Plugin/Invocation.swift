@@ -62,7 +62,7 @@ struct Invocation {
         try session.register(registrations, owner: plan.owner, into: &change)
         try session.apply(change)
         session.forgetConnections(of: plan.addresses.map(\.address), after: "ADD")
-        if change.policy != nil { LintCommand.logFindings(config: resolved.config, podSubnets: plan.addresses.map(\.subnet), log: log) }
+        if change.policy != nil { LintCommand.logFindings(netconf: netconf.object, config: resolved.config, podSubnets: plan.addresses.map(\.subnet), log: log) }
         let written = change.policy == nil ? "" : " (node-wide rules written)"
         if plan.addresses.isEmpty {
             log.warning("nothing registered: \(Self.noAddressReason(prevResult, ifname: owner.ifname))\(written)")
@@ -200,7 +200,7 @@ struct ResolvedConfig {
     /// ADD and CHECK: conflist keys must be valid, and a broken config file is tolerated when a last good policy
     /// exists (decided under the lock, by `Session`). DEL, GC and STATUS read only the node plumbing (no policy,
     /// no config file): they must work whatever the policy keys say.
-    init(netconf: NetConf, command: CNICommand) throws(CNIError) {
+    init(netconf: NetConf, command: CNICommand, recordingProvenance: Bool = false) throws(CNIError) {
         if command == .del || command == .gc || command == .status {
             let plumbing = try MasqConfig.resolvePlumbing(netconf: netconf.object)
             config = plumbing.config
@@ -208,7 +208,7 @@ struct ResolvedConfig {
             recordedBackendWins = !plumbing.invalidKeys.isDisjoint(with: ["backend", "iptablesMode", "masqChain"])
             return
         }
-        let base = try MasqConfig.resolve(netconf: netconf.object, fileContents: nil)
+        let base = try MasqConfig.resolve(netconf: netconf.object, files: [], recordingProvenance: recordingProvenance)
         guard let path = base.configFile else {
             config = base
             return
@@ -218,7 +218,7 @@ struct ResolvedConfig {
             do { files = try ConfigDirectory.read(path) } catch {
                 throw CNIError(.ioFailure, "cannot read configFile \(quoted(path))", details: "\(error)")
             }
-            config = try MasqConfig.resolve(netconf: netconf.object, files: files)
+            config = try MasqConfig.resolve(netconf: netconf.object, files: files, recordingProvenance: recordingProvenance)
         } catch {
             // Unreadable or invalid: DEL and GC go on without it; ADD and CHECK decide under the lock.
             config = base

@@ -87,7 +87,7 @@ enum LintCommand {
             return (nil, findings)
         }
         for file in inputs.files {
-            do { _ = try MasqConfig.resolve(netconf: inputs.netconf.object, files: [file]) } catch {
+            do { _ = try MasqConfig.resolve(netconf: inputs.netconf.object, files: [file], recordingProvenance: true) } catch {
                 findings.append(LintFinding(.error, "invalid-file",
                     "config file \(file.path) is refused (the node keeps the last good merged config): \(error)", source: file.path))
             }
@@ -111,8 +111,10 @@ enum LintCommand {
 
     /// ADD and the agent: the lint warnings of a config that is about to be written, logged once (the caller calls
     /// this only when the node-wide rules change, i.e. when the config's fingerprint changed).
-    static func logFindings(config: MasqConfig, podSubnets: [CIDR], log: Log) {
+    static func logFindings(netconf: JSONObject, config: MasqConfig, podSubnets: [CIDR], log: Log) {
+        // Off the hot path (a config change): the config again with provenance, so findings name their sources.
         let files = config.configFile.flatMap { try? ConfigDirectory.read($0) } ?? []
+        let config = (try? MasqConfig.resolve(netconf: netconf, files: files, recordingProvenance: true)) ?? config
         for finding in Lint.findings(config: config, podSubnets: podSubnets, files: files) {
             log.warning("lint: \(finding.check): \(finding.message)")
         }

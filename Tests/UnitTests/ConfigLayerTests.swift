@@ -5,20 +5,26 @@ import MasqCore
 import Testing
 
 /// Resolves a netconf with the given files as the layers of a `configFile` directory.
-private func layered(_ netconf: String, _ files: [(String, String)]) throws(CNIError) -> MasqConfig {
+private func layered(_ netconf: String, _ files: [(String, String)], recordingProvenance: Bool = true) throws(CNIError) -> MasqConfig {
     guard case .object(let object) = try! JSONValue.parse(netconf) else { fatalError("test netconf must be an object") }
-    return try MasqConfig.resolve(netconf: object, files: files.map { ConfigFileContents(path: "/etc/config/" + $0.0, bytes: Array($0.1.utf8)) })
+    return try MasqConfig.resolve(netconf: object, files: files.map { ConfigFileContents(path: "/etc/config/" + $0.0, bytes: Array($0.1.utf8)) },
+                                  recordingProvenance: recordingProvenance)
 }
 
 @Suite struct ConfigLayerTests {
     static let netconf = #"{"configFile":"/etc/config","nonMasqueradeCIDRs":["192.168.0.0/16"],"masqLinkLocal":true}"#
 
-    @Test func listsAreUnionedBooleansOredScalarsLastWins() throws {
-        let config = try layered(Self.netconf, [
+    static let layers = [
             ("config", "nonMasqueradeCIDRs: [10.0.0.0/8]\nmasqueradeCIDRs: [10.1.0.0/16]\nexemptPodSubnet: false\ncidrLimit: 5\ntoPorts: \"1024-2047\"\n"),
             ("ip-masq-user", "nonMasqueradeCIDRs: [100.64.0.0/10, 10.0.0.0/8]\nmasqLinkLocalIPv6: true\nexemptPodSubnet: true\ncidrLimit: 7\n"),
             ("ip-masq-zz", "exemptPodSubnet: false\nmasqLinkLocalIPv6: false\ntoPorts: \"2048-4095\"\n"),
-        ])
+    ]
+
+    @Test func listsAreUnionedBooleansOredScalarsLastWins() throws {
+        let config = try layered(Self.netconf, Self.layers)
+        // The CNI verbs resolve without provenance: the same merge.
+        #expect(try layered(Self.netconf, Self.layers, recordingProvenance: false) == config)
+        #expect(try layered(Self.netconf, Self.layers, recordingProvenance: false).provenance.keys.isEmpty)
         // The first file replaces the conflist's list (files outrank the conflist); later files add to it.
         #expect(config.nonMasqueradeCIDRs.map(\.description) == ["10.0.0.0/8", "100.64.0.0/10"])
         #expect(config.masqueradeCIDRs.map(\.description) == ["10.1.0.0/16"])

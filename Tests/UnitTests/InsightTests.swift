@@ -7,7 +7,8 @@ import Testing
 /// A resolved config from conflist JSON and optional single-file YAML (path /etc/config/config).
 private func config(_ netconf: String, file: String? = nil) throws -> MasqConfig {
     guard case .object(let object) = try JSONValue.parse(Array(netconf.utf8)) else { fatalError("object expected") }
-    return try MasqConfig.resolve(netconf: object, files: file.map { [ConfigFileContents(path: "/etc/config/config", bytes: Array($0.utf8))] } ?? [])
+    return try MasqConfig.resolve(netconf: object, files: file.map { [ConfigFileContents(path: "/etc/config/config", bytes: Array($0.utf8))] } ?? [],
+                                  recordingProvenance: true)
 }
 
 private func cidrs(_ texts: [String]) -> [CIDR] { texts.map { try! CIDR.parse($0).get() } }

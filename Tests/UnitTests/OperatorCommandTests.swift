@@ -133,7 +133,7 @@ final class FakeNode: @unchecked Sendable {
         #expect(try Arguments(["--to", "/x"], valued: ["--to"]).path("--to") == "/x")
     }
 
-    @Test(arguments: ["list", "reset", "agent", "version"])
+    @Test(arguments: ["list", "reset", "agent", "version", "explain", "lint"])
     func everyCommandHasHelpWithExitStatuses(command: String) {
         let outcome = OperatorCommand.run(arguments: [command, "--help"], environment: [:])
         #expect(outcome.exitStatus == 0)
@@ -144,7 +144,10 @@ final class FakeNode: @unchecked Sendable {
 
     @Test(arguments: [["list", "--bogus"], ["reset", "extra"], ["agent"], ["agent", "--netconf", "/x", "--sync-config-from", "/a"],
                       ["agent", "--netconf", "/x", "--sync-config-from", "a", "--sync-config-to", "/b"],
-                      ["reset", "--masq-chain", "bad chain"], ["list", "--state-dir", "relative"], ["version", "now"], ["frobnicate"], []])
+                      ["reset", "--masq-chain", "bad chain"], ["list", "--state-dir", "relative"], ["version", "now"], ["frobnicate"], [],
+                      ["explain", "10.0.0.1"], ["explain", "--netconf", "/x"], ["explain", "--netconf", "/x", "not-an-address"],
+                      ["explain", "--netconf", "/x", "--pod", "nope", "10.0.0.1"], ["lint"], ["lint", "--netconf", "/x", "--pod-cidr", "10.0.0.1/8"],
+                      ["agent", "--netconf", "/x", "--metrics-address", "9797"], ["agent", "--netconf", "/x", "--metrics-address", "::1:80"]])
     func usageErrorsExitWithTwo(arguments: [String]) {
         let outcome = OperatorCommand.run(arguments: arguments, environment: [:])
         #expect(outcome.exitStatus == 2)
