@@ -230,4 +230,32 @@ struct EgressPolicyTests {
         #expect(try !comments().contains("payments/api-7f9c"))
         try plugin(topology, "DEL", "plain", netconf(scratch: scratch, extra: backend, addresses: []))
     }
+
+    /// A long-lived UDP flow (one 5-tuple, so one conntrack entry) follows a `snatAddress` edit and then an
+    /// `egressInterfaces` edit: the conntrack hygiene sees the changed verdict and deletes the entry, so the next
+    /// datagram is NATed by the new rules.
+    @Test(arguments: backends)
+    func aRunningFlowFollowsAnSNATAndAnEgressEdit(backend: [String: String]) throws {
+        let topology = try Topology(), scratch = ScratchDirectory()
+        let file = scratch.path + "/config"
+        try "nonMasqueradeCIDRs: [10.0.0.0/8]\n".write(toFile: file, atomically: true, encoding: .utf8)
+        let settings = backend.merging(["configFile": file]) { $1 }
+        let conf = scratch.path + "/net.conf"
+        try netconf(scratch: scratch, extra: settings, addresses: []).write(toFile: conf, atomically: true, encoding: .utf8)
+        try plugin(topology, "ADD", "a", netconf(scratch: scratch, extra: settings, addresses: ["10.99.0.3/24"]))
+        let flow = try ConntrackTests.Background(in: topology.internet, ConntrackTests.receiver(Topology.internet.v4), output: scratch.path + "/flow")
+        let sender = try ConntrackTests.Background(in: topology.pod, ConntrackTests.sender(to: Topology.internet.v4), output: scratch.path + "/sender")
+        #expect(ConntrackTests.currentSource(flow) == Topology.nodeOnInternet.v4)
+
+        try "nonMasqueradeCIDRs: [10.0.0.0/8]\nsnatAddress: 198.51.100.9\n".write(toFile: file, atomically: true, encoding: .utf8)
+        let first = try agentPass(topology, conf: conf)
+        #expect(first.contains("conntrack: policy changed: deleted 1 entry"), "\(first)")
+        #expect(ConntrackTests.currentSource(flow) == "198.51.100.9", "the flow follows the new source")
+
+        try "nonMasqueradeCIDRs: [10.0.0.0/8]\nsnatAddress: 198.51.100.9\negressInterfaces: [vpriv]\n".write(toFile: file, atomically: true, encoding: .utf8)
+        _ = try agentPass(topology, conf: conf)
+        #expect(ConntrackTests.currentSource(flow) == Topology.pod.v4, "leaving through vinet, no longer listed, the flow keeps the pod's source")
+        withExtendedLifetime(sender) {}
+        try plugin(topology, "DEL", "a", netconf(scratch: scratch, extra: settings, addresses: []))
+    }
 }
