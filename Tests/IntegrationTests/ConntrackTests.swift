@@ -122,18 +122,21 @@ struct ConntrackTests {
 
     /// Control: with `conntrackFlush: false` the old owner's NAT sticks to the flow, which is what the tests above
     /// would find without the hygiene.
-    @Test(arguments: backends)
-    func withoutTheFlushTheOldNATSticks(backend: [String: String]) throws {
+    @Test(arguments: backends, [true, false])
+    func withoutTheFlushTheOldNATSticks(backend: [String: String], masqueradedFirst: Bool) throws {
         let topology = try Topology(), scratch = ScratchDirectory()
         var off: [String: Any] = backend
         off["conntrackFlush"] = false
+        let masq = off.merging(["nonMasqueradeCIDRs": ["172.16.0.0/12"]]) { $1 }, keep = off.merging(["nonMasqueradeCIDRs": ["10.0.0.0/8"]]) { $1 }
+        let (first, second) = masqueradedFirst ? (("masq", masq), ("keep", keep)) : (("keep", keep), ("masq", masq))
+        let stale = masqueradedFirst ? "10.200.0.1" : Topology.pod.v4
         let flow = try Background(in: topology.privateHost, Self.receiver(Topology.privateHost.v4), output: scratch.path + "/flow")
-        try plugin(topology, "ADD", "a", netconf(name: "masq", scratch: scratch, extra: off.merging(["nonMasqueradeCIDRs": ["172.16.0.0/12"]]) { $1 }))
+        try plugin(topology, "ADD", "a", netconf(name: first.0, scratch: scratch, extra: first.1))
         let sender = try Background(in: topology.pod, Self.sender(to: Topology.privateHost.v4), output: scratch.path + "/sender")
-        #expect(Self.currentSource(flow) == "10.200.0.1")
-        try plugin(topology, "DEL", "a", netconf(name: "masq", scratch: scratch, extra: off, addresses: []))
-        try plugin(topology, "ADD", "b", netconf(name: "keep", scratch: scratch, extra: off.merging(["nonMasqueradeCIDRs": ["10.0.0.0/8"]]) { $1 }))
-        #expect(Self.currentSource(flow) == "10.200.0.1", "the stale entry keeps masquerading")
+        #expect(Self.currentSource(flow) == stale)
+        try plugin(topology, "DEL", "a", netconf(name: first.0, scratch: scratch, extra: off, addresses: []))
+        try plugin(topology, "ADD", "b", netconf(name: second.0, scratch: scratch, extra: second.1))
+        #expect(Self.currentSource(flow) == stale, "the stale entry keeps the old owner's NAT (or lack of it)")
         withExtendedLifetime(sender) {}
     }
 
