@@ -1,5 +1,5 @@
 import MasqCore
-import Netfilter
+@testable import Netfilter
 import Testing
 
 /// The conntrack hygiene hooks through the dispatcher, against an in-memory table (the kernel's is exercised as root
@@ -100,5 +100,41 @@ import Testing
     @Test func theRecordKeepsDropInvalid() throws {
         let policy = NetworkPolicy(config: try resolve(#"{"dropInvalid":false}"#))
         #expect(NetworkPolicy(json: policy.json) == policy)
+    }
+}
+
+/// The ctnetlink messages, byte for byte (the kernel's side is exercised as root in ConntrackTests).
+@Suite struct CtnetlinkMessageTests {
+    @Test func theDumpRequestFiltersByOriginalSourceInTheKernel() {
+        let bytes = KernelConnectionTable.dumpRequest(family: .v4, source: IPAddress("10.99.0.3")!, sequence: 7)
+        #expect(bytes == [
+            56, 0, 0, 0, 0x01, 0x01, 0x01, 0x03, 7, 0, 0, 0, 0, 0, 0, 0, // nlmsghdr: CTNETLINK GET, REQUEST|DUMP
+            2, 0, 0, 0,                                                   // nfgenmsg: AF_INET
+            16, 0, 0x01, 0x80, 12, 0, 0x01, 0x80, 8, 0, 0x01, 0, 10, 99, 0, 3, // CTA_TUPLE_ORIG { TUPLE_IP { V4_SRC } }
+            20, 0, 25, 0x80, 8, 0, 1, 0, 1, 0, 0, 0, 8, 0, 2, 0, 0, 0, 0, 0,   // CTA_FILTER { ORIG_FLAGS IP_SRC, REPLY 0 }
+        ])
+        let unfiltered = KernelConnectionTable.dumpRequest(family: .v6, source: nil, sequence: 7)
+        #expect(unfiltered.count == 20 && unfiltered[16] == 10)
+    }
+
+    @Test func anEntryParsesAndItsIdentityReplaysTheTupleZoneAndID() throws {
+        var message: [UInt8] = []
+        Netlink.appendMessage(&message, type: 0x100, flags: 2, sequence: 7, family: 10, resource: 0) { body in
+            Netlink.appendNested(&body, type: 1) { tuple in
+                Netlink.appendNested(&tuple, type: 1) {
+                    Netlink.appendAttribute(&$0, type: 3, KernelConnectionTable.addressBytes(IPAddress("fd00:99::3")!))
+                    Netlink.appendAttribute(&$0, type: 4, KernelConnectionTable.addressBytes(IPAddress("2001:db8:1::2")!))
+                }
+                Netlink.appendNested(&tuple, type: 2) { Netlink.appendAttribute(&$0, type: 1, [17]) }
+            }
+            Netlink.appendAttribute(&body, type: 3, [0, 0, 0x01, 0x9e]) // CTA_STATUS with IPS_SRC_NAT (0x10) set
+            Netlink.appendAttribute(&body, type: 12, [0xde, 0xad, 0xbe, 0xef]) // CTA_ID
+        }
+        let entry = try #require(KernelConnectionTable.entry(from: message[...]))
+        #expect(entry.source == IPAddress("fd00:99::3") && entry.destination == IPAddress("2001:db8:1::2"))
+        #expect(entry.protocolNumber == 17 && entry.sourceNATed)
+        let attributes = Netlink.attributes(entry.identity[...])
+        #expect(attributes.map(\.type) == [1, 12])
+        #expect(Array(attributes[1].value) == [0xde, 0xad, 0xbe, 0xef])
     }
 }
