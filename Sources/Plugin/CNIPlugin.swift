@@ -48,8 +48,10 @@ public struct CNIPlugin {
         var input: [UInt8] = []
         let start = FileLock.now()
         var counted: (CNICommand, String)? // the verb and stateDir, once known, for the invocation record
+        var deletedBefore = 0
         func record(_ code: Int) -> InvocationRecord? {
-            counted.flatMap { InvocationRecord(stateDir: $0.1, verb: $0.0, code: code, nanoseconds: FileLock.now() - start) }
+            counted.flatMap { InvocationRecord(stateDir: $0.1, verb: $0.0, code: code, nanoseconds: FileLock.now() - start,
+                                                 deletedConnections: InvocationTally.deletedConnections - deletedBefore) }
         }
         do throws(CNIError) {
             // stdin first, so that even an environment error is reported in the config's cniVersion.
@@ -59,6 +61,7 @@ public struct CNIPlugin {
             let netconf = try NetConf.decode(input)
             version = netconf.cniVersion.rawValue
             counted = (env.command, netconf.object["stateDir"]?.stringValue ?? MasqConfig().stateDir)
+            deletedBefore = InvocationTally.deletedConnections
             try netconf.checkAllows(env.command)
             let stdout = try Invocation(env: env, netconf: netconf, plugin: self).run()
             return Outcome(stdout: stdout, exitStatus: 0, invocationRecord: record(0))

@@ -3,6 +3,13 @@ import Glibc
 #endif
 import MasqCore
 
+/// Counts invocations gather while they run (each session adds its conntrack deletions when it ends). A process-wide
+/// static rather than an object the plugin carries: allocating a class at every start cost VERSION 14k instructions
+/// (its metadata), and VERSION never touches this (one invocation reads the difference around its own run).
+enum InvocationTally {
+    nonisolated(unsafe) static var deletedConnections = 0
+}
+
 /// The plugin's own invocations, counted for the agent's `ip_masq_cni_*` metrics. After the result is written, an
 /// invocation appends one fixed-size record to `<stateDir>/.metrics/<VERB>`: no lock, no read, one `open` + `write`
 /// + `close` (O_APPEND writes of 16 bytes do not interleave). The directory is created by the agent when it serves
@@ -10,22 +17,22 @@ import MasqCore
 public struct InvocationRecord: Equatable, Sendable {
     /// The file the record is appended to.
     public var path: String
-    /// `code` (UInt32, 0 for success, else the CNI error code), `microseconds` (UInt32), Unix seconds (UInt64),
-    /// little-endian.
+    /// `code` (UInt32, 0 for success, else the CNI error code), `microseconds` (UInt32), Unix seconds (UInt32),
+    /// conntrack entries deleted (UInt32), little-endian.
     public var bytes: [UInt8]
 
     static let size = 16
     static let directoryName = ".metrics"
 
     /// The record of one invocation of `verb` that ended with `code` after `nanoseconds`.
-    init?(stateDir: String, verb: CNICommand, code: Int, nanoseconds: Int64) {
+    init?(stateDir: String, verb: CNICommand, code: Int, nanoseconds: Int64, deletedConnections: Int = 0) {
         guard verb != .version, stateDir.hasPrefix("/") else { return nil }
         path = stateDir + "/" + Self.directoryName + "/" + verb.rawValue
         var now = timespec()
         clock_gettime(CLOCK_REALTIME, &now)
         let micros = UInt32(clamping: max(0, nanoseconds / 1000))
         bytes = Self.littleEndian(UInt64(UInt32(clamping: code)), 4) + Self.littleEndian(UInt64(micros), 4)
-            + Self.littleEndian(UInt64(max(0, now.tv_sec)), 8)
+            + Self.littleEndian(UInt64(UInt32(clamping: now.tv_sec)), 4) + Self.littleEndian(UInt64(UInt32(clamping: deletedConnections)), 4)
     }
 
     static func littleEndian(_ value: UInt64, _ count: Int) -> [UInt8] {
@@ -40,15 +47,15 @@ public struct InvocationRecord: Equatable, Sendable {
         close(fd)
     }
 
-    /// Decodes the records of a file's bytes: (code, seconds of duration).
-    static func decode(_ bytes: ArraySlice<UInt8>) -> [(code: Int, seconds: Double)] {
-        var result: [(Int, Double)] = []
+    /// Decodes the records of a file's bytes: (code, seconds of duration, conntrack entries deleted).
+    static func decode(_ bytes: ArraySlice<UInt8>) -> [(code: Int, seconds: Double, deleted: Int)] {
+        var result: [(Int, Double, Int)] = []
         var index = bytes.startIndex
         while index + size <= bytes.endIndex {
             func value(_ offset: Int, _ count: Int) -> UInt64 {
                 (0..<count).reduce(UInt64(0)) { $0 | UInt64(bytes[index + offset + $1]) << UInt64($1 * 8) }
             }
-            result.append((Int(value(0, 4)), Double(value(4, 4)) / 1_000_000))
+            result.append((Int(value(0, 4)), Double(value(4, 4)) / 1_000_000, Int(value(12, 4))))
             index += size
         }
         return result

@@ -99,7 +99,7 @@ final class AgentMetrics: Sendable {
             text.sample("ip_masq_bytes_total", [("network", network), ("verdict", "keep")], counters.keep.bytes)
             text.sample("ip_masq_bytes_total", [("network", network), ("verdict", "masquerade")], counters.masquerade.bytes)
         }
-        text.family("ip_masq_conntrack_deleted_total", "counter", "Conntrack entries the agent deleted after policy changes.")
+        text.family("ip_masq_conntrack_deleted_total", "counter", "Conntrack entries deleted by the plugin's ADD/DEL/GC and the agent's policy changes.")
         text.sample("ip_masq_conntrack_deleted_total", [], state.conntrackDeleted)
         text.family("ip_masq_cni_invocations_total", "counter", "The plugin's CNI invocations on this node, by verb and result.")
         for (labels, value) in state.invocations.sorted(by: { $0.key.lexicographicallyPrecedes($1.key) }) {
@@ -244,6 +244,7 @@ extension AgentMetrics {
                 for record in records {
                     state.invocations[[verb.rawValue, record.code == 0 ? "ok" : "error"], default: 0] += 1
                     state.invocationDuration[verb.rawValue, default: Histogram(bounds: Self.invocationBuckets)].observe(record.seconds)
+                    state.conntrackDeleted += UInt64(record.deleted)
                 }
             }
         }

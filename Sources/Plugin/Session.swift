@@ -17,7 +17,7 @@ final class Session {
     private var pendingNetworkRecord: NetworkRecord?
     /// The policy a pending rewrite replaces, for the conntrack cleanup after it (ConntrackHygiene.swift).
     private var replacedPolicy: NetworkPolicy?
-    /// Conntrack entries this session deleted (the agent's ip_masq_conntrack_deleted_total).
+    /// Conntrack entries this session deleted (ip_masq_conntrack_deleted_total), added to the invocation's tally.
     var deletedConnections = 0
     /// Where the network's rules were recorded when that differs from where they belong now (a backend or
     /// iptables flavour switch): `moveIfNeeded` moves them.
@@ -52,6 +52,8 @@ final class Session {
         backend = plugin.makeBackend(kind, placed)
         if let record, Self.placementDiffers(record, kind: kind, config: placed, make: plugin.makeBackend) { recordedElsewhere = record }
     }
+
+    deinit { InvocationTally.deletedConnections += deletedConnections }
 
     /// The configured backend; for `auto`, the node's earlier choice, else nftables when usable, else iptables.
     static func chooseBackend(config: MasqConfig, store: StateStore, key: NetworkKey, forDelete: Bool, readOnly: Bool = false,

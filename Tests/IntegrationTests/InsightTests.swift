@@ -185,6 +185,8 @@ struct InsightTests {
                 && Self.value($0, "ip_masq_cni_invocations_total{verb=\"DEL\",result=\"ok\"}") == 2
         }
         #expect(Self.value(body, "ip_masq_cni_invocations_total{verb=\"ADD\",result=\"error\"}") == 1)
+        // The first pod's DEL deleted its UDP flows' conntrack entries (conntrackFlush is on by default).
+        #expect(Self.value(body, "ip_masq_conntrack_deleted_total") ?? 0 >= 1)
         #expect(Self.value(body, "ip_masq_cni_invocations_total{verb=\"ADD\",result=\"ok\"}") == 2)
         #expect(Self.value(body, "ip_masq_last_success_timestamp_seconds") ?? 0 > Date().timeIntervalSince1970 - 60)
         kill(agent.processIdentifier, SIGTERM)

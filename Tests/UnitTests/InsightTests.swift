@@ -140,10 +140,10 @@ private func cidrs(_ texts: [String]) -> [CIDR] { texts.map { try! CIDR.parse($0
     }
 
     @Test func invocationRecordsRoundTrip() throws {
-        let record = try #require(InvocationRecord(stateDir: "/run/x", verb: .add, code: 11, nanoseconds: 2_500_000))
+        let record = try #require(InvocationRecord(stateDir: "/run/x", verb: .add, code: 11, nanoseconds: 2_500_000, deletedConnections: 3))
         #expect(record.path == "/run/x/.metrics/ADD" && record.bytes.count == InvocationRecord.size)
         let decoded = InvocationRecord.decode((record.bytes + record.bytes.prefix(5))[...])
-        #expect(decoded.count == 1 && decoded[0].code == 11 && decoded[0].seconds == 0.0025)
+        #expect(decoded.count == 1 && decoded[0].code == 11 && decoded[0].seconds == 0.0025 && decoded[0].deleted == 3)
         #expect(InvocationRecord(stateDir: "/run/x", verb: .version, code: 0, nanoseconds: 1) == nil)
     }
 
