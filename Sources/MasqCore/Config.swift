@@ -56,6 +56,11 @@ public struct MasqConfig: Equatable, Sendable {
     public var conntrackFlush = true
     /// Drop registered pods' packets in conntrack state INVALID that would leave unmasqueraded where the policy masquerades.
     public var dropInvalid = true
+    /// SNAT to this source instead of MASQUERADE (issue 15), per family; nil: the outgoing interface's address.
+    public var snatAddress: SNATTarget? = nil
+    public var snatAddressIPv6: SNATTarget? = nil
+    /// Only traffic leaving through these interfaces is masqueraded; empty: every interface.
+    public var egressInterfaces: [String] = []
     /// Whether some layer set `nonMasqueradeCIDRs` (the reserved-ranges flag then does not apply).
     public private(set) var nonMasqueradeCIDRsGiven = false
     /// Where each key (and each CIDR of a list) came from, for `explain` and `lint`; not part of the value.
@@ -103,14 +108,14 @@ extension MasqConfig {
         "nonMasqueradeCIDRs", "nomasqAllReservedRanges", "masqLinkLocal", "masqLinkLocalIPv6", "masqueradeCIDRs",
         "cidrLimit", "exemptPodSubnet", "randomFully", "toPorts", "resyncInterval", "configFile", "backend",
         "iptablesMode", "masqChain", "lockFile", "lockTimeout", "stateDir", "logFile", "logLevel",
-        "conntrackFlush", "dropInvalid",
+        "conntrackFlush", "dropInvalid", "snatAddress", "snatAddressIPv6", "egressInterfaces",
     ]
     /// Keys a config file may set: ip-masq-agent's own plus the plugin's masquerade policy keys.
     /// Node plumbing (backend, paths, logging) stays in the conflist so every invocation agrees on it.
     static let fileKeys: Set<String> = [
         "nonMasqueradeCIDRs", "nomasqAllReservedRanges", "masqLinkLocal", "masqLinkLocalIPv6", "masqueradeCIDRs",
         "cidrLimit", "exemptPodSubnet", "randomFully", "toPorts", "resyncInterval",
-        "conntrackFlush", "dropInvalid",
+        "snatAddress", "snatAddressIPv6", "egressInterfaces",
     ]
 
     /// Resolves the configuration: defaults < conflist keys < config file keys, then validates the result.
@@ -155,8 +160,10 @@ extension MasqConfig {
         return config
     }
 
-    /// The keys DEL, GC and STATUS need: where the records and the lock are, which backend, and logging.
-    static let plumbingKeys = ["stateDir", "lockFile", "lockTimeout", "backend", "iptablesMode", "masqChain", "logFile", "logLevel"]
+    /// The keys DEL, GC and STATUS need: where the records and the lock are, which backend, logging, and the conntrack
+    /// and leak-guard switches (conflist-only keys that change what DEL does).
+    static let plumbingKeys = ["stateDir", "lockFile", "lockTimeout", "backend", "iptablesMode", "masqChain", "logFile", "logLevel",
+                               "conntrackFlush", "dropInvalid"]
 
     /// The node plumbing only, for DEL, GC and STATUS, which must work whatever the policy keys say (a typo in the
     /// conflist must not leave every pod stuck terminating). Only an unusable `stateDir` or `lockFile` is refused;
@@ -263,6 +270,9 @@ extension MasqConfig {
                 logLevelGiven = true
             case "conntrackFlush": conntrackFlush = try reader.bool(key, value)
             case "dropInvalid": dropInvalid = try reader.bool(key, value)
+            case "snatAddress": snatAddress = try reader.snatTarget(key, value, .v4)
+            case "snatAddressIPv6": snatAddressIPv6 = try reader.snatTarget(key, value, .v6)
+            case "egressInterfaces": egressInterfaces = try reader.interfaces(key, value)
             default: break
             }
         }
@@ -366,6 +376,32 @@ struct KeyReader {
             throw invalid(key, value, "expected an absolute path")
         }
         return text
+    }
+
+    /// A SNAT source of `family` (issue 15); the empty string means unset (MASQUERADE).
+    func snatTarget(_ key: String, _ value: JSONValue, _ family: IPFamily) throws(CNIError) -> SNATTarget? {
+        let text = try string(key, value)
+        if text.isEmpty { return nil }
+        let name = family == .v4 ? "IPv4" : "IPv6"
+        guard let target = SNATTarget.parse(text), target.family == family else {
+            throw invalid(key, value, "expected an \(name) address or an inclusive range such as "
+                          + (family == .v4 ? "\"203.0.113.9\" or \"203.0.113.9-203.0.113.12\"" : "\"2001:db8::9\" or \"2001:db8::9-2001:db8::c\""))
+        }
+        return target
+    }
+
+    /// Interface names, each optionally ending in the `+` wildcard (issue 15).
+    func interfaces(_ key: String, _ value: JSONValue) throws(CNIError) -> [String] {
+        guard case .array(let elements) = value else { throw wrongType(key, value, "an array of interface names") }
+        var result: [String] = []
+        for (index, element) in elements.enumerated() {
+            guard case .string(let text) = element else { throw wrongType("\(key)[\(index)]", element, "an interface name string") }
+            guard InterfacePattern.isValid(text) else {
+                throw invalid("\(key)[\(index)]", element, "expected an interface name of 1-15 characters (no space, '/', ':', quote or '*'), optionally ending in the '+' wildcard, such as \"eth0\" or \"wg+\"")
+            }
+            if !result.contains(text) { result.append(text) }
+        }
+        return result
     }
 
     /// A list of aligned CIDRs; nested duplicates are kept as given (the renderer normalises).

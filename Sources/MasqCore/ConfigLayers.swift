@@ -65,6 +65,7 @@ extension MasqConfig {
             case "masqLinkLocalIPv6": masqLinkLocalIPv6 = masqLinkLocalIPv6 || before.masqLinkLocalIPv6
             case "exemptPodSubnet": exemptPodSubnet = exemptPodSubnet || before.exemptPodSubnet
             case "randomFully": randomFully = randomFully || before.randomFully
+            case "egressInterfaces": egressInterfaces = before.egressInterfaces + egressInterfaces.filter { !before.egressInterfaces.contains($0) }
             default: continue
             }
         }

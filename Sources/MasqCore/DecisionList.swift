@@ -49,10 +49,33 @@ public struct DecisionList: Equatable, Sendable {
         public var action: Action
     }
 
-    /// The port options of the final masquerade (`randomFully`, `toPorts`).
+    /// The options of the masquerading steps: ports (`randomFully`, `toPorts`), the SNAT sources that replace
+    /// MASQUERADE (`snatAddress`, `snatAddressIPv6`), and the interfaces it applies on (`egressInterfaces`, empty
+    /// for all: a packet leaving through another one keeps its source).
     public struct MasqueradeOptions: Hashable, Sendable {
         public var randomFully: Bool
         public var toPorts: [ClosedRange<Int>]
+        public var snatAddress: SNATTarget?
+        public var snatAddressIPv6: SNATTarget?
+        public var egressInterfaces: [String]
+
+        public init(randomFully: Bool, toPorts: [ClosedRange<Int>], snatAddress: SNATTarget? = nil,
+                    snatAddressIPv6: SNATTarget? = nil, egressInterfaces: [String] = []) {
+            self.randomFully = randomFully
+            self.toPorts = toPorts
+            self.snatAddress = snatAddress
+            self.snatAddressIPv6 = snatAddressIPv6
+            self.egressInterfaces = egressInterfaces
+        }
+
+        /// The SNAT source of one family, nil for MASQUERADE (the outgoing interface's address).
+        public func snatTarget(_ family: IPFamily) -> SNATTarget? { family == .v4 ? snatAddress : snatAddressIPv6 }
+
+        /// Whether a packet leaving through `interface` is masqueraded (nil: not known, assumed to be one of them).
+        public func applies(leavingThrough interface: String?) -> Bool {
+            guard let interface, !egressInterfaces.isEmpty else { return true }
+            return egressInterfaces.contains { InterfacePattern.matches($0, interface) }
+        }
     }
 
     /// A packet's fate: kept, or masqueraded with these options.
@@ -82,16 +105,21 @@ public struct DecisionList: Equatable, Sendable {
         if policy.exemptPodSubnet { rules.append(Rule(step: .podSubnet, match: .podSubnet, action: .keepSource)) }
         rules.append(Rule(step: .masquerade, match: .any, action: .masquerade))
         self.rules = rules
-        options = MasqueradeOptions(randomFully: policy.randomFully, toPorts: policy.toPorts)
+        options = MasqueradeOptions(randomFully: policy.randomFully, toPorts: policy.toPorts, snatAddress: policy.snatAddress,
+                                    snatAddressIPv6: policy.snatAddressIPv6, egressInterfaces: policy.egressInterfaces)
     }
 
     /// The verdict for a registered pod's packet to `destination`, and the step that decided it.
     /// - Parameters:
     ///   - podSubnet: the subnet of the pod's interface (step 6), nil when unknown.
     ///   - destinationIsLocal: whether the destination is an address of the node (step 1); only the kernel knows.
-    public func verdict(destination: IPAddress, podSubnet: CIDR?, destinationIsLocal: Bool = false) -> (verdict: Verdict, step: Step) {
+    ///   - outputInterface: the interface the packet leaves through (routing decides), nil when unknown; with
+    ///     `egressInterfaces`, a masquerading step keeps the source of a packet leaving through another interface.
+    public func verdict(destination: IPAddress, podSubnet: CIDR?, destinationIsLocal: Bool = false,
+                        outputInterface: String? = nil) -> (verdict: Verdict, step: Step) {
         for rule in rules where matches(rule.match, destination: destination, podSubnet: podSubnet, local: destinationIsLocal) {
-            return (rule.action == .keepSource ? .keepSource : .masquerade(options), rule.step)
+            let masquerades = rule.action == .masquerade && options.applies(leavingThrough: outputInterface)
+            return (masquerades ? .masquerade(options) : .keepSource, rule.step)
         }
         return (.masquerade(options), .masquerade) // unreachable: the last rule matches everything
     }

@@ -61,8 +61,11 @@ public struct Explanation: Equatable, Sendable {
         }
     }
 
-    /// `masquerade`, `keep source` (and, once `snatAddress` exists, `SNAT to X`).
-    public var verdictText: String { verdict.masquerades ? "masquerade" : "keep source" }
+    /// `masquerade`, `keep source`, or `SNAT to X` with a `snatAddress`/`snatAddressIPv6` of the destination's family.
+    public var verdictText: String {
+        guard case .masquerade(let options) = verdict else { return "keep source" }
+        return options.snatTarget(destination.family).map { "SNAT to \($0)" } ?? "masquerade"
+    }
 
     /// The one-line reason, e.g. `nonMasqueradeCIDRs 10.0.0.0/8, from /etc/config/ip-masq-agent`.
     public var reason: String {

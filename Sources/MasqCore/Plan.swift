@@ -55,10 +55,13 @@ public struct NetworkKey: Hashable, Sendable, CustomStringConvertible, Comparabl
 public struct Owner: Hashable, Sendable, Comparable {
     public var network: String
     public var attachment: AttachmentKey
+    /// The Kubernetes pod, when CNI_ARGS named it (Attribution.swift); not part of the identity.
+    public var pod: PodIdentity?
 
-    public init(network: String, containerID: String, ifname: String) {
+    public init(network: String, containerID: String, ifname: String, pod: PodIdentity? = nil) {
         self.network = network
         self.attachment = AttachmentKey(containerID: containerID, ifname: ifname)
+        self.pod = pod
     }
 
     public var containerID: String { attachment.containerID }
@@ -104,6 +107,11 @@ public struct NetworkPolicy: Equatable, Sendable {
     public var toPorts: [ClosedRange<Int>]
     /// The leak guard: INVALID packets that would leave unmasqueraded towards a masqueraded destination are dropped.
     public var dropInvalid: Bool
+    /// SNAT sources (issue 15): SNAT to these instead of MASQUERADE in their family.
+    public var snatAddress: SNATTarget?
+    public var snatAddressIPv6: SNATTarget?
+    /// Masquerade (or SNAT) only traffic leaving through these interfaces; empty: every interface.
+    public var egressInterfaces: [String]
 
     public init(config: MasqConfig) {
         nonMasquerade = Self.fold(config.effectiveNonMasqueradeCIDRs)
@@ -114,7 +122,13 @@ public struct NetworkPolicy: Equatable, Sendable {
         randomFully = config.randomFully
         toPorts = config.toPorts
         dropInvalid = config.dropInvalid
+        snatAddress = config.snatAddress
+        snatAddressIPv6 = config.snatAddressIPv6
+        egressInterfaces = config.egressInterfaces
     }
+
+    /// The SNAT source of one family, nil for MASQUERADE.
+    public func snatTarget(_ family: IPFamily) -> SNATTarget? { family == .v4 ? snatAddress : snatAddressIPv6 }
 
     /// The ranges of one family.
     public func nonMasquerade(_ family: IPFamily) -> [CIDR] { nonMasquerade.filter { $0.family == family } }

@@ -27,7 +27,12 @@ public struct ConnectionEntry: Sendable, Equatable {
 /// Why the conntrack table could not be read or changed.
 public struct ConntrackError: Error, Sendable, CustomStringConvertible {
     public var description: String
-    public init(_ description: String) { self.description = description }
+    /// The errno the kernel answered with, when it refused a request.
+    public var refusal: Int32?
+    public init(_ description: String, refusal: Int32? = nil) {
+        self.description = description
+        self.refusal = refusal
+    }
 }
 
 /// The node's connection tracking table, as the conntrack hygiene needs it (injected, so tests can record).
@@ -164,7 +169,7 @@ public struct KernelConnectionTable: ConnectionTable {
     public func entries(family: IPFamily, source: IPAddress?) throws(ConntrackError) -> [ConnectionEntry] {
         do {
             return try dump(family: family, source: source)
-        } catch where source != nil && error.description.hasPrefix("refused") {
+        } catch where source != nil && (error.refusal == EOPNOTSUPP || error.refusal == EINVAL) {
             // A kernel without CTA_FILTER (before 5.8): the family's entries, filtered here.
             return try dump(family: family, source: nil).filter { $0.source == source }
         }
@@ -196,7 +201,7 @@ public struct KernelConnectionTable: ConnectionTable {
             }
         }
         guard received else { throw ConntrackError("reading the conntrack dump failed (errno \(errno))") }
-        if failure != 0 { throw ConntrackError("refused: the conntrack dump failed: \(String(cString: strerror(-failure)))") }
+        if failure != 0 { throw ConntrackError("the conntrack dump failed: \(String(cString: strerror(-failure)))", refusal: -failure) }
         return found
     }
 

@@ -13,7 +13,12 @@ public struct IPTablesBackend: MasqBackend {
     /// The xtables lock wait passed to every iptables program, in seconds.
     static let wait = ["-w", "5"]
 
-    public init(chain: String, mode: IPTablesMode, runner: CommandRunner = SpawnRunner()) {
+    /// Whether the node's policy has the leak guard (`dropInvalid`, a conflist key): its mangle jump is a second
+    /// reference to each pod set, which the ADD path's reference count must expect.
+    public let guardsInvalid: Bool
+
+    public init(chain: String, mode: IPTablesMode, runner: CommandRunner = SpawnRunner(), guardsInvalid: Bool = true) {
+        self.guardsInvalid = guardsInvalid
         self.chain = chain
         self.mode = mode
         self.runner = runner
@@ -46,12 +51,12 @@ public struct IPTablesBackend: MasqBackend {
         return output.stdoutText
     }
 
-    /// The nat table of one family as `iptables -S` prints it.
-    func listing(_ family: IPFamily) throws(BackendError) -> NATListing {
-        NATListing(try execute([program(family)] + Self.wait + ["-t", "nat", "-S"]))
+    /// The nat table (or another) of one family as `iptables -S` prints it.
+    func listing(_ family: IPFamily, table: String = "nat") throws(BackendError) -> NATListing {
+        NATListing(try execute([program(family)] + Self.wait + ["-t", table, "-S"]))
     }
 
-    /// Applies an `iptables-restore` input to the nat table of one family, without flushing anything else.
+    /// Applies an `iptables-restore` input (nat, and the leak guard's mangle part) of one family, flushing nothing else.
     func restore(_ family: IPFamily, _ input: String, testOnly: Bool = false) throws(BackendError) {
         _ = try execute([program(family, "-restore")] + Self.wait + ["--noflush"] + (testOnly ? ["--test"] : []), input: input)
     }
@@ -108,10 +113,10 @@ public struct IPTablesBackend: MasqBackend {
         do { output = try ipset(script) } catch where error.kind == .failed && change.add.isEmpty {
             return try removeOneByOne(change)
         }
-        // The jump from POSTROUTING is what references a pod set: without a reference it was deleted (a firewall
-        // reload), and the caller restores the node-wide part.
-        for set in Self.unreferencedSets(in: output) {
-            throw BackendError(.missingObjects, "no rule matches set \(set): the jump from nat POSTROUTING is gone")
+        // The jumps from nat POSTROUTING (and mangle POSTROUTING, the leak guard) are what reference a pod set: with
+        // fewer references one was deleted (a firewall reload), and the caller restores the node-wide part.
+        for set in Self.unreferencedSets(in: output, expected: guardsInvalid ? 2 : 1) {
+            throw BackendError(.missingObjects, "fewer rules than expected match set \(set): a jump from nat or mangle POSTROUTING is gone")
         }
     }
 
@@ -129,13 +134,13 @@ public struct IPTablesBackend: MasqBackend {
         if !subnets.isEmpty { throw BackendError(.partial, "pod subnet entries left in \(IPTablesRenderer.subnetSet(change.key, .v4))/\(IPTablesRenderer.subnetSet(change.key, .v6)): " + subnets.joined(separator: "; ")) }
     }
 
-    /// Sets listed tersely with `References: 0`.
-    static func unreferencedSets(in output: String) -> [String] {
+    /// Sets listed tersely with fewer than `expected` references.
+    static func unreferencedSets(in output: String, expected: Int = 1) -> [String] {
         var name: String?
         var unreferenced: [String] = []
         for line in output.split(separator: "\n") {
             if line.hasPrefix("Name: ") { name = String(line.dropFirst(6)) }
-            if line == "References: 0", let name { unreferenced.append(name) }
+            if line.hasPrefix("References: "), let count = Int(line.dropFirst(12)), count < expected, let name { unreferenced.append(name) }
         }
         return unreferenced
     }
@@ -149,8 +154,13 @@ public struct IPTablesBackend: MasqBackend {
             }
             plans.append((family, layout))
         }
+        var guards: [IPFamily: String] = [:]
+        for (family, _) in plans {
+            guards[family] = renderer.guardInput(policy, change.key, family, mangle: try listing(family, table: "mangle"))
+        }
         let inputs = plans.map { family, layout in
-            (family, renderer.nodeWideInput(policy, change.key, family, chain: layout.chain, cleanup: layout.cleanup))
+            (family, renderer.nodeWideInput(policy, change.key, family, chain: layout.chain, cleanup: layout.cleanup)
+                     + (guards[family] ?? ""))
         }
         // All or nothing across the families: each family's input is first checked by the tool (`--test` commits
         // nothing), so a refusal of IPv6 cannot leave IPv4 rewritten. The sets must exist for the check.
@@ -179,7 +189,9 @@ public struct IPTablesBackend: MasqBackend {
             let chains = renderer.ownedChains(key, family, in: listing).filter { chain in
                 listing.references(to: chain).allSatisfy { $0.chain == "POSTROUTING" && jumps.contains($0.spec) }
             }
-            if let input = renderer.removalInput(jumps: jumps, chains: chains) { try restore(family, input) }
+            let guardRemoval = renderer.guardRemovalInput(key, family, mangle: try self.listing(family, table: "mangle")) ?? ""
+            let input = (renderer.removalInput(jumps: jumps, chains: chains) ?? "") + guardRemoval
+            if !input.isEmpty { try restore(family, input) }
         }
         if !keepingSets { _ = try ipset(renderer.setRemovalInput(key)) }
     }
@@ -205,6 +217,7 @@ public struct IPTablesBackend: MasqBackend {
                 let difference = zip(installed, expected).first { $0 != $1 }.map { "; first difference: installed \($0.0), config \($0.1)" } ?? ""
                 nodeWideProblem("\(tool): chain \(chain) holds \(installed.count) rules, the config gives \(expected.count)\(difference)")
             }
+            inspectGuard(policy, key, family, tool: tool, problem: nodeWideProblem)
         }
         let sets = IPTablesRenderer.sets(key)
         let saved: String
@@ -217,7 +230,7 @@ public struct IPTablesBackend: MasqBackend {
             let set = IPTablesRenderer.podSet(key, registration.pod.address.family)
             let address = CIDR(network: registration.pod.address, prefix: registration.pod.address.family.bitWidth)
             switch elements[set]?[address] {
-            case registration.owner.tag?: continue
+            case registration.owner.comment?: continue
             case let other?: inspection.problems.append("\(registration.pod.address) is in set \(set) for \(other), not \(registration.owner.tag)")
             case nil: inspection.problems.append("\(registration.pod.address) of \(registration.owner.tag) is not in set \(set)")
             }
@@ -236,11 +249,27 @@ public struct IPTablesBackend: MasqBackend {
         var found: [PodAddress] = []
         for set in sets {
             guard let saved = try? ipset("list \(set)\n", options: ["-o", "save"]) else { continue }
-            for (cidr, comment) in Self.elements(in: saved)[set] ?? [:] where comment == tag {
+            for (cidr, comment) in Self.elements(in: saved)[set] ?? [:] where NFTablesBackend.names(comment, tag) {
                 found.append(PodAddress(address: cidr.address, subnet: cidr))
             }
         }
         return found.sorted()
+    }
+
+    /// Compares the leak guard in the mangle table with the policy (present and equal, or absent when `dropInvalid` is off).
+    func inspectGuard(_ policy: NetworkPolicy, _ key: NetworkKey, _ family: IPFamily, tool: String, problem: (String) -> Void) {
+        guard let mangle = try? listing(family, table: "mangle") else { return problem("\(tool): the mangle table cannot be listed") }
+        let chain = IPTablesRenderer.guardChain(key)
+        let jumps = renderer.installedJumps(key, family, in: mangle)
+        guard policy.dropInvalid else {
+            if !jumps.isEmpty || mangle.chains.contains(chain) { problem("\(tool): mangle chain \(chain) or its jump exists although dropInvalid is off") }
+            return
+        }
+        if jumps != [renderer.guardJumpRule(key, family)] {
+            problem("\(tool): mangle POSTROUTING holds \(jumps.count) leak-guard jumps for set \(IPTablesRenderer.podSet(key, family)), expected 1 to \(chain)")
+        } else if mangle.rules(in: chain) != renderer.guardRules(policy, key, family) {
+            problem("\(tool): mangle chain \(chain) holds \(mangle.rules(in: chain).count) rules, the config gives \(renderer.guardRules(policy, key, family).count)")
+        }
     }
 
     /// The elements of `ipset save` output, per set: address or prefix → comment.

@@ -36,6 +36,8 @@ public struct IPTablesRenderer: Sendable {
         static let podSubnet = "ip-masq-agent: traffic to the pod subnet is not subject to MASQUERADE"
         static let exception = "ip-masq-agent: masqueradeCIDRs traffic is subject to MASQUERADE"
         static let outbound = "ip-masq-agent: outbound traffic is subject to MASQUERADE (must be last in chain)"
+        static let exceptionSNAT = "ip-masq-agent: masqueradeCIDRs traffic is subject to SNAT"
+        static let outboundSNAT = "ip-masq-agent: outbound traffic is subject to SNAT (must be last in chain)"
         /// The comment of a network's jump in POSTROUTING.
         static func jump(_ key: NetworkKey) -> String { "ip-masq: registered pods of network \(key.rawValue)" }
     }
@@ -79,7 +81,7 @@ public struct IPTablesRenderer: Sendable {
     public func chainRules(_ policy: NetworkPolicy, _ key: NetworkKey, _ family: IPFamily) -> [String] {
         var rules: [String] = []
         for exception in policy.masqueradeExceptions(family) {
-            rules += masqueradeRules(policy, destination: exception)
+            rules += masqueradeRules(policy, destination: exception, family: family)
         }
         if !(family == .v4 ? policy.masqLinkLocal : policy.masqLinkLocalIPv6) {
             rules.append("-d \(Self.linkLocal(family)) \(Self.comment(Comment.linkLocal)) \(Self.notLocal) -j RETURN")
@@ -90,29 +92,43 @@ public struct IPTablesRenderer: Sendable {
         if policy.exemptPodSubnet {
             rules.append("-m set --match-set \(Self.subnetSet(key, family)) dst \(Self.comment(Comment.podSubnet)) \(Self.notLocal) -j RETURN")
         }
-        rules += masqueradeRules(policy, destination: nil)
+        rules += masqueradeRules(policy, destination: nil, family: family)
         return rules
     }
 
     /// MASQUERADE, for one exception destination or for all outbound traffic: with `toPorts`, one rule per protocol
     /// and range first, connections spread over the ranges in proportion to their sizes, then the plain MASQUERADE.
-    func masqueradeRules(_ policy: NetworkPolicy, destination: CIDR?) -> [String] {
+    /// With the family's SNAT source (issue 15) the target is SNAT to it, with the same port options; with
+    /// `egressInterfaces` the rules are repeated per interface (`-o`), so traffic leaving elsewhere reaches the
+    /// chain's end and keeps its source.
+    func masqueradeRules(_ policy: NetworkPolicy, destination: CIDR?, family: IPFamily) -> [String] {
         let flags = policy.randomFully ? " --random-fully" : ""
         let match = destination.map { "-d \($0) " } ?? ""
         let traffic = destination == nil ? "outbound" : "masqueradeCIDRs"
-        var rules: [String] = []
-        for proto in ["tcp", "udp", "sctp"] {
-            var remaining = policy.toPorts.reduce(0) { $0 + $1.count }
-            for (index, range) in policy.toPorts.enumerated() {
-                let ports = range.lowerBound == range.upperBound ? "\(range.lowerBound)" : "\(range.lowerBound)-\(range.upperBound)"
-                let pick = index == policy.toPorts.count - 1 ? "" : " -m statistic --mode random --probability \(Self.probability(range.count, of: remaining))"
-                let comment = Self.comment("ip-masq-agent: \(traffic) \(proto) traffic is subject to MASQUERADE to ports \(ports)")
-                rules.append("\(match)-p \(proto) \(comment) \(Self.notLocal)\(pick) -j MASQUERADE --to-ports \(ports)\(flags)")
-                remaining -= range.count
-            }
+        let target = policy.snatTarget(family)
+        let verb = target == nil ? "MASQUERADE" : "SNAT"
+        func jump(ports: String?) -> String {
+            guard let target else { return "-j MASQUERADE" + (ports.map { " --to-ports \($0)" } ?? "") }
+            guard let ports else { return "-j SNAT --to-source \(target)" }
+            return "-j SNAT --to-source " + (family == .v4 ? "\(target):\(ports)" : "[\(target)]:\(ports)")
         }
-        let comment = Self.comment(destination == nil ? Comment.outbound : Comment.exception)
-        rules.append("\(match)\(comment) \(Self.notLocal) -j MASQUERADE\(flags)")
+        let interfaces = policy.egressInterfaces.isEmpty ? [""] : policy.egressInterfaces.map { "-o \($0) " }
+        var rules: [String] = []
+        for interface in interfaces {
+            for proto in ["tcp", "udp", "sctp"] {
+                var remaining = policy.toPorts.reduce(0) { $0 + $1.count }
+                for (index, range) in policy.toPorts.enumerated() {
+                    let ports = range.lowerBound == range.upperBound ? "\(range.lowerBound)" : "\(range.lowerBound)-\(range.upperBound)"
+                    let pick = index == policy.toPorts.count - 1 ? "" : " -m statistic --mode random --probability \(Self.probability(range.count, of: remaining))"
+                    let comment = Self.comment("ip-masq-agent: \(traffic) \(proto) traffic is subject to \(verb) to ports \(ports)")
+                    rules.append("\(match)\(interface)-p \(proto) \(comment) \(Self.notLocal)\(pick) \(jump(ports: ports))\(flags)")
+                    remaining -= range.count
+                }
+            }
+            let comment = target == nil ? (destination == nil ? Comment.outbound : Comment.exception)
+                : (destination == nil ? Comment.outboundSNAT : Comment.exceptionSNAT)
+            rules.append("\(match)\(interface)\(Self.comment(comment)) \(Self.notLocal) \(jump(ports: nil))\(flags)")
+        }
         return rules
     }
 
@@ -126,6 +142,65 @@ public struct IPTablesRenderer: Sendable {
         if remainder > 0x4000_0000 || (remainder == 0x4000_0000 && digits & 1 == 1) { digits += 1 }
         let whole = digits / 100_000_000_000, fraction = String(digits % 100_000_000_000)
         return "\(whole)." + String(repeating: "0", count: 11 - fraction.count) + fraction
+    }
+
+    // MARK: The leak guard (dropInvalid), in the mangle table
+
+    /// The mangle chain of a network's leak guard: INVALID packets of registered pods (which no nat chain sees) are
+    /// dropped where the decision list would masquerade them.
+    public static func guardChain(_ key: NetworkKey) -> String { "IPMASQ-INVALID-" + hex(fnv1a64(key.rawValue), digits: 8) }
+
+    /// The guard's jump from mangle POSTROUTING for one family.
+    public func guardJumpRule(_ key: NetworkKey, _ family: IPFamily) -> String {
+        "! -d \(Self.multicast(family)) -m set --match-set \(Self.podSet(key, family)) src -m conntrack --ctstate INVALID "
+            + "\(Self.comment("ip-masq: invalid packets of registered pods of network \(key.rawValue)")) -j \(Self.guardChain(key))"
+    }
+
+    /// The guard chain's rules: the decision list with DROP where the nat chain masquerades.
+    public func guardRules(_ policy: NetworkPolicy, _ key: NetworkKey, _ family: IPFamily) -> [String] {
+        let drop = "\(Self.comment("ip-masq: an invalid packet would leave with the pod address")) -j DROP"
+        // With `egressInterfaces`, only packets leaving through them would be masqueraded, so only those are dropped.
+        let interfaces = policy.egressInterfaces.isEmpty ? [""] : policy.egressInterfaces.map { "-o \($0) " }
+        var rules = ["-m addrtype --dst-type LOCAL -j RETURN"]
+        rules += policy.masqueradeExceptions(family).flatMap { exception in interfaces.map { "-d \(exception) \($0)\(drop)" } }
+        if !(family == .v4 ? policy.masqLinkLocal : policy.masqLinkLocalIPv6) { rules.append("-d \(Self.linkLocal(family)) -j RETURN") }
+        rules += policy.nonMasquerade(family).map { "-d \($0) -j RETURN" }
+        if policy.exemptPodSubnet { rules.append("-m set --match-set \(Self.subnetSet(key, family)) dst -j RETURN") }
+        rules += interfaces.map { "\($0)\(drop)" }
+        return rules
+    }
+
+    /// The mangle table's part of a rewrite: the guard chain and its single jump, or their removal when
+    /// `dropInvalid` is off; nil when there is nothing to do. `mangle` is the installed mangle listing.
+    public func guardInput(_ policy: NetworkPolicy, _ key: NetworkKey, _ family: IPFamily, mangle: NATListing) -> String? {
+        let chain = Self.guardChain(key)
+        let jumps = installedJumps(key, family, in: mangle)
+        let exists = mangle.chains.contains(chain)
+        var lines = ["*mangle"]
+        if policy.dropInvalid {
+            lines.append(":\(chain) - [0:0]")
+            lines += guardRules(policy, key, family).map { "-A \(chain) \($0)" }
+            let expected = guardJumpRule(key, family)
+            var kept = false
+            for jump in jumps {
+                if jump == expected && !kept { kept = true } else { lines.append("-D POSTROUTING \(jump)") }
+            }
+            if !kept { lines.append("-A POSTROUTING \(expected)") }
+        } else {
+            if jumps.isEmpty && !exists { return nil }
+            if exists { lines.append(":\(chain) - [0:0]") }
+            lines += jumps.map { "-D POSTROUTING \($0)" }
+            if exists { lines.append("-X \(chain)") }
+        }
+        lines.append("COMMIT")
+        return lines.joined(separator: "\n") + "\n"
+    }
+
+    /// Removes the guard (whatever the policy) from the mangle table; nil when it is not there.
+    public func guardRemovalInput(_ key: NetworkKey, _ family: IPFamily, mangle: NATListing) -> String? {
+        var policy = NetworkPolicy(config: MasqConfig())
+        policy.dropInvalid = false
+        return guardInput(policy, key, family, mangle: mangle)
     }
 
     // MARK: iptables-restore input
@@ -195,7 +270,7 @@ public struct IPTablesRenderer: Sendable {
             lines.append("add \(Self.subnetSet(change.key, subnet.family)) \(subnet) comment \"pod subnet\"")
         }
         for registration in change.add {
-            lines.append("add \(Self.podSet(change.key, registration.pod.address.family)) \(registration.pod.address) comment \"\(registration.owner.tag)\"")
+            lines.append("add \(Self.podSet(change.key, registration.pod.address.family)) \(registration.pod.address) comment \"\(registration.owner.comment)\"")
         }
         if verifying {
             for family in Set(change.add.map(\.pod.address.family)).sorted() {
@@ -292,3 +367,4 @@ extension IPTablesRenderer {
         return Layout(chain: chain, cleanup: cleanup)
     }
 }
+

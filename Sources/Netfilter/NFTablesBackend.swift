@@ -174,12 +174,22 @@ public struct NFTablesBackend: MasqBackend {
             inspection.nodeWideBroken = true
         }
         // Chains: the rule count and every rule's fingerprint comment.
-        let expectedCounts = [
+        var expectedCounts = [
             names.post: IPFamily.allCases.count,
             names.masq: renderer.decisionRules(policy, names: names).count,
             names.snat: renderer.masqueradeRules(policy).count,
         ]
-        for chain in [names.post, names.masq, names.snat] {
+        var chains = [names.post, names.masq, names.snat]
+        if policy.dropInvalid {
+            expectedCounts[names.guardChain] = renderer.guardRules(names: names).count
+            expectedCounts[names.drop] = renderer.decisionRules(policy, names: names, masquerade: "drop").count
+            chains += [names.guardChain, names.drop]
+        } else {
+            for chain in [names.guardChain, names.drop] where (try? list("list chain \(NFTablesRenderer.table) \(chain)")) != nil {
+                nodeWideProblem("chain \(chain) of table \(NFTablesRenderer.table) exists although dropInvalid is off")
+            }
+        }
+        for chain in chains {
             guard let items = try? list("list chain \(NFTablesRenderer.table) \(chain)") else {
                 nodeWideProblem("chain \(chain) of table \(NFTablesRenderer.table) is missing")
                 continue
@@ -230,16 +240,22 @@ public struct NFTablesBackend: MasqBackend {
         return inspection
     }
 
+    /// Whether an element comment names the owner `tag`: the tag itself, or `namespace/pod tag` (attribution).
+    static func names(_ comment: String?, _ tag: String) -> Bool {
+        guard let comment else { return false }
+        return comment == tag || comment.hasSuffix(" " + tag)
+    }
+
     public func entries(network: String, taggedWith tag: String) throws(BackendError) -> [PodAddress] {
         let names = NFTablesRenderer.Names(key: NetworkKey(network: network).rawValue)
         var found: [PodAddress] = []
         for family in IPFamily.allCases {
             let nets = (try? list("list set \(NFTablesRenderer.table) \(names.podnets(family))")) ?? []
             for element in Self.elements(of: nets) {
-                if let (pod, comment) = Self.podnet(from: element), comment == tag { found.append(pod) }
+                if let (pod, comment) = Self.podnet(from: element), Self.names(comment, tag) { found.append(pod) }
             }
             let pods = (try? list("list set \(NFTablesRenderer.table) \(names.pods(family))")) ?? []
-            for element in Self.elements(of: pods) where element["elem"]?["comment"]?.stringValue == tag {
+            for element in Self.elements(of: pods) where Self.names(element["elem"]?["comment"]?.stringValue, tag) {
                 guard let address = Self.cidr(from: element)?.address, !found.contains(where: { $0.address == address }) else { continue }
                 found.append(PodAddress(address: address, subnet: CIDR(network: address, prefix: address.family.bitWidth)))
             }

@@ -24,6 +24,10 @@ public struct NFTablesRenderer: Sendable {
         var post: String { "post_" + key }
         var masq: String { "masq_" + key }
         var snat: String { "snat_" + key }
+        /// The leak guard (`dropInvalid`): a filter chain at postrouting for INVALID packets of registered pods, and
+        /// the decision list with `drop` where the nat chain masquerades.
+        var guardChain: String { "guard_" + key }
+        var drop: String { "drop_" + key }
         func pods(_ family: IPFamily) -> String { "pods\(family.rawValue)_" + key }
         func podnets(_ family: IPFamily) -> String { "podnets\(family.rawValue)_" + key }
         /// The `subnet . subnet` sets of the previous layout (render version nft-1), removed by a rewrite.
@@ -49,8 +53,8 @@ public struct NFTablesRenderer: Sendable {
         for registration in change.remove { lines += podnetRemoval(registration, names: names) }
         for registration in change.add {
             let family = registration.pod.address.family
-            lines.append("add element \(Self.table) \(names.podnets(family)) { \(Self.podnet(registration.pod)) comment \"\(registration.owner.tag)\" }")
-            lines.append("add element \(Self.table) \(names.pods(family)) { \(registration.pod.address) comment \"\(registration.owner.tag)\" }")
+            lines.append("add element \(Self.table) \(names.podnets(family)) { \(Self.podnet(registration.pod)) comment \"\(registration.owner.comment)\" }")
+            lines.append("add element \(Self.table) \(names.pods(family)) { \(registration.pod.address) comment \"\(registration.owner.comment)\" }")
         }
         return lines.isEmpty ? "" : lines.joined(separator: "\n") + "\n"
     }
@@ -95,7 +99,28 @@ public struct NFTablesRenderer: Sendable {
         }
         for body in decisionRules(policy, names: names) { rule(names.masq, Self.counting(body)) }
         for body in masqueradeRules(policy) { rule(names.snat, body) }
+        lines += leakGuard(policy, names: names, comment: comment)
         return lines
+    }
+
+    /// The leak guard's chains when `dropInvalid` is on, else their removal (create, flush, delete: whether or not
+    /// they exist). Conntrack sends no INVALID packet through a nat chain, so without it a late RST or FIN of an
+    /// expired connection leaves with the pod's own address (reference plugins' issue #816).
+    func leakGuard(_ policy: NetworkPolicy, names: Names, comment: String) -> [String] {
+        var lines = ["add chain \(Self.table) \(names.guardChain) { type filter hook postrouting priority filter; policy accept; }",
+                     "add chain \(Self.table) \(names.drop)"]
+        for chain in [names.guardChain, names.drop] { lines.append("flush chain \(Self.table) \(chain)") }
+        guard policy.dropInvalid else {
+            return lines + [names.guardChain, names.drop].map { "delete chain \(Self.table) \($0)" }
+        }
+        for body in guardRules(names: names) { lines.append("add rule \(Self.table) \(names.guardChain) \(body)\(comment)") }
+        for body in decisionRules(policy, names: names, masquerade: "drop") { lines.append("add rule \(Self.table) \(names.drop) \(body)\(comment)") }
+        return lines
+    }
+
+    /// The guard chain's rules: INVALID packets of registered pods go through the decision list.
+    func guardRules(names: Names) -> [String] {
+        IPFamily.allCases.map { "ct state invalid \(Self.match($0)) saddr @\(names.pods($0)) jump \(names.drop)" }
     }
 
     /// `add set` for each of a network's sets (a no-op for sets that exist).
@@ -122,10 +147,18 @@ public struct NFTablesRenderer: Sendable {
         }
     }
 
-    /// DESIGN 1.1 steps 1–7 for a registered pod's packet.
-    func decisionRules(_ policy: NetworkPolicy, names: Names) -> [String] {
+    /// DESIGN 1.1 steps 1–7 for a registered pod's packet; `masquerade` is what the masquerading steps do (the
+    /// leak guard drops instead).
+    func decisionRules(_ policy: NetworkPolicy, names: Names, masquerade: String? = nil) -> [String] {
+        // The nat chain's masquerading steps go to snat_K, which applies `egressInterfaces`; the leak guard's drop
+        // is limited to them here (a packet leaving elsewhere keeps its source anyway).
+        let actions = masquerade.map { verdict in
+            policy.egressInterfaces.isEmpty ? [verdict] : policy.egressInterfaces.map { "oifname \"\(Self.interface($0))\" \(verdict)" }
+        } ?? ["goto \(names.snat)"]
         var rules = ["fib daddr type local return", "ip daddr 224.0.0.0/4 return", "ip6 daddr ff00::/8 return"]
-        for family in IPFamily.allCases { rules.append("\(Self.match(family)) daddr @\(names.exceptions(family)) goto \(names.snat)") }
+        for family in IPFamily.allCases {
+            for action in actions { rules.append("\(Self.match(family)) daddr @\(names.exceptions(family)) \(action)") }
+        }
         if !policy.masqLinkLocal { rules.append("ip daddr 169.254.0.0/16 return") }
         if !policy.masqLinkLocalIPv6 { rules.append("ip6 daddr fe80::/10 return") }
         for family in IPFamily.allCases { rules.append("\(Self.match(family)) daddr @\(names.nonMasquerade(family)) return") }
@@ -135,7 +168,7 @@ public struct NFTablesRenderer: Sendable {
                 rules.append("\(match) saddr . \(match) daddr @\(names.podnets(family)) return")
             }
         }
-        rules.append("goto \(names.snat)")
+        rules += actions
         return rules
     }
 
@@ -150,19 +183,41 @@ public struct NFTablesRenderer: Sendable {
     }
 
     /// The masquerade: with `toPorts`, tcp/udp/sctp connections spread over the ranges in proportion to their sizes.
+    /// With `snatAddress`/`snatAddressIPv6`, that family SNATs to the chosen source instead (same port options);
+    /// with `egressInterfaces`, each rule is repeated per interface and a packet leaving elsewhere falls off the
+    /// chain's end with its source kept.
     func masqueradeRules(_ policy: NetworkPolicy) -> [String] {
         let flags = policy.randomFully ? " fully-random" : ""
-        var rules: [String] = []
-        var remaining = policy.toPorts.reduce(0) { $0 + $1.count }
-        for (index, range) in policy.toPorts.enumerated() {
-            let ports = range.lowerBound == range.upperBound ? "\(range.lowerBound)" : "\(range.lowerBound)-\(range.upperBound)"
-            let pick = index == policy.toPorts.count - 1 ? "" : "numgen random mod \(remaining) < \(range.count) "
-            rules.append("meta l4proto { tcp, udp, sctp } \(pick)masquerade to :\(ports)\(flags)")
-            remaining -= range.count
+        let interfaces = policy.egressInterfaces.isEmpty ? [""] : policy.egressInterfaces.map { "oifname \"\(Self.interface($0))\" " }
+        // Without a SNAT source one family-neutral group, as before; otherwise one group per family.
+        let groups: [(match: String, family: IPFamily?)] = policy.snatAddress == nil && policy.snatAddressIPv6 == nil
+            ? [("", nil)] : IPFamily.allCases.map { ("meta nfproto ipv\($0.rawValue) ", $0) }
+        func action(_ family: IPFamily?, ports: String?) -> String {
+            guard let family, let target = policy.snatTarget(family) else { return "masquerade" + (ports.map { " to :\($0)" } ?? "") }
+            let match = Self.match(family)
+            guard let ports else { return "snat \(match) to \(target)" }
+            let address = family == .v4 ? "\(target)"
+                : target.first == target.last ? "[\(target.first)]" : "[\(target.first)]-[\(target.last)]"
+            return "snat \(match) to \(address):\(ports)"
         }
-        rules.append("masquerade" + flags)
+        var rules: [String] = []
+        for interface in interfaces {
+            for group in groups {
+                var remaining = policy.toPorts.reduce(0) { $0 + $1.count }
+                for (index, range) in policy.toPorts.enumerated() {
+                    let ports = range.lowerBound == range.upperBound ? "\(range.lowerBound)" : "\(range.lowerBound)-\(range.upperBound)"
+                    let pick = index == policy.toPorts.count - 1 ? "" : "numgen random mod \(remaining) < \(range.count) "
+                    rules.append("\(interface)\(group.match)meta l4proto { tcp, udp, sctp } \(pick)\(action(group.family, ports: ports))\(flags)")
+                    remaining -= range.count
+                }
+                rules.append("\(interface)\(group.match)\(action(group.family, ports: nil))\(flags)")
+            }
+        }
         return rules
     }
+
+    /// An `egressInterfaces` name as nft matches it: iptables' `+` wildcard is nft's `*`.
+    static func interface(_ pattern: String) -> String { pattern.hasSuffix("+") ? pattern.dropLast() + "*" : pattern }
 
     /// Deletes a network's chains and sets (the table stays for other networks).
     public func removeNetworkScript(key: NetworkKey) -> String {
@@ -170,9 +225,11 @@ public struct NFTablesRenderer: Sendable {
         var lines = ["add table \(Self.table)"]
         // Create-then-delete makes the script succeed whether or not the objects exist.
         lines.append("add chain \(Self.table) \(names.post) { type nat hook postrouting priority srcnat; policy accept; }")
-        for chain in [names.masq, names.snat] { lines.append("add chain \(Self.table) \(chain)") }
-        for chain in [names.post, names.masq, names.snat] { lines.append("flush chain \(Self.table) \(chain)") }
-        for chain in [names.post, names.masq, names.snat] { lines.append("delete chain \(Self.table) \(chain)") }
+        lines.append("add chain \(Self.table) \(names.guardChain) { type filter hook postrouting priority filter; policy accept; }")
+        for chain in [names.masq, names.snat, names.drop] { lines.append("add chain \(Self.table) \(chain)") }
+        let chains = [names.post, names.guardChain, names.masq, names.snat, names.drop]
+        for chain in chains { lines.append("flush chain \(Self.table) \(chain)") }
+        for chain in chains { lines.append("delete chain \(Self.table) \(chain)") }
         lines += setDeclarations(names)
         for set in names.sets { lines.append("delete set \(Self.table) \(set)") }
         lines += retiredSetRemoval(names)

@@ -20,7 +20,7 @@ public struct AttachmentRecord: Equatable, Sendable {
             ("containerID", .string(owner.containerID)),
             ("ifname", .string(owner.ifname)),
             ("addresses", .array(addresses.map { .object(JSONObject([("address", .string("\($0.address)")), ("subnet", .string("\($0.subnet)"))])) })),
-        ]))
+        ] + (owner.pod.map { [("podNamespace", JSONValue.string($0.namespace)), ("podName", .string($0.name))] } ?? [])))
     }
 
     init?(json: JSONValue) {
@@ -32,7 +32,8 @@ public struct AttachmentRecord: Equatable, Sendable {
                   let subnetText = entry["subnet"]?.stringValue, case .success(let subnet) = CIDR.parse(subnetText) else { return nil }
             addresses.append(PodAddress(address: address, subnet: subnet))
         }
-        self.init(owner: Owner(network: network, containerID: containerID, ifname: ifname), addresses: addresses)
+        let pod = PodIdentity.given(namespace: json["podNamespace"]?.stringValue, name: json["podName"]?.stringValue)
+        self.init(owner: Owner(network: network, containerID: containerID, ifname: ifname, pod: pod), addresses: addresses)
     }
 }
 
@@ -394,7 +395,16 @@ extension NetworkPolicy {
             ("randomFully", .bool(randomFully)),
             ("toPorts", .string(toPorts.map { $0.lowerBound == $0.upperBound ? "\($0.lowerBound)" : "\($0.lowerBound)-\($0.upperBound)" }.joined(separator: ","))),
             ("dropInvalid", .bool(dropInvalid)),
-        ]))
+        ] + egressMembers))
+    }
+
+    /// Issue 15's keys, present only when set, so the records and fingerprints of policies without them stay as before.
+    var egressMembers: [(String, JSONValue)] {
+        var members: [(String, JSONValue)] = []
+        if let snatAddress { members.append(("snatAddress", .string(snatAddress.description))) }
+        if let snatAddressIPv6 { members.append(("snatAddressIPv6", .string(snatAddressIPv6.description))) }
+        if !egressInterfaces.isEmpty { members.append(("egressInterfaces", .array(egressInterfaces.map { .string($0) }))) }
+        return members
     }
 }
 

@@ -19,6 +19,7 @@ struct Invocation {
         }
         plugin.log.level = resolved.config.logLevel
         plugin.log.context = "\(env.command.rawValue) \(netconf.name)" + (env.containerID.map { "/\($0)" } ?? "") + (env.ifname.map { "/\($0)" } ?? "")
+            + (PodIdentity.given(namespace: env.podNamespace, name: env.podName).map { " (pod \($0))" } ?? "")
         if let problem = resolved.fileProblem { log.warning("config file ignored, keeping the last good config: \(problem)") }
         for warning in resolved.config.warnings { log.warning(warning) }
         // STATUS is polled every few seconds: its view of a broken policy is for debugging (ADD reports it per pod).
@@ -35,7 +36,10 @@ struct Invocation {
         }
     }
 
-    var owner: Owner { Owner(network: netconf.name, containerID: env.containerID!, ifname: env.ifname!) }
+    var owner: Owner {
+        Owner(network: netconf.name, containerID: env.containerID!, ifname: env.ifname!,
+              pod: PodIdentity.given(namespace: env.podNamespace, name: env.podName))
+    }
 
     /// The prevResult, required by ADD and CHECK.
     func prevResult() throws(CNIError) -> (JSONValue, PrevResult) {
@@ -49,7 +53,8 @@ struct Invocation {
 
     func add(_ resolved: ResolvedConfig) throws(CNIError) -> String {
         let (rawResult, prevResult) = try prevResult()
-        let plan = AttachmentPlan(config: resolved.config, network: netconf.name, attachment: owner.attachment, prevResult: prevResult)
+        var plan = AttachmentPlan(config: resolved.config, network: netconf.name, attachment: owner.attachment, prevResult: prevResult)
+        plan.owner.pod = owner.pod
         let session = try Session(config: resolved.config, network: netconf.name, plugin: plugin)
         try session.moveIfNeeded(policy: resolved.fileProblem == nil ? resolved.policy : nil)
         var change = try session.networkChange(policy: resolved.policy, fileProblem: resolved.fileProblem)
@@ -97,6 +102,7 @@ struct Invocation {
         }
         session.forgetConnections(of: change.remove.map(\.pod.address), after: "DEL")
         try session.forget(owner)
+        if !change.remove.isEmpty { log.info("unregistered \(change.remove.map { "\($0.pod.address)" }.joined(separator: ", "))") }
     }
 
     // MARK: CHECK

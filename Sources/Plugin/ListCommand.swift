@@ -135,8 +135,8 @@ struct StateReport: Equatable {
             }
             if !network.pods.isEmpty {
                 lines.append("")
-                let rows = [["CONTAINER ID", "IFNAME", "ADDRESSES"]] + network.pods.map {
-                    [$0.owner.containerID, $0.owner.ifname, $0.addresses.map(Self.interfaceAddress).joined(separator: ", ")]
+                let rows = [["CONTAINER ID", "IFNAME", "POD", "ADDRESSES"]] + network.pods.map {
+                    [$0.owner.containerID, $0.owner.ifname, $0.owner.pod?.description ?? "-", $0.addresses.map(Self.interfaceAddress).joined(separator: ", ")]
                 }
                 lines += Self.columns(rows, indent: "  ")
             }
@@ -159,6 +159,8 @@ struct StateReport: Equatable {
                         .object(JSONObject([
                             ("containerID", .string(pod.owner.containerID)),
                             ("ifname", .string(pod.owner.ifname)),
+                            ("podNamespace", pod.owner.pod.map { .string($0.namespace) } ?? .null),
+                            ("podName", pod.owner.pod.map { .string($0.name) } ?? .null),
                             ("ips", .array(pod.addresses.map {
                                 .object(JSONObject([("address", .string("\($0.address)")), ("subnet", .string("\($0.subnet)"))]))
                             })),

@@ -328,11 +328,13 @@ class PluginScenario:
         self.work = tempfile.mkdtemp(prefix="ipmasq-bench-", dir=SHM)
         self.state_dir = self.work + "/state"
 
-    def netconf(self, ip, prev=True, random_fully=None):
+    def netconf(self, ip, prev=True, random_fully=None, conntrack_flush=None):
         conf = {"cniVersion": "1.0.0", "name": "bench", "type": "ip-masq",
                 "lockFile": self.work + "/ip-masq.lock", "stateDir": self.state_dir}
         if random_fully is not None:
             conf["randomFully"] = random_fully
+        if conntrack_flush is not None:
+            conf["conntrackFlush"] = conntrack_flush
         if self.backend == "nftables":
             conf["backend"] = "nftables"
         else:
@@ -650,6 +652,55 @@ class Bench:
                     scenario.close()
                     self.namespaces.delete(node)
 
+    def conntrack_cost(self, tables):
+        """A pod's ADD and DEL with conntrackFlush on and off (nftables backend), with T unrelated conntrack entries
+        in the node namespace (UDP from the node to distinct local ports, kept by a long UDP timeout), and before each
+        DEL one entry from the pod's address for the flush to delete. The flush filters by source in the kernel, so
+        its cost should not grow with T."""
+        import socket
+        for table in tables:
+            log("conntrack: T=%d unrelated entries" % table)
+            self.note_load("conntrack T=%d" % table)
+            node = self.namespaces.add("ct-%d" % table)
+            scenario = PluginScenario(self, "nftables", 0)
+            results = {}
+            samples = {}
+            try:
+                with inside(node):
+                    scenario.prepare()  # the network's rules exist: conntrack is active in the namespace
+                    run(["sysctl", "-q", "-w", "net.netfilter.nf_conntrack_udp_timeout=3600"])
+                    run(["ip", "link", "set", "lo", "up"])
+                    sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                    for port in range(table):
+                        sender.sendto(b"x", ("127.0.0.1", 1024 + port))
+                    sender.close()
+                    conntrack = which("conntrack")
+                    results["entries present"] = int(run([conntrack, "-C"]).strip() or 0)
+                    for index in range(self.runs):
+                        for flush in (True, False):
+                            cid, ip = "bench-ct-%04d-%d" % (index, flush), "10.200.%d.%d" % (100 + flush, index % 250 + 2)
+                            conf = scenario.netconf(ip, conntrack_flush=flush)
+                            label = "flush on" if flush else "flush off"
+                            samples.setdefault("ADD, " + label, Samples()).add(must(timed([self.plugin], scenario.env("ADD", cid), conf), "ADD"))
+                            run([conntrack, "-I", "-p", "udp", "-s", ip, "-d", "198.51.100.1", "--sport", "40000", "--dport", "53", "-t", "600"])
+                            samples.setdefault("DEL, " + label, Samples()).add(must(timed([self.plugin], scenario.env("DEL", cid), conf), "DEL"))
+                        # The floor: Debian's tool reading one address's entries (its dump also walks the whole table).
+                        samples.setdefault("floor: conntrack -L -s ADDRESS", Samples()).add(
+                            must(timed([conntrack, "-L", "-s", "10.200.102.9"], {"PATH": PATH}), "conntrack -L"))
+                    # The flush-on pods are 10.200.101.x: the DEL must have deleted each one's entry.
+                    left = run([conntrack, "-L", "-p", "udp", "--dport", "53"], check=False).count("src=10.200.101.")
+                    results["pod entries left after DELs with the flush off"] = run(
+                        [conntrack, "-L", "-p", "udp", "--dport", "53"], check=False).count("src=10.200.100.")
+                    results["pod entries left after DELs with the flush on"] = left
+                    results["entries present after"] = int(run([conntrack, "-C"]).strip() or 0)
+                for key, values in samples.items():
+                    collect(results, key, values)
+                self.results.setdefault("conntrack", {})[table] = results
+                self.results["conntrack buckets"] = open("/proc/sys/net/netfilter/nf_conntrack_buckets").read().strip()
+            finally:
+                scenario.close()
+                self.namespaces.delete(node)
+
     def whole_pod(self, variants, counts):
         """Per N, every variant's node is prepared first; then the runs go round the variants, one pod each, so that
         a change in the machine's load affects them alike."""
@@ -830,6 +881,33 @@ def report(bench, args, elapsed):
                     lines_share.append("%s %s N=%d %+.1f ms" % (variant, verb, n, median(by_n[n][verb]) - median(none[verb])))
         out("The masquerade's own share (each median minus `none` at N=0, which is bridge + host-local + the harness): "
             + "; ".join(lines_share) + ".")
+        out("")
+    conntrack = r.get("conntrack", {})
+    if conntrack:
+        out("## Conntrack hygiene: a pod's ADD and DEL with conntrackFlush on and off (nftables)")
+        out("")
+        out("T unrelated conntrack entries in the node namespace; before each DEL one entry from the pod's address is "
+            "inserted for the flush to delete. Medians (min–max) in ms.")
+        out("")
+        tables = sorted(conntrack, key=int)
+        out("| figure | " + " | ".join("T = %s" % t for t in tables) + " |")
+        out("|---|" + "---:|" * len(tables))
+        for key in ("ADD, flush on", "ADD, flush off", "DEL, flush on", "DEL, flush off", "floor: conntrack -L -s ADDRESS"):
+            out("| %s | %s |" % (key, " | ".join(fmt(conntrack[t].get(key)) for t in tables)))
+        for verb in ("ADD", "DEL"):
+            out("| %s: flush's cost (on − off) | %s |" % (verb, " | ".join(
+                "%+.2f" % (median(conntrack[t]["%s, flush on" % verb]) - median(conntrack[t]["%s, flush off" % verb]))
+                if conntrack[t].get("%s, flush on" % verb) else "–" for t in tables)))
+        out("| entries present (before / after) | %s |" % " | ".join(
+            "%s / %s" % (conntrack[t].get("entries present"), conntrack[t].get("entries present after")) for t in tables))
+        out("| pod entries left after the DELs, flush on / off | %s |" % " | ".join(
+            "%s / %s" % (conntrack[t].get("pod entries left after DELs with the flush on"),
+                         conntrack[t].get("pod entries left after DELs with the flush off")) for t in tables))
+        buckets = r.get("conntrack buckets")
+        if buckets:
+            out("")
+            out("The kernel's conntrack hash table has %s buckets on this machine (one table for all namespaces); a dump "
+                "filtered by source address walks every bucket, whatever the number of entries." % buckets)
         out("")
     if r.get("runtime"):
         lines.extend(runtime_section(r["runtime"], bench.pod_runs))
@@ -1060,8 +1138,9 @@ def main():
                         help="runs per whole-pod figure (BENCH_POD_RUNS; default: BENCH_RUNS, at least 8)")
     parser.add_argument("--out", default=None, help="directory for results.md and latency.svg (default: print only)")
     parser.add_argument("--json", default=None, help="also write the raw figures here")
-    parser.add_argument("--only", default="", help="comma-separated subset: startup,plugin,pod,runtime (runtime alone "
-                        "rewrites only the runtime section of an existing results.md and writes runtime.svg)")
+    parser.add_argument("--only", default="", help="comma-separated subset: startup,plugin,pod,conntrack,runtime "
+                        "(runtime alone rewrites only the runtime section of an existing results.md and writes runtime.svg)")
+    parser.add_argument("--conntrack-tables", default="0,10000", help="unrelated conntrack entries for the conntrack figures")
     parser.add_argument("--backends", default="nftables,iptables-nft,iptables-legacy")
     parser.add_argument("--counts", default="0,1000,10000")
     parser.add_argument("--render", default=None, help="only write the report and plot again from a --json file")
@@ -1085,6 +1164,8 @@ def main():
         counts = [int(c) for c in args.counts.split(",")]
         if not only or "plugin" in only:
             bench.plugin_alone([b for b in args.backends.split(",") if b], counts)
+        if not only or "conntrack" in only:
+            bench.conntrack_cost([int(t) for t in args.conntrack_tables.split(",")])
         if not only or "pod" in only:
             bench.whole_pod(["ours", "ours-iptables-nft", "reference", "none"], [c for c in counts if c <= 1000])
         if not only or "runtime" in only:
@@ -1098,7 +1179,7 @@ def main():
     if args.json:
         with open(args.json, "w") as handle:
             json.dump(bench.results, handle, indent=1)
-    if bench.results["floor"] or bench.results["plugin"] or bench.results["pod"]:
+    if bench.results["floor"] or bench.results["plugin"] or bench.results["pod"] or bench.results.get("conntrack"):
         text, checks = report(bench, args, elapsed)
         print(text)
         write_report(args.out, text, bench)

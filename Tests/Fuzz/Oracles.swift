@@ -46,6 +46,7 @@ enum Oracle {
         " { type ipv4_addr; flags interval; }", " { type ipv6_addr; flags interval; }",
         " { type ipv4_addr . ipv4_addr; flags interval; }", " { type ipv6_addr . ipv6_addr; flags interval; }",
         " { type nat hook postrouting priority srcnat; policy accept; }",
+        " { type filter hook postrouting priority filter; policy accept; }", // the leak guard (dropInvalid)
     ]
 
     /// `add set|chain inet ip_masq NAME BODY`: a name of `[A-Za-z0-9_]` and one of the fixed bodies.
@@ -98,6 +99,10 @@ enum Oracle {
                 let cleanup = IPTablesRenderer.Cleanup(jumps: [renderer.jumpRule(key, family, chain: chain)], chains: [renderer.derivedChain(key)])
                 for input in [renderer.nodeWideInput(policy, key, family, chain: chain), renderer.nodeWideInput(policy, key, family, chain: chain, cleanup: cleanup)] {
                     checkLines(input, starts: ["*nat", ":", "-A ", "-D ", "-X ", "COMMIT"], allowed: isRestoreStringByte, tool: "iptables-restore")
+                }
+                let mangle = NATListing("-P POSTROUTING ACCEPT\n-N \(IPTablesRenderer.guardChain(key))\n-A POSTROUTING \(renderer.guardJumpRule(key, family))\n")
+                for guardInput in [renderer.guardInput(policy, key, family, mangle: mangle), renderer.guardRemovalInput(key, family, mangle: mangle)] {
+                    checkLines(guardInput ?? "", starts: ["*mangle", ":", "-A ", "-D ", "-X ", "COMMIT"], allowed: isRestoreStringByte, tool: "iptables-restore")
                 }
                 if let removal = renderer.removalInput(jumps: [renderer.jumpRule(key, family, chain: chain)], chains: [chain]) {
                     checkLines(removal, starts: ["*nat", ":", "-D ", "-X ", "COMMIT"], allowed: isRestoreStringByte, tool: "iptables-restore")

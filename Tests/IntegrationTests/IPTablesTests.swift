@@ -174,6 +174,10 @@ struct IPTablesTests {
         try ns.exec([iptables, "-w", "5", "-t", "nat", "-X"], check: true)
         try ns.exec(["ip6tables-\(mode)", "-w", "5", "-t", "nat", "-F"], check: true)
         try ns.exec(["ip6tables-\(mode)", "-w", "5", "-t", "nat", "-X"], check: true)
+        for tool in [iptables, "ip6tables-\(mode)"] { // the leak guard's mangle rules reference the sets too
+            try ns.exec([tool, "-w", "5", "-t", "mangle", "-F"], check: true)
+            try ns.exec([tool, "-w", "5", "-t", "mangle", "-X"], check: true)
+        }
         try ns.exec(["ipset", "destroy"], check: true)
         let podC = netconf(scratch: scratch, extra: extra(mode), addresses: ["10.99.0.21/24"])
         #expect(try PluginCall(netns: ns, command: "ADD", containerID: "c")(podC).status == 0)

@@ -67,11 +67,13 @@ final class Topology: @unchecked Sendable {
     /// Sends UDP datagrams from `sender` (the pod by default) to `address` and returns the source address the
     /// destination host saw, or nil when nothing arrived within the timeout. Each call uses a fresh source port, so
     /// it makes a new conntrack entry and the current rules decide its NAT.
-    func send(from sender: Netns? = nil, to address: String, port: Int = 9999, timeout: Double = 5) throws -> String? {
+    /// `listener` receives instead of the host at `address` (an extra address of another namespace).
+    func send(from sender: Netns? = nil, to address: String, port: Int = 9999, listener: Netns? = nil, timeout: Double = 5) throws -> String? {
         let family = address.contains(":") ? "AF_INET6" : "AF_INET"
+        let receiver = listener
         let listener = Process()
         listener.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        listener.arguments = ["ip", "netns", "exec", host(at: address).name, "python3", "-c", """
+        listener.arguments = ["ip", "netns", "exec", (receiver ?? host(at: address)).name, "python3", "-c", """
             import socket, sys
             s = socket.socket(socket.\(family), socket.SOCK_DGRAM)
             s.bind(("\(address)", \(port)))

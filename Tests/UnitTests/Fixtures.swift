@@ -45,6 +45,29 @@ final class RecordingBackend: MasqBackend, @unchecked Sendable {
     func inspect(network: String, policy: NetworkPolicy, registrations: [Registration], subnets: [CIDR]) throws(BackendError) -> Inspection { Inspection() }
     func removeNetwork(_ network: String, registrations: [Registration]) throws(BackendError) {}
     func dump() -> String { "" }
+    /// A conntrack table the test fills and reads back.
+    let table = RecordingConnectionTable()
+    var connections: ConnectionTable { table }
+}
+
+/// A conntrack table in memory: entries a test puts in, what the hygiene deleted, and an optional failure.
+final class RecordingConnectionTable: ConnectionTable, @unchecked Sendable {
+    var entries: [ConnectionEntry] = []
+    var deleted: [ConnectionEntry] = []
+    var failure: ConntrackError?
+
+    func entries(family: IPFamily, source: IPAddress?) throws(ConntrackError) -> [ConnectionEntry] {
+        if let failure { throw failure }
+        return entries.filter { $0.source.family == family && (source == nil || $0.source == source) }
+    }
+
+    func delete(_ doomed: [ConnectionEntry]) throws(ConntrackError) -> Int {
+        if let failure { throw failure }
+        let before = entries.count
+        entries.removeAll { doomed.contains($0) }
+        deleted += doomed
+        return before - entries.count
+    }
 }
 
 /// Runs the CNI dispatcher in-process with a recording backend and a temporary state directory.

@@ -11,6 +11,7 @@ let iptablesGoldenCases: [(String, String)] = [
     ("to-ports", #"{"toPorts":"1024-29999,32768-65535"}"#),
     ("random-fully-off", #"{"randomFully":false,"toPorts":"40000-50000"}"#),
     ("exceptions", #"{"nonMasqueradeCIDRs":["10.0.0.0/8"],"masqueradeCIDRs":["10.20.0.0/16","fd00:20::/32"],"masqLinkLocal":true,"masqLinkLocalIPv6":true,"exemptPodSubnet":false}"#),
+    ("drop-invalid-off", #"{"dropInvalid":false}"#),
 ]
 
 @Suite struct IPTablesRendererTests {
@@ -36,6 +37,7 @@ let iptablesGoldenCases: [(String, String)] = [
             let layout = renderer.layout(key, family, in: empty)!
             text += "# \(family == .v4 ? "iptables" : "ip6tables")-restore -w 5 --noflush\n"
             text += renderer.nodeWideInput(policy, key, family, chain: layout.chain, cleanup: layout.cleanup)
+            text += renderer.guardInput(policy, key, family, mangle: empty) ?? ""
         }
         return text + "# ipset -exist restore\n" + renderer.setInput(for: change, creating: true)
     }
@@ -172,6 +174,8 @@ let iptablesGoldenCases: [(String, String)] = [
         #expect(NATListing.target(of: "-g Y") == "Y")
         let terse = "Name: A\nType: hash:ip\nReferences: 0\nNumber of entries: 1\nName: B\nReferences: 1\n"
         #expect(IPTablesBackend.unreferencedSets(in: terse) == ["A"])
+        // With the leak guard's mangle jump, each pod set has two references; one gone is a reload too.
+        #expect(IPTablesBackend.unreferencedSets(in: terse, expected: 2) == ["A", "B"])
         let saved = """
             create IPMASQ-P4-podnet hash:ip family inet hashsize 1024 maxelem 65536 comment bucketsize 12 initval 0x1
             add IPMASQ-P4-podnet 10.244.1.7 comment "podnet/0123abcd/eth0"
@@ -227,9 +231,13 @@ final class ScriptedRunner: CommandRunner, @unchecked Sendable {
 
     @Test func anAddIsOneIPSetCallAndNoIPTablesAtAll() throws {
         let runner = ScriptedRunner()
-        runner.answers["ipset"] = ScriptedRunner.output("Name: IPMASQ-P4-podnet\nReferences: 1\n")
+        // Two references: the nat jump and the leak guard's mangle jump (one, without the guard).
+        runner.answers["ipset"] = ScriptedRunner.output("Name: IPMASQ-P4-podnet\nReferences: 2\n")
         try IPTablesBackend(chain: "IP-MASQ-AGENT", mode: .nft, runner: runner).apply(change())
         #expect(runner.calls.map(\.arguments) == [["ipset", "-exist", "restore"]])
+        runner.answers["ipset"] = ScriptedRunner.output("Name: IPMASQ-P4-podnet\nReferences: 1\n")
+        try IPTablesBackend(chain: "IP-MASQ-AGENT", mode: .nft, runner: runner, guardsInvalid: false).apply(change())
+        #expect(throws: BackendError.self) { try IPTablesBackend(chain: "IP-MASQ-AGENT", mode: .nft, runner: runner).apply(change()) }
         #expect(runner.calls[0].input.hasSuffix("list IPMASQ-P4-podnet -terse\n"))
     }
 
@@ -249,14 +257,18 @@ final class ScriptedRunner: CommandRunner, @unchecked Sendable {
         #expect(runner.calls.map(\.arguments) == [
             ["iptables-legacy", "-w", "5", "-t", "nat", "-S"],
             ["ip6tables-legacy", "-w", "5", "-t", "nat", "-S"],
+            ["iptables-legacy", "-w", "5", "-t", "mangle", "-S"],
+            ["ip6tables-legacy", "-w", "5", "-t", "mangle", "-S"],
             ["ipset", "-exist", "restore"],
             ["iptables-legacy-restore", "-w", "5", "--noflush", "--test"],
             ["ip6tables-legacy-restore", "-w", "5", "--noflush", "--test"],
             ["iptables-legacy-restore", "-w", "5", "--noflush"],
             ["ip6tables-legacy-restore", "-w", "5", "--noflush"],
         ])
-        #expect(runner.calls[5].input.hasPrefix("*nat\n:IP-MASQ-AGENT - [0:0]\n") && runner.calls[5].input.hasSuffix("COMMIT\n"))
-        #expect(runner.calls[3].input == runner.calls[5].input, "the checked input is the applied one")
+        // One restore per family: the nat chain and jump, then the leak guard in mangle.
+        #expect(runner.calls[7].input.hasPrefix("*nat\n:IP-MASQ-AGENT - [0:0]\n") && runner.calls[7].input.hasSuffix("COMMIT\n"))
+        #expect(runner.calls[7].input.contains("COMMIT\n*mangle\n:IPMASQ-INVALID-"))
+        #expect(runner.calls[5].input == runner.calls[7].input, "the checked input is the applied one")
     }
 
     /// Issue 12.2: `auto` is compared with a concrete flavour by what `iptables` is, so auto -> nft on an nft node is no move.

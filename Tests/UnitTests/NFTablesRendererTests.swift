@@ -11,6 +11,7 @@ let nftGoldenCases: [(String, String)] = [
     ("to-ports", #"{"toPorts":"1024-29999,32768-65535"}"#),
     ("random-fully-off", #"{"randomFully":false,"toPorts":"40000-50000"}"#),
     ("exceptions", #"{"nonMasqueradeCIDRs":["10.0.0.0/8"],"masqueradeCIDRs":["10.20.0.0/16","fd00:20::/32"],"masqLinkLocal":true,"exemptPodSubnet":false}"#),
+    ("drop-invalid-off", #"{"dropInvalid":false}"#),
 ]
 
 @Suite struct NFTablesRendererTests {

@@ -170,7 +170,7 @@ final class FakeNode: @unchecked Sendable {
         try store.choose(.nftables)
         try store.save(NetworkRecord(network: "podnet", backend: .nftables, fingerprint: "0123456789abcdef", policy: policy.json))
         let subnet4 = try CIDR.parse("10.22.0.0/24").get(), subnet6 = try CIDR.parse("fd00:22::/64").get()
-        try store.save(AttachmentRecord(owner: Owner(network: "podnet", containerID: "b-second", ifname: "eth0"),
+        try store.save(AttachmentRecord(owner: Owner(network: "podnet", containerID: "b-second", ifname: "eth0", pod: PodIdentity(namespace: "payments", name: "api-1")),
                                         addresses: [PodAddress(address: IPAddress("10.22.0.6")!, subnet: subnet4)]))
         try store.save(AttachmentRecord(owner: Owner(network: "podnet", containerID: "a-first-container", ifname: "net1"),
                                         addresses: [PodAddress(address: IPAddress("10.22.0.5")!, subnet: subnet4),
@@ -189,8 +189,8 @@ final class FakeNode: @unchecked Sendable {
         network other.net  backend nftables  1 pod
           node-wide rules not written yet (no successful ADD or agent pass)
 
-          CONTAINER ID  IFNAME  ADDRESSES
-          c             eth0    192.168.5.2/24
+          CONTAINER ID  IFNAME  POD  ADDRESSES
+          c             eth0    -    192.168.5.2/24
 
         network podnet  backend nftables  2 pods
           nonMasqueradeCIDRs  10.0.0.0/8, 172.16.0.0/12, 192.168.0.0/16
@@ -202,9 +202,9 @@ final class FakeNode: @unchecked Sendable {
           toPorts             1024-29999
           dropInvalid         true
 
-          CONTAINER ID       IFNAME  ADDRESSES
-          a-first-container  net1    10.22.0.5/24, fd00:22::5/64
-          b-second           eth0    10.22.0.6/24
+          CONTAINER ID       IFNAME  POD             ADDRESSES
+          a-first-container  net1    -               10.22.0.5/24, fd00:22::5/64
+          b-second           eth0    payments/api-1  10.22.0.6/24
 
         """)
         let one = OperatorCommand.run(arguments: ["list", "--network", "other.net", "--state-dir", node.stateDir, "--lock-file", node.lockFile], environment: [:])

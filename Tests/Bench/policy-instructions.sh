@@ -1,0 +1,27 @@
+#!/bin/bash
+# Instructions (callgrind "Collected") of one pod's ADD and DEL with N other pods registered, for issue 15's cost
+# target: within 10% of the plugin without the egress keys and flat in N. Root, valgrind, nftables or iptables.
+#   bash Tests/Bench/policy-instructions.sh BINARY N BACKEND [EXTRA_KEYS_JSON_FRAGMENT] [CNI_ARGS]
+# e.g. bash Tests/Bench/policy-instructions.sh .build/release/ip-masq 1000 nftables '"snatAddress":"203.0.113.9","egressInterfaces":["eth0"],' 'K8S_POD_NAMESPACE=payments;K8S_POD_NAME=api-1'
+set -euo pipefail
+plugin=$(realpath "$1"); n=$2; backend=$3; extra=${4:-}; args=${5:-}
+ns=ipmpolicy$$
+work=$(mktemp -d /tmp/ipmasq-policy-XXXXXX)
+ip netns add "$ns"
+trap 'ip netns del "$ns"; rm -rf "$work"' EXIT
+conf() {
+  printf '{"cniVersion":"1.0.0","name":"instr","type":"ip-masq","backend":"%s","conntrackFlush":false,"lockFile":"%s/lock","stateDir":"%s/state",%s"prevResult":{"cniVersion":"1.0.0","interfaces":[{"name":"eth0","sandbox":"/var/run/netns/x"}],"ips":[{"interface":0,"address":"%s/16"}]}}' \
+    "$backend" "$work" "$work" "$extra" "$1"
+}
+run() { # verb container ip [valgrind...]
+  local verb=$1 cid=$2 ip=$3
+  shift 3
+  conf "$ip" | ip netns exec "$ns" env -i CNI_COMMAND="$verb" CNI_CONTAINERID="$cid" CNI_IFNAME=eth0 CNI_ARGS="$args" \
+    CNI_NETNS=/var/run/netns/x CNI_PATH=/opt/cni/bin PATH=/usr/sbin:/usr/bin:/sbin:/bin "$@" "$plugin" >/dev/null
+}
+count() { # verb container ip
+  run "$@" valgrind --tool=callgrind --callgrind-out-file=/dev/null 2>&1 >/dev/null | sed -n 's/.*Collected : *\([0-9]*\).*/\1/p'
+}
+run ADD first 10.9.0.2 2>/dev/null # writes the node-wide rules
+for i in $(seq 1 "$n"); do run ADD "p$i" "10.9.$((i / 250 + 1)).$((i % 250 + 2))" 2>/dev/null; done
+echo "N=$n backend=$backend ADD $(count ADD probe 10.9.200.3) DEL $(count DEL probe 10.9.200.3)"
