@@ -181,7 +181,8 @@ struct EgressPolicyTests {
     @Test(arguments: backends)
     func thePodBehindAnAddressIsNamed(backend: [String: String]) throws {
         let topology = try Topology(), scratch = ScratchDirectory()
-        let input = netconf(scratch: scratch, extra: backend, addresses: Topology.podAddresses)
+        // logLevel info: the ADD and DEL lines that name the pod are info lines.
+        let input = netconf(scratch: scratch, extra: backend.merging(["logLevel": "info"]) { $1 }, addresses: Topology.podAddresses)
         var call = PluginCall(netns: topology.node, command: "ADD", containerID: "c0ffee")
         call.extraEnvironment = ["CNI_ARGS": "IgnoreUnknown=1;K8S_POD_NAMESPACE=payments;K8S_POD_NAME=api-7f9c;K8S_POD_UID=x"]
         let add = try call(input)
@@ -225,7 +226,7 @@ struct EgressPolicyTests {
 
         var delete = call
         delete.command = "DEL"
-        let deleted = try delete(netconf(scratch: scratch, extra: backend, addresses: []))
+        let deleted = try delete(netconf(scratch: scratch, extra: backend.merging(["logLevel": "info"]) { $1 }, addresses: []))
         #expect(deleted.status == 0 && deleted.stderr.contains("(pod payments/api-7f9c)"), "\(deleted.stderr)")
         #expect(try !comments().contains("payments/api-7f9c"))
         try plugin(topology, "DEL", "plain", netconf(scratch: scratch, extra: backend, addresses: []))

@@ -82,9 +82,12 @@ struct LifecycleTests {
         if backend == "nftables" {
             try ns.exec(["nft", "flush", "ruleset"], check: true)
         } else {
+            // The leak guard's mangle rules reference the sets too.
             for tool in [iptables(backend), iptables(backend, v6: true)] {
-                try ns.exec([tool, "-w", "5", "-t", "nat", "-F"], check: true)
-                try ns.exec([tool, "-w", "5", "-t", "nat", "-X"], check: true)
+                for table in ["nat", "mangle"] {
+                    try ns.exec([tool, "-w", "5", "-t", table, "-F"], check: true)
+                    try ns.exec([tool, "-w", "5", "-t", table, "-X"], check: true)
+                }
             }
             try ns.exec(["ipset", "destroy"], check: true)
         }
