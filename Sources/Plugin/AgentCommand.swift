@@ -356,6 +356,7 @@ final class Agent {
             }
             log.info("moved from \(previous.backend.rawValue) to \(session.backend.kind.rawValue): the old rules are removed")
         }
+        session.sweepTombstones(after: "the agent's pass")
     }
 
     /// The session under the node lock, waiting in short slices so a stop request is honoured within a second.

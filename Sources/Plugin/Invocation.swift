@@ -47,7 +47,9 @@ struct Invocation {
         let registrations = plan.addresses.map { Registration(owner: plan.owner, pod: $0) }
         try session.register(registrations, owner: plan.owner, into: &change)
         try session.apply(change)
-        session.forgetConnections(of: plan.addresses.map(\.address), after: "ADD")
+        let mine = Set(plan.addresses.map(\.address))
+        session.noteReleased(change.remove.filter { !mine.contains($0.pod.address) }, after: "ADD")
+        session.forgetConnections(ofAdded: plan.addresses.map(\.address), takenOver: Set(change.remove.map(\.pod.address)).intersection(mine))
         log.info("registered \(plan.addresses.map { "\($0.address)" }.joined(separator: ", "))\(change.policy == nil ? "" : " (node-wide rules written)")")
         return PrevResult.echo(rawResult, as: netconf.cniVersion).serialized(pretty: true) + "\n"
     }
@@ -61,7 +63,7 @@ struct Invocation {
         do { try session.apply(change, rebuildOnMissing: false) } catch where error.code == .netfilterFailure && session.objectsMissing(error) {
             log.info("the network's objects are already gone")
         }
-        session.forgetConnections(of: change.remove.map(\.pod.address), after: "DEL")
+        session.noteReleased(change.remove, after: "DEL")
         try session.forget(owner)
     }
 
@@ -101,7 +103,8 @@ struct Invocation {
         for record in stale { try session.unregister(record.owner, into: &change) }
         guard !stale.isEmpty else { return }
         do { try session.apply(change, rebuildOnMissing: false) } catch where session.objectsMissing(error) {}
-        session.forgetConnections(of: change.remove.map(\.pod.address), after: "GC")
+        session.noteReleased(change.remove, after: "GC")
+        session.sweepTombstones(after: "GC")
         for record in stale { try session.forget(record.owner) }
         log.info("removed \(stale.count) stale attachment(s): \(stale.map(\.owner.tag).joined(separator: ", "))")
     }

@@ -106,6 +106,8 @@ enum ResetCommand {
                 failures.append("table \(NFTablesRenderer.table): \(error)")
             }
         }
+        // Tombstones name released addresses node-wide; after a reset there is nothing left to clean up for.
+        if network == nil { try store.removeTombstones() }
         if try store.networks().isEmpty {
             try Files.remove(config.stateDir + "/backend")
             _ = try Files.removeDirectoryIfEmpty(config.stateDir)
