@@ -142,7 +142,7 @@ public struct StateStore: Sendable {
     }
 
     /// Names directly below `root`: none of them can be a network's.
-    public static let nodeWideNames = ["backend", "networks", "owners"]
+    public static let nodeWideNames = ["backend", "networks", "owners", StateStore.tombstoneDirectoryName]
 
     /// Why a lock file path cannot be used with this state directory (it would sit where records go), or nil.
     public func conflict(lockFile: String) -> String? {

@@ -421,6 +421,7 @@ final class Agent {
             }
         }
         metrics?.observe(session, records: records, log: log)
+        session.sweepTombstones(after: "the agent's pass")
     }
 
     /// The session under the node lock, waiting in short slices so a stop request is honoured within a second.

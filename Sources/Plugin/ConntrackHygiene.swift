@@ -5,23 +5,79 @@ import Netfilter
 /// conntrack entry, so entries made under a pod's or a policy's old rules would keep applying them. These run after
 /// the verb's netfilter change was applied; a failure is logged and never fails the verb (DEL must succeed).
 extension Session {
-    /// After ADD, DEL or GC: deletes the entries whose original source is one of `addresses` (an ADD's address may
-    /// have been another pod's, whose flows would keep that pod's NAT; a DEL's address will be someone else's).
-    func forgetConnections(of addresses: [IPAddress], after verb: String) {
-        guard config.conntrackFlush, !addresses.isEmpty else { return }
+    /// After DEL or GC (or an ADD that dropped addresses): the released addresses get a tombstone, one small file
+    /// each, and their entries are deleted later (at the ADD that reuses the address, or the agent's next pass).
+    /// Deleting them now would cost a walk of the kernel's whole conntrack hash per address (Tombstones.swift).
+    func noteReleased(_ released: [Registration], after verb: String) {
+        guard config.conntrackFlush, !released.isEmpty else { return }
+        do throws(SystemError) {
+            for registration in released { try store.writeTombstone(registration.pod.address, formerOwner: registration.owner.tag) }
+        } catch {
+            log.warning("conntrack: cannot note the stale entries of \(released.map { "\($0.pod.address)" }.joined(separator: ", ")) after \(verb): \(error)")
+        }
+    }
+
+    /// After ADD: deletes the entries of each address another attachment held, whether it is taken over now
+    /// (`takenOver`) or was released by a DEL that left a tombstone. A fresh address costs one lstat, no walk.
+    func forgetConnections(ofAdded addresses: [IPAddress], takenOver: Set<IPAddress>) {
+        let stale = Set(addresses).sorted().filter { takenOver.contains($0) || store.hasTombstone($0) }
+        if stale.isEmpty { return }
+        guard config.conntrackFlush else {
+            // The new owner asked for no flushing: the tombstone no longer describes a free address.
+            for address in stale { _ = try? store.removeTombstone(address) }
+            return
+        }
         let table = backend.connections
         var deleted = 0
         do throws(ConntrackError) {
-            for address in Set(addresses).sorted() {
+            for address in stale {
                 deleted += try table.delete(table.entries(family: address.family, source: address))
+                _ = try? store.removeTombstone(address)
             }
         } catch {
-            log.warning("conntrack: cannot delete the entries of \(addresses.map(\.description).joined(separator: ", ")) after \(verb): \(error)")
+            log.warning("conntrack: cannot delete the entries of \(stale.map(\.description).joined(separator: ", ")) after ADD: \(error)")
             return
         }
         deletedConnections += deleted
         if deleted > 0 {
-            log.info("conntrack: deleted \(deleted) entr\(deleted == 1 ? "y" : "ies") from \(addresses.map(\.description).joined(separator: ", ")) after \(verb)")
+            log.info("conntrack: deleted \(deleted) entr\(deleted == 1 ? "y" : "ies") from \(stale.map(\.description).joined(separator: ", ")) after ADD")
+        }
+    }
+
+    /// The agent's pass (and GC): deletes the entries of every tombstoned address and removes the tombstones, so a
+    /// deleted pod's entries last at most one resyncInterval. Few addresses: one kernel-filtered dump each; many:
+    /// one dump of the family, matched here (the kernel walks its table once per dump either way).
+    func sweepTombstones(after verb: String) {
+        let addresses: [IPAddress]
+        do throws(SystemError) { addresses = try store.tombstones() } catch {
+            log.warning("conntrack: cannot read the tombstones: \(error)")
+            return
+        }
+        if addresses.isEmpty { return }
+        guard config.conntrackFlush else {
+            do throws(SystemError) { try store.removeTombstones() } catch { log.warning("conntrack: cannot remove the tombstones: \(error)") }
+            return
+        }
+        let table = backend.connections
+        var deleted = 0, cleared = 0
+        for family in IPFamily.allCases {
+            let sources = addresses.filter { $0.family == family }
+            if sources.isEmpty { continue }
+            do throws(ConntrackError) {
+                if sources.count <= 4 {
+                    for source in sources { deleted += try table.delete(table.entries(family: family, source: source)) }
+                } else {
+                    let wanted = Set(sources)
+                    deleted += try table.delete(table.entries(family: family, source: nil).filter { wanted.contains($0.source) })
+                }
+            } catch {
+                log.warning("conntrack: cannot delete the stale entries of \(sources.count) released address(es) after \(verb): \(error)")
+                continue
+            }
+            for source in sources { if (try? store.removeTombstone(source)) == true { cleared += 1 } }
+        }
+        if cleared > 0 {
+            log.info("conntrack: deleted \(deleted) entr\(deleted == 1 ? "y" : "ies") of \(cleared) released address(es) after \(verb)")
         }
     }
 

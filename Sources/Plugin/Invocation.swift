@@ -60,8 +60,13 @@ struct Invocation {
         var change = try session.networkChange(policy: resolved.policy, fileProblem: resolved.fileProblem)
         let registrations = plan.addresses.map { Registration(owner: plan.owner, pod: $0) }
         try session.register(registrations, owner: plan.owner, into: &change)
+        let takenOverElsewhere = session.takenOverFromOtherNetworks
         try session.apply(change)
-        session.forgetConnections(of: plan.addresses.map(\.address), after: "ADD")
+        let mine = Set(plan.addresses.map(\.address))
+        session.noteReleased(change.remove.filter { !mine.contains($0.pod.address) }, after: "ADD")
+        // Taken over in this network (a removal of another owner's entry) or from another network's record.
+        let takenOver = Set(change.remove.map(\.pod.address)).intersection(mine).union(takenOverElsewhere)
+        session.forgetConnections(ofAdded: plan.addresses.map(\.address), takenOver: takenOver)
         if change.policy != nil { LintCommand.logFindings(netconf: netconf.object, config: resolved.config, podSubnets: plan.addresses.map(\.subnet), log: log) }
         let written = change.policy == nil ? "" : " (node-wide rules written)"
         if plan.addresses.isEmpty {
@@ -100,7 +105,7 @@ struct Invocation {
             log.error("the pod's entries could not be removed, its records are kept for GC or a retry: \(error)")
             return
         }
-        session.forgetConnections(of: change.remove.map(\.pod.address), after: "DEL")
+        session.noteReleased(change.remove, after: "DEL")
         try session.forget(owner)
         if !change.remove.isEmpty { log.info("unregistered \(change.remove.map { "\($0.pod.address)" }.joined(separator: ", "))") }
     }
@@ -155,7 +160,8 @@ struct Invocation {
         for record in stale { try session.unregister(record.owner, into: &change) }
         guard !stale.isEmpty else { return }
         do { try session.apply(change, rebuildOnMissing: false) } catch where session.objectsMissing(error) {}
-        session.forgetConnections(of: change.remove.map(\.pod.address), after: "GC")
+        session.noteReleased(change.remove, after: "GC")
+        session.sweepTombstones(after: "GC")
         for record in stale { try session.forget(record.owner) }
         log.info("removed \(stale.count) stale attachment(s): \(stale.map(\.owner.tag).joined(separator: ", "))")
     }

@@ -95,6 +95,8 @@ enum ResetCommand {
                 lines.append("removed network \(name) (\(recorded?.rawValue ?? "no backend recorded"), \(count)): rules and records")
             }
         }
+        // Tombstones name released addresses node-wide; after a reset there is nothing left to clean up for.
+        if network == nil { try store.removeTombstones() }
         // An empty table belongs to no network: it goes whatever else the state directory holds.
         if let nftables = makeBackend(.nftables, config) as? NFTablesBackend {
             let networksLeft = try store.networks()

@@ -26,6 +26,8 @@ final class Session {
     let journal = StateJournal()
     /// Entries of other networks to remove after this network's change: addresses this verb took over.
     private var foreign: [NetworkKey: [Registration]] = [:]
+    /// The addresses this verb takes over from another network's attachments (their conntrack entries are stale).
+    var takenOverFromOtherNetworks: Set<IPAddress> { Set(foreign.values.joined().map(\.pod.address)) }
     /// Another network whose name has this network's key (a hash collision) and whose state is here, if any.
     private(set) var collision: String?
     /// Attachments whose records the last restore could not install (skipped and logged).

@@ -676,22 +676,39 @@ class Bench:
                     sender.close()
                     conntrack = which("conntrack")
                     results["entries present"] = int(run([conntrack, "-C"]).strip() or 0)
+                    def entry(ip):
+                        run([conntrack, "-I", "-p", "udp", "-s", ip, "-d", "198.51.100.1", "--sport", "40000", "--dport", "53", "-t", "600"])
                     for index in range(self.runs):
                         for flush in (True, False):
                             cid, ip = "bench-ct-%04d-%d" % (index, flush), "10.200.%d.%d" % (100 + flush, index % 250 + 2)
                             conf = scenario.netconf(ip, conntrack_flush=flush)
                             label = "flush on" if flush else "flush off"
+                            # A fresh address: no tombstone, so no walk of the kernel's table.
                             samples.setdefault("ADD, " + label, Samples()).add(must(timed([self.plugin], scenario.env("ADD", cid), conf), "ADD"))
-                            run([conntrack, "-I", "-p", "udp", "-s", ip, "-d", "198.51.100.1", "--sport", "40000", "--dport", "53", "-t", "600"])
+                            entry(ip)
+                            # DEL writes a tombstone (flush on) and walks nothing.
                             samples.setdefault("DEL, " + label, Samples()).add(must(timed([self.plugin], scenario.env("DEL", cid), conf), "DEL"))
+                            if flush:
+                                # The address comes back: its ADD deletes what the former owner left (the walk).
+                                samples.setdefault("ADD, tombstoned address, flush on", Samples()).add(
+                                    must(timed([self.plugin], scenario.env("ADD", cid + "-again"), conf), "ADD again"))
+                                entry(ip)
+                                must(timed([self.plugin], scenario.env("DEL", cid + "-again"), conf), "DEL again")
                         # The floor: Debian's tool reading one address's entries (its dump also walks the whole table).
                         samples.setdefault("floor: conntrack -L -s ADDRESS", Samples()).add(
                             must(timed([conntrack, "-L", "-s", "10.200.102.9"], {"PATH": PATH}), "conntrack -L"))
-                    # The flush-on pods are 10.200.101.x: the DEL must have deleted each one's entry.
-                    left = run([conntrack, "-L", "-p", "udp", "--dport", "53"], check=False).count("src=10.200.101.")
-                    results["pod entries left after DELs with the flush off"] = run(
-                        [conntrack, "-L", "-p", "udp", "--dport", "53"], check=False).count("src=10.200.100.")
-                    results["pod entries left after DELs with the flush on"] = left
+                    def left(prefix):
+                        return run([conntrack, "-L", "-p", "udp", "--dport", "53"], check=False).count("src=" + prefix)
+                    # The flush-on pods are 10.200.101.x: their last DEL left a tombstone and the entry, for the agent.
+                    results["pod entries left after DELs with the flush on"] = left("10.200.101.")
+                    results["pod entries left after DELs with the flush off"] = left("10.200.100.")
+                    results["tombstones"] = len(os.listdir(scenario.state_dir + "/conntrack-stale"))
+                    agent_conf = scenario.work + "/agent.conf"
+                    with open(agent_conf, "wb") as f:
+                        f.write(scenario.netconf("10.200.101.1", prev=False, conntrack_flush=True))
+                    results["agent pass sweeping the tombstones"] = must(
+                        timed([self.plugin, "agent", "--netconf", agent_conf, "--once"], {"PATH": PATH}), "agent --once")
+                    results["pod entries left after the agent's pass, flush on"] = left("10.200.101.")
                     results["entries present after"] = int(run([conntrack, "-C"]).strip() or 0)
                 for key, values in samples.items():
                     collect(results, key, values)
@@ -887,12 +904,14 @@ def report(bench, args, elapsed):
         out("## Conntrack hygiene: a pod's ADD and DEL with conntrackFlush on and off (nftables)")
         out("")
         out("T unrelated conntrack entries in the node namespace; before each DEL one entry from the pod's address is "
-            "inserted for the flush to delete. Medians (min–max) in ms.")
+            "inserted. DEL only writes a tombstone; the ADD of a tombstoned address deletes its entries (a walk of "
+            "the kernel's whole hash); a fresh ADD walks nothing. Medians (min–max) in ms.")
         out("")
         tables = sorted(conntrack, key=int)
         out("| figure | " + " | ".join("T = %s" % t for t in tables) + " |")
         out("|---|" + "---:|" * len(tables))
-        for key in ("ADD, flush on", "ADD, flush off", "DEL, flush on", "DEL, flush off", "floor: conntrack -L -s ADDRESS"):
+        for key in ("ADD, flush on", "ADD, flush off", "DEL, flush on", "DEL, flush off", "ADD, tombstoned address, flush on",
+                    "floor: conntrack -L -s ADDRESS"):
             out("| %s | %s |" % (key, " | ".join(fmt(conntrack[t].get(key)) for t in tables)))
         for verb in ("ADD", "DEL"):
             out("| %s: flush's cost (on − off) | %s |" % (verb, " | ".join(
@@ -900,9 +919,12 @@ def report(bench, args, elapsed):
                 if conntrack[t].get("%s, flush on" % verb) else "–" for t in tables)))
         out("| entries present (before / after) | %s |" % " | ".join(
             "%s / %s" % (conntrack[t].get("entries present"), conntrack[t].get("entries present after")) for t in tables))
-        out("| pod entries left after the DELs, flush on / off | %s |" % " | ".join(
+        out("| pod entries left after the DELs, flush on (tombstoned) / off | %s |" % " | ".join(
             "%s / %s" % (conntrack[t].get("pod entries left after DELs with the flush on"),
                          conntrack[t].get("pod entries left after DELs with the flush off")) for t in tables))
+        out("| agent pass sweeping the tombstones: ms (tombstones, flush-on entries left after) | %s |" % " | ".join(
+            "%s (%s, %s)" % ("%.1f" % conntrack[t]["agent pass sweeping the tombstones"] if "agent pass sweeping the tombstones" in conntrack[t] else "–",
+                             conntrack[t].get("tombstones"), conntrack[t].get("pod entries left after the agent's pass, flush on")) for t in tables))
         buckets = r.get("conntrack buckets")
         if buckets:
             out("")

@@ -25,7 +25,10 @@ struct ConntrackTests {
             try process.run()
         }
 
-        deinit {
+        deinit { stop() }
+
+        /// Ends the program (by its PID) and waits for it.
+        func stop() {
             if process.isRunning { kill(process.processIdentifier, SIGKILL) }
             process.waitUntilExit()
         }
@@ -114,10 +117,15 @@ struct ConntrackTests {
         let listed = try Self.entries(topology)
         #expect(listed.contains("sport=40000") && listed.contains("dst=\(before)"), "conntrack -L before:\n\(listed)")
         try plugin(topology, "DEL", "a", netconf(name: masqueradedFirst ? "masq" : "keep", scratch: scratch, extra: backend, addresses: []))
+        // DEL walks nothing: the entry is still there, and a tombstone names the address for B's ADD.
+        let afterDel = try Self.entries(topology)
+        #expect(afterDel.contains("sport=40000") && afterDel.contains("dst=\(before)"), "conntrack -L after DEL:\n\(afterDel)")
+        #expect(FileManager.default.fileExists(atPath: Self.tombstone(scratch, pod)))
         let added = try plugin(topology, "ADD", "b", second)
         #expect(Self.currentSource(flow) == after, "the same 5-tuple must follow pod B's network now")
         let relisted = try Self.entries(topology)
         #expect(relisted.contains("sport=40000") && relisted.contains("dst=\(after)"), "conntrack -L after:\n\(relisted)")
+        #expect(!FileManager.default.fileExists(atPath: Self.tombstone(scratch, pod)), "B's ADD removed the tombstone")
         #expect(added.stderr.contains("conntrack: deleted"), "the deletion is counted and logged: \(added.stderr)")
         withExtendedLifetime(sender) {}
     }
@@ -140,6 +148,86 @@ struct ConntrackTests {
         try plugin(topology, "ADD", "b", netconf(name: second.0, scratch: scratch, extra: second.1))
         #expect(Self.currentSource(flow) == stale, "the stale entry keeps the old owner's NAT (or lack of it)")
         withExtendedLifetime(sender) {}
+    }
+
+    static func tombstone(_ scratch: ScratchDirectory, _ address: String) -> String {
+        scratch.path + "/state/conntrack-stale/" + address
+    }
+
+    /// `conntrack -E` in the node: every DESTROY event of the pod's UDP flow from port 40000, one line each.
+    static func destroyEvents(_ topology: Topology, _ scratch: ScratchDirectory) throws -> Background {
+        let events = try Background(in: topology.node, """
+            import os
+            os.execvp("stdbuf", ["stdbuf", "-oL", "conntrack", "-E", "-e", "DESTROY", "-p", "udp", "-s", "\(Topology.pod.v4)", "--sport", "40000"])
+            """, output: scratch.path + "/events")
+        usleep(300_000) // the event socket is bound before anything is deleted
+        return events
+    }
+
+    /// A takeover ADD (B registers A's address before A's DEL came, in A's network or in another one) deletes A's
+    /// entries at once: the flow's entry is destroyed (`conntrack -E` sees it) and the flow gets a fresh one.
+    /// Control: with `conntrackFlush: false` it stays.
+    @Test(arguments: backends, [(true, false), (false, false), (true, true)])
+    func aTakeoverAddDeletesTheFormerOwnersEntries(backend: [String: String], flushAcross: (Bool, Bool)) throws {
+        let (flush, acrossNetworks) = flushAcross
+        let topology = try Topology(), scratch = ScratchDirectory()
+        var settings: [String: Any] = backend
+        settings["conntrackFlush"] = flush
+        settings["logLevel"] = "info" // the takeover and the deletion count are info lines
+        let input = netconf(scratch: scratch, extra: settings, addresses: ["10.99.0.3/24"])
+        let inputB = acrossNetworks ? netconf(name: "othernet", scratch: scratch, extra: settings, addresses: ["10.99.0.3/24"]) : input
+        let flow = try Background(in: topology.privateHost, Self.receiver(Topology.privateHost.v4), output: scratch.path + "/flow")
+        try plugin(topology, "ADD", "a", input)
+        // Listening first: with nf_conntrack_events at its default (2), only entries made while a listener exists
+        // report their destruction.
+        let events = try Self.destroyEvents(topology, scratch)
+        let sender = try Background(in: topology.pod, Self.sender(to: Topology.privateHost.v4), output: scratch.path + "/sender")
+        #expect(Self.currentSource(flow) != nil)
+        let before = try Self.entries(topology)
+        #expect(before.contains("sport=40000"), "conntrack -L before:\n\(before)")
+        #expect(events.lines.isEmpty, "nothing destroyed yet: \(events.lines)")
+        let added = try plugin(topology, "ADD", "b", inputB)
+        #expect(added.stderr.contains(acrossNetworks ? "is taken over by" : "moves from"), "a takeover: \(added.stderr)")
+        #expect(Self.currentSource(flow) != nil)
+        let after = try Self.entries(topology)
+        #expect(after.contains("sport=40000"), "conntrack -L after (the flow goes on):\n\(after)")
+        if flush {
+            #expect(events.next(1, after: 0, timeout: 3)?.first?.contains("[DESTROY]") == true, "the former owner's entry was deleted: \(events.lines)")
+            #expect(added.stderr.contains("conntrack: deleted 1 entry"), "\(added.stderr)")
+        } else {
+            #expect(events.next(1, after: 0, timeout: 2) == nil, "without the flush the former owner's entry stays (so the check above can fail): \(events.lines)")
+        }
+        withExtendedLifetime((sender, events)) {}
+    }
+
+    /// The agent's pass deletes what a deleted pod left in conntrack (its address was tombstoned by DEL and not reused
+    /// since) and removes the tombstone. Control: with `conntrackFlush: false` DEL writes none and the entry stays.
+    @Test(arguments: backends, [true, false])
+    func theAgentsPassClearsTheEntriesOfDeletedPods(backend: [String: String], flush: Bool) throws {
+        let topology = try Topology(), scratch = ScratchDirectory()
+        var settings: [String: Any] = backend
+        settings["conntrackFlush"] = flush
+        let conf = scratch.path + "/net.conf"
+        try netconf(scratch: scratch, extra: settings, addresses: []).write(toFile: conf, atomically: true, encoding: .utf8)
+        let flow = try Background(in: topology.privateHost, Self.receiver(Topology.privateHost.v4), output: scratch.path + "/flow")
+        try plugin(topology, "ADD", "a", netconf(scratch: scratch, extra: settings, addresses: ["10.99.0.3/24"]))
+        let sender = try Background(in: topology.pod, Self.sender(to: Topology.privateHost.v4), output: scratch.path + "/sender")
+        #expect(Self.currentSource(flow) != nil)
+        sender.stop() // the pod is gone: nothing renews its entries
+        try plugin(topology, "DEL", "a", netconf(scratch: scratch, extra: settings, addresses: []))
+        let afterDel = try Self.entries(topology)
+        #expect(afterDel.contains("sport=40000"), "conntrack -L after DEL (DEL walks nothing):\n\(afterDel)")
+        #expect(FileManager.default.fileExists(atPath: Self.tombstone(scratch, Topology.pod.v4)) == flush)
+        let agent = try topology.node.exec([Host.pluginBinary, "agent", "--netconf", conf, "--once"])
+        #expect(agent.status == 0, "\(agent.stderr)")
+        let afterPass = try Self.entries(topology)
+        if flush {
+            #expect(!afterPass.contains("sport=40000"), "conntrack -L after the agent's pass:\n\(afterPass)")
+            #expect(agent.stderr.contains("conntrack: deleted 1 entry of 1 released address(es)"), "\(agent.stderr)")
+            #expect(!FileManager.default.fileExists(atPath: Self.tombstone(scratch, Topology.pod.v4)))
+        } else {
+            #expect(afterPass.contains("sport=40000"), "without the flush the deleted pod's entry stays (so the check above can fail)")
+        }
     }
 
     // MARK: Item 5: a ConfigMap edit reaches a long-lived flow; an unrelated TCP connection survives it

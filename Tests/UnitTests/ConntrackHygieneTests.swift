@@ -1,5 +1,7 @@
 import MasqCore
+import JSON
 @testable import Netfilter
+@testable import Plugin
 import Testing
 
 /// The conntrack hygiene hooks through the dispatcher, against an in-memory table (the kernel's is exercised as root
@@ -11,23 +13,74 @@ import Testing
 
     static let del = #"{"cniVersion":"1.0.0","name":"podnet","type":"ip-masq"}"#
 
-    @Test func delDeletesThePodsEntriesOnly() {
+    func tombstone(_ harness: PluginHarness, _ address: String) -> String {
+        harness.directory + "/state/" + StateStore.tombstoneDirectoryName + "/" + address
+    }
+
+    @Test func delWritesATombstoneAndWalksNothing() throws {
         let harness = PluginHarness()
         _ = harness.run("ADD", addInput())
         let table = harness.backend.table
-        table.entries = [entry("10.99.0.3", "203.0.113.2"), entry("10.99.0.3", "192.168.1.1", proto: 6), entry("10.99.0.4", "203.0.113.2")]
+        table.entries = [entry("10.99.0.3", "203.0.113.2"), entry("10.99.0.4", "203.0.113.2")]
+        table.dumps = []
         let (outcome, _) = harness.run("DEL", Self.del)
         #expect(outcome.exitStatus == 0)
-        #expect(table.entries == [entry("10.99.0.4", "203.0.113.2")])
+        #expect(table.dumps.isEmpty && table.entries.count == 2)
+        let content = try #require(try Files.read(tombstone(harness, "10.99.0.3")))
+        #expect(String(decoding: content, as: UTF8.self).contains("ctr1"))
     }
 
-    @Test func addDeletesWhatAnEarlierHolderOfTheAddressLeft() {
+    @Test func anAddOfATombstonedAddressDeletesItsEntriesAndTheTombstone() {
         let harness = PluginHarness()
+        _ = harness.run("ADD", addInput())
+        _ = harness.run("DEL", Self.del)
         let table = harness.backend.table
         table.entries = [entry("10.99.0.3", "192.168.1.1"), entry("10.99.0.9", "192.168.1.1")]
-        let (outcome, _) = harness.run("ADD", addInput())
+        table.dumps = []
+        let (outcome, _) = harness.run("ADD", addInput(), environment: ["CNI_CONTAINERID": "ctr2"])
         #expect(outcome.exitStatus == 0)
         #expect(table.entries == [entry("10.99.0.9", "192.168.1.1")])
+        #expect(table.dumps == [IPAddress("10.99.0.3")])
+        #expect(!Files.exists(tombstone(harness, "10.99.0.3")))
+    }
+
+    @Test func aFreshAddWalksNothing() {
+        let harness = PluginHarness()
+        let table = harness.backend.table
+        table.entries = [entry("10.99.0.3", "192.168.1.1")]
+        let (outcome, _) = harness.run("ADD", addInput())
+        #expect(outcome.exitStatus == 0)
+        #expect(table.dumps.isEmpty && table.entries.count == 1)
+    }
+
+    @Test func aTakeoverAddDeletesTheFormerOwnersEntries() {
+        let harness = PluginHarness()
+        _ = harness.run("ADD", addInput())
+        let table = harness.backend.table
+        table.entries = [entry("10.99.0.3", "192.168.1.1")]
+        let (outcome, _) = harness.run("ADD", addInput(), environment: ["CNI_CONTAINERID": "ctr2"])
+        #expect(outcome.exitStatus == 0)
+        #expect(table.entries.isEmpty && table.dumps == [IPAddress("10.99.0.3")])
+    }
+
+    @Test func theAgentsSweepDeletesTombstonedEntriesOnce() throws {
+        let harness = PluginHarness()
+        _ = harness.run("ADD", addInput())
+        _ = harness.run("DEL", Self.del)
+        let table = harness.backend.table
+        table.entries = [entry("10.99.0.3", "192.168.1.1"), entry("10.99.0.9", "192.168.1.1")]
+        table.dumps = []
+        let config = try MasqConfig.resolve(netconf: JSONObject([("stateDir", .string(harness.directory + "/state")),
+                                                      ("lockFile", .string(harness.directory + "/lock"))]), fileContents: nil)
+        let backend = harness.backend
+        let plugin = CNIPlugin(environment: [:], stdin: { () throws(CNIError) -> [UInt8] in [] }, makeBackend: { _, _ in backend }, log: Log(level: .error))
+        let session = try Session(config: config, network: "podnet", plugin: plugin)
+        session.sweepTombstones(after: "test")
+        #expect(table.entries == [entry("10.99.0.9", "192.168.1.1")])
+        #expect(!Files.exists(tombstone(harness, "10.99.0.3")))
+        table.dumps = []
+        session.sweepTombstones(after: "test")
+        #expect(table.dumps.isEmpty)
     }
 
     @Test func aLateDelOfAnAddressTakenOverLeavesTheNewOwnersEntries() {
@@ -46,7 +99,9 @@ import Testing
         let table = harness.backend.table
         table.entries = [entry("10.99.0.3", "203.0.113.2")]
         _ = harness.run("DEL", #"{"cniVersion":"1.0.0","name":"podnet","type":"ip-masq","conntrackFlush":false}"#)
-        #expect(table.entries.count == 1 && table.deleted.isEmpty)
+        #expect(!Files.exists(tombstone(harness, "10.99.0.3")))
+        _ = harness.run("ADD", addInput(extra: #","conntrackFlush":false"#), environment: ["CNI_CONTAINERID": "ctr2"])
+        #expect(table.entries.count == 1 && table.deleted.isEmpty && table.dumps.isEmpty)
     }
 
     @Test func aFailingTableNeverFailsTheVerb() {

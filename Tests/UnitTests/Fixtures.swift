@@ -55,9 +55,12 @@ final class RecordingConnectionTable: ConnectionTable, @unchecked Sendable {
     var entries: [ConnectionEntry] = []
     var deleted: [ConnectionEntry] = []
     var failure: ConntrackError?
+    /// The dumps asked for (each one a walk of the kernel's whole hash): nil source = unfiltered.
+    var dumps: [IPAddress?] = []
 
     func entries(family: IPFamily, source: IPAddress?) throws(ConntrackError) -> [ConnectionEntry] {
         if let failure { throw failure }
+        dumps.append(source)
         return entries.filter { $0.source.family == family && (source == nil || $0.source == source) }
     }
 

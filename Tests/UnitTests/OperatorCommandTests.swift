@@ -430,6 +430,7 @@ final class FakeNode: @unchecked Sendable {
         let node = FakeNode()
         #expect(node.add("ctr1", "10.22.0.5/24").exitStatus == 0)
         #expect(node.add("ctr2", "10.23.0.5/24", network: "second").exitStatus == 0)
+        try StateStore(root: node.stateDir).writeTombstone(IPAddress("10.22.0.9")!, formerOwner: "a deleted pod") // a DEL's
         let config = try ResetCommand.pluginConfig(try Arguments(["--state-dir", node.stateDir, "--lock-file", node.lockFile],
                                                                  valued: ["--state-dir", "--lock-file"]),
                                                    keys: ["--state-dir": "stateDir", "--lock-file": "lockFile"])
@@ -441,7 +442,7 @@ final class FakeNode: @unchecked Sendable {
         #expect(node.iptables.removedNetworks.map(\.network) == ["podnet", "podnet", "podnet", "second", "second", "second"],
                 "the other backend is tried too, in every iptables flavour")
         #expect(node.requestedModes.modes.filter { $0 != .auto } == [.nft, .legacy, .nft, .legacy])
-        #expect(!FileManager.default.fileExists(atPath: node.stateDir), "records and the backend choice are gone")
+        #expect(!FileManager.default.fileExists(atPath: node.stateDir), "records, conntrack tombstones and the backend choice are gone")
         let second = try ResetCommand.reset(network: nil, config: config, makeBackend: node.makeBackend)
         #expect(second.lines == ["nothing to reset in \(node.stateDir)"] && second.failures.isEmpty)
     }
