@@ -1,3 +1,6 @@
+#if canImport(Glibc)
+import Glibc
+#endif
 import MasqCore
 
 /// The iptables backend (DESIGN 1.4): the layout is `IPTablesRenderer`'s. A verb that only registers or removes pods
@@ -146,12 +149,39 @@ public struct IPTablesBackend: MasqBackend {
         try removeNetwork(network, registrations: registrations, keepingSets: false)
     }
 
-    /// What `iptables` is when the mode is `auto` (`iptables -V` says "nf_tables" or "legacy"); the mode otherwise.
+    /// What `iptables` is when the mode is `auto`; the mode otherwise. Asked on every verb of an `auto` network (a
+    /// flavour switch by the node's alternatives must be noticed), so first without a process: the name the
+    /// `iptables` found in PATH resolves to (`xtables-nft-multi`, `iptables-legacy`...); else `iptables -V`.
     public func resolvedMode() -> IPTablesMode {
         guard mode == .auto else { return mode }
+        if runner is SpawnRunner, let name = Self.resolvedName(of: program(.v4)) {
+            if name.contains("legacy") { return .legacy }
+            if name.contains("nft") { return .nft }
+        }
         guard let version = try? execute([program(.v4), "-V"]) else { return .auto }
         if version.contains("nf_tables") { return .nft }
         return version.contains("legacy") ? .legacy : .auto
+    }
+
+    /// The file name `program`, searched in PATH, resolves to after every symbolic link; nil when not found.
+    static func resolvedName(of program: String) -> String? {
+        let path = getenv("PATH").map { String(cString: $0) } ?? "/usr/sbin:/usr/bin:/sbin:/bin"
+        for directory in path.split(separator: ":", omittingEmptySubsequences: true) {
+            guard let real = realpath(directory + "/" + program, nil) else { continue }
+            defer { free(real) }
+            let resolved = String(cString: real)
+            return String(resolved.split(separator: "/").last ?? Substring(resolved))
+        }
+        return nil
+    }
+
+    /// The concrete flavours that may hold rules here: `nft`, plus `legacy` only when the kernel has a legacy nat
+    /// table in this network namespace (listing it would otherwise create one, a trace of its own).
+    public static func installedModes() -> [IPTablesMode] {
+        let legacy = ["/proc/net/ip_tables_names", "/proc/net/ip6_tables_names"].contains { path in
+            ((try? Files.read(path)) ?? nil).map { String(decoding: $0, as: UTF8.self).split(separator: "\n").contains("nat") } ?? false
+        }
+        return legacy ? [.nft, .legacy] : [.nft]
     }
 
     public func removeNetwork(_ network: String, registrations: [Registration], keepingSets: Bool) throws(BackendError) {

@@ -109,6 +109,17 @@ public struct StateStore: Sendable {
         return result.sorted { $0.owner < $1.owner }
     }
 
+    /// The file names of a network's records that cannot be read as records (damaged).
+    public func unreadableRecords(in key: NetworkKey) throws(SystemError) -> [String] {
+        let directory = networkDirectory(key) + "/attachments"
+        var result: [String] = []
+        for name in try Files.list(directory) where !name.hasPrefix(".") {
+            let bytes = try? Files.read(directory + "/" + name)
+            if bytes.flatMap({ $0 }).flatMap({ try? JSONValue.parse($0) }).flatMap(AttachmentRecord.init(json:)) == nil { result.append(name) }
+        }
+        return result.sorted()
+    }
+
     /// The record stored under a file name in a network (the holder of an address).
     public func record(in key: NetworkKey, named fileName: String) throws(SystemError) -> AttachmentRecord? {
         guard let bytes = try Files.read(networkDirectory(key) + "/attachments/" + fileName),
@@ -133,6 +144,18 @@ public struct StateStore: Sendable {
     /// Drops the ownership of `address`.
     public func release(_ address: IPAddress, in key: NetworkKey) throws(SystemError) {
         try Files.remove(networkDirectory(key) + "/owners/\(address)")
+    }
+
+    /// The addresses the ownership index gives to `owner` (a scan of the index: only for a damaged record).
+    public func addresses(heldBy owner: Owner) throws(SystemError) -> [IPAddress] {
+        let directory = networkDirectory(NetworkKey(network: owner.network)) + "/owners"
+        let wanted = Self.fileName(for: owner.attachment)
+        var found: [IPAddress] = []
+        for name in try Files.list(directory) {
+            guard let address = IPAddress(name), let bytes = try Files.read(directory + "/" + name) else { continue }
+            if String(decoding: bytes, as: UTF8.self) == wanted { found.append(address) }
+        }
+        return found
     }
 
     // MARK: pod subnets (reference counted by member files)

@@ -79,11 +79,11 @@ struct Invocation {
     /// Best effort (DESIGN 1.3): exits 0 whenever the state directory and the lock are usable. Only the plumbing keys
     /// are read; a failed netfilter removal is logged and the records stay, so GC or a later DEL can retry it.
     func delete(_ resolved: ResolvedConfig) throws(CNIError) {
-        let session = try Session(config: resolved.config, network: netconf.name, plugin: plugin, forDelete: true,
+        let session = try Session(config: resolved.config, network: netconf.name, plugin: plugin,
                                   recordedBackendWins: resolved.recordedBackendWins)
+        let target = session.placementDescription
         do { try session.moveIfNeeded(policy: nil) } catch {
-            log.error("cannot move the network to \(session.placementDescription), removing the pod where it is recorded: \(error)")
-            session.stayWithRecordedPlacement()
+            log.error("cannot move the network to \(target), removing the pod where it is recorded (\(session.placementDescription)): \(error)")
         }
         var change = NetworkChange(network: netconf.name)
         try session.unregister(owner, into: &change)
@@ -138,7 +138,7 @@ struct Invocation {
             log.warning("GC without cni.dev/valid-attachments (or cni.dev/attachments): nothing removed")
             return
         }
-        let session = try Session(config: resolved.config, network: netconf.name, plugin: plugin, forDelete: true,
+        let session = try Session(config: resolved.config, network: netconf.name, plugin: plugin,
                                   recordedBackendWins: resolved.recordedBackendWins)
         try session.moveIfNeeded(policy: nil)
         var change = NetworkChange(network: netconf.name)
