@@ -80,9 +80,14 @@ public struct IPTablesBackend: MasqBackend {
     }
 
     /// Without the xtables wait: STATUS probes, and must not wait for a lock; a busy lock means the tools work.
+    /// Listing a legacy nat table creates it: with none yet, only the tool is run (`-V`), so STATUS writes nothing.
     public func probe() -> String? {
         do {
-            _ = try execute([program(.v4), "-t", "nat", "-S", "POSTROUTING"])
+            if resolvedMode() == .legacy && !Self.installedModes().contains(.legacy) {
+                _ = try execute([program(.v4), "-V"])
+            } else {
+                _ = try execute([program(.v4), "-t", "nat", "-S", "POSTROUTING"])
+            }
             _ = try execute(["ipset", "list", "-n"])
             return nil
         } catch where error.kind == .transient {

@@ -153,12 +153,20 @@ struct Invocation {
     // MARK: STATUS
 
     /// Without the lock (a busy lock means the plugin works): 50 only when the state directory is unusable or no
-    /// backend ADD would use can work. Writes nothing but the state directory itself.
+    /// backend ADD would use can work. Writes nothing (see `IPTablesBackend.probe` for the legacy flavour).
     func status(_ resolved: ResolvedConfig) throws(CNIError) {
         let config = resolved.config
         do throws(SystemError) {
-            try Files.makeDirectories(config.stateDir)
-            guard access(config.stateDir, W_OK | X_OK) == 0 else { throw SystemError("access \(config.stateDir)") }
+            // Nothing is created: an existing state directory must be a directory ADD can write in, a missing one
+            // must have a nearest existing ancestor that is (ADD creates the rest).
+            var path = config.stateDir
+            var info = stat()
+            while stat(path, &info) != 0 {
+                guard errno == ENOENT, path.count > 1 else { throw SystemError("stat \(path)") }
+                path = Files.parentDirectory(of: path)
+            }
+            guard info.st_mode & S_IFMT == S_IFDIR else { throw SystemError("\(path) is not a directory", errno: ENOTDIR) }
+            guard access(path, W_OK | X_OK) == 0 else { throw SystemError("access \(path)") }
         } catch {
             throw CNIError(.pluginNotAvailable, "cannot service ADD: the state directory \(quoted(config.stateDir)) is unusable", details: "\(error)")
         }

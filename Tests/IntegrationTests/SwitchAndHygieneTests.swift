@@ -238,6 +238,15 @@ struct SwitchAndHygieneTests {
         #expect(try traces(ns)["ipset"]!.isEmpty)
     }
 
+    /// STATUS writes nothing: probing the legacy flavour creates no legacy nat table, and no state directory.
+    @Test func statusOfTheLegacyFlavourCreatesNothing() throws {
+        let ns = try Netns("status-legacy"), scratch = ScratchDirectory()
+        let status = try PluginCall(netns: ns, command: "STATUS")(netconf(version: "1.1.0", scratch: scratch, extra: extra("iptables-legacy"), addresses: []))
+        #expect(status.status == 0, "\(status.stdout)\(status.stderr)")
+        #expect(try !ns.exec(["cat", "/proc/net/ip_tables_names"]).stdout.contains("nat"), "no legacy nat table was created")
+        #expect(!FileManager.default.fileExists(atPath: scratch.path + "/state"))
+    }
+
     /// Issue 11.6: a logFile that is the same file as stdout is ignored; the result on stdout stays intact.
     @Test func aLogFileThatIsStdoutLeavesTheResultIntact() throws {
         let ns = try Netns("stdout-log"), scratch = ScratchDirectory()

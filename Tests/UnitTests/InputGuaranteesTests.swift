@@ -226,9 +226,36 @@ struct RefusingBackend: MasqBackend {
     @Test func statusAndTheStateDirectory() throws {
         let node = GuaranteeNode()
         #expect(node.run("STATUS", node.stdin(#""nonMasqueradeCIDRs":["10.0.0.1/8"]"#)).0.exitStatus == 0)
-        try FileManager.default.removeItem(atPath: node.stateDir)
+        try? FileManager.default.removeItem(atPath: node.stateDir)  // STATUS creates none
         try "x".write(toFile: node.stateDir, atomically: true, encoding: .utf8)
         #expect(node.run("STATUS", node.stdin("")).1?["code"] == .int(50))
+    }
+}
+
+@Suite struct StatusSideEffectTests {
+    /// A regular file (even an executable one) where the state directory belongs is 50, as ADD's 102 says.
+    @Test func aFileAtStateDirIsUnusable() throws {
+        let node = GuaranteeNode()
+        try "x".write(toFile: node.stateDir, atomically: true, encoding: .utf8)
+        chmod(node.stateDir, 0o755)
+        #expect(node.run("STATUS", node.stdin("")).1?["code"] == .int(50))
+        #expect(node.run("ADD", node.stdin(#""backend":"nftables""#)).1?["code"] == .int(102))
+    }
+
+    /// STATUS writes nothing: a state directory that does not exist yet is not created (its parent is usable).
+    @Test func statusCreatesNoStateDirectory() {
+        let node = GuaranteeNode()
+        let (outcome, reply) = node.run("STATUS", node.stdin(""))
+        #expect(outcome.exitStatus == 0, "\(reply?.serialized() ?? "")")
+        #expect(!FileManager.default.fileExists(atPath: node.stateDir))
+    }
+
+    /// An invalid logFile falls back to its default (stderr) in the verbs that read only the plumbing (DEL, GC,
+    /// STATUS), instead of staying set to the refused value.
+    @Test func anInvalidLogFileFallsBackToItsDefault() throws {
+        let plumbing = try MasqConfig.resolvePlumbing(netconf: JSONObject([("logFile", .string("/dev/stdout"))]))
+        #expect(plumbing.config.logFile == nil)
+        #expect(plumbing.invalidKeys == ["logFile"])
     }
 }
 
