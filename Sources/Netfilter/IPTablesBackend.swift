@@ -134,7 +134,10 @@ public struct IPTablesBackend: MasqBackend {
     /// Writes the network's sets, chain and jump (both families), then this change's elements.
     func rewrite(_ change: NetworkChange, policy: NetworkPolicy) throws(BackendError) {
         var plans: [(IPFamily, IPTablesRenderer.Layout)] = []
+        // Without a jump in either family the network's sets are this rewrite's own (a first write).
+        var firstWrite = true
         for (family, listing) in try listings(needing: Set(change.add.map(\.pod.address.family))) {
+            if !renderer.installedJumps(change.key, family, in: listing).isEmpty { firstWrite = false }
             guard let layout = renderer.layout(change.key, family, in: listing) else {
                 throw BackendError(.failed, "chains \(renderer.candidateChains(change.key).joined(separator: " and ")) of the \(family == .v4 ? "iptables" : "ip6tables") nat table are used by other rules; set masqChain to a free name")
             }
@@ -144,9 +147,15 @@ public struct IPTablesBackend: MasqBackend {
             (family, renderer.nodeWideInput(policy, change.key, family, chain: layout.chain, cleanup: layout.cleanup))
         }
         // All or nothing across the families: each family's input is first checked by the tool (`--test` commits
-        // nothing), so a refusal of IPv6 cannot leave IPv4 rewritten. The sets must exist for the check.
+        // nothing), so a refusal of IPv6 cannot leave IPv4 rewritten. The sets must exist for the check (the tools
+        // refuse a match of a missing set), so a refused first write destroys the sets it created.
         _ = try ipset(renderer.setInput(for: change, creating: true))
-        for (family, input) in inputs { try restore(family, input, testOnly: true) }
+        do {
+            for (family, input) in inputs { try restore(family, input, testOnly: true) }
+        } catch {
+            if firstWrite { _ = try? ipset(renderer.setRemovalInput(change.key)) }
+            throw error
+        }
         for (family, input) in inputs { try restore(family, input) }
     }
 
