@@ -110,7 +110,7 @@ struct Invocation {
         }
         let expected = Set(prevResult.podAddresses(ifname: owner.ifname).map(\.address))
         guard !expected.isEmpty else {
-            throw CNIError(.checkFailed, "nothing is registered for \(owner.tag)", details: Self.noAddressReason(prevResult, ifname: owner.ifname))
+            throw CNIError(.checkFailed, "prevResult has no address of \(owner.tag) to check", details: Self.noAddressReason(prevResult, ifname: owner.ifname))
         }
         guard let record = try session.record(of: owner) else {
             throw CNIError(.checkFailed, "no registration for \(owner.tag)", details: "ADD did not run or DEL already removed it")

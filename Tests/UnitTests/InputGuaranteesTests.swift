@@ -273,6 +273,7 @@ struct RefusingBackend: MasqBackend {
         #expect(check.exitStatus == 1)
         #expect(reply?["code"] == .int(101), "\(check.stdout)")
         #expect(reply?["msg"]?.stringValue?.contains("eth0") == true)
+        #expect(reply?["msg"]?.stringValue?.hasPrefix("prevResult has no address of") == true, "the message says what is missing: \(check.stdout)")
     }
 }
 
