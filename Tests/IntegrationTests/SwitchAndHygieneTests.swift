@@ -55,6 +55,7 @@ struct SwitchAndHygieneTests {
         for address in ["10.99.0.3", "fd00:99::3", "10.99.0.4"] { #expect(pods.contains(address), "\(address) is in \(to): \(after)") }
         #expect(after[rules(from)]!.isEmpty && after[entries(from)]!.isEmpty, "nothing of the network is left in \(from): \(after)")
         #expect(!after[rules(to)]!.isEmpty)
+        if from == "nftables" { #expect(try !ns.ruleset().contains("ip_masq"), "the emptied table goes too") }
         // CHECK of a pod registered before the switch agrees; with the old backend configured it reports the split.
         let moved = netconf(scratch: scratch, extra: extra(to), addresses: ["10.99.0.3/24", "fd00:99::3/64"])
         #expect(try PluginCall(netns: ns, command: "CHECK", containerID: "a")(moved).status == 0)
