@@ -361,6 +361,19 @@ struct RefusingBackend: MasqBackend {
 
 @Suite struct BackendSwitchTests {
     /// Issue 12.1: the first ADD that sees another backend moves every recorded pod and removes the old objects.
+    /// An old backend that is not usable during a move is a warning, and the move does not claim it was cleaned.
+    @Test func anUnusableOldBackendIsAWarning() throws {
+        let node = GuaranteeNode()
+        #expect(node.run("ADD", node.stdin(#""backend":"nftables""#)).0.exitStatus == 0)
+        node.nftables.failRemoval = BackendError(.unavailable, "nftables gone in this test")
+        let other = #"{"cniVersion":"1.0.0","interfaces":[{"name":"eth0","sandbox":"/x"}],"ips":[{"interface":0,"address":"10.99.0.4/24"}]}"#
+        let (add, _) = node.run("ADD", node.stdin(#""backend":"iptables""#, prevResult: other), environment: ["CNI_CONTAINERID": "ctr2"])
+        #expect(add.exitStatus == 0, "\(add.stdout)")
+        let lines = node.logText.split(separator: "\n")
+        #expect(lines.contains { $0.contains("warning") && $0.contains("nftables gone in this test") }, "\(node.logText)")
+        #expect(lines.contains { $0.contains("moved network") && $0.contains("except in nftables") }, "\(node.logText)")
+    }
+
     @Test func addAfterASwitchMovesTheNetwork() throws {
         let node = GuaranteeNode()
         #expect(node.run("ADD", node.stdin(#""backend":"nftables""#)).0.exitStatus == 0)
