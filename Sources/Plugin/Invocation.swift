@@ -103,7 +103,8 @@ struct Invocation {
     func check(_ resolved: ResolvedConfig) throws(CNIError) {
         let (_, prevResult) = try prevResult()
         let session = try Session(config: resolved.config, network: netconf.name, plugin: plugin, readOnly: true)
-        if let elsewhere = session.recordedElsewhere {
+        // A record that names no flavour (an earlier release) is no split: the next ADD or agent pass cleans the others.
+        if let elsewhere = session.recordedElsewhere, elsewhere.backend != session.backend.kind || (elsewhere.iptablesMode ?? .auto) != .auto {
             throw CNIError(.checkFailed, "network \(netconf.name) is split across backends: its rules are recorded in "
                            + "\(Session.describe(backend: elsewhere.backend, mode: elsewhere.iptablesMode)), the config says \(session.placementDescription)",
                            details: "the next ADD, DEL or agent pass moves them")

@@ -217,6 +217,9 @@ struct SwitchAndHygieneTests {
         record["iptablesMode"] = nil
         record["masqChain"] = nil
         try JSONSerialization.data(withJSONObject: record).write(to: URL(fileURLWithPath: scratch.path + "/state/testnet/network.json"))
+        // CHECK does not call such a network split (nothing says it is).
+        let check = try PluginCall(netns: ns, command: "CHECK", containerID: "c1")(netconf(scratch: scratch, extra: extra("iptables-legacy"), addresses: ["10.99.0.3/24"]))
+        #expect(check.status == 0, "\(check.stdout)")
         let changed = netconf(scratch: scratch, extra: extra("iptables", "nft", ["nonMasqueradeCIDRs": ["10.0.0.0/8", "100.64.0.0/10"]]), addresses: ["10.99.0.4/24"])
         let add = try PluginCall(netns: ns, command: "ADD", containerID: "c2")(changed)
         #expect(add.status == 0, "\(add.stdout)\(add.stderr)")
