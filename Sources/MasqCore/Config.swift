@@ -261,10 +261,12 @@ extension MasqConfig {
             case "lockFile": lockFile = try reader.path(key, value, optional: false)!
             case "stateDir": stateDir = try reader.path(key, value, optional: false)!
             case "logFile":
-                logFile = try reader.path(key, value, optional: true)
-                if let path = logFile, Self.standardOutputPaths.contains(path) {
+                // Checked before it is taken: an invalid logFile leaves the default (DEL, GC and STATUS go on).
+                let path = try reader.path(key, value, optional: true)
+                if let path, Self.standardOutputPaths.contains(path) {
                     throw reader.invalid(key, value, "standard output carries the CNI result; log to stderr (unset logFile) or a file")
                 }
+                logFile = path
             case "logLevel":
                 logLevel = try reader.choice(key, value, LogLevel.self)
                 logLevelGiven = true

@@ -1,3 +1,6 @@
+#if canImport(Glibc)
+import Glibc
+#endif
 import MasqCore
 
 /// The iptables backend (DESIGN 1.4): the layout is `IPTablesRenderer`'s. A verb that only registers or removes pods
@@ -82,9 +85,14 @@ public struct IPTablesBackend: MasqBackend {
     }
 
     /// Without the xtables wait: STATUS probes, and must not wait for a lock; a busy lock means the tools work.
+    /// Listing a legacy nat table creates it: with none yet, only the tool is run (`-V`), so STATUS writes nothing.
     public func probe() -> String? {
         do {
-            _ = try execute([program(.v4), "-t", "nat", "-S", "POSTROUTING"])
+            if resolvedMode() == .legacy && !Self.installedModes().contains(.legacy) {
+                _ = try execute([program(.v4), "-V"])
+            } else {
+                _ = try execute([program(.v4), "-t", "nat", "-S", "POSTROUTING"])
+            }
             _ = try execute(["ipset", "list", "-n"])
             return nil
         } catch where error.kind == .transient {
@@ -148,7 +156,10 @@ public struct IPTablesBackend: MasqBackend {
     /// Writes the network's sets, chain and jump (both families), then this change's elements.
     func rewrite(_ change: NetworkChange, policy: NetworkPolicy) throws(BackendError) {
         var plans: [(IPFamily, IPTablesRenderer.Layout)] = []
+        // Without a jump in either family the network's sets are this rewrite's own (a first write).
+        var firstWrite = true
         for (family, listing) in try listings(needing: Set(change.add.map(\.pod.address.family))) {
+            if !renderer.installedJumps(change.key, family, in: listing).isEmpty { firstWrite = false }
             guard let layout = renderer.layout(change.key, family, in: listing) else {
                 throw BackendError(.failed, "chains \(renderer.candidateChains(change.key).joined(separator: " and ")) of the \(family == .v4 ? "iptables" : "ip6tables") nat table are used by other rules; set masqChain to a free name")
             }
@@ -163,9 +174,15 @@ public struct IPTablesBackend: MasqBackend {
                      + (guards[family] ?? ""))
         }
         // All or nothing across the families: each family's input is first checked by the tool (`--test` commits
-        // nothing), so a refusal of IPv6 cannot leave IPv4 rewritten. The sets must exist for the check.
+        // nothing), so a refusal of IPv6 cannot leave IPv4 rewritten. The sets must exist for the check (the tools
+        // refuse a match of a missing set), so a refused first write destroys the sets it created.
         _ = try ipset(renderer.setInput(for: change, creating: true))
-        for (family, input) in inputs { try restore(family, input, testOnly: true) }
+        do {
+            for (family, input) in inputs { try restore(family, input, testOnly: true) }
+        } catch {
+            if firstWrite { _ = try? ipset(renderer.setRemovalInput(change.key)) }
+            throw error
+        }
         for (family, input) in inputs { try restore(family, input) }
     }
 
@@ -173,12 +190,39 @@ public struct IPTablesBackend: MasqBackend {
         try removeNetwork(network, registrations: registrations, keepingSets: false)
     }
 
-    /// What `iptables` is when the mode is `auto` (`iptables -V` says "nf_tables" or "legacy"); the mode otherwise.
+    /// What `iptables` is when the mode is `auto`; the mode otherwise. Asked on every verb of an `auto` network (a
+    /// flavour switch by the node's alternatives must be noticed), so first without a process: the name the
+    /// `iptables` found in PATH resolves to (`xtables-nft-multi`, `iptables-legacy`...); else `iptables -V`.
     public func resolvedMode() -> IPTablesMode {
         guard mode == .auto else { return mode }
+        if runner is SpawnRunner, let name = Self.resolvedName(of: program(.v4)) {
+            if name.contains("legacy") { return .legacy }
+            if name.contains("nft") { return .nft }
+        }
         guard let version = try? execute([program(.v4), "-V"]) else { return .auto }
         if version.contains("nf_tables") { return .nft }
         return version.contains("legacy") ? .legacy : .auto
+    }
+
+    /// The file name `program`, searched in PATH, resolves to after every symbolic link; nil when not found.
+    static func resolvedName(of program: String) -> String? {
+        let path = getenv("PATH").map { String(cString: $0) } ?? "/usr/sbin:/usr/bin:/sbin:/bin"
+        for directory in path.split(separator: ":", omittingEmptySubsequences: true) {
+            guard let real = realpath(directory + "/" + program, nil) else { continue }
+            defer { free(real) }
+            let resolved = String(cString: real)
+            return String(resolved.split(separator: "/").last ?? Substring(resolved))
+        }
+        return nil
+    }
+
+    /// The concrete flavours that may hold rules here: `nft`, plus `legacy` only when the kernel has a legacy nat
+    /// table in this network namespace (listing it would otherwise create one, a trace of its own).
+    public static func installedModes() -> [IPTablesMode] {
+        let legacy = ["/proc/net/ip_tables_names", "/proc/net/ip6_tables_names"].contains { path in
+            ((try? Files.read(path)) ?? nil).map { String(decoding: $0, as: UTF8.self).split(separator: "\n").contains("nat") } ?? false
+        }
+        return legacy ? [.nft, .legacy] : [.nft]
     }
 
     public func removeNetwork(_ network: String, registrations: [Registration], keepingSets: Bool) throws(BackendError) {

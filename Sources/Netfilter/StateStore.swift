@@ -216,6 +216,17 @@ public struct StateStore: Sendable {
         return result.sorted { $0.owner < $1.owner }
     }
 
+    /// The file names of a network's records that cannot be read as records (damaged).
+    public func unreadableRecords(in key: NetworkKey) throws(SystemError) -> [String] {
+        let directory = networkDirectory(key) + "/attachments"
+        var result: [String] = []
+        for name in try Files.list(directory) where !name.hasPrefix(".") {
+            let bytes = try? Files.read(directory + "/" + name)
+            if bytes.flatMap({ $0 }).flatMap({ try? JSONValue.parse($0) }).flatMap(AttachmentRecord.init(json:)) == nil { result.append(name) }
+        }
+        return result.sorted()
+    }
+
     /// The record stored under a file name in a network (the holder of an address).
     public func record(in key: NetworkKey, named fileName: String) throws(SystemError) -> AttachmentRecord? {
         try readRecord(key, named: fileName).record

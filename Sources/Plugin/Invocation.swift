@@ -93,9 +93,9 @@ struct Invocation {
     func delete(_ resolved: ResolvedConfig) throws(CNIError) {
         let session = try Session(config: resolved.config, network: netconf.name, plugin: plugin, forDelete: true,
                                   recordedBackendWins: resolved.recordedBackendWins)
+        let target = session.placementDescription
         do { try session.moveIfNeeded(policy: nil) } catch {
-            log.error("cannot move the network to \(session.placementDescription), removing the pod where it is recorded: \(error)")
-            session.stayWithRecordedPlacement()
+            log.error("cannot move the network to \(target), removing the pod where it is recorded (\(session.placementDescription)): \(error)")
         }
         var change = NetworkChange(network: netconf.name)
         try session.unregister(owner, into: &change)
@@ -117,14 +117,15 @@ struct Invocation {
     func check(_ resolved: ResolvedConfig) throws(CNIError) {
         let (_, prevResult) = try prevResult()
         let session = try Session(config: resolved.config, network: netconf.name, plugin: plugin, readOnly: true)
-        if let elsewhere = session.recordedElsewhere {
+        // A record that names no flavour (an earlier release) is no split: the next ADD or agent pass cleans the others.
+        if let elsewhere = session.recordedElsewhere, elsewhere.backend != session.backend.kind || (elsewhere.iptablesMode ?? .auto) != .auto {
             throw CNIError(.checkFailed, "network \(netconf.name) is split across backends: its rules are recorded in "
                            + "\(Session.describe(backend: elsewhere.backend, mode: elsewhere.iptablesMode)), the config says \(session.placementDescription)",
                            details: "the next ADD, DEL or agent pass moves them")
         }
         let expected = Set(prevResult.podAddresses(ifname: owner.ifname).map(\.address))
         guard !expected.isEmpty else {
-            throw CNIError(.checkFailed, "nothing is registered for \(owner.tag)", details: Self.noAddressReason(prevResult, ifname: owner.ifname))
+            throw CNIError(.checkFailed, "prevResult has no address of \(owner.tag) to check", details: Self.noAddressReason(prevResult, ifname: owner.ifname))
         }
         guard let record = try session.record(of: owner) else {
             throw CNIError(.checkFailed, "no registration for \(owner.tag)", details: "ADD did not run or DEL already removed it")
@@ -169,12 +170,20 @@ struct Invocation {
     // MARK: STATUS
 
     /// Without the lock (a busy lock means the plugin works): 50 only when the state directory is unusable or no
-    /// backend ADD would use can work. Writes nothing but the state directory itself.
+    /// backend ADD would use can work. Writes nothing (see `IPTablesBackend.probe` for the legacy flavour).
     func status(_ resolved: ResolvedConfig) throws(CNIError) {
         let config = resolved.config
         do throws(SystemError) {
-            try Files.makeDirectories(config.stateDir)
-            guard access(config.stateDir, W_OK | X_OK) == 0 else { throw SystemError("access \(config.stateDir)") }
+            // Nothing is created: an existing state directory must be a directory ADD can write in, a missing one
+            // must have a nearest existing ancestor that is (ADD creates the rest).
+            var path = config.stateDir
+            var info = stat()
+            while stat(path, &info) != 0 {
+                guard errno == ENOENT, path.count > 1 else { throw SystemError("stat \(path)") }
+                path = Files.parentDirectory(of: path)
+            }
+            guard info.st_mode & S_IFMT == S_IFDIR else { throw SystemError("\(path) is not a directory", errno: ENOTDIR) }
+            guard access(path, W_OK | X_OK) == 0 else { throw SystemError("access \(path)") }
         } catch {
             throw CNIError(.pluginNotAvailable, "cannot service ADD: the state directory \(quoted(config.stateDir)) is unusable", details: "\(error)")
         }

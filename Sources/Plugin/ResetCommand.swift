@@ -51,7 +51,7 @@ enum ResetCommand {
         do {
             let lock = try FileLock(path: config.lockFile, timeout: config.lockTimeout)
             defer { lock.release() }
-            let modes = options["--iptables-mode"] == nil ? installedIPTablesModes() : [config.iptablesMode]
+            let modes = options["--iptables-mode"] == nil ? [.auto] + IPTablesBackend.installedModes() : [config.iptablesMode]
             let (lines, failures) = try reset(network: options["--network"], config: config, iptablesModes: modes, makeBackend: makeBackend)
             let stdout = lines.joined(separator: "\n") + "\n"
             guard failures.isEmpty else { return CommandExit.failed("reset", failures.joined(separator: "; "), stdout: stdout) }
@@ -140,15 +140,6 @@ enum ResetCommand {
         // The other backend and absent flavours were only tried to be safe; a usable recorded one must succeed.
         let relevant = failed.filter { $0.0.kind == recorded && $0.0.probe() == nil }
         return relevant.isEmpty ? nil : relevant.map { "\($0.0.kind.rawValue) failed: \($0.1)" }.joined(separator: "; ")
-    }
-
-    /// The iptables flavours that may hold rules here: `auto` and `nft`, plus `legacy` only when the kernel has a legacy
-    /// nat table in this network namespace (listing it would otherwise create one, a trace of its own).
-    static func installedIPTablesModes() -> [IPTablesMode] {
-        let legacy = ["/proc/net/ip_tables_names", "/proc/net/ip6_tables_names"].contains { path in
-            ((try? Files.read(path)) ?? nil).map { String(decoding: $0, as: UTF8.self).split(separator: "\n").contains("nat") } ?? false
-        }
-        return legacy ? [.auto, .nft, .legacy] : [.auto, .nft]
     }
 
     /// A plugin configuration from command-line options (option name to config key), validated like a conflist.

@@ -19,6 +19,10 @@ final class Session {
     private var replacedPolicy: NetworkPolicy?
     /// Conntrack entries this session deleted (ip_masq_conntrack_deleted_total), added to the invocation's tally.
     var deletedConnections = 0
+    /// Old places a move could not even look at (their tools unusable here): the move's log says so.
+    private var unremoved: [String] = []
+    /// The config the backend was made with: the conflist's, or the recorded placement (a lenient DEL, a failed move).
+    private(set) var placed: MasqConfig
     /// Where the network's rules were recorded when that differs from where they belong now (a backend or
     /// iptables flavour switch): `moveIfNeeded` moves them.
     private(set) var recordedElsewhere: NetworkRecord?
@@ -34,6 +38,8 @@ final class Session {
     private(set) var skipped: Set<Owner> = []
 
     /// - Parameters:
+    ///   - forDelete: DEL and GC: a network name whose key collides with another network's is not refused (its
+    ///     removal touches only what its own records name).
     ///   - readOnly: CHECK: the node's backend choice is not written either.
     ///   - recordedBackendWins: the conflist's backend keys were unusable (a lenient DEL): keep the recorded backend.
     init(config: MasqConfig, network: String, plugin: CNIPlugin, forDelete: Bool = false, readOnly: Bool = false,
@@ -54,14 +60,11 @@ final class Session {
         let store = self.store, key = self.key
         let record = try Self.stateDirectory(config) { () throws(SystemError) in try store.networkRecord(key) }
         var placed = config
-        if recordedBackendWins, let record, record.backend != .auto {
-            placed.backend = record.backend
-            placed.iptablesMode = record.iptablesMode ?? config.iptablesMode
-            placed.masqChain = record.masqChain ?? config.masqChain
-        }
-        let kind = try Self.chooseBackend(config: placed, store: store, key: key, forDelete: forDelete, readOnly: readOnly, make: plugin.makeBackend)
+        if recordedBackendWins, let record { placed = Self.placement(of: record, over: config) }
+        let kind = try Self.chooseBackend(config: placed, store: store, readOnly: readOnly, make: plugin.makeBackend)
         backend = plugin.makeBackend(kind, placed)
-        if let record, Self.placementDiffers(record, kind: kind, config: placed, make: plugin.makeBackend) { recordedElsewhere = record }
+        self.placed = placed
+        if let record, Self.placementDiffers(record, kind: kind, current: currentFlavour) { recordedElsewhere = record }
         do { collision = try store.collision(for: network) } catch {
             throw CNIError(.stateFailure, "cannot read the state directory \(quoted(config.stateDir))", details: "\(error)")
         }
@@ -74,10 +77,20 @@ final class Session {
         }
     }
 
+    /// Where a network record says the rules are, over `config` (the one place a recorded placement is taken).
+    static func placement(of record: NetworkRecord, over config: MasqConfig) -> MasqConfig {
+        var placed = config
+        guard record.backend != .auto else { return placed }
+        placed.backend = record.backend
+        placed.iptablesMode = record.iptablesMode ?? config.iptablesMode
+        placed.masqChain = record.masqChain ?? config.masqChain
+        return placed
+    }
+
     deinit { InvocationTally.deletedConnections += deletedConnections }
 
     /// The configured backend; for `auto`, the node's earlier choice, else nftables when usable, else iptables.
-    static func chooseBackend(config: MasqConfig, store: StateStore, key: NetworkKey, forDelete: Bool, readOnly: Bool = false,
+    static func chooseBackend(config: MasqConfig, store: StateStore, readOnly: Bool = false,
                               make: BackendFactory) throws(CNIError) -> BackendKind {
         do {
             if config.backend != .auto { return config.backend }
@@ -91,24 +104,28 @@ final class Session {
     }
 
     /// Whether a network recorded as `record` now belongs elsewhere: another backend, or another iptables flavour
-    /// (`auto` compared by what `iptables` is). A changed masqChain alone is no move: the rewrite replaces the chain.
-    static func placementDiffers(_ record: NetworkRecord, kind: BackendKind, config: MasqConfig, make: BackendFactory) -> Bool {
+    /// (`current`: what the backend in use resolves to). Records name the resolved flavour; one without (an earlier
+    /// release) or with `auto` is unknown, and moves, so that every other flavour is cleaned. When what `iptables`
+    /// is cannot be told, nothing moves. A changed masqChain alone is no move: the rewrite replaces the chain.
+    static func placementDiffers(_ record: NetworkRecord, kind: BackendKind, current: IPTablesMode?) -> Bool {
         guard record.backend != .auto else { return false }
         if record.backend != kind { return true }
-        guard kind == .iptables, let recorded = record.iptablesMode, recorded != config.iptablesMode else { return false }
-        return flavour(recorded, config: config, make: make) != flavour(config.iptablesMode, config: config, make: make)
+        guard kind == .iptables, let current, current != .auto else { return false }
+        guard let recorded = record.iptablesMode, recorded != .auto else { return true }
+        return recorded != current
     }
 
-    /// The concrete iptables flavour of a mode (`auto`: what `iptables` is, asked only on a mode change).
-    static func flavour(_ mode: IPTablesMode, config: MasqConfig, make: BackendFactory) -> IPTablesMode {
-        guard mode == .auto else { return mode }
-        var auto = config
-        auto.iptablesMode = .auto
-        return (make(.iptables, auto) as? IPTablesBackend)?.resolvedMode() ?? .auto
+    /// The concrete iptables flavour the backend in use writes to (nil for nftables), resolved once per verb.
+    private(set) lazy var currentFlavour: IPTablesMode? = backend.kind == .iptables ? Self.flavour(placed, make: makeBackend) : nil
+
+    /// The concrete iptables flavour of a config's `iptablesMode` (`auto`: what `iptables` is).
+    static func flavour(_ config: MasqConfig, make: BackendFactory) -> IPTablesMode {
+        guard config.iptablesMode == .auto else { return config.iptablesMode }
+        return (make(.iptables, config) as? IPTablesBackend)?.resolvedMode() ?? .auto
     }
 
     /// Where the rules belong now, as the record says it.
-    var placementDescription: String { Self.describe(backend: backend.kind, mode: config.iptablesMode) }
+    var placementDescription: String { Self.describe(backend: backend.kind, mode: currentFlavour) }
 
     static func describe(backend: BackendKind, mode: IPTablesMode?) -> String {
         backend == .iptables ? "iptables (\(mode?.rawValue ?? "auto"))" : backend.rawValue
@@ -116,31 +133,85 @@ final class Session {
 
     /// After a backend or iptables flavour switch (DESIGN: switches move the whole network): writes the network and
     /// every recorded pod into the new place, then removes every object of the old one. `policy` is the policy in
-    /// force, nil for the last good one (DEL, GC).
+    /// force, nil for the last good one (DEL, GC). When either step fails, what was written in the new place is
+    /// removed, the old place is rebuilt from the records, and the session works there (the network record keeps
+    /// saying where the rules are); the error is thrown.
     func moveIfNeeded(policy: NetworkPolicy?) throws(CNIError) {
         guard let old = recordedElsewhere else { return }
-        var known = policy
-        if known == nil { known = try lastGoodPolicy() }
-        guard let policy = known else {
+        let lastGood = try lastGoodPolicy()
+        guard let policy = policy ?? lastGood else {
             throw CNIError(.stateFailure, "the network record of \(network) holds no readable policy to move its rules with")
         }
         let records = try records()
-        try restore(policy: policy, then: NetworkChange(network: network))
-        let registrations = records.flatMap { record in record.addresses.map { Registration(owner: record.owner, pod: $0) } }
-        try removeRecordedPlacement(old, registrations: registrations)
+        let damaged = try damagedRegistrations()
+        var registrations = records.flatMap { record in record.addresses.map { Registration(owner: record.owner, pod: $0) } }
+        registrations += damaged
+        var removing = false
+        do throws(CNIError) {
+            var change = NetworkChange(network: network)
+            change.add = damaged
+            try restore(policy: policy, then: change)
+            removing = true
+            try removeRecordedPlacement(old, registrations: registrations)
+        } catch {
+            pendingNetworkRecord = nil
+            undoMove(old, registrations: registrations, rebuildOld: removing, policy: lastGood)
+            throw error
+        }
         try savePendingNetworkRecord()
         recordedElsewhere = nil
         log.info("moved network \(network) from \(Self.describe(backend: old.backend, mode: old.iptablesMode)) to \(placementDescription): "
-                 + "\(registrations.count) pod entries of \(records.count) attachment(s) rewritten, the old rules and sets removed")
+                 + "\(registrations.count) pod entries of \(records.count + Set(damaged.map(\.owner)).count) attachment(s) rewritten, "
+                 + (unremoved.isEmpty ? "the old rules and sets removed" : "the old rules and sets removed except in \(unremoved.joined(separator: ", ")) (not usable here)"))
     }
 
-    /// A DEL that could not move the network works where the rules are recorded instead.
-    func stayWithRecordedPlacement() {
+    /// A failed move: removes the network from the new place, goes back to the recorded one and, when its removal
+    /// had begun, rebuilds it there from the records. Failures are logged (the caller reports the move's error).
+    private func undoMove(_ old: NetworkRecord, registrations: [Registration], rebuildOld: Bool, policy: NetworkPolicy?) {
+        let target = placementDescription
+        // Both iptables flavours match the same sets: the old flavour's rules still need them.
+        let keepingSets = backend.kind == .iptables && old.backend == .iptables
+        do throws(CNIError) { try remove(from: backend, registrations: registrations, keepingSets: keepingSets) } catch {
+            log.error("cannot remove what the failed move wrote to \(target): \(error)")
+        }
+        stayWithRecordedPlacement()
+        if rebuildOld {
+            do { try restore(policy: policy, then: NetworkChange(network: network)) } catch {
+                log.error("cannot rebuild the network in \(placementDescription) after the failed move: \(error)")
+            }
+            pendingNetworkRecord = nil
+        }
+    }
+
+    /// The records that cannot be read, logged by name; those whose file name gives the attachment come back as
+    /// the registrations the ownership index gives them (their subnet unknown: the address alone), so that a move
+    /// takes them along.
+    private func damagedRegistrations() throws(CNIError) -> [Registration] {
+        try state { () throws(SystemError) in
+            var result: [Registration] = []
+            for file in try store.unreadableRecords(in: key) {
+                let parts = file.split(separator: "@", maxSplits: 1).map(String.init)
+                guard parts.count == 2, !file.hasPrefix("h-") else {
+                    log.warning("the record \(quoted(file)) of network \(network) is damaged and names no attachment: its pods are not moved")
+                    continue
+                }
+                let owner = Owner(network: network, containerID: parts[0], ifname: parts[1])
+                let addresses = try store.addresses(heldBy: owner)
+                log.warning("the record of \(owner.tag) is damaged: moving "
+                            + (addresses.isEmpty ? "nothing of it (the ownership index names no address of it)"
+                                : "\(addresses.map { "\($0)" }.joined(separator: ", ")), as the ownership index says"))
+                result += addresses.map { Registration(owner: owner, pod: PodAddress(address: $0, subnet: CIDR(network: $0, prefix: $0.family.bitWidth))) }
+            }
+            return result
+        }
+    }
+
+    /// Works where the network record says the rules are (a move that failed).
+    private func stayWithRecordedPlacement() {
         guard let old = recordedElsewhere else { return }
-        var placed = config
-        placed.backend = old.backend
-        placed.iptablesMode = old.iptablesMode ?? config.iptablesMode
+        placed = Self.placement(of: old, over: config)
         backend = makeBackend(old.backend, placed)
+        currentFlavour = old.backend == .iptables ? Self.flavour(placed, make: makeBackend) : nil
         recordedElsewhere = nil
     }
 
@@ -148,31 +219,33 @@ final class Session {
     /// every flavour but the one now in use (and the ipsets, unless the new place is iptables too: both flavours
     /// match the same sets).
     private func removeRecordedPlacement(_ old: NetworkRecord, registrations: [Registration]) throws(CNIError) {
-        var targets: [(MasqBackend, keepingSets: Bool)] = []
-        if old.backend == .nftables {
-            targets.append((makeBackend(.nftables, config), false))
-        } else {
-            let current = backend.kind == .iptables ? Self.flavour(config.iptablesMode, config: config, make: makeBackend) : nil
-            var flavours = ResetCommand.installedIPTablesModes().filter { $0 != .auto }
-            if let recorded = old.iptablesMode.map({ Self.flavour($0, config: config, make: makeBackend) }), recorded != .auto, !flavours.contains(recorded) {
-                flavours.append(recorded)
-            }
-            for mode in flavours where mode != current {
-                var flavourConfig = config
-                flavourConfig.iptablesMode = mode
-                flavourConfig.masqChain = old.masqChain ?? config.masqChain
-                targets.append((makeBackend(.iptables, flavourConfig), true))
-            }
-            // The sets go last, once no flavour's rule refers to them.
-            if backend.kind != .iptables, let last = targets.last?.0 { targets.append((last, false)) }
+        let from = Self.placement(of: old, over: config)
+        if old.backend == .nftables { return try remove(from: makeBackend(.nftables, from), registrations: registrations, keepingSets: false) }
+        // A recorded flavour is concrete; an unknown one (nil, auto) means every installed flavour but the current.
+        var flavours = IPTablesBackend.installedModes()
+        if let recorded = old.iptablesMode, recorded != .auto, !flavours.contains(recorded) { flavours.append(recorded) }
+        var targets: [MasqBackend] = []
+        for mode in flavours where mode != currentFlavour {
+            var flavourConfig = from
+            flavourConfig.iptablesMode = mode
+            targets.append(makeBackend(.iptables, flavourConfig))
         }
-        for (target, keepingSets) in targets {
-            do { try target.removeNetwork(network, registrations: registrations, keepingSets: keepingSets) } catch where error.kind == .unavailable {
-                log.debug("\(target.kind.rawValue) is not usable here, so nothing of it to remove: \(error.message)")
-            } catch {
-                throw CNIError(.netfilterFailure, "cannot remove the network's \(Self.describe(backend: old.backend, mode: old.iptablesMode)) rules "
-                               + "after moving to \(placementDescription)", details: error.message)
-            }
+        for target in targets { try remove(from: target, registrations: registrations, keepingSets: true) }
+        // The sets go last, once no flavour's rule refers to them.
+        if backend.kind != .iptables, let last = targets.last { try remove(from: last, registrations: registrations, keepingSets: false) }
+    }
+
+    /// Removes the network from one backend (and nftables' table when nothing else is left in it).
+    private func remove(from target: MasqBackend, registrations: [Registration], keepingSets: Bool) throws(CNIError) {
+        let description = target.kind == .iptables ? Self.describe(backend: .iptables, mode: (target as? IPTablesBackend)?.mode) : target.kind.rawValue
+        do {
+            try target.removeNetwork(network, registrations: registrations, keepingSets: keepingSets)
+            if let nftables = target as? NFTablesBackend { _ = try nftables.removeTableIfEmpty() }
+        } catch where error.kind == .unavailable {
+            log.warning("\(description) is not usable here, so the network's objects in it (if any) are not removed: \(error.message)")
+            unremoved.append(description)
+        } catch {
+            throw CNIError(.netfilterFailure, "cannot remove network \(network) from \(description)", details: error.message)
         }
     }
 
@@ -186,7 +259,7 @@ final class Session {
     /// The network record for a policy written to the current backend.
     private func networkRecord(for policy: NetworkPolicy) -> NetworkRecord {
         NetworkRecord(network: network, backend: backend.kind, fingerprint: backend.fingerprint(of: policy), policy: policy.json,
-                      iptablesMode: config.iptablesMode, masqChain: config.masqChain)
+                      iptablesMode: currentFlavour, masqChain: placed.masqChain)
     }
 
     /// A change that (re)writes the node-wide part when the policy in force differs from what was applied.

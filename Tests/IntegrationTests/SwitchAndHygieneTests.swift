@@ -1,4 +1,5 @@
 import Foundation
+import MasqCore
 @testable import Netfilter
 import Testing
 
@@ -55,6 +56,7 @@ struct SwitchAndHygieneTests {
         for address in ["10.99.0.3", "fd00:99::3", "10.99.0.4"] { #expect(pods.contains(address), "\(address) is in \(to): \(after)") }
         #expect(after[rules(from)]!.isEmpty && after[entries(from)]!.isEmpty, "nothing of the network is left in \(from): \(after)")
         #expect(!after[rules(to)]!.isEmpty)
+        if from == "nftables" { #expect(try !ns.ruleset().contains("ip_masq"), "the emptied table goes too") }
         // CHECK of a pod registered before the switch agrees; with the old backend configured it reports the split.
         let moved = netconf(scratch: scratch, extra: extra(to), addresses: ["10.99.0.3/24", "fd00:99::3/64"])
         #expect(try PluginCall(netns: ns, command: "CHECK", containerID: "a")(moved).status == 0)
@@ -115,6 +117,139 @@ struct SwitchAndHygieneTests {
         let old = try traces(topology.node)["iptables-" + from]!
         #expect(old.isEmpty, "the \(from) flavour's chain and jump are gone: \(old)")
         #expect(try PluginCall(netns: topology.node, command: "CHECK")(after).status == 0)
+    }
+
+    /// The network record of `testnet`, as JSON.
+    func networkRecord(_ scratch: ScratchDirectory) throws -> [String: Any] {
+        let data = try Data(contentsOf: URL(fileURLWithPath: scratch.path + "/state/testnet/network.json"))
+        return try JSONSerialization.jsonObject(with: data) as? [String: Any] ?? [:]
+    }
+
+    /// Pods c1 (10.99.0.3) and c2 (10.99.0.4) of `testnet` in iptables-legacy.
+    func twoLegacyPods(_ ns: Netns, _ scratch: ScratchDirectory) throws {
+        for (id, address) in [("c1", "10.99.0.3/24"), ("c2", "10.99.0.4/24")] {
+            let add = try PluginCall(netns: ns, command: "ADD", containerID: id)(netconf(scratch: scratch, extra: extra("iptables-legacy"), addresses: [address]))
+            #expect(add.status == 0, "\(add.stdout)\(add.stderr)")
+        }
+    }
+
+    /// After a DEL of c1 whose move to nftables failed: c1 is gone, c2 stays masqueraded in iptables-legacy, nothing
+    /// of the network is in nftables, and the record says iptables-legacy.
+    func expectStayedInLegacy(_ ns: Netns, _ scratch: ScratchDirectory, _ del: CommandResult) throws {
+        #expect(del.status == 0, "\(del.stdout)\(del.stderr)")
+        #expect(del.stderr.contains("cannot move"), "\(del.stderr)")
+        let record = try networkRecord(scratch)
+        #expect(record["backend"] as? String == "iptables" && record["iptablesMode"] as? String == "legacy", "the record says where the rules are: \(record)")
+        let ruleset = try ns.ruleset()
+        #expect(!ruleset.contains("10.99.0.") && !ruleset.contains("ip_masq"), "nothing of the failed move is left in nftables: \(ruleset)")
+        let after = try traces(ns)
+        #expect(after["iptables-legacy"]!.count >= 2, "the legacy chain and jump stay: \(after)")
+        let pods = after["ipset"]!.joined(separator: "\n")
+        #expect(!pods.contains("10.99.0.3 ") && pods.contains("10.99.0.4 "), "c1 is removed, c2 stays: \(pods)")
+    }
+
+    /// A DEL whose move cannot remove the old place (an operator's rule still matches the ipset, so it cannot be
+    /// destroyed) removes what it wrote in the new place and the pod where the rules are; the record stays true, and
+    /// once the rule is gone the next verb moves the network.
+    @Test func aDelWhoseMoveFailsLeavesTheRecordTrue() throws {
+        let ns = try Netns("move-fails"), scratch = ScratchDirectory()
+        try twoLegacyPods(ns, scratch)
+        let set = IPTablesRenderer.podSet(NetworkKey(network: "testnet"), .v4)
+        let rule = ["-t", "filter", "FORWARD", "-m", "set", "--match-set", set, "src", "-j", "ACCEPT"]
+        try ns.exec(["iptables-nft", rule[0], rule[1], "-A"] + rule.dropFirst(2), check: true)
+        let del = try PluginCall(netns: ns, command: "DEL", containerID: "c1")(netconf(scratch: scratch, extra: extra("nftables"), addresses: []))
+        try expectStayedInLegacy(ns, scratch, del)
+        try ns.exec(["iptables-nft", rule[0], rule[1], "-D"] + rule.dropFirst(2), check: true)
+        let next = try PluginCall(netns: ns, command: "DEL", containerID: "c2")(netconf(scratch: scratch, extra: extra("nftables"), addresses: []))
+        #expect(next.status == 0 && next.stderr.contains("moved network testnet"), "\(next.stderr)")
+        #expect(try networkRecord(scratch)["backend"] as? String == "nftables")
+        let end = try traces(ns)
+        #expect(end["iptables-legacy"]!.isEmpty && end["ipset"]!.isEmpty, "\(end)")
+    }
+
+    /// The same with the xtables lock held by someone else for longer than the tools wait.
+    @Test func aDelWhoseMoveMeetsABusyXtablesLockLeavesTheRecordTrue() throws {
+        let ns = try Netns("move-locked"), scratch = ScratchDirectory()
+        try twoLegacyPods(ns, scratch)
+        let lockFile = scratch.path + "/xt.lock"
+        // The test process holds it (flock(2) on its own descriptor), until the descriptor is closed.
+        let fd = open(lockFile, O_CREAT | O_RDWR | O_CLOEXEC, 0o600)
+        #expect(fd >= 0 && flock(fd, LOCK_EX) == 0)
+        defer { close(fd) }
+        #expect(try ns.exec(["flock", "-n", lockFile, "true"]).status != 0, "the lock is held")
+        let call = PluginCall(netns: ns, command: "DEL", containerID: "c1", extraEnvironment: ["XTABLES_LOCKFILE": lockFile])
+        let del = try call(netconf(scratch: scratch, extra: extra("nftables"), addresses: []))
+        try expectStayedInLegacy(ns, scratch, del)
+    }
+
+    /// A directory of `iptables` names that are links to the legacy tools (what the node's alternatives give).
+    func legacyAlternatives(_ scratch: ScratchDirectory) throws -> String {
+        let tools = scratch.path + "/alternatives"
+        try FileManager.default.createDirectory(atPath: tools, withIntermediateDirectories: true)
+        for tool in ["iptables", "ip6tables", "iptables-restore", "ip6tables-restore", "iptables-save", "ip6tables-save"] {
+            let legacy = tool.contains("-") ? tool.replacingOccurrences(of: "-", with: "-legacy-") : tool + "-legacy"
+            try FileManager.default.createSymbolicLink(atPath: tools + "/" + tool, withDestinationPath: "/usr/sbin/" + legacy)
+        }
+        return tools + ":" + (ProcessInfo.processInfo.environment["PATH"] ?? "/usr/sbin:/usr/bin:/sbin:/bin")
+    }
+
+    /// Issue 12.2 with the default `iptablesMode: auto`: the node's alternatives switch `iptables` from legacy to
+    /// nft; the next ADD moves the network, so only one flavour holds its jump.
+    @Test func anAutoFlavourSwitchByTheAlternativesMovesTheNetwork() throws {
+        let ns = try Netns("auto-flavour"), scratch = ScratchDirectory()
+        let first = PluginCall(netns: ns, command: "ADD", containerID: "c1", extraEnvironment: ["PATH": try legacyAlternatives(scratch)])
+        #expect(try first(netconf(scratch: scratch, extra: ["backend": "iptables"], addresses: ["10.99.0.3/24"])).status == 0)
+        #expect(try !traces(ns)["iptables-legacy"]!.isEmpty, "the first ADD wrote legacy")
+        #expect(try networkRecord(scratch)["iptablesMode"] as? String == "legacy", "the record names the resolved flavour")
+        let changed = netconf(scratch: scratch, extra: ["backend": "iptables", "nonMasqueradeCIDRs": ["10.0.0.0/8", "100.64.0.0/10"]], addresses: ["10.99.0.4/24"])
+        let second = try PluginCall(netns: ns, command: "ADD", containerID: "c2")(changed)
+        #expect(second.status == 0, "\(second.stdout)\(second.stderr)")
+        let after = try traces(ns)
+        #expect(after["iptables-legacy"]!.isEmpty, "no legacy jump is left: \(after)")
+        #expect(!after["iptables-nft"]!.isEmpty, "\(after)")
+        #expect(try networkRecord(scratch)["iptablesMode"] as? String == "nft")
+    }
+
+    /// A network record of an earlier release names no flavour: unknown, so every other flavour is cleaned.
+    @Test func aRecordWithoutAFlavourCleansEveryOtherFlavour() throws {
+        let ns = try Netns("old-record"), scratch = ScratchDirectory()
+        #expect(try PluginCall(netns: ns, command: "ADD", containerID: "c1")(netconf(scratch: scratch, extra: extra("iptables-legacy"), addresses: ["10.99.0.3/24"])).status == 0)
+        var record = try networkRecord(scratch)
+        record["iptablesMode"] = nil
+        record["masqChain"] = nil
+        try JSONSerialization.data(withJSONObject: record).write(to: URL(fileURLWithPath: scratch.path + "/state/testnet/network.json"))
+        // CHECK does not call such a network split (nothing says it is).
+        let check = try PluginCall(netns: ns, command: "CHECK", containerID: "c1")(netconf(scratch: scratch, extra: extra("iptables-legacy"), addresses: ["10.99.0.3/24"]))
+        #expect(check.status == 0, "\(check.stdout)")
+        let changed = netconf(scratch: scratch, extra: extra("iptables", "nft", ["nonMasqueradeCIDRs": ["10.0.0.0/8", "100.64.0.0/10"]]), addresses: ["10.99.0.4/24"])
+        let add = try PluginCall(netns: ns, command: "ADD", containerID: "c2")(changed)
+        #expect(add.status == 0, "\(add.stdout)\(add.stderr)")
+        let after = try traces(ns)
+        #expect(after["iptables-legacy"]!.isEmpty, "the legacy chain and jump are gone: \(after)")
+        let pods = after["ipset"]!.joined(separator: "\n")
+        #expect(pods.contains("10.99.0.3 ") && pods.contains("10.99.0.4 "), "\(pods)")
+    }
+
+    /// A move takes along a pod whose record is damaged (from the ownership index) and names it in a warning.
+    @Test func aMoveTakesAlongAPodWithADamagedRecord() throws {
+        let ns = try Netns("move-damaged"), scratch = ScratchDirectory()
+        try twoLegacyPods(ns, scratch)
+        try "{ not json".write(toFile: scratch.path + "/state/testnet/attachments/c1@eth0", atomically: true, encoding: .utf8)
+        let add = try PluginCall(netns: ns, command: "ADD", containerID: "c3")(netconf(scratch: scratch, extra: extra("nftables"), addresses: ["10.99.0.5/24"]))
+        #expect(add.status == 0, "\(add.stdout)\(add.stderr)")
+        #expect(add.stderr.contains("warning") && add.stderr.contains("testnet/c1/eth0") && add.stderr.contains("damaged"), "\(add.stderr)")
+        let ruleset = try ns.ruleset()
+        for address in ["10.99.0.3", "10.99.0.4", "10.99.0.5"] { #expect(ruleset.contains(address), "\(address) moved: \(ruleset)") }
+        #expect(try traces(ns)["ipset"]!.isEmpty)
+    }
+
+    /// STATUS writes nothing: probing the legacy flavour creates no legacy nat table, and no state directory.
+    @Test func statusOfTheLegacyFlavourCreatesNothing() throws {
+        let ns = try Netns("status-legacy"), scratch = ScratchDirectory()
+        let status = try PluginCall(netns: ns, command: "STATUS")(netconf(version: "1.1.0", scratch: scratch, extra: extra("iptables-legacy"), addresses: []))
+        #expect(status.status == 0, "\(status.stdout)\(status.stderr)")
+        #expect(try !ns.exec(["cat", "/proc/net/ip_tables_names"]).stdout.contains("nat"), "no legacy nat table was created")
+        #expect(!FileManager.default.fileExists(atPath: scratch.path + "/state"))
     }
 
     /// Issue 11.6: a logFile that is the same file as stdout is ignored; the result on stdout stays intact.

@@ -251,6 +251,18 @@ final class ScriptedRunner: CommandRunner, @unchecked Sendable {
         #expect(missing?.kind == .missingObjects)
     }
 
+    /// A first write whose check the tool refuses leaves no set behind (the sets exist only for the check).
+    @Test func aRefusedFirstWriteLeavesNoSet() throws {
+        let runner = ScriptedRunner()
+        runner.answers["ip6tables-legacy-restore"] = ScriptedRunner.output("", status: 2, stderr: "ip6tables-restore: line 3 failed")
+        #expect(throws: BackendError.self) {
+            try IPTablesBackend(chain: "IP-MASQ-AGENT", mode: .legacy, runner: runner).apply(change(policy: NetworkPolicy(config: MasqConfig())))
+        }
+        #expect(!runner.calls.contains { $0.arguments == ["iptables-legacy-restore", "-w", "5", "--noflush"] }, "nothing committed")
+        let ipsets = runner.calls.filter { $0.arguments[0] == "ipset" }
+        #expect(ipsets.count == 2 && ipsets.last!.input.contains("destroy"), "the created sets are destroyed: \(ipsets.map(\.input))")
+    }
+
     @Test func aRewriteListsThenWritesSetsThenEachFamilyOnce() throws {
         let runner = ScriptedRunner()
         try IPTablesBackend(chain: "IP-MASQ-AGENT", mode: .legacy, runner: runner).apply(change(policy: NetworkPolicy(config: MasqConfig())))

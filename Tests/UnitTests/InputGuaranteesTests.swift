@@ -226,9 +226,36 @@ struct RefusingBackend: MasqBackend {
     @Test func statusAndTheStateDirectory() throws {
         let node = GuaranteeNode()
         #expect(node.run("STATUS", node.stdin(#""nonMasqueradeCIDRs":["10.0.0.1/8"]"#)).0.exitStatus == 0)
-        try FileManager.default.removeItem(atPath: node.stateDir)
+        try? FileManager.default.removeItem(atPath: node.stateDir)  // STATUS creates none
         try "x".write(toFile: node.stateDir, atomically: true, encoding: .utf8)
         #expect(node.run("STATUS", node.stdin("")).1?["code"] == .int(50))
+    }
+}
+
+@Suite struct StatusSideEffectTests {
+    /// A regular file (even an executable one) where the state directory belongs is 50, as ADD's 102 says.
+    @Test func aFileAtStateDirIsUnusable() throws {
+        let node = GuaranteeNode()
+        try "x".write(toFile: node.stateDir, atomically: true, encoding: .utf8)
+        chmod(node.stateDir, 0o755)
+        #expect(node.run("STATUS", node.stdin("")).1?["code"] == .int(50))
+        #expect(node.run("ADD", node.stdin(#""backend":"nftables""#)).1?["code"] == .int(102))
+    }
+
+    /// STATUS writes nothing: a state directory that does not exist yet is not created (its parent is usable).
+    @Test func statusCreatesNoStateDirectory() {
+        let node = GuaranteeNode()
+        let (outcome, reply) = node.run("STATUS", node.stdin(""))
+        #expect(outcome.exitStatus == 0, "\(reply?.serialized() ?? "")")
+        #expect(!FileManager.default.fileExists(atPath: node.stateDir))
+    }
+
+    /// An invalid logFile falls back to its default (stderr) in the verbs that read only the plumbing (DEL, GC,
+    /// STATUS), instead of staying set to the refused value.
+    @Test func anInvalidLogFileFallsBackToItsDefault() throws {
+        let plumbing = try MasqConfig.resolvePlumbing(netconf: JSONObject([("logFile", .string("/dev/stdout"))]))
+        #expect(plumbing.config.logFile == nil)
+        #expect(plumbing.invalidKeys == ["logFile"])
     }
 }
 
@@ -246,6 +273,7 @@ struct RefusingBackend: MasqBackend {
         #expect(check.exitStatus == 1)
         #expect(reply?["code"] == .int(101), "\(check.stdout)")
         #expect(reply?["msg"]?.stringValue?.contains("eth0") == true)
+        #expect(reply?["msg"]?.stringValue?.hasPrefix("prevResult has no address of") == true, "the message says what is missing: \(check.stdout)")
     }
 }
 
@@ -333,6 +361,19 @@ struct RefusingBackend: MasqBackend {
 
 @Suite struct BackendSwitchTests {
     /// Issue 12.1: the first ADD that sees another backend moves every recorded pod and removes the old objects.
+    /// An old backend that is not usable during a move is a warning, and the move does not claim it was cleaned.
+    @Test func anUnusableOldBackendIsAWarning() throws {
+        let node = GuaranteeNode()
+        #expect(node.run("ADD", node.stdin(#""backend":"nftables""#)).0.exitStatus == 0)
+        node.nftables.failRemoval = BackendError(.unavailable, "nftables gone in this test")
+        let other = #"{"cniVersion":"1.0.0","interfaces":[{"name":"eth0","sandbox":"/x"}],"ips":[{"interface":0,"address":"10.99.0.4/24"}]}"#
+        let (add, _) = node.run("ADD", node.stdin(#""backend":"iptables","logLevel":"info""#, prevResult: other), environment: ["CNI_CONTAINERID": "ctr2"])
+        #expect(add.exitStatus == 0, "\(add.stdout)")
+        let lines = node.logText.split(separator: "\n")
+        #expect(lines.contains { $0.contains("warning") && $0.contains("nftables gone in this test") }, "\(node.logText)")
+        #expect(lines.contains { $0.contains("moved network") && $0.contains("except in nftables") }, "\(node.logText)")
+    }
+
     @Test func addAfterASwitchMovesTheNetwork() throws {
         let node = GuaranteeNode()
         #expect(node.run("ADD", node.stdin(#""backend":"nftables""#)).0.exitStatus == 0)
