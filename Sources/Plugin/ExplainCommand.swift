@@ -132,24 +132,7 @@ enum ExplainCommand {
     }
 
     /// The addresses of this network namespace's interfaces (the kernel's LOCAL type, but for loopback ranges).
-    static func localAddresses() -> Set<IPAddress> {
-        var result = Set<IPAddress>()
-        var list: UnsafeMutablePointer<ifaddrs>?
-        guard getifaddrs(&list) == 0 else { return result }
-        defer { freeifaddrs(list) }
-        var entry = list
-        while let current = entry {
-            defer { entry = current.pointee.ifa_next }
-            guard let address = current.pointee.ifa_addr else { continue }
-            var host = [CChar](repeating: 0, count: Int(NI_MAXHOST))
-            let length = address.pointee.sa_family == sa_family_t(AF_INET6) ? MemoryLayout<sockaddr_in6>.size : MemoryLayout<sockaddr_in>.size
-            guard address.pointee.sa_family == sa_family_t(AF_INET) || address.pointee.sa_family == sa_family_t(AF_INET6),
-                  getnameinfo(address, socklen_t(length), &host, socklen_t(host.count), nil, 0, NI_NUMERICHOST) == 0 else { continue }
-            let text = String(cString: host)
-            if let parsed = IPAddress(text.split(separator: "%").first.map(String.init) ?? text) { result.insert(parsed) }
-        }
-        return result
-    }
+    static func localAddresses() -> Set<IPAddress> { Set(NodeInterfaces.current().addresses) }
 
     /// 127.0.0.0/8 and ::1 are local whatever the interfaces say.
     static func isLoopback(_ address: IPAddress) -> Bool {
