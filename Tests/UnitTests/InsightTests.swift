@@ -144,6 +144,35 @@ private func cidrs(_ texts: [String]) -> [CIDR] { texts.map { try! CIDR.parse($0
     }
 }
 
+/// explain with snatAddress and egressInterfaces: the deciding step is still named first, then what shaped the
+/// masquerade (the SNAT source, the interface list), each with its source; a packet leaving through an unlisted
+/// interface keeps its source and explain says egressInterfaces decided it.
+@Suite struct ExplainEgressTests {
+    static let netconf = #"{"configFile":"/etc/config/config","nonMasqueradeCIDRs":["10.0.0.0/8"],"masqueradeCIDRs":["10.1.0.0/16"],"snatAddress":"203.0.113.9"}"#
+    static let file = "egressInterfaces: [eth0, wg+]\n"
+
+    @Test(arguments: [
+        ("172.16.0.1", "eth0", "172.16.0.1: SNAT to 203.0.113.9 (no rule before the final masquerade matches; leaves through eth0, listed in egressInterfaces [eth0, wg+], from /etc/config/config; snatAddress 203.0.113.9, from conflist)"),
+        ("172.16.0.1", "wg3", "172.16.0.1: SNAT to 203.0.113.9 (no rule before the final masquerade matches; leaves through wg3, listed in egressInterfaces [eth0, wg+], from /etc/config/config; snatAddress 203.0.113.9, from conflist)"),
+        ("172.16.0.1", "eth1", "172.16.0.1: keep source (no rule before the final masquerade matches; but egressInterfaces [eth0, wg+], from /etc/config/config does not list eth1, the interface it leaves through)"),
+        ("10.1.2.3", "eth1", "10.1.2.3: keep source (masqueradeCIDRs 10.1.0.0/16, from conflist; but egressInterfaces [eth0, wg+], from /etc/config/config does not list eth1, the interface it leaves through)"),
+        ("10.1.2.3", nil, "10.1.2.3: SNAT to 203.0.113.9 (masqueradeCIDRs 10.1.0.0/16, from conflist; only when it leaves through egressInterfaces [eth0, wg+], from /etc/config/config; snatAddress 203.0.113.9, from conflist)"),
+        // A keep-source step is not qualified: neither key plays a part.
+        ("10.3.4.5", "eth1", "10.3.4.5: keep source (nonMasqueradeCIDRs 10.0.0.0/8, from conflist)"),
+        // No IPv6 SNAT source: plain masquerade.
+        ("2001:db8::1", "eth0", "2001:db8::1: masquerade (no rule before the final masquerade matches; leaves through eth0, listed in egressInterfaces [eth0, wg+], from /etc/config/config)"),
+    ] as [(String, String?, String)])
+    func lines(destination: String, interface: String?, line: String) throws {
+        let resolved = try config(Self.netconf, file: Self.file)
+        let policy = NetworkPolicy(config: resolved), address = try #require(IPAddress(destination))
+        let explanation = Explanation(destination: address, policy: policy, provenance: resolved.provenance,
+                                      podSubnet: nil, destinationIsLocal: false, outputInterface: interface)
+        #expect(explanation.line == line)
+        // The same verdict as the shared decision list's.
+        #expect(explanation.verdict == DecisionList(policy: policy).verdict(destination: address, podSubnet: nil, outputInterface: interface).verdict)
+    }
+}
+
 @Suite struct MetricsTests {
     @Test func exposition() {
         let metrics = AgentMetrics()
