@@ -172,6 +172,9 @@ struct EgressPolicyTests {
         }
         let kept = try explain(Topology.internet.v4)
         #expect(kept.verdict == "keep source" && kept.interface == "vinet" && kept.reason.contains("egressInterfaces [vp+], from conflist does not list vinet"), "\(kept)")
+        if ProcessInfo.processInfo.environment["INSIGHT_SAMPLE"] != nil {
+            print(try topology.node.exec([Host.pluginBinary, "explain", "--netconf", conf, Topology.internet.v4, Topology.privateHost.v6]).stdout)
+        }
         let masqueraded = try explain(Topology.privateHost.v6)
         #expect(masqueraded.verdict == "masquerade" && masqueraded.reason.contains("leaves through vpriv, listed in egressInterfaces [vp+]"), "\(masqueraded)")
 
@@ -185,6 +188,9 @@ struct EgressPolicyTests {
         let snat = try explain(Topology.internet.v4)
         #expect(snat.verdict == "SNAT to 198.51.100.9" && snat.reason.hasSuffix("snatAddress 198.51.100.9, from conflist"), "\(snat)")
         #expect(try explain(Topology.privateHost.v4).verdict == "keep source")
+        if ProcessInfo.processInfo.environment["INSIGHT_SAMPLE"] != nil {
+            print(try topology.node.exec([Host.pluginBinary, "explain", "--netconf", conf, Topology.internet.v4]).stdout)
+        }
         try plugin(topology, "DEL", "a", netconf(scratch: scratch, extra: control, addresses: []))
     }
 
