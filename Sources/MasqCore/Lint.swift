@@ -26,11 +26,11 @@ public struct LintFinding: Equatable, Sendable {
 }
 
 /// The config checks, pure: a resolved config, the pod subnets seen on the node, the conflist's other plugins and
-/// the config files as read. Nothing here is an error the plugin refuses (those are refused at decode time):
+/// the config files as read, and the node's interfaces (nil: not known, the node checks are skipped). Nothing here is an error the plugin refuses (those are refused at decode time):
 /// these are configs that are valid and probably not what the operator meant.
 public enum Lint {
     public static func findings(config: MasqConfig, podSubnets: [CIDR], otherPlugins: [JSONObject] = [],
-                                files: [ConfigFileContents] = []) -> [LintFinding] {
+                                files: [ConfigFileContents] = [], node: NodeInterfaces? = nil) -> [LintFinding] {
         var findings: [LintFinding] = []
         let provenance = config.provenance
         func origin(_ key: String, _ range: CIDR) -> String { Explanation.label(provenance.source(of: key, range: range)) }
@@ -86,6 +86,7 @@ public enum Lint {
                 "plugin \(quoted(type)) in the same conflist has \"ipMasq\": true: its own MASQUERADE (in another table) masquerades traffic to the non-masquerade ranges too; set it to false",
                 source: "conflist"))
         }
+        if let node { findings += nodeFindings(config: config, node: node) }
         return findings.sorted { ($0.severity, $0.check) < ($1.severity, $1.check) }
     }
 

@@ -18,8 +18,9 @@ enum ExplainCommand {
 
     FILE is the network's conflist (the "ip-masq" entry is used) or conf; its configFile is read as the
     plugin reads it. While the config file is invalid, the last good policy in stateDir is explained.
-    The destination's address type (node-local) is judged in the network namespace explain runs in:
-    run it on the node.
+    The destination's address type (node-local) and, with egressInterfaces, the interface its route
+    leaves through are judged in the network namespace explain runs in: run it on the node. A SNAT
+    verdict names the snatAddress/snatAddressIPv6 and its source after the deciding rule.
 
     Options:
       --netconf FILE   the network's conflist or conf (required)
@@ -28,7 +29,7 @@ enum ExplainCommand {
       --namespace NS   the pod's namespace (no per-namespace overrides exist yet; noted in the output)
       --plugin-type T  the plugin entry to use in a conflist (default "ip-masq")
       --json           {"network", "namespace", "pod", "configProblem", "destinations": [{"destination",
-                       "verdict", "step", "key", "value", "source"}]}
+                       "verdict", "step", "key", "value", "source", "reason", "outputInterface"}]}
 
     Exit status:
       0  explained
@@ -85,7 +86,9 @@ enum ExplainCommand {
             Explanation(destination: destination, policy: inputs.policy, provenance: inputs.provenance,
                         reservedRanges: inputs.reservedRanges,
                         podSubnet: podSubnet ?? (pod == nil ? subnets.sorted().first { $0.contains(destination) } : nil),
-                        destinationIsLocal: local.contains(destination) || isLoopback(destination))
+                        destinationIsLocal: local.contains(destination) || isLoopback(destination),
+                        // With egressInterfaces the interface it leaves through decides: the kernel's route for DST.
+                        outputInterface: inputs.policy.egressInterfaces.isEmpty ? nil : RouteLookup.outputInterface(to: destination))
         }
         if options.has("--json") {
             let object = JSONValue.object(JSONObject([
@@ -102,6 +105,7 @@ enum ExplainCommand {
                         ("value", explanation.value.map(JSONValue.string) ?? .null),
                         ("source", .string(Explanation.label(explanation.source))),
                         ("reason", .string(explanation.reason)),
+                        ("outputInterface", explanation.outputInterface.map(JSONValue.string) ?? .null),
                     ]))
                 })),
             ]))
@@ -132,24 +136,7 @@ enum ExplainCommand {
     }
 
     /// The addresses of this network namespace's interfaces (the kernel's LOCAL type, but for loopback ranges).
-    static func localAddresses() -> Set<IPAddress> {
-        var result = Set<IPAddress>()
-        var list: UnsafeMutablePointer<ifaddrs>?
-        guard getifaddrs(&list) == 0 else { return result }
-        defer { freeifaddrs(list) }
-        var entry = list
-        while let current = entry {
-            defer { entry = current.pointee.ifa_next }
-            guard let address = current.pointee.ifa_addr else { continue }
-            var host = [CChar](repeating: 0, count: Int(NI_MAXHOST))
-            let length = address.pointee.sa_family == sa_family_t(AF_INET6) ? MemoryLayout<sockaddr_in6>.size : MemoryLayout<sockaddr_in>.size
-            guard address.pointee.sa_family == sa_family_t(AF_INET) || address.pointee.sa_family == sa_family_t(AF_INET6),
-                  getnameinfo(address, socklen_t(length), &host, socklen_t(host.count), nil, 0, NI_NUMERICHOST) == 0 else { continue }
-            let text = String(cString: host)
-            if let parsed = IPAddress(text.split(separator: "%").first.map(String.init) ?? text) { result.insert(parsed) }
-        }
-        return result
-    }
+    static func localAddresses() -> Set<IPAddress> { Set(NodeInterfaces.current().addresses) }
 
     /// 127.0.0.0/8 and ::1 are local whatever the interfaces say.
     static func isLoopback(_ address: IPAddress) -> Bool {

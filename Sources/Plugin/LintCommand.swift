@@ -14,7 +14,10 @@ enum LintCommand {
       warning  a pod subnet in no non-masquerade range (pod-to-pod traffic across nodes masqueraded),
                IPv6 pods without IPv6 ranges, masqueradeCIDRs outside every non-masquerade range (no
                effect), a range inside another of its list (redundant), nonMasqueradeCIDRs at 90% of
-               cidrLimit, keys in a config file that it does not take (ignored or refused)
+               cidrLimit, keys in a config file that it does not take (ignored or refused), a snatAddress or
+               snatAddressIPv6 (or an address of its range) on no interface of this node (fine for an egress
+               address the cloud routes to the node), egressInterfaces entries matching no interface here
+               (a trailing + matches by prefix)
     The pod subnets are those recorded in stateDir, or the --pod-cidr values (repeatable).
     ADD and the agent log the same warnings once per config change.
 
@@ -98,7 +101,7 @@ enum LintCommand {
         }
         let subnets = podCIDRs ?? inputs.records.flatMap { $0.addresses.map(\.subnet) }
         findings += Lint.findings(config: inputs.config, podSubnets: subnets, otherPlugins: otherPlugins(netconfPath, pluginType),
-                                  files: inputs.files)
+                                  files: inputs.files, node: .current())
         return (inputs.network, findings.sorted { ($0.severity, $0.check) < ($1.severity, $1.check) })
     }
 
@@ -115,7 +118,9 @@ enum LintCommand {
         // Off the hot path (a config change): the config again with provenance, so findings name their sources.
         let files = config.configFile.flatMap { try? ConfigDirectory.read($0) } ?? []
         let config = (try? MasqConfig.resolve(netconf: netconf, files: files, recordingProvenance: true)) ?? config
-        for finding in Lint.findings(config: config, podSubnets: podSubnets, files: files) {
+        // The node's interfaces only when a key needs them (one getifaddrs, still only at a config change).
+        let node = config.snatAddress != nil || config.snatAddressIPv6 != nil || !config.egressInterfaces.isEmpty ? NodeInterfaces.current() : nil
+        for finding in Lint.findings(config: config, podSubnets: podSubnets, files: files, node: node) {
             log.warning("lint: \(finding.check): \(finding.message)")
         }
     }

@@ -163,6 +163,20 @@ struct EgressPolicyTests {
         #expect(try Self.sources(topology, to: Topology.internet.v6) == [Topology.pod.v6])
         #expect(try Self.sources(topology, to: Topology.privateHost.v4) == ["10.200.0.1"])
         #expect(try Self.sources(topology, to: Topology.privateHost.v6) == ["fd00:200::1"])
+        // explain agrees with those packets: the route's interface decides, and egressInterfaces is named.
+        func explain(_ destination: String) throws -> (verdict: String, reason: String, interface: String) {
+            let result = try topology.node.exec([Host.pluginBinary, "explain", "--netconf", conf, "--json", destination])
+            let rows = (try JSONSerialization.jsonObject(with: Data(result.stdout.utf8)) as? [String: Any])?["destinations"] as? [[String: Any]]
+            let row = rows?.first ?? [:]
+            return (row["verdict"] as? String ?? "", row["reason"] as? String ?? result.stderr, row["outputInterface"] as? String ?? "")
+        }
+        let kept = try explain(Topology.internet.v4)
+        #expect(kept.verdict == "keep source" && kept.interface == "vinet" && kept.reason.contains("egressInterfaces [vp+], from conflist does not list vinet"), "\(kept)")
+        if ProcessInfo.processInfo.environment["INSIGHT_SAMPLE"] != nil {
+            print(try topology.node.exec([Host.pluginBinary, "explain", "--netconf", conf, Topology.internet.v4, Topology.privateHost.v6]).stdout)
+        }
+        let masqueraded = try explain(Topology.privateHost.v6)
+        #expect(masqueraded.verdict == "masquerade" && masqueraded.reason.contains("leaves through vpriv, listed in egressInterfaces [vp+]"), "\(masqueraded)")
 
         _ = try configure(["egressInterfaces": ["vinet"], "snatAddress": "198.51.100.9", "snatAddressIPv6": "2001:db8:9::9", "toPorts": "43000-43009"])
         _ = try agentPass(topology, conf: conf)
@@ -171,6 +185,12 @@ struct EgressPolicyTests {
         #expect(try Self.sources(topology, to: Topology.internet.v6) == ["2001:db8:9::9"])
         #expect(try Self.sources(topology, to: Topology.privateHost.v4) == [Topology.pod.v4])
         #expect(try Self.sources(topology, to: Topology.privateHost.v6) == [Topology.pod.v6])
+        let snat = try explain(Topology.internet.v4)
+        #expect(snat.verdict == "SNAT to 198.51.100.9" && snat.reason.hasSuffix("snatAddress 198.51.100.9, from conflist"), "\(snat)")
+        #expect(try explain(Topology.privateHost.v4).verdict == "keep source")
+        if ProcessInfo.processInfo.environment["INSIGHT_SAMPLE"] != nil {
+            print(try topology.node.exec([Host.pluginBinary, "explain", "--netconf", conf, Topology.internet.v4]).stdout)
+        }
         try plugin(topology, "DEL", "a", netconf(scratch: scratch, extra: control, addresses: []))
     }
 

@@ -83,6 +83,56 @@ struct InsightTests {
                 + "10.99.0.1: keep source (destination is local to the node)\n")
     }
 
+    /// lint's node checks against a real namespace's links and addresses (issue 16 item 2): a SNAT range with one
+    /// address on no interface and an egressInterfaces prefix matching no link warn (exit 3); once the address and
+    /// a matching link exist, the same config is clean. ADD logs the warnings when it writes the node-wide rules and
+    /// not on the next ADD of the same config.
+    @Test func lintChecksSNATAddressesAndEgressInterfacesAgainstTheNode() throws {
+        // veth pairs (the test kernel has no dummy module); a peer's name matches no pattern below.
+        let node = try Netns("lint"), scratch = ScratchDirectory()
+        try node.exec(["ip", "link", "add", "uplink0", "type", "veth", "peer", "name", "uplink0p"], check: true)
+        try node.exec(["ip", "link", "add", "wgx1", "type", "veth", "peer", "name", "wgx1p"], check: true)
+        try node.exec(["ip", "link", "set", "uplink0", "up"], check: true)
+        try node.exec(["ip", "addr", "add", "203.0.113.5/32", "dev", "uplink0"], check: true)
+        try node.exec(["ip", "-6", "addr", "add", "2001:db8::9/128", "dev", "uplink0", "nodad"], check: true)
+        let keys: [String: Any] = ["nonMasqueradeCIDRs": ["10.0.0.0/8", "fd00::/8"], "snatAddress": "203.0.113.5-203.0.113.6",
+                                   "snatAddressIPv6": "2001:db8::9", "egressInterfaces": ["uplink0", "wgx+", "bond+"], "logLevel": "warning"]
+        let (conflist, _) = try Self.files(scratch, keys: keys)
+        func lint() throws -> (Int32, [[String: Any]]) {
+            let result = try node.exec([Host.pluginBinary, "lint", "--netconf", conflist, "--pod-cidr", "10.99.0.0/24", "--json"])
+            let document = try JSONSerialization.jsonObject(with: Data(result.stdout.utf8)) as? [String: Any]
+            return (result.status, document?["findings"] as? [[String: Any]] ?? [])
+        }
+        let (status, findings) = try lint()
+        #expect(status == 3, "\(findings)")
+        #expect(findings.map { $0["check"] as? String } == ["egress-interface-missing", "snat-address-not-local"], "\(findings)")
+        #expect(findings.allSatisfy { $0["severity"] as? String == "warning" && $0["source"] as? String == "conflist" })
+        let messages = findings.compactMap { $0["message"] as? String }
+        #expect(messages.first?.contains("\"bond+\"") == true && messages.first?.contains("wgx+") == false, "\(messages)")
+        #expect(messages.last?.contains("includes 203.0.113.6") == true && messages.last?.contains("cloud routes it") == true, "\(messages)")
+        if ProcessInfo.processInfo.environment["INSIGHT_SAMPLE"] != nil {
+            print(try node.exec([Host.pluginBinary, "lint", "--netconf", conflist, "--pod-cidr", "10.99.0.0/24"]).stdout)
+        }
+
+        // ADD writes the node-wide rules: the warnings are logged once; a second pod of the same config logs none.
+        let stdin = netconf(name: "insight", scratch: scratch, extra: keys, addresses: ["10.99.0.3/24"])
+        let first = try PluginCall(netns: node, command: "ADD", containerID: "one")(stdin)
+        #expect(first.status == 0, "\(first.stdout)\(first.stderr)")
+        #expect(first.stderr.contains("lint: snat-address-not-local") && first.stderr.contains("lint: egress-interface-missing"), "\(first.stderr)")
+        let second = try PluginCall(netns: node, command: "ADD", containerID: "two")(netconf(name: "insight", scratch: scratch, extra: keys, addresses: ["10.99.0.4/24"]))
+        #expect(second.status == 0, "\(second.stdout)\(second.stderr)")
+        #expect(!second.stderr.contains("lint:"), "\(second.stderr)")
+
+        // The node now holds the whole range and a bond: the same config is clean.
+        try node.exec(["ip", "addr", "add", "203.0.113.6/32", "dev", "wgx1"], check: true)
+        try node.exec(["ip", "link", "add", "bond7", "type", "veth", "peer", "name", "bond7p"], check: true)
+        let (clean, none) = try lint()
+        #expect(clean == 0 && none.isEmpty, "\(none)")
+        for id in ["one", "two"] {
+            _ = try PluginCall(netns: node, command: "DEL", containerID: id)(stdin)
+        }
+    }
+
     /// A scrape of an endpoint inside the node namespace: (status code, body).
     static func scrape(_ node: Netns, port: Int, path: String) throws -> (Int, String) {
         let result = try node.exec(["bash", "-c", "exec 3<>/dev/tcp/127.0.0.1/\(port) && printf 'GET \(path) HTTP/1.1\\r\\nHost: node\\r\\n\\r\\n' >&3 && cat <&3"])

@@ -66,6 +66,49 @@ private func cidrs(_ texts: [String]) -> [CIDR] { texts.map { try! CIDR.parse($0
     }
 }
 
+/// The node checks (issue 16 item 2): the node's interfaces and addresses are values, so a table covers them.
+@Suite struct NodeLintTests {
+    static let node = NodeInterfaces(names: ["lo", "eth0", "ens5", "wg0"],
+                                     addresses: ["127.0.0.1", "10.0.0.4", "203.0.113.5", "203.0.113.6", "203.0.113.7", "2001:db8::9", "fe80::1"].map { IPAddress($0)! })
+
+    /// (conflist, the checks expected, a phrase the first finding's message holds)
+    @Test(arguments: [
+        (#"{}"#, [String](), ""),
+        (#"{"snatAddress":"203.0.113.5"}"#, [], ""),
+        (#"{"snatAddress":"203.0.113.5-203.0.113.7"}"#, [], ""),
+        (#"{"snatAddress":"198.51.100.9"}"#, ["snat-address-not-local"], "snatAddress 198.51.100.9 (from conflist) is on no interface of the node: fine if the cloud routes it"),
+        (#"{"snatAddress":"203.0.113.5-203.0.113.8"}"#, ["snat-address-not-local"], "includes 203.0.113.8, which is on no interface"),
+        (#"{"snatAddress":"203.0.113.4-203.0.113.7"}"#, ["snat-address-not-local"], "includes 203.0.113.4,"),
+        (#"{"snatAddress":"203.0.113.5-203.0.113.7","snatAddressIPv6":"2001:db8::9-2001:db8::a"}"#, ["snat-address-not-local"], "snatAddressIPv6 2001:db8::9-2001:db8::a (from conflist) includes 2001:db8::a"),
+        (#"{"snatAddressIPv6":"2001:db8::9"}"#, [], ""),
+        (#"{"snatAddressIPv6":"2001:db8::/0"}"#.replacingOccurrences(of: "2001:db8::/0", with: "::-ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff"), ["snat-address-not-local"], "includes ::,"),
+        (#"{"egressInterfaces":["eth0","ens+"]}"#, [], ""),
+        (#"{"egressInterfaces":["eth1"]}"#, ["egress-interface-missing"], "egressInterfaces \"eth1\" (from conflist) names no interface of the node"),
+        (#"{"egressInterfaces":["eth0","bond+"]}"#, ["egress-interface-missing"], "\"bond+\" (from conflist) matches no interface of the node (prefix bond)"),
+        (#"{"egressInterfaces":["eth+","wg+","x","y+"]}"#, ["egress-interface-missing", "egress-interface-missing"], "\"x\""),
+        // "eth" is not a prefix match without the "+": only an interface named exactly eth would do.
+        (#"{"egressInterfaces":["eth"]}"#, ["egress-interface-missing"], "\"eth\""),
+    ])
+    func table(netconf: String, checks: [String], phrase: String) throws {
+        let findings = Lint.findings(config: try config(netconf), podSubnets: [], node: Self.node)
+        #expect(findings.map(\.check) == checks, "\(findings.map(\.line))")
+        #expect(findings.allSatisfy { $0.severity == .warning })
+        #expect(Lint.exitStatus(findings) == (checks.isEmpty ? 0 : 3))
+        if let first = findings.first { #expect(first.message.contains(phrase), "\(first.message)") }
+    }
+
+    @Test func withoutTheNodeTheNodeChecksAreSkipped() throws {
+        let findings = Lint.findings(config: try config(#"{"snatAddress":"198.51.100.9","egressInterfaces":["nope0"]}"#), podSubnets: [])
+        #expect(findings.isEmpty)
+    }
+
+    @Test func theSourceIsTheConfigFileThatSetTheKey() throws {
+        let resolved = try config(#"{"configFile":"/etc/config/config"}"#, file: "snatAddress: 198.51.100.9\negressInterfaces: [nope0]\n")
+        let findings = Lint.findings(config: resolved, podSubnets: [], node: Self.node)
+        #expect(findings.count == 2 && findings.allSatisfy { $0.source == "/etc/config/config" }, "\(findings.map(\.line))")
+    }
+}
+
 @Suite struct ExplainTests {
     static let podSubnet = try! CIDR.parse("10.244.1.0/24").get()
 
@@ -98,6 +141,35 @@ private func cidrs(_ texts: [String]) -> [CIDR] { texts.map { try! CIDR.parse($0
         // The verdict is the shared decision list's, not a second implementation's.
         #expect(explanation.verdict == DecisionList(policy: NetworkPolicy(config: resolved))
             .verdict(destination: IPAddress("10.244.1.9")!, podSubnet: Self.podSubnet).verdict)
+    }
+}
+
+/// explain with snatAddress and egressInterfaces: the deciding step is still named first, then what shaped the
+/// masquerade (the SNAT source, the interface list), each with its source; a packet leaving through an unlisted
+/// interface keeps its source and explain says egressInterfaces decided it.
+@Suite struct ExplainEgressTests {
+    static let netconf = #"{"configFile":"/etc/config/config","nonMasqueradeCIDRs":["10.0.0.0/8"],"masqueradeCIDRs":["10.1.0.0/16"],"snatAddress":"203.0.113.9"}"#
+    static let file = "egressInterfaces: [eth0, wg+]\n"
+
+    @Test(arguments: [
+        ("172.16.0.1", "eth0", "172.16.0.1: SNAT to 203.0.113.9 (no rule before the final masquerade matches; leaves through eth0, listed in egressInterfaces [eth0, wg+], from /etc/config/config; snatAddress 203.0.113.9, from conflist)"),
+        ("172.16.0.1", "wg3", "172.16.0.1: SNAT to 203.0.113.9 (no rule before the final masquerade matches; leaves through wg3, listed in egressInterfaces [eth0, wg+], from /etc/config/config; snatAddress 203.0.113.9, from conflist)"),
+        ("172.16.0.1", "eth1", "172.16.0.1: keep source (no rule before the final masquerade matches; but egressInterfaces [eth0, wg+], from /etc/config/config does not list eth1, the interface it leaves through)"),
+        ("10.1.2.3", "eth1", "10.1.2.3: keep source (masqueradeCIDRs 10.1.0.0/16, from conflist; but egressInterfaces [eth0, wg+], from /etc/config/config does not list eth1, the interface it leaves through)"),
+        ("10.1.2.3", nil, "10.1.2.3: SNAT to 203.0.113.9 (masqueradeCIDRs 10.1.0.0/16, from conflist; only when it leaves through egressInterfaces [eth0, wg+], from /etc/config/config; snatAddress 203.0.113.9, from conflist)"),
+        // A keep-source step is not qualified: neither key plays a part.
+        ("10.3.4.5", "eth1", "10.3.4.5: keep source (nonMasqueradeCIDRs 10.0.0.0/8, from conflist)"),
+        // No IPv6 SNAT source: plain masquerade.
+        ("2001:db8::1", "eth0", "2001:db8::1: masquerade (no rule before the final masquerade matches; leaves through eth0, listed in egressInterfaces [eth0, wg+], from /etc/config/config)"),
+    ] as [(String, String?, String)])
+    func lines(destination: String, interface: String?, line: String) throws {
+        let resolved = try config(Self.netconf, file: Self.file)
+        let policy = NetworkPolicy(config: resolved), address = try #require(IPAddress(destination))
+        let explanation = Explanation(destination: address, policy: policy, provenance: resolved.provenance,
+                                      podSubnet: nil, destinationIsLocal: false, outputInterface: interface)
+        #expect(explanation.line == line)
+        // The same verdict as the shared decision list's.
+        #expect(explanation.verdict == DecisionList(policy: policy).verdict(destination: address, podSubnet: nil, outputInterface: interface).verdict)
     }
 }
 
