@@ -333,13 +333,6 @@ public struct StateStore: Sendable {
         try write(networkDirectory(NetworkKey(network: record.network)) + "/network.json", Array(json.serialized().utf8))
     }
 
-    /// The other network whose name has the same key as `network` (a hash collision), if its state is here.
-    public func collision(for network: String) throws(SystemError) -> String? {
-        let key = NetworkKey(network: network)
-        if let record = try networkRecord(key), record.network != network { return record.network }
-        return nil
-    }
-
     /// The directory of a network's records in the previous layout (`<root>/<network>/`), when one is there: this
     /// version does not read it (README, Upgrading). Only plain names are looked up (one `lstat`).
     public func previousLayoutDirectory(of network: String) -> String? {

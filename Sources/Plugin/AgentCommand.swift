@@ -420,8 +420,9 @@ final class Agent {
                 throw CNIError(.netfilterFailure, "the network's rules are still wrong after restoring them", details: remaining.joined(separator: "; "))
             }
         }
-        metrics?.observe(session, records: records, log: log)
+        // Before the metrics see the session: the sweep's deletions count in ip_masq_conntrack_deleted_total.
         session.sweepTombstones(after: "the agent's pass")
+        metrics?.observe(session, records: records, log: log)
     }
 
     /// The session under the node lock, waiting in short slices so a stop request is honoured within a second.

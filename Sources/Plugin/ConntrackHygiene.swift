@@ -76,6 +76,7 @@ extension Session {
             }
             for source in sources { if (try? store.removeTombstone(source)) == true { cleared += 1 } }
         }
+        deletedConnections += deleted
         if cleared > 0 {
             log.info("conntrack: deleted \(deleted) entr\(deleted == 1 ? "y" : "ies") of \(cleared) released address(es) after \(verb)")
         }

@@ -15,6 +15,9 @@ final class Session {
     private let makeBackend: BackendFactory
     /// Written after the change that installs a new policy succeeds.
     private var pendingNetworkRecord: NetworkRecord?
+    /// The network record as this session last read or wrote it (`.some(nil)`: none on disk), so a verb parses it
+    /// once; nil when it must be read again (after a rollback).
+    private var cachedRecord: NetworkRecord??
     /// The policy a pending rewrite replaces, for the conntrack cleanup after it (ConntrackHygiene.swift).
     private var replacedPolicy: NetworkPolicy?
     /// Conntrack entries this session deleted (ip_masq_conntrack_deleted_total), added to the invocation's tally.
@@ -65,9 +68,8 @@ final class Session {
         backend = plugin.makeBackend(kind, placed)
         self.placed = placed
         if let record, Self.placementDiffers(record, kind: kind, current: currentFlavour) { recordedElsewhere = record }
-        do { collision = try store.collision(for: network) } catch {
-            throw CNIError(.stateFailure, "cannot read the state directory \(quoted(config.stateDir))", details: "\(error)")
-        }
+        collision = record.flatMap { $0.network != network ? $0.network : nil }
+        cachedRecord = .some(record)
         if let old = store.previousLayoutDirectory(of: network) {
             log.warning("\(old) holds records of a previous version's layout, which are not read: reset with that version (README, Upgrading)")
         }
@@ -265,7 +267,7 @@ final class Session {
     /// A change that (re)writes the node-wide part when the policy in force differs from what was applied.
     /// With a refused config file: the last good rules stay, or, when there are none yet, the refusal is the answer.
     func networkChange(policy: NetworkPolicy, fileProblem: CNIError?) throws(CNIError) -> NetworkChange {
-        let record = try state { () throws(SystemError) in try store.networkRecord(key) }
+        let record = try networkRecord()
         if let fileProblem {
             guard record != nil else { throw fileProblem }
             return NetworkChange(network: network)
@@ -422,6 +424,7 @@ final class Session {
 
     /// Puts the state files this verb changed back (after a failed change).
     func rollBack() {
+        cachedRecord = nil
         do { try journal.rollBack() } catch {
             log.error("cannot put the records back after a failed change: \(error)")
         }
@@ -519,13 +522,17 @@ final class Session {
     private func savePendingNetworkRecord() throws(CNIError) {
         if let record = pendingNetworkRecord {
             try state { () throws(SystemError) in try store.save(record) }
+            cachedRecord = .some(record)
             pendingNetworkRecord = nil
         }
     }
 
     /// What was last applied for the network, from its record.
     func networkRecord() throws(CNIError) -> NetworkRecord? {
-        try state { () throws(SystemError) in try store.networkRecord(key) }
+        if let cachedRecord { return cachedRecord }
+        let record = try state { () throws(SystemError) in try store.networkRecord(key) }
+        cachedRecord = .some(record)
+        return record
     }
 
     /// Rewrites the network's node-wide part and re-adds every recorded registration (plus `change`'s own).
@@ -576,7 +583,7 @@ final class Session {
 
     /// The policy last applied to this network, from its record.
     func lastGoodPolicy() throws(CNIError) -> NetworkPolicy? {
-        try state { () throws(SystemError) in try store.networkRecord(key) }.flatMap { NetworkPolicy(json: $0.policy) }
+        try networkRecord().flatMap { NetworkPolicy(json: $0.policy) }
     }
 
     /// What CHECK finds wrong with the network and these attachments.

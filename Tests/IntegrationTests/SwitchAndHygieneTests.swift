@@ -121,7 +121,7 @@ struct SwitchAndHygieneTests {
 
     /// The network record of `testnet`, as JSON.
     func networkRecord(_ scratch: ScratchDirectory) throws -> [String: Any] {
-        let data = try Data(contentsOf: URL(fileURLWithPath: scratch.path + "/state/testnet/network.json"))
+        let data = try Data(contentsOf: URL(fileURLWithPath: scratch.path + "/state/networks/testnet/network.json"))
         return try JSONSerialization.jsonObject(with: data) as? [String: Any] ?? [:]
     }
 
@@ -160,7 +160,9 @@ struct SwitchAndHygieneTests {
         let del = try PluginCall(netns: ns, command: "DEL", containerID: "c1")(netconf(scratch: scratch, extra: extra("nftables"), addresses: []))
         try expectStayedInLegacy(ns, scratch, del)
         try ns.exec(["iptables-nft", rule[0], rule[1], "-D"] + rule.dropFirst(2), check: true)
-        let next = try PluginCall(netns: ns, command: "DEL", containerID: "c2")(netconf(scratch: scratch, extra: extra("nftables"), addresses: []))
+        // logLevel info: the move is an info line.
+        let next = try PluginCall(netns: ns, command: "DEL", containerID: "c2")(
+            netconf(scratch: scratch, extra: extra("nftables").merging(["logLevel": "info"]) { $1 }, addresses: []))
         #expect(next.status == 0 && next.stderr.contains("moved network testnet"), "\(next.stderr)")
         #expect(try networkRecord(scratch)["backend"] as? String == "nftables")
         let end = try traces(ns)
@@ -217,7 +219,7 @@ struct SwitchAndHygieneTests {
         var record = try networkRecord(scratch)
         record["iptablesMode"] = nil
         record["masqChain"] = nil
-        try JSONSerialization.data(withJSONObject: record).write(to: URL(fileURLWithPath: scratch.path + "/state/testnet/network.json"))
+        try JSONSerialization.data(withJSONObject: record).write(to: URL(fileURLWithPath: scratch.path + "/state/networks/testnet/network.json"))
         // CHECK does not call such a network split (nothing says it is).
         let check = try PluginCall(netns: ns, command: "CHECK", containerID: "c1")(netconf(scratch: scratch, extra: extra("iptables-legacy"), addresses: ["10.99.0.3/24"]))
         #expect(check.status == 0, "\(check.stdout)")
@@ -234,7 +236,7 @@ struct SwitchAndHygieneTests {
     @Test func aMoveTakesAlongAPodWithADamagedRecord() throws {
         let ns = try Netns("move-damaged"), scratch = ScratchDirectory()
         try twoLegacyPods(ns, scratch)
-        try "{ not json".write(toFile: scratch.path + "/state/testnet/attachments/c1@eth0", atomically: true, encoding: .utf8)
+        try "{ not json".write(toFile: scratch.path + "/state/networks/testnet/attachments/c1@eth0", atomically: true, encoding: .utf8)
         let add = try PluginCall(netns: ns, command: "ADD", containerID: "c3")(netconf(scratch: scratch, extra: extra("nftables"), addresses: ["10.99.0.5/24"]))
         #expect(add.status == 0, "\(add.stdout)\(add.stderr)")
         #expect(add.stderr.contains("warning") && add.stderr.contains("testnet/c1/eth0") && add.stderr.contains("damaged"), "\(add.stderr)")
