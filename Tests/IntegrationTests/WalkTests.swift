@@ -12,7 +12,7 @@ import Glibc
 //   WALK_SECONDS=1800      soak: keep running new seeds (after WALK_SEEDS) until this many seconds passed
 //   WALK_FLAVOURS=nftables,iptables-nft,iptables-legacy
 //   WALK_SKIP=fifo,damage  operations left out by kind (add del check gc status conflist file fifo reload agent kill damage)
-//                          or feature (hostaddr badargs badconflist badfile unknownkey busystatus damageowner)
+//                          or feature (hostaddr badargs badconflist badfile unknownkey busystatus damageowner crossnet nested)
 //   WALK_SHRINK_SECONDS=120  time allowed to shrink a failing prefix
 
 /// A splitmix64 generator: the same seed gives the same walk on every machine.
@@ -166,11 +166,11 @@ final class WalkNode {
         return (child, base)
     }
 
-    /// Runs an invocation to its end (a hang of 30 s is answered as status -1 after killing it).
+    /// Runs an invocation to its end (a hang of 15 s is answered as status -1 after killing it).
     func runToEnd(_ invocation: Invocation) throws -> WalkAnswer {
         let (child, base) = try start(invocation)
         var status: Int32
-        switch child.wait(timeout: 30) {
+        switch child.wait(timeout: 15) {
         case .exited(let code): status = code
         case .killed(let signal): status = 128 + signal
         case .stillRunning:
@@ -182,7 +182,7 @@ final class WalkNode {
         defer { for suffix in [".in", ".out", ".err"] { unlink(base + suffix) } }
         let out = (try? String(contentsOfFile: base + ".out", encoding: .utf8)) ?? ""
         let err = (try? String(contentsOfFile: base + ".err", encoding: .utf8)) ?? ""
-        return WalkAnswer(status: status, stdout: out, stderr: status == -1 ? "HUNG for 30 s, killed. " + err : err)
+        return WalkAnswer(status: status, stdout: out, stderr: status == -1 ? "HUNG for 15 s, killed. " + err : err)
     }
 
     /// Starts an invocation and kills its whole process group after `delay` µs.
@@ -486,24 +486,37 @@ struct Walk {
         func addresses() -> [PodIP] {
             var ips: [PodIP] = []
             let roll = Double.random(in: 0..<1, using: &rng)
-            if roll < 0.85 { ips.append(WalkPools.v4.randomElement(using: &rng)!) }
-            if roll >= 0.85 || Double.random(in: 0..<1, using: &rng) < 0.45 { ips.append(WalkPools.v6.randomElement(using: &rng)!) }
+            // WALK_SKIP=nested: only the pools' /24 and /64 subnets, none inside another.
+            let flat = WalkSettings.skipped.contains("nested")
+            let v4 = flat ? WalkPools.v4.filter { $0.prefix == 24 && $0.address != "10.88.0.5" } : WalkPools.v4
+            let v6 = flat ? WalkPools.v6.filter { $0.prefix == 64 } : WalkPools.v6
+            if roll < 0.85 { ips.append(v4.randomElement(using: &rng)!) }
+            if roll >= 0.85 || Double.random(in: 0..<1, using: &rng) < 0.45 { ips.append(v6.randomElement(using: &rng)!) }
             return ips
         }
-        func registered(_ who: WalkAttachment) -> [PodIP] { model.network[who.network]!.attachments[who] ?? addresses() }
+        // WALK_SKIP=crossnet: no address held in one network is registered in another.
+        func addresses(for network: String) -> [PodIP] {
+            guard WalkSettings.skipped.contains("crossnet") else { return addresses() }
+            for _ in 0..<20 {
+                let ips = addresses().filter { model.owner[$0.address].map { $0.network == network } ?? true }
+                if !ips.isEmpty { return ips }
+            }
+            return [PodIP("10.\(200 + WalkModel.networks.firstIndex(of: network)!).0.3/24")]
+        }
+        func registered(_ who: WalkAttachment) -> [PodIP] { model.network[who.network]!.attachments[who] ?? addresses(for: who.network) }
         let network = WalkModel.networks.randomElement(using: &rng)!
         let roll = Int.random(in: 0..<100, using: &rng)
         switch roll {
         case 0..<28:
             let who = someAttachment(0.35)
             let keep = model.network[who.network]!.attachments[who] != nil && Bool.random(using: &rng)
-            return .add(who, keep ? registered(who) : addresses(), hostAddress: Int.random(in: 0..<100, using: &rng) < 15)
+            return .add(who, keep ? registered(who) : addresses(for: who.network), hostAddress: Int.random(in: 0..<100, using: &rng) < 15)
         case 28..<44:
             let who = someAttachment()
             return .del(who, prevResult: Bool.random(using: &rng) ? registered(who) : nil, badArgs: Int.random(in: 0..<100, using: &rng) < 15)
         case 44..<58:
             let who = someAttachment(0.85)
-            return .check(who, Int.random(in: 0..<100, using: &rng) < 85 ? registered(who) : addresses())
+            return .check(who, Int.random(in: 0..<100, using: &rng) < 85 ? registered(who) : addresses(for: who.network))
         case 58..<62:
             if Int.random(in: 0..<100, using: &rng) < 15 { return .gc(network: network, valid: nil) }
             let kept = model.network[network]!.attachments.keys.sorted().filter { _ in Int.random(in: 0..<100, using: &rng) < 75 }
@@ -530,13 +543,14 @@ struct Walk {
         case 89..<95:
             let delay = Int.random(in: 0...15_000, using: &rng)
             switch Int.random(in: 0..<10, using: &rng) {
-            case 0..<5: return .killed(.add(someAttachment(0.3), addresses(), hostAddress: false), delay: delay)
+            case 0..<5: let who = someAttachment(0.3); return .killed(.add(who, addresses(for: who.network), hostAddress: false), delay: delay)
             case 5..<8: let who = someAttachment(0.9); return .killed(.del(who, prevResult: nil, badArgs: false), delay: delay)
             case 8: return .killed(.agent(network: network), delay: delay)
             default: return .killed(.gc(network: network, valid: []), delay: delay)
             }
         default:
-            guard let who = existing.randomElement(using: &rng) else { return .agent(network: network) }
+            let intact = existing.filter { !model.network[$0.network]!.damaged.contains($0) }
+            guard let who = intact.randomElement(using: &rng) else { return .agent(network: network) }
             switch Int.random(in: 0..<10, using: &rng) {
             case 0..<4: return .damage(who, .garbageRecord)
             case 4..<7: return .damage(who, .emptyRecord)
@@ -706,9 +720,10 @@ struct Walk {
             case .setFile(let network, let state): try node.setFile(network, state)
             case .reload(let reload): try node.reload(reload)
             case .damage(let who, let damage):
+                if model.network[who.network]!.damaged.contains(who) { break }
                 let damaged = node.damage(who, damage)
                 if damaged == nil, !damage.isOwner, model.network[who.network]!.attachments[who] != nil {
-                    problems.append("no record file of \(who) found under \(node.stateDir) to damage")
+                    problems.append("no record file of \(who) found under the stateDir to damage")
                 }
             case .status(_, let busy):
                 let invocation = node.invocation(op, model: model)!
@@ -720,7 +735,12 @@ struct Walk {
                 answer = try node.runToEnd(node.invocation(inner, model: model)!)
             default: answer = try node.runToEnd(node.invocation(op, model: model)!)
             }
-            if let expected, let answer { problems += Self.compareOutcome(answer, expected, op: op) }
+            if var given = answer {
+                given.stdout = given.stdout.replacingOccurrences(of: node.scratch.path, with: "<scratch>")
+                given.stderr = given.stderr.replacingOccurrences(of: node.scratch.path, with: "<scratch>")
+                answer = given
+                if let expected { problems += Self.compareOutcome(given, expected, op: op) }
+            }
             observation = try node.observe()
             problems += compareKernel(observation, next.expectedKernel(mustHave: mustHave))
             problems += compareList(observation, next)
@@ -746,8 +766,9 @@ struct Walk {
     }
 
     /// Removes operations from a failing prefix while it still fails (delta debugging), within the time allowed.
-    mutating func shrink(_ failing: [WalkOp]) throws -> ([WalkOp], Failure?) {
-        var current = failing
+    /// The shrunk prefix must fail with the same first difference as the original.
+    mutating func shrink(_ prefix: [WalkOp], failing: Failure) throws -> ([WalkOp], Failure?) {
+        var current = prefix
         var lastFailure: Failure?
         let deadline = Date().addingTimeInterval(WalkSettings.shrinkSeconds)
         var chunk = max(1, current.count / 2)
@@ -757,7 +778,7 @@ struct Walk {
             while start < current.count && Date() < deadline {
                 var candidate = current
                 candidate.removeSubrange(start..<min(current.count, start + chunk))
-                if !candidate.isEmpty, let failure = try execute(candidate) {
+                if !candidate.isEmpty, let failure = try execute(candidate), failure.problems.first == failing.problems.first {
                     current = Array(candidate.prefix(failure.step + 1))
                     lastFailure = failure
                     removedAny = true
@@ -788,7 +809,7 @@ struct WalkTests {
             let seedStarted = Date()
             if let failure = try walk.execute(ops) {
                 let prefix = Array(ops.prefix(failure.step + 1))
-                let (shrunk, shrunkFailure) = try walk.shrink(prefix)
+                let (shrunk, shrunkFailure) = try walk.shrink(prefix, failing: failure)
                 let listing = shrunk.enumerated().map { "  \($0.offset): \($0.element)" }.joined(separator: "\n")
                 Issue.record("""
                     walk[\(flavour.rawValue)] seed \(seed): step \(failure.step) differs from the model: \(ops[failure.step])
