@@ -55,7 +55,7 @@ let package = Package(
                           linkerSettings: startupLinking + staticCLibraries),
         .testTarget(name: "UnitTests", dependencies: ["Plugin", "MasqCore", "Netfilter", "JSON"],
                     linkerSettings: staticCLibraries),
-        .testTarget(name: "IntegrationTests", dependencies: ["ip-masq"]),
+        .testTarget(name: "IntegrationTests", dependencies: ["ip-masq", "Netfilter"]),
     ],
     swiftLanguageModes: [.v6]
 )

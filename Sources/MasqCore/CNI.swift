@@ -116,14 +116,13 @@ public struct CNIEnvironment: Sendable, Equatable {
         netns = value("CNI_NETNS")
         ifname = value("CNI_IFNAME")
         path = value("CNI_PATH")?.split(separator: ":").map(String.init) ?? []
+        // The plugin ignores CNI_ARGS, so a malformed pair is no reason to fail a verb (a DEL least of all):
+        // well-formed pairs are kept (K8S_POD_NAMESPACE, K8S_POD_NAME for diagnostics), others skipped.
         args = []
         if let raw = value("CNI_ARGS") {
             for pair in raw.split(separator: ";", omittingEmptySubsequences: true) {
                 let parts = pair.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)
-                guard parts.count == 2, !parts[0].isEmpty else {
-                    throw CNIError(.invalidEnvironment, "CNI_ARGS has a malformed pair \(quoted(String(pair)))",
-                                   details: "expected KEY=VALUE pairs separated by ';'")
-                }
+                guard parts.count == 2, !parts[0].isEmpty else { continue }
                 args.append((String(parts[0]), String(parts[1])))
             }
         }
@@ -146,6 +145,12 @@ public struct CNIEnvironment: Sendable, Equatable {
             try Self.validateInterfaceName(ifname!)
         }
     }
+
+    /// The value of a `CNI_ARGS` key, last one wins; nil when absent.
+    public func argument(_ key: String) -> String? { args.last { $0.key == key }?.value }
+    /// The pod's namespace and name as Kubernetes runtimes pass them (`K8S_POD_NAMESPACE`, `K8S_POD_NAME`).
+    public var podNamespace: String? { argument("K8S_POD_NAMESPACE") }
+    public var podName: String? { argument("K8S_POD_NAME") }
 
     /// CNI's container ID rule: `^[a-zA-Z0-9][a-zA-Z0-9_.\-]*$`, at most 1024 bytes.
     static func validateContainerID(_ id: String) throws(CNIError) {

@@ -50,6 +50,8 @@ public struct MasqConfig: Equatable, Sendable {
     public var logLevel: LogLevel = .info
     /// Whether some layer set `nonMasqueradeCIDRs` (the reserved-ranges flag then does not apply).
     public private(set) var nonMasqueradeCIDRsGiven = false
+    /// What resolution ignored and the operator should hear about (unknown config file keys): logged as warnings.
+    public internal(set) var warnings: [String] = []
 
     /// ip-masq-agent's default non-masquerade list (RFC 1918).
     public static let defaultNonMasqueradeCIDRs = ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"].map(Self.literal)
@@ -119,6 +121,31 @@ extension MasqConfig {
         return config
     }
 
+    /// The keys DEL, GC and STATUS need: where the records and the lock are, which backend, and logging.
+    static let plumbingKeys = ["stateDir", "lockFile", "lockTimeout", "backend", "iptablesMode", "masqChain", "logFile", "logLevel"]
+
+    /// The node plumbing only, for DEL, GC and STATUS, which must work whatever the policy keys say (a typo in the
+    /// conflist must not leave every pod stuck terminating). Only an unusable `stateDir` or `lockFile` is refused;
+    /// any other problem (an invalid policy or plumbing value, a mis-cased key) is returned for the log, and an
+    /// invalid plumbing value falls back to its default (listed in `invalidKeys`). The config file is not read.
+    public static func resolvePlumbing(netconf: JSONObject) throws(CNIError) -> (config: MasqConfig, problems: [String], invalidKeys: Set<String>) {
+        var config = MasqConfig()
+        var problems: [String] = []
+        var invalidKeys = Set<String>()
+        for key in plumbingKeys {
+            guard let value = netconf[key] else { continue }
+            do { try config.apply(JSONObject([(key, value)]), source: .netconf, allowed: netconfKeys) } catch {
+                if key == "stateDir" || key == "lockFile" { throw error }
+                problems.append(error.description)
+                invalidKeys.insert(key)
+            }
+        }
+        do { _ = try resolve(netconf: netconf, fileContents: nil) } catch {
+            if !problems.contains(error.description) { problems.append(error.description) }
+        }
+        return (config, problems, invalidKeys)
+    }
+
     /// The config file path named by a netconf, so the caller can read it before `resolve`.
     public static func configFilePath(in netconf: JSONObject) -> String? {
         netconf["configFile"]?.stringValue.flatMap { $0.isEmpty ? nil : $0 }
@@ -130,8 +157,17 @@ extension MasqConfig {
         for (key, value) in object.members {
             guard allowed.contains(key) else {
                 if case .file = source {
-                    throw CNIError(.unsupportedField, "unsupported key \(quoted(key)) in \(source.label)",
-                                   details: "value \(abbreviated(value)); allowed keys: \(allowed.sorted().joined(separator: ", "))")
+                    // ip-masq-agent ignores keys it does not know, so a ConfigMap it accepts is accepted here too;
+                    // but a near miss of one of our keys, or node plumbing (conflist only), is a mistake to refuse.
+                    if let intended = Self.netconfKeys.first(where: { Self.nearMiss($0, key) }) {
+                        let why = allowed.contains(intended) ? "did you mean \(quoted(intended))?"
+                            : "\(quoted(intended)) is node plumbing, accepted only in the conflist entry"
+                        throw CNIError(.unsupportedField, "unsupported key \(quoted(key)) in \(source.label)",
+                                       details: "value \(abbreviated(value)); \(why)")
+                    }
+                    warnings.append("unknown key \(quoted(key)) in \(source.label) ignored (as ip-masq-agent does); known keys: "
+                                    + allowed.sorted().joined(separator: ", "))
+                    continue
                 }
                 // Conflist entries carry runtime keys (name, type, prevResult, capabilities...): ignore those,
                 // but refuse a mis-cased spelling of one of ours, which would otherwise be silently ignored.
@@ -168,12 +204,19 @@ extension MasqConfig {
             case "masqChain":
                 let name = try reader.string(key, value)
                 guard Self.isValidChainName(name) else {
-                    throw reader.invalid(key, value, "expected 1-28 characters of A-Z, a-z, 0-9, '-' or '_'")
+                    throw reader.invalid(key, value, "expected 1-28 characters of A-Z, a-z, 0-9, '-' or '_', not starting with '-'")
+                }
+                guard !Self.builtInIPTablesNames.contains(name) else {
+                    throw reader.invalid(key, value, "a built-in chain or target of iptables, which cannot be a chain of ours; use e.g. \"IP-MASQ-AGENT\"")
                 }
                 masqChain = name
             case "lockFile": lockFile = try reader.path(key, value, optional: false)!
             case "stateDir": stateDir = try reader.path(key, value, optional: false)!
-            case "logFile": logFile = try reader.path(key, value, optional: true)
+            case "logFile":
+                logFile = try reader.path(key, value, optional: true)
+                if let path = logFile, Self.standardOutputPaths.contains(path) {
+                    throw reader.invalid(key, value, "standard output carries the CNI result; log to stderr (unset logFile) or a file")
+                }
             case "logLevel": logLevel = try reader.choice(key, value, LogLevel.self)
             default: break
             }
@@ -194,10 +237,29 @@ extension MasqConfig {
         nomasqAllReservedRanges && !nonMasqueradeCIDRsGiven ? Self.reservedRanges : nonMasqueradeCIDRs
     }
 
-    /// iptables chain names: at most 28 characters, no spaces or specials.
+    /// Spellings of standard output (a `logFile` there would corrupt the result; `Log` also refuses the same file).
+    static let standardOutputPaths: Set<String> = ["/dev/stdout", "/dev/fd/1", "/proc/self/fd/1", "/proc/thread-self/fd/1"]
+
+    /// Built-in chains and targets of the xtables tools: a user chain of that name is refused by one family or
+    /// the other (or means something else), so it would half-apply a change.
+    static let builtInIPTablesNames: Set<String> = [
+        "PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING", "ACCEPT", "DROP", "RETURN", "QUEUE", "REJECT",
+        "MASQUERADE", "SNAT", "DNAT", "REDIRECT", "NETMAP", "LOG", "NFLOG", "NFQUEUE", "ULOG", "MARK", "CONNMARK",
+        "CT", "NOTRACK", "TRACE", "TPROXY", "TCPMSS", "TOS", "TTL", "HL", "DSCP", "ECN", "CLASSIFY", "CHECKSUM",
+        "CLUSTERIP", "SET", "AUDIT", "SECMARK", "CONNSECMARK", "IDLETIMER", "LED", "RATEEST", "SYNPROXY", "TEE",
+        "HMARK", "JUMP", "GOTO", "ERROR",
+    ]
+
+    /// Whether `key` is a different spelling of `known`: same letters ignoring case, '-' and '_'.
+    static func nearMiss(_ known: String, _ key: String) -> Bool {
+        func letters(_ text: String) -> String { String(text.lowercased().filter { $0 != "-" && $0 != "_" }) }
+        return letters(known) == letters(key)
+    }
+
+    /// iptables chain names: at most 28 characters, no spaces or specials, not an option.
     static func isValidChainName(_ name: String) -> Bool {
         let bytes = Array(name.utf8)
-        return !bytes.isEmpty && bytes.count <= 28
+        return !bytes.isEmpty && bytes.count <= 28 && bytes[0] != UInt8(ascii: "-")
             && bytes.allSatisfy { Names.isAlphanumeric($0) || $0 == UInt8(ascii: "-") || $0 == UInt8(ascii: "_") }
     }
 }

@@ -83,6 +83,15 @@ public protocol MasqBackend: Sendable {
     func removeNetwork(_ network: String, registrations: [Registration]) throws(BackendError)
     /// A human-readable listing of what the backend installed (demo and `list`).
     func dump() -> String
+    /// `removeNetwork`, optionally keeping the sets another flavour's rules still match (iptables flavour switch).
+    func removeNetwork(_ network: String, registrations: [Registration], keepingSets: Bool) throws(BackendError)
+}
+
+extension MasqBackend {
+    /// Backends whose sets belong to them alone remove everything.
+    public func removeNetwork(_ network: String, registrations: [Registration], keepingSets: Bool) throws(BackendError) {
+        try removeNetwork(network, registrations: registrations)
+    }
 }
 
 extension MasqBackend {

@@ -4,14 +4,18 @@ import Glibc
 
 /// Small file-system helpers over raw syscalls (no Foundation, to keep start-up and memory small).
 public enum Files {
-    /// The whole file, or nil when it does not exist. Other failures throw.
+    /// The whole file, or nil when it does not exist. Other failures throw, and so does anything but a regular file:
+    /// opened with O_NONBLOCK, a FIFO (or a device) put where a config or record belongs cannot hang the reader.
     public static func read(_ path: String) throws(SystemError) -> [UInt8]? {
-        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        let fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK)
         guard fd >= 0 else {
             if errno == ENOENT || errno == ENOTDIR { return nil }
             throw SystemError("open \(path)")
         }
         defer { close(fd) }
+        var info = stat()
+        guard fstat(fd, &info) == 0 else { throw SystemError("fstat \(path)") }
+        guard info.st_mode & S_IFMT == S_IFREG else { throw SystemError("\(path) is not a regular file", errno: EINVAL) }
         var result: [UInt8] = []
         var chunk = [UInt8](repeating: 0, count: 16384)
         while true {

@@ -52,8 +52,8 @@ public struct IPTablesBackend: MasqBackend {
     }
 
     /// Applies an `iptables-restore` input to the nat table of one family, without flushing anything else.
-    func restore(_ family: IPFamily, _ input: String) throws(BackendError) {
-        _ = try execute([program(family, "-restore")] + Self.wait + ["--noflush"], input: input)
+    func restore(_ family: IPFamily, _ input: String, testOnly: Bool = false) throws(BackendError) {
+        _ = try execute([program(family, "-restore")] + Self.wait + ["--noflush"] + (testOnly ? ["--test"] : []), input: input)
     }
 
     /// Runs an `ipset` script (`-exist` makes repeated adds and deletes no-ops).
@@ -129,13 +129,29 @@ public struct IPTablesBackend: MasqBackend {
             }
             plans.append((family, layout))
         }
-        _ = try ipset(renderer.setInput(for: change, creating: true))
-        for (family, layout) in plans {
-            try restore(family, renderer.nodeWideInput(policy, change.key, family, chain: layout.chain, cleanup: layout.cleanup))
+        let inputs = plans.map { family, layout in
+            (family, renderer.nodeWideInput(policy, change.key, family, chain: layout.chain, cleanup: layout.cleanup))
         }
+        // All or nothing across the families: each family's input is first checked by the tool (`--test` commits
+        // nothing), so a refusal of IPv6 cannot leave IPv4 rewritten. The sets must exist for the check.
+        _ = try ipset(renderer.setInput(for: change, creating: true))
+        for (family, input) in inputs { try restore(family, input, testOnly: true) }
+        for (family, input) in inputs { try restore(family, input) }
     }
 
     public func removeNetwork(_ network: String, registrations: [Registration]) throws(BackendError) {
+        try removeNetwork(network, registrations: registrations, keepingSets: false)
+    }
+
+    /// What `iptables` is when the mode is `auto` (`iptables -V` says "nf_tables" or "legacy"); the mode otherwise.
+    public func resolvedMode() -> IPTablesMode {
+        guard mode == .auto else { return mode }
+        guard let version = try? execute([program(.v4), "-V"]) else { return .auto }
+        if version.contains("nf_tables") { return .nft }
+        return version.contains("legacy") ? .legacy : .auto
+    }
+
+    public func removeNetwork(_ network: String, registrations: [Registration], keepingSets: Bool) throws(BackendError) {
         let key = NetworkKey(network: network)
         for (family, listing) in try listings(needing: []) {
             let jumps = renderer.installedJumps(key, family, in: listing)
@@ -145,7 +161,7 @@ public struct IPTablesBackend: MasqBackend {
             }
             if let input = renderer.removalInput(jumps: jumps, chains: chains) { try restore(family, input) }
         }
-        _ = try ipset(renderer.setRemovalInput(key))
+        if !keepingSets { _ = try ipset(renderer.setRemovalInput(key)) }
     }
 
     public func inspect(network: String, policy: NetworkPolicy, registrations: [Registration], subnets: [CIDR]) throws(BackendError) -> Inspection {

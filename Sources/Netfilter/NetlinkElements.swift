@@ -372,12 +372,23 @@ enum Netlink {
             // The kernel answers at once; a silent socket is a reason to let the tool try (every script is idempotent).
             var timeout = timeval(tv_sec: 5, tv_usec: 0)
             _ = setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+            // Every message of a batch is acknowledged, and the kernel queues all the acknowledgements before we read
+            // one: the default receive buffer (rmem_default, ~208 KiB) overflows (ENOBUFS) at a few hundred. Room for
+            // the largest batch (500 messages, each acknowledgement about 1 KiB of buffer), beyond rmem_max when
+            // permitted (SO_RCVBUFFORCE needs CAP_NET_ADMIN, which a plugin changing netfilter has).
+            var size = Int32(Self.receiveBufferBytes)
+            if setsockopt(fd, SOL_SOCKET, SO_RCVBUFFORCE, &size, socklen_t(MemoryLayout<Int32>.size)) != 0 {
+                _ = setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &size, socklen_t(MemoryLayout<Int32>.size))
+            }
             var now = timespec()
             clock_gettime(CLOCK_MONOTONIC, &now)
             firstSequence = UInt32(truncatingIfNeeded: now.tv_nsec) & 0x0FFF_FFFF | 1
         }
 
         deinit { close(fd) }
+
+        /// The receive buffer asked for: 500 acknowledgements with room to spare (a limit, not an allocation).
+        static let receiveBufferBytes = 2 << 20
 
         /// Sends messages to the kernel in one datagram.
         func send(_ bytes: [UInt8]) -> Bool {

@@ -66,10 +66,19 @@ public struct SpawnRunner: CommandRunner {
         // else takes the lock (a flock is held while any descriptor of it is open).
         let inherited = inheritedDescriptor ?? FileLock.heldDescriptor
         if inherited >= 0 { posix_spawn_file_actions_adddup2(&actions, inherited, 3) }
+        // The plugin ignores SIGPIPE (an ignored signal stays ignored across exec): tools get the default back.
+        var attributes = posix_spawnattr_t()
+        posix_spawnattr_init(&attributes)
+        defer { posix_spawnattr_destroy(&attributes) }
+        var defaults = sigset_t()
+        sigemptyset(&defaults)
+        sigaddset(&defaults, SIGPIPE)
+        posix_spawnattr_setsigdefault(&attributes, &defaults)
+        posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETSIGDEF))
         var pid: pid_t = 0
         let cArguments = arguments.map { strdup($0) } + [nil]
         defer { for pointer in cArguments { free(pointer) } }
-        let spawnStatus = posix_spawnp(&pid, arguments[0], &actions, nil, cArguments, environ)
+        let spawnStatus = posix_spawnp(&pid, arguments[0], &actions, &attributes, cArguments, environ)
         close(inPipe[0]); close(outPipe[1]); close(errPipe[1])
         guard spawnStatus == 0 else {
             close(inPipe[1]); close(outPipe[0]); close(errPipe[0])

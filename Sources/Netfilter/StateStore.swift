@@ -44,12 +44,18 @@ public struct NetworkRecord: Equatable, Sendable {
     public var fingerprint: String
     /// The applied policy, for operators (`ip-masq list`).
     public var policy: JSONValue
+    /// For a backend switch: the iptables flavour and chain the rules were written with (nil in older records).
+    public var iptablesMode: IPTablesMode?
+    public var masqChain: String?
 
-    public init(network: String, backend: BackendKind, fingerprint: String, policy: JSONValue) {
+    public init(network: String, backend: BackendKind, fingerprint: String, policy: JSONValue,
+                iptablesMode: IPTablesMode? = nil, masqChain: String? = nil) {
         self.network = network
         self.backend = backend
         self.fingerprint = fingerprint
         self.policy = policy
+        self.iptablesMode = iptablesMode
+        self.masqChain = masqChain
     }
 }
 
@@ -161,7 +167,9 @@ public struct StateStore: Sendable {
         guard let bytes = try Files.read(networkDirectory(key) + "/network.json"), let json = try? JSONValue.parse(bytes),
               let network = json["network"]?.stringValue, let backendText = json["backend"]?.stringValue,
               let backend = BackendKind(rawValue: backendText), let fingerprint = json["fingerprint"]?.stringValue else { return nil }
-        return NetworkRecord(network: network, backend: backend, fingerprint: fingerprint, policy: json["policy"] ?? .null)
+        return NetworkRecord(network: network, backend: backend, fingerprint: fingerprint, policy: json["policy"] ?? .null,
+                             iptablesMode: json["iptablesMode"]?.stringValue.flatMap(IPTablesMode.init(rawValue:)),
+                             masqChain: json["masqChain"]?.stringValue)
     }
 
     /// Remembers what was applied for a network.
@@ -171,7 +179,8 @@ public struct StateStore: Sendable {
         let json = JSONValue.object(JSONObject([
             ("network", .string(record.network)), ("backend", .string(record.backend.rawValue)),
             ("fingerprint", .string(record.fingerprint)), ("policy", record.policy),
-        ]))
+        ] + (record.iptablesMode.map { [("iptablesMode", JSONValue.string($0.rawValue))] } ?? [])
+          + (record.masqChain.map { [("masqChain", JSONValue.string($0))] } ?? [])))
         try Files.writeAtomically(directory + "/network.json", Array(json.serialized().utf8))
     }
 

@@ -28,7 +28,7 @@ enum AgentCommand {
     stops the loop within a second.
 
     Options:
-      --netconf FILE          the network's conflist or conf (required)
+      --netconf FILE          the network's conflist or conf, an absolute path (required)
       --once                  run one reconcile pass and exit
       --plugin-type TYPE      the plugin entry to use in a conflist (default "ip-masq")
       --sync-config-from SRC  before each pass, copy SRC (a mounted ConfigMap file) ...
@@ -54,6 +54,7 @@ enum AgentCommand {
                                     flags: ["--once"])
             if options.wantsHelp { return CommandExit.help(help) }
             guard options["--netconf"] != nil else { throw Arguments.UsageError(message: "--netconf FILE is required") }
+            _ = try options.path("--netconf")
             switch (try options.path("--sync-config-from"), try options.path("--sync-config-to")) {
             case (let source?, let destination?): sync = ConfigSync(source: source, destination: destination)
             case (nil, nil): sync = nil
@@ -315,16 +316,16 @@ final class Agent {
             log.info("backend in use: \(session.backend.kind.rawValue)\(resolved.config.backend == .auto ? " (auto)" : "")")
             backendInUse = session.backend.kind
         }
+        // A backend or iptables flavour switch: the network and every pod move at once, the old objects go.
+        try session.moveIfNeeded(policy: resolved.fileProblem == nil ? resolved.policy : nil)
         let previous = try session.networkRecord()
         let change: NetworkChange
         do { change = try session.networkChange(policy: resolved.policy, fileProblem: resolved.fileProblem) } catch {
             throw CNIError(error.code, "no rules exist yet and the config file is invalid, nothing to keep", details: error.description)
         }
-        let moving = previous.map { $0.backend != session.backend.kind && $0.backend != .auto } ?? false
         if let policy = change.policy {
-            // Moving to another backend: the new one gets the node-wide rules and every pod's entry at once.
-            if moving { try session.restoreAll(policy: policy) } else { try session.apply(change) }
-            if let previous, !moving {
+            try session.apply(change)
+            if let previous {
                 log.info("config changed (\(Self.difference(from: previous.policy, to: policy.json))): node-wide rules rewritten")
             } else {
                 log.info("node-wide rules written (\(session.backend.kind.rawValue)): \(policy.json.serialized())")
@@ -347,14 +348,6 @@ final class Agent {
             if !remaining.isEmpty {
                 throw CNIError(.netfilterFailure, "the network's rules are still wrong after restoring them", details: remaining.joined(separator: "; "))
             }
-        }
-        if let previous, moving {
-            // The backend changed (config or node choice): the rules now live in the new one, the old ones go.
-            let registrations = records.flatMap { record in record.addresses.map { Registration(owner: record.owner, pod: $0) } }
-            do { try makeBackend(previous.backend, resolved.config).removeNetwork(netconf.name, registrations: registrations) } catch {
-                throw CNIError(.netfilterFailure, "cannot remove the network's \(previous.backend.rawValue) rules after moving to \(session.backend.kind.rawValue)", details: error.message)
-            }
-            log.info("moved from \(previous.backend.rawValue) to \(session.backend.kind.rawValue): the old rules are removed")
         }
     }
 

@@ -40,6 +40,10 @@ public enum ProcessIO {
         }
     }
 
+    /// Ignores SIGPIPE, so that writing to a pipe whose reader is gone fails with EPIPE instead of ending the process.
+    /// Tools started by `SpawnRunner` get the default disposition back.
+    public static func ignoreBrokenPipes() { signal(SIGPIPE, SIG_IGN) }
+
     /// Writes text to a descriptor completely.
     public static func write(_ text: String, to fd: Int32 = 1) {
         let bytes = Array(text.utf8)

@@ -1,3 +1,6 @@
+#if canImport(Glibc)
+import Glibc
+#endif
 import JSON
 import MasqCore
 import Netfilter
@@ -11,12 +14,17 @@ struct Invocation {
 
     func run() throws(CNIError) -> String {
         let resolved = try ResolvedConfig(netconf: netconf, command: env.command)
-        if let logFile = resolved.config.logFile {
-            plugin.log.redirect(to: logFile)
+        if let logFile = resolved.config.logFile, !plugin.log.redirect(to: logFile) {
+            plugin.log.warning("logFile \(quoted(logFile)) cannot be opened or is standard output: logging to stderr")
         }
         plugin.log.level = resolved.config.logLevel
         plugin.log.context = "\(env.command.rawValue) \(netconf.name)" + (env.containerID.map { "/\($0)" } ?? "") + (env.ifname.map { "/\($0)" } ?? "")
         if let problem = resolved.fileProblem { log.warning("config file ignored, keeping the last good config: \(problem)") }
+        for warning in resolved.config.warnings { log.warning(warning) }
+        // STATUS is polled every few seconds: its view of a broken policy is for debugging (ADD reports it per pod).
+        for problem in resolved.plumbingProblems where env.command != .status {
+            log.warning("\(env.command.rawValue) goes on without it (only the node plumbing keys matter here): \(problem)")
+        }
         switch env.command {
         case .add: return try add(resolved)
         case .del: try delete(resolved); return ""
@@ -43,43 +51,80 @@ struct Invocation {
         let (rawResult, prevResult) = try prevResult()
         let plan = AttachmentPlan(config: resolved.config, network: netconf.name, attachment: owner.attachment, prevResult: prevResult)
         let session = try Session(config: resolved.config, network: netconf.name, plugin: plugin)
+        try session.moveIfNeeded(policy: resolved.fileProblem == nil ? resolved.policy : nil)
         var change = try session.networkChange(policy: resolved.policy, fileProblem: resolved.fileProblem)
         let registrations = plan.addresses.map { Registration(owner: plan.owner, pod: $0) }
         try session.register(registrations, owner: plan.owner, into: &change)
         try session.apply(change)
-        log.info("registered \(plan.addresses.map { "\($0.address)" }.joined(separator: ", "))\(change.policy == nil ? "" : " (node-wide rules written)")")
+        let written = change.policy == nil ? "" : " (node-wide rules written)"
+        if plan.addresses.isEmpty {
+            log.warning("nothing registered: \(Self.noAddressReason(prevResult, ifname: owner.ifname))\(written)")
+        } else {
+            log.info("registered \(plan.addresses.map { "\($0.address)" }.joined(separator: ", "))\(written)")
+        }
         return PrevResult.echo(rawResult, as: netconf.cniVersion).serialized(pretty: true) + "\n"
+    }
+
+    /// Why a prevResult gives no address to register for `ifname`: which interfaces it has and where its addresses are.
+    static func noAddressReason(_ prevResult: PrevResult, ifname: String) -> String {
+        let interfaces = prevResult.interfaces.map { "\($0.name) (\($0.sandbox == nil ? "host side" : "sandbox"))" }
+        let owners = prevResult.ips.map { ip in ip.interface.map { "\(ip.address) on \(prevResult.interfaces[$0].name)" } ?? "\(ip.address)" }
+        return "prevResult has no address of interface \(quoted(ifname)) inside the sandbox; its interfaces: "
+            + (interfaces.isEmpty ? "none" : interfaces.joined(separator: ", "))
+            + "; its addresses: " + (owners.isEmpty ? "none" : owners.joined(separator: ", "))
     }
 
     // MARK: DEL
 
+    /// Best effort (DESIGN 1.3): exits 0 whenever the state directory and the lock are usable. Only the plumbing keys
+    /// are read; a failed netfilter removal is logged and the records stay, so GC or a later DEL can retry it.
     func delete(_ resolved: ResolvedConfig) throws(CNIError) {
-        let session = try Session(config: resolved.config, network: netconf.name, plugin: plugin, forDelete: true)
+        let session = try Session(config: resolved.config, network: netconf.name, plugin: plugin, forDelete: true,
+                                  recordedBackendWins: resolved.recordedBackendWins)
+        do { try session.moveIfNeeded(policy: nil) } catch {
+            log.error("cannot move the network to \(session.placementDescription), removing the pod where it is recorded: \(error)")
+            session.stayWithRecordedPlacement()
+        }
         var change = NetworkChange(network: netconf.name)
         try session.unregister(owner, into: &change)
         do { try session.apply(change, rebuildOnMissing: false) } catch where error.code == .netfilterFailure && session.objectsMissing(error) {
             log.info("the network's objects are already gone")
+        } catch where error.code == .netfilterFailure {
+            log.error("the pod's entries could not be removed, its records are kept for GC or a retry: \(error)")
+            return
         }
         try session.forget(owner)
     }
 
     // MARK: CHECK
 
+    /// Read-only: compares the attachment and the network with the policy in force (the last good one while the
+    /// config file is refused); never writes netfilter or records.
     func check(_ resolved: ResolvedConfig) throws(CNIError) {
         let (_, prevResult) = try prevResult()
-        let session = try Session(config: resolved.config, network: netconf.name, plugin: plugin)
-        // A changed config reaches the node-wide rules at CHECK too.
-        let change = try session.networkChange(policy: resolved.policy, fileProblem: resolved.fileProblem)
-        if !change.isEmpty { try session.apply(change, rebuildOnMissing: false) }
+        let session = try Session(config: resolved.config, network: netconf.name, plugin: plugin, readOnly: true)
+        if let elsewhere = session.recordedElsewhere {
+            throw CNIError(.checkFailed, "network \(netconf.name) is split across backends: its rules are recorded in "
+                           + "\(Session.describe(backend: elsewhere.backend, mode: elsewhere.iptablesMode)), the config says \(session.placementDescription)",
+                           details: "the next ADD, DEL or agent pass moves them")
+        }
+        let expected = Set(prevResult.podAddresses(ifname: owner.ifname).map(\.address))
+        guard !expected.isEmpty else {
+            throw CNIError(.checkFailed, "nothing is registered for \(owner.tag)", details: Self.noAddressReason(prevResult, ifname: owner.ifname))
+        }
         guard let record = try session.record(of: owner) else {
             throw CNIError(.checkFailed, "no registration for \(owner.tag)", details: "ADD did not run or DEL already removed it")
         }
-        let expected = Set(prevResult.podAddresses(ifname: owner.ifname).map(\.address))
         if Set(record.addresses.map(\.address)) != expected {
             throw CNIError(.checkFailed, "registered addresses of \(owner.tag) differ from prevResult",
                            details: "registered [\(record.addresses.map { "\($0.address)" }.joined(separator: ", "))], prevResult [\(expected.sorted().map(\.description).joined(separator: ", "))]")
         }
-        let problems = try session.inspect(policy: session.policyInForce(resolved), records: [record])
+        let policy = try session.policyInForce(resolved)
+        if let network = try session.networkRecord(), network.fingerprint != session.backend.fingerprint(of: policy) {
+            throw CNIError(.checkFailed, "the node-wide rules of \(netconf.name) were written for another config",
+                           details: "applied \(network.policy.serialized()), in force \(policy.json.serialized()); the next ADD or agent pass rewrites them")
+        }
+        let problems = try session.inspect(policy: policy, records: [record])
         if !problems.isEmpty {
             throw CNIError(.checkFailed, "masquerade rules of \(owner.tag) are missing or differ from the config", details: problems.joined(separator: "; "))
         }
@@ -93,7 +138,9 @@ struct Invocation {
             log.warning("GC without cni.dev/valid-attachments (or cni.dev/attachments): nothing removed")
             return
         }
-        let session = try Session(config: resolved.config, network: netconf.name, plugin: plugin, forDelete: true)
+        let session = try Session(config: resolved.config, network: netconf.name, plugin: plugin, forDelete: true,
+                                  recordedBackendWins: resolved.recordedBackendWins)
+        try session.moveIfNeeded(policy: nil)
         var change = NetworkChange(network: netconf.name)
         let stale = try session.records().filter { !valid.contains($0.owner.attachment) }
         for record in stale { try session.unregister(record.owner, into: &change) }
@@ -105,16 +152,27 @@ struct Invocation {
 
     // MARK: STATUS
 
+    /// Without the lock (a busy lock means the plugin works): 50 only when the state directory is unusable or no
+    /// backend ADD would use can work. Writes nothing but the state directory itself.
     func status(_ resolved: ResolvedConfig) throws(CNIError) {
-        var config = resolved.config
-        config.lockTimeout = min(config.lockTimeout, 1_000_000_000)
-        let session: Session
-        do { session = try Session(config: config, network: netconf.name, plugin: plugin) } catch {
-            throw CNIError(.pluginNotAvailable, "cannot service ADD: \(error.msg)", details: error.details)
+        let config = resolved.config
+        do throws(SystemError) {
+            try Files.makeDirectories(config.stateDir)
+            guard access(config.stateDir, W_OK | X_OK) == 0 else { throw SystemError("access \(config.stateDir)") }
+        } catch {
+            throw CNIError(.pluginNotAvailable, "cannot service ADD: the state directory \(quoted(config.stateDir)) is unusable", details: "\(error)")
         }
-        if let problem = session.backend.probe() {
-            throw CNIError(.pluginNotAvailable, "cannot service ADD: \(problem)")
+        var candidates = [config.backend]
+        if config.backend == .auto {
+            let chosen = try? StateStore(root: config.stateDir).chosenBackend()
+            candidates = chosen.flatMap { $0 }.map { [$0] } ?? [.nftables, .iptables]
         }
+        var problems: [String] = []
+        for kind in candidates {
+            guard let problem = plugin.makeBackend(kind, config).probe() else { return }
+            problems.append(problem)
+        }
+        throw CNIError(.pluginNotAvailable, "cannot service ADD: no usable backend", details: problems.joined(separator: "; "))
     }
 }
 
@@ -123,11 +181,23 @@ struct ResolvedConfig {
     var config: MasqConfig
     /// Why the config file was not applied (the last good node-wide rules stay); nil when it was.
     var fileProblem: CNIError?
+    /// DEL, GC, STATUS: what was wrong with the conflist entry and is ignored (logged).
+    var plumbingProblems: [String] = []
+    /// DEL, GC: the conflist's backend keys were unusable, so the network's recorded backend is used.
+    var recordedBackendWins = false
     var policy: NetworkPolicy { NetworkPolicy(config: config) }
 
-    /// Conflist keys must be valid; a broken config file is tolerated for DEL and GC (they need no policy),
-    /// and for ADD/CHECK when a last good policy exists (decided under the lock, by `Session`).
+    /// ADD and CHECK: conflist keys must be valid, and a broken config file is tolerated when a last good policy
+    /// exists (decided under the lock, by `Session`). DEL, GC and STATUS read only the node plumbing (no policy,
+    /// no config file): they must work whatever the policy keys say.
     init(netconf: NetConf, command: CNICommand) throws(CNIError) {
+        if command == .del || command == .gc || command == .status {
+            let plumbing = try MasqConfig.resolvePlumbing(netconf: netconf.object)
+            config = plumbing.config
+            plumbingProblems = plumbing.problems
+            recordedBackendWins = !plumbing.invalidKeys.isDisjoint(with: ["backend", "iptablesMode", "masqChain"])
+            return
+        }
         let base = try MasqConfig.resolve(netconf: netconf.object, fileContents: nil)
         guard let path = base.configFile else {
             config = base

@@ -20,13 +20,23 @@ public final class Log: @unchecked Sendable {
 
     deinit { if ownsDescriptor { close(fd) } }
 
-    /// Sends further lines to a file (appending, created 0600); stays on the current sink when it cannot be opened.
-    public func redirect(to file: String) {
-        let opened = open(file, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0o600)
-        guard opened >= 0 else { return }
+    /// Sends further lines to a file (appending, created 0600); stays on the current sink when it cannot be opened,
+    /// or when it is the same file as standard output (which carries the CNI result): false then.
+    @discardableResult
+    public func redirect(to file: String) -> Bool {
+        let opened = open(file, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC | O_NONBLOCK, 0o600)
+        guard opened >= 0 else { return false }
+        var target = stat(), standardOutput = stat()
+        // A character device (/dev/null, a terminal) shared with stdout corrupts no result read from a pipe or file.
+        if fstat(opened, &target) == 0, fstat(1, &standardOutput) == 0, target.st_mode & S_IFMT != S_IFCHR,
+           target.st_dev == standardOutput.st_dev, target.st_ino == standardOutput.st_ino {
+            close(opened)
+            return false
+        }
         if ownsDescriptor { close(fd) }
         fd = opened
         ownsDescriptor = true
+        return true
     }
 
     public func error(_ message: @autoclosure () -> String) { write(.error, message()) }

@@ -50,8 +50,12 @@ public enum OperatorCommand {
         case "reset": return ResetCommand.run(arguments: Array(arguments.dropFirst()))
         case "agent": return AgentCommand.run(arguments: Array(arguments.dropFirst()))
         case "install": return InstallCommand.run(arguments: Array(arguments.dropFirst()))
-        case nil, "help", "--help", "-h":
-            return Outcome(stdout: usage, exitStatus: arguments.isEmpty ? 2 : 0)
+        case nil:
+            // No command is a usage error: the usage goes to stderr, stdout stays empty.
+            ProcessIO.write(usage, to: 2)
+            return Outcome(stdout: "", exitStatus: CommandExit.usage)
+        case "help", "--help", "-h":
+            return Outcome(stdout: usage, exitStatus: 0)
         case let command?:
             ProcessIO.write("ip-masq: unknown command \(quoted(command)); see 'ip-masq help'\n", to: 2)
             return Outcome(stdout: "", exitStatus: 2)

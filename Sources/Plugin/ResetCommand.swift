@@ -40,6 +40,9 @@ enum ResetCommand {
         do throws(Arguments.UsageError) {
             options = try Arguments(arguments, valued: ["--network", "--state-dir", "--lock-file", "--masq-chain", "--iptables-mode"])
             if options.wantsHelp { return CommandExit.help(help) }
+            if let network = options["--network"], !(Names.isCNIName(network) && network.utf8.count <= 253) {
+                throw Arguments.UsageError(message: "invalid --network \(quoted(network)): a network name matches ^[a-zA-Z0-9][a-zA-Z0-9_.\\-]*$")
+            }
             config = try pluginConfig(options, keys: ["--state-dir": "stateDir", "--lock-file": "lockFile",
                                                       "--masq-chain": "masqChain", "--iptables-mode": "iptablesMode"])
         } catch {

@@ -8,41 +8,158 @@ final class Session {
     let network: String
     let key: NetworkKey
     let store: StateStore
-    let backend: MasqBackend
+    /// The backend the network's rules belong in now (the recorded one again when a DEL could not move them).
+    private(set) var backend: MasqBackend
     let log: Log
     private let lock: FileLock
+    private let makeBackend: BackendFactory
     /// Written after the change that installs a new policy succeeds.
     private var pendingNetworkRecord: NetworkRecord?
+    /// Where the network's rules were recorded when that differs from where they belong now (a backend or
+    /// iptables flavour switch): `moveIfNeeded` moves them.
+    private(set) var recordedElsewhere: NetworkRecord?
 
-    init(config: MasqConfig, network: String, plugin: CNIPlugin, forDelete: Bool = false) throws(CNIError) {
+    /// - Parameters:
+    ///   - readOnly: CHECK: the node's backend choice is not written either.
+    ///   - recordedBackendWins: the conflist's backend keys were unusable (a lenient DEL): keep the recorded backend.
+    init(config: MasqConfig, network: String, plugin: CNIPlugin, forDelete: Bool = false, readOnly: Bool = false,
+         recordedBackendWins: Bool = false) throws(CNIError) {
         self.config = config
         self.network = network
         key = NetworkKey(network: network)
         store = StateStore(root: config.stateDir)
         log = plugin.log
+        makeBackend = plugin.makeBackend
         do { lock = try FileLock(path: config.lockFile, timeout: config.lockTimeout) } catch {
             switch error {
             case .timedOut: throw CNIError(.tryAgainLater, "\(error)", details: "another invocation holds the lock; retry later")
             case .unusable: throw CNIError(.ioFailure, "\(error)", details: "lockFile must be a regular file (symlinks are refused)")
             }
         }
-        let kind = try Self.chooseBackend(config: config, store: store, key: key, forDelete: forDelete, make: plugin.makeBackend)
-        backend = plugin.makeBackend(kind, config)
+        let store = self.store, key = self.key
+        let record = try Self.stateDirectory(config) { () throws(SystemError) in try store.networkRecord(key) }
+        var placed = config
+        if recordedBackendWins, let record, record.backend != .auto {
+            placed.backend = record.backend
+            placed.iptablesMode = record.iptablesMode ?? config.iptablesMode
+            placed.masqChain = record.masqChain ?? config.masqChain
+        }
+        let kind = try Self.chooseBackend(config: placed, store: store, key: key, forDelete: forDelete, readOnly: readOnly, make: plugin.makeBackend)
+        backend = plugin.makeBackend(kind, placed)
+        if let record, Self.placementDiffers(record, kind: kind, config: placed, make: plugin.makeBackend) { recordedElsewhere = record }
     }
 
     /// The configured backend; for `auto`, the node's earlier choice, else nftables when usable, else iptables.
-    static func chooseBackend(config: MasqConfig, store: StateStore, key: NetworkKey, forDelete: Bool,
+    static func chooseBackend(config: MasqConfig, store: StateStore, key: NetworkKey, forDelete: Bool, readOnly: Bool = false,
                               make: BackendFactory) throws(CNIError) -> BackendKind {
         do {
-            if forDelete, let record = try store.networkRecord(key) { return record.backend }
             if config.backend != .auto { return config.backend }
             if let chosen = try store.chosenBackend() { return chosen }
             let kind: BackendKind = make(.nftables, config).probe() == nil ? .nftables : .iptables
-            try store.choose(kind)
+            if !readOnly { try store.choose(kind) }
             return kind
         } catch {
             throw CNIError(.stateFailure, "cannot read the state directory \(quoted(config.stateDir))", details: "\(error)")
         }
+    }
+
+    /// Whether a network recorded as `record` now belongs elsewhere: another backend, or another iptables flavour
+    /// (`auto` compared by what `iptables` is). A changed masqChain alone is no move: the rewrite replaces the chain.
+    static func placementDiffers(_ record: NetworkRecord, kind: BackendKind, config: MasqConfig, make: BackendFactory) -> Bool {
+        guard record.backend != .auto else { return false }
+        if record.backend != kind { return true }
+        guard kind == .iptables, let recorded = record.iptablesMode, recorded != config.iptablesMode else { return false }
+        return flavour(recorded, config: config, make: make) != flavour(config.iptablesMode, config: config, make: make)
+    }
+
+    /// The concrete iptables flavour of a mode (`auto`: what `iptables` is, asked only on a mode change).
+    static func flavour(_ mode: IPTablesMode, config: MasqConfig, make: BackendFactory) -> IPTablesMode {
+        guard mode == .auto else { return mode }
+        var auto = config
+        auto.iptablesMode = .auto
+        return (make(.iptables, auto) as? IPTablesBackend)?.resolvedMode() ?? .auto
+    }
+
+    /// Where the rules belong now, as the record says it.
+    var placementDescription: String { Self.describe(backend: backend.kind, mode: config.iptablesMode) }
+
+    static func describe(backend: BackendKind, mode: IPTablesMode?) -> String {
+        backend == .iptables ? "iptables (\(mode?.rawValue ?? "auto"))" : backend.rawValue
+    }
+
+    /// After a backend or iptables flavour switch (DESIGN: switches move the whole network): writes the network and
+    /// every recorded pod into the new place, then removes every object of the old one. `policy` is the policy in
+    /// force, nil for the last good one (DEL, GC).
+    func moveIfNeeded(policy: NetworkPolicy?) throws(CNIError) {
+        guard let old = recordedElsewhere else { return }
+        var known = policy
+        if known == nil { known = try lastGoodPolicy() }
+        guard let policy = known else {
+            throw CNIError(.stateFailure, "the network record of \(network) holds no readable policy to move its rules with")
+        }
+        let records = try records()
+        try restore(policy: policy, then: NetworkChange(network: network))
+        let registrations = records.flatMap { record in record.addresses.map { Registration(owner: record.owner, pod: $0) } }
+        try removeRecordedPlacement(old, registrations: registrations)
+        try savePendingNetworkRecord()
+        recordedElsewhere = nil
+        log.info("moved network \(network) from \(Self.describe(backend: old.backend, mode: old.iptablesMode)) to \(placementDescription): "
+                 + "\(registrations.count) pod entries of \(records.count) attachment(s) rewritten, the old rules and sets removed")
+    }
+
+    /// A DEL that could not move the network works where the rules are recorded instead.
+    func stayWithRecordedPlacement() {
+        guard let old = recordedElsewhere else { return }
+        var placed = config
+        placed.backend = old.backend
+        placed.iptablesMode = old.iptablesMode ?? config.iptablesMode
+        backend = makeBackend(old.backend, placed)
+        recordedElsewhere = nil
+    }
+
+    /// Removes the network from where it was recorded: the nftables objects, or the iptables chains and jumps of
+    /// every flavour but the one now in use (and the ipsets, unless the new place is iptables too: both flavours
+    /// match the same sets).
+    private func removeRecordedPlacement(_ old: NetworkRecord, registrations: [Registration]) throws(CNIError) {
+        var targets: [(MasqBackend, keepingSets: Bool)] = []
+        if old.backend == .nftables {
+            targets.append((makeBackend(.nftables, config), false))
+        } else {
+            let current = backend.kind == .iptables ? Self.flavour(config.iptablesMode, config: config, make: makeBackend) : nil
+            var flavours = ResetCommand.installedIPTablesModes().filter { $0 != .auto }
+            if let recorded = old.iptablesMode.map({ Self.flavour($0, config: config, make: makeBackend) }), recorded != .auto, !flavours.contains(recorded) {
+                flavours.append(recorded)
+            }
+            for mode in flavours where mode != current {
+                var flavourConfig = config
+                flavourConfig.iptablesMode = mode
+                flavourConfig.masqChain = old.masqChain ?? config.masqChain
+                targets.append((makeBackend(.iptables, flavourConfig), true))
+            }
+            // The sets go last, once no flavour's rule refers to them.
+            if backend.kind != .iptables, let last = targets.last?.0 { targets.append((last, false)) }
+        }
+        for (target, keepingSets) in targets {
+            do { try target.removeNetwork(network, registrations: registrations, keepingSets: keepingSets) } catch where error.kind == .unavailable {
+                log.debug("\(target.kind.rawValue) is not usable here, so nothing of it to remove: \(error.message)")
+            } catch {
+                throw CNIError(.netfilterFailure, "cannot remove the network's \(Self.describe(backend: old.backend, mode: old.iptablesMode)) rules "
+                               + "after moving to \(placementDescription)", details: error.message)
+            }
+        }
+    }
+
+    /// Runs a state-directory operation before `self` is complete.
+    private static func stateDirectory<T>(_ config: MasqConfig, _ body: () throws(SystemError) -> T) throws(CNIError) -> T {
+        do { return try body() } catch {
+            throw CNIError(.stateFailure, "cannot use the state directory \(quoted(config.stateDir))", details: "\(error)")
+        }
+    }
+
+    /// The network record for a policy written to the current backend.
+    private func networkRecord(for policy: NetworkPolicy) -> NetworkRecord {
+        NetworkRecord(network: network, backend: backend.kind, fingerprint: backend.fingerprint(of: policy), policy: policy.json,
+                      iptablesMode: config.iptablesMode, masqChain: config.masqChain)
     }
 
     /// A change that (re)writes the node-wide part when the policy in force differs from what was applied.
@@ -57,14 +174,16 @@ final class Session {
         if let record, record.fingerprint == fingerprint, record.backend == backend.kind {
             return NetworkChange(network: network)
         }
-        pendingNetworkRecord = NetworkRecord(network: network, backend: backend.kind, fingerprint: fingerprint, policy: policy.json)
+        pendingNetworkRecord = networkRecord(for: policy)
         return NetworkChange(network: network, policy: policy)
     }
 
     /// The policy the rules should have now: the config's, or the last good one when the file was refused.
     func policyInForce(_ resolved: ResolvedConfig) throws(CNIError) -> NetworkPolicy {
         guard let problem = resolved.fileProblem else { return resolved.policy }
-        throw problem
+        guard let lastGood = try lastGoodPolicy() else { throw problem }
+        log.warning("comparing with the last good policy, the config file is refused: \(problem)")
+        return lastGood
     }
 
     /// Adds registrations for `owner` to the change and writes their records first (write-ahead: records ⊇ netfilter).
@@ -187,7 +306,7 @@ final class Session {
         rebuild.remove = []
         rebuild.removeSubnets = []
         do { try backend.apply(rebuild) } catch { throw Self.cniError(error) }
-        pendingNetworkRecord = NetworkRecord(network: network, backend: backend.kind, fingerprint: backend.fingerprint(of: policy), policy: policy.json)
+        pendingNetworkRecord = networkRecord(for: policy)
     }
 
     /// The policy last applied to this network, from its record.

@@ -250,10 +250,24 @@ final class ScriptedRunner: CommandRunner, @unchecked Sendable {
             ["iptables-legacy", "-w", "5", "-t", "nat", "-S"],
             ["ip6tables-legacy", "-w", "5", "-t", "nat", "-S"],
             ["ipset", "-exist", "restore"],
+            ["iptables-legacy-restore", "-w", "5", "--noflush", "--test"],
+            ["ip6tables-legacy-restore", "-w", "5", "--noflush", "--test"],
             ["iptables-legacy-restore", "-w", "5", "--noflush"],
             ["ip6tables-legacy-restore", "-w", "5", "--noflush"],
         ])
-        #expect(runner.calls[3].input.hasPrefix("*nat\n:IP-MASQ-AGENT - [0:0]\n") && runner.calls[3].input.hasSuffix("COMMIT\n"))
+        #expect(runner.calls[5].input.hasPrefix("*nat\n:IP-MASQ-AGENT - [0:0]\n") && runner.calls[5].input.hasSuffix("COMMIT\n"))
+        #expect(runner.calls[3].input == runner.calls[5].input, "the checked input is the applied one")
+    }
+
+    /// Issue 11.6: a refusal of one family changes neither (every family's input is checked before any is applied).
+    @Test func aRefusedFamilyChangesNoFamily() {
+        let runner = ScriptedRunner()
+        runner.answers["ip6tables-legacy-restore"] = ScriptedRunner.output("", status: 2, stderr: "ip6tables-restore: line 3 failed")
+        #expect(throws: BackendError.self) {
+            try IPTablesBackend(chain: "IP-MASQ-AGENT", mode: .legacy, runner: runner).apply(change(policy: NetworkPolicy(config: MasqConfig())))
+        }
+        let restores = runner.calls.map(\.arguments).filter { $0[0].hasSuffix("-restore") }
+        #expect(restores.allSatisfy { $0.last == "--test" }, "\(restores)")
     }
 
     @Test func aNodeWithoutIPv6NatStillServesIPv4Pods() throws {
