@@ -301,6 +301,8 @@ struct ExpectedOutcome: CustomStringConvertible {
     /// Exit status 0, or 1 with one of these CNI codes.
     var success: Bool
     var codes: Set<Int> = []
+    /// Why (CHECK: what is missing), for the report.
+    var why: String?
 
     static let ok = ExpectedOutcome(success: true)
     static func failure(_ codes: Set<Int>) -> ExpectedOutcome { ExpectedOutcome(success: false, codes: codes) }
@@ -435,14 +437,19 @@ struct WalkModel {
         if case .refusedConflist = config(who.network) { return .failure(Self.refusalCodes) }
         let net = network[who.network]!
         guard let policy = policyInForce(who.network) else { return .failure(Self.refusalCodes.union([101])) }
-        guard let registered = net.attachments[who], !net.damaged.contains(who),
-              Set(registered.map(\.address)) == Set(ips.map(\.address)),
-              registered.allSatisfy({ owner[$0.address] == who }), let observed else { return .failure([101]) }
+        func missing(_ why: String) -> ExpectedOutcome { ExpectedOutcome(success: false, codes: [101], why: why) }
+        guard let registered = net.attachments[who] else { return missing("not registered") }
+        if net.damaged.contains(who) { return missing("its record is damaged") }
+        if Set(registered.map(\.address)) != Set(ips.map(\.address)) { return missing("prevResult differs from the registration \(registered)") }
+        if let lost = registered.first(where: { owner[$0.address] != who }) { return missing("\(lost.address) is held by \(owner[lost.address]?.tag ?? "nobody")") }
+        guard let observed else { return missing("nothing observed") }
         let families = Set(registered.map { $0.address.contains(":") })
-        for v6 in families where observed.families[v6] != .some(policy.family(v6: v6)) { return .failure([101]) }
-        for ip in registered where observed.pods[ip.address] != who.tag { return .failure([101]) }
-        for ip in registered where !observed.subnets.contains(where: { $0.contains(ip.subnet) }) { return .failure([101]) }
-        return .ok
+        for v6 in families where observed.families[v6] != .some(policy.family(v6: v6)) {
+            return missing("IPv\(v6 ? 6 : 4) rules are \(observed.families[v6]??.description ?? "absent"), the policy in force is \(policy.family(v6: v6))")
+        }
+        for ip in registered where observed.pods[ip.address] != who.tag { return missing("\(ip.address) is installed as \(observed.pods[ip.address] ?? "nothing")") }
+        for ip in registered where !observed.subnets.contains(where: { $0.contains(ip.subnet) }) { return missing("subnet \(ip.subnet) is not exempted") }
+        return ExpectedOutcome(success: true, why: "nothing is missing")
     }
 
     // MARK: what must be installed

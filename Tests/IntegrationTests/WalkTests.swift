@@ -405,7 +405,7 @@ extension WalkNode {
             let lines = text.split(separator: "\n").map(String.init)
             let jumps = lines.filter { $0.hasPrefix("-A POSTROUTING ") && $0.contains("--match-set IPMASQ-P\(family)-\(network) src") }
             guard let jump = jumps.first, let chain = Self.value(after: "-j", in: jump) else { continue }
-            observed.chains.insert(chain)
+            observed.chains.insert("IPv\(family) \(chain)")
             let body = lines.filter { $0.hasPrefix("-A \(chain) ") }
             var policy = FamilyPolicy(nonMasquerade: [], masquerade: [], linkLocalReturn: false, exemptPodSubnet: false, fullyRandom: false, toPorts: "")
             var finalSeen = false
@@ -669,7 +669,7 @@ struct Walk {
     /// Whether the answer is the expected one.
     static func compareOutcome(_ answer: WalkAnswer, _ expected: ExpectedOutcome, op: WalkOp) -> [String] {
         if expected.success {
-            guard answer.status == 0 else { return ["expected exit 0, got \(answer.summary)"] }
+            guard answer.status == 0 else { return ["expected exit 0\(expected.why.map { " (\($0))" } ?? ""), got \(answer.summary)"] }
             if case .add = op, ((try? JSONSerialization.jsonObject(with: Data(answer.stdout.utf8))) as? [String: Any])?["cniVersion"] as? String != "1.0.0" {
                 return ["ADD succeeded but stdout is not the result: \(answer.stdout.prefix(300))"]
             }
@@ -677,7 +677,7 @@ struct Walk {
         }
         if expected.codes.isEmpty { return answer.status != 0 ? [] : ["expected a failure, got exit 0"] }
         guard answer.status == 1, let code = answer.code, expected.codes.contains(code) else {
-            return ["expected \(expected), got \(answer.summary)"]
+            return ["expected \(expected)\(expected.why.map { " (\($0))" } ?? ""), got \(answer.summary)"]
         }
         return []
     }
@@ -738,6 +738,7 @@ struct Walk {
             if var given = answer {
                 given.stdout = given.stdout.replacingOccurrences(of: node.scratch.path, with: "<scratch>")
                 given.stderr = given.stderr.replacingOccurrences(of: node.scratch.path, with: "<scratch>")
+                    .replacingOccurrences(of: #"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ "#, with: "", options: .regularExpression)
                 answer = given
                 if let expected { problems += Self.compareOutcome(given, expected, op: op) }
             }
