@@ -256,8 +256,11 @@ final class Session {
     /// Applies a change; when the network's objects were removed by someone else (a firewall reload),
     /// rebuilds the node-wide part and every recorded registration of the network, then applies again.
     func apply(_ change: NetworkChange, rebuildOnMissing: Bool = true) throws(CNIError) {
+        // A node-wide rewrite also re-adds every recorded registration: after a firewall reload deleted the
+        // network's objects, it recreates them, and the other pods' entries must come back with them.
+        let complete = change.policy == nil ? change : try withRecordedRegistrations(change, keepingRemovals: true)
         do {
-            try backend.apply(change)
+            try backend.apply(complete)
         } catch where error.kind == .missingObjects && rebuildOnMissing {
             log.warning("the network's netfilter objects are missing (\(error.message)); restoring them from the records")
             try restore(policy: change.policy, then: change)
@@ -293,20 +296,29 @@ final class Session {
         guard let policy = known else {
             throw CNIError(.netfilterFailure, "the network's rules are missing and no config to restore them is known")
         }
-        var rebuild = change
+        var rebuild = try withRecordedRegistrations(change, keepingRemovals: false)
         rebuild.policy = policy
+        do { try backend.apply(rebuild) } catch { throw Self.cniError(error) }
+        pendingNetworkRecord = networkRecord(for: policy)
+    }
+
+    /// `change` plus every recorded registration and pod subnet of the network that it does not remove. Without
+    /// its removals (a restore into emptied objects, where deleting would fail), or with them (a rewrite of intact ones).
+    func withRecordedRegistrations(_ change: NetworkChange, keepingRemovals: Bool) throws(CNIError) -> NetworkChange {
+        var rebuild = change
         let removed = Set(change.remove)
         for record in try records() {
             for pod in record.addresses {
                 let registration = Registration(owner: record.owner, pod: pod)
                 if !removed.contains(registration) && !rebuild.add.contains(registration) { rebuild.add.append(registration) }
             }
-            rebuild.addSubnets += record.addresses.map(\.subnet).filter { !rebuild.addSubnets.contains($0) }
+            rebuild.addSubnets += record.addresses.map(\.subnet).filter { !rebuild.addSubnets.contains($0) && !change.removeSubnets.contains($0) }
         }
-        rebuild.remove = []
-        rebuild.removeSubnets = []
-        do { try backend.apply(rebuild) } catch { throw Self.cniError(error) }
-        pendingNetworkRecord = networkRecord(for: policy)
+        if !keepingRemovals {
+            rebuild.remove = []
+            rebuild.removeSubnets = []
+        }
+        return rebuild
     }
 
     /// The policy last applied to this network, from its record.
