@@ -221,6 +221,8 @@ indirect enum WalkOp: CustomStringConvertible {
     /// The operation started and killed with SIGKILL after `delay` microseconds, then run again.
     case killed(WalkOp, delay: Int)
     case damage(WalkAttachment, Damage)
+    /// The network's conflist names another backend or iptables flavour (issue 12: the next verb moves the network).
+    case setBackend(network: String, Flavour)
 
     enum Reload: String, CaseIterable {
         case nftFlushRuleset = "nft flush ruleset"
@@ -258,6 +260,7 @@ indirect enum WalkOp: CustomStringConvertible {
         case .agent: return "agent"
         case .killed: return "kill"
         case .damage: return "damage"
+        case .setBackend: return "switch"
         }
     }
 
@@ -292,6 +295,7 @@ indirect enum WalkOp: CustomStringConvertible {
         case .agent(let network): return "agent --once \(network)"
         case .killed(let op, let delay): return "kill -9 after \(delay) µs of [\(op)], then run it again"
         case .damage(let who, let damage): return "damage \(who): \(damage)"
+        case .setBackend(let network, let flavour): return "conflist of \(network) := backend \(flavour.rawValue)"
         }
     }
 }
@@ -328,6 +332,9 @@ struct WalkModel {
     static let withFile: Set<String> = ["walka", "walkb"]
 
     struct Network {
+        /// The backend the conflist names, and where the network's objects are (its record), nil before any.
+        var backend: Flavour
+        var placed: Flavour?
         var conflist = 0
         var lastValidConflist = 0
         var file = FileState.absent
@@ -340,7 +347,11 @@ struct WalkModel {
         var degraded = false
     }
 
-    var network: [String: Network] = Dictionary(uniqueKeysWithValues: networks.map { ($0, Network()) })
+    var network: [String: Network]
+
+    init(flavour: Flavour) {
+        network = Dictionary(uniqueKeysWithValues: Self.networks.map { ($0, Network(backend: flavour)) })
+    }
     /// Node-wide address ownership (issue 12): address → the attachment that holds it, in any network.
     var owner: [String: WalkAttachment] = [:]
 
@@ -380,6 +391,13 @@ struct WalkModel {
 
     // MARK: verbs
 
+    /// A verb that sees another backend than the record moves the whole network there (issue 12).
+    mutating func move(_ name: String) {
+        guard let placed = network[name]!.placed, placed != network[name]!.backend else { return }
+        network[name]!.placed = network[name]!.backend
+        network[name]!.degraded = false
+    }
+
     /// Registers `ips` for `who` (ADD's contract); returns the outcome.
     mutating func add(_ who: WalkAttachment, _ ips: [PodIP]) -> ExpectedOutcome {
         let policy: WalkPolicy
@@ -390,7 +408,9 @@ struct WalkModel {
             policy = lastGood
         case .ok(let current): policy = current
         }
+        move(who.network)
         var net = network[who.network]!
+        net.placed = net.backend
         if let previous = net.attachments[who] {
             for ip in previous where !ips.contains(where: { $0.address == ip.address }) && owner[ip.address] == who {
                 owner[ip.address] = nil
@@ -405,7 +425,8 @@ struct WalkModel {
     }
 
     /// Forgets `who` and releases what it still owns (DEL's contract: always exit 0 with a usable stateDir and lock).
-    mutating func del(_ who: WalkAttachment) -> ExpectedOutcome {
+    mutating func del(_ who: WalkAttachment, moving: Bool = true) -> ExpectedOutcome {
+        if moving { move(who.network) }
         var net = network[who.network]!
         if let ips = net.attachments[who] {
             for ip in ips where owner[ip.address] == who { owner[ip.address] = nil }
@@ -418,6 +439,7 @@ struct WalkModel {
 
     mutating func gc(_ name: String, valid: [WalkAttachment]?) -> ExpectedOutcome {
         guard let valid else { return .ok }
+        move(name)
         let keep = Set(valid.map { WalkAttachment(network: name, containerID: $0.containerID, ifname: $0.ifname) })
         for who in network[name]!.attachments.keys where !keep.contains(who) { _ = del(who) }
         return .ok
@@ -426,6 +448,8 @@ struct WalkModel {
     /// One agent pass with the network's last valid conflist: the rules and every readable record's entries restored.
     mutating func agent(_ name: String) -> ExpectedOutcome {
         guard let policy = policyInForce(name, conflist: network[name]!.lastValidConflist) else { return .failure([]) }
+        move(name)
+        network[name]!.placed = network[name]!.backend
         network[name]!.applied = policy
         network[name]!.degraded = false
         return .ok
@@ -438,6 +462,7 @@ struct WalkModel {
         let net = network[who.network]!
         guard let policy = policyInForce(who.network) else { return .failure(Self.refusalCodes.union([101])) }
         func missing(_ why: String) -> ExpectedOutcome { ExpectedOutcome(success: false, codes: [101], why: why) }
+        if let placed = net.placed, placed != net.backend { return missing("the network is split: recorded in \(placed.rawValue), configured \(net.backend.rawValue)") }
         guard let registered = net.attachments[who] else { return missing("not registered") }
         if net.damaged.contains(who) { return missing("its record is damaged") }
         if Set(registered.map(\.address)) != Set(ips.map(\.address)) { return missing("prevResult differs from the registration \(registered)") }
@@ -456,7 +481,26 @@ struct WalkModel {
 
     /// The kernel's expected content per network. `degraded` networks may miss anything (never hold anything extra);
     /// `mustHave` addresses are required even then (the ADD just made them).
-    func expectedKernel(mustHave: Set<String> = []) -> [String: ExpectedNetwork] {
+    func expectedKernel(mustHave: Set<String> = []) -> [Flavour: [String: ExpectedNetwork]] {
+        var result: [Flavour: [String: ExpectedNetwork]] = [:]
+        let nothing = ExpectedNetwork(families: [false: [nil], true: [nil]])
+        for (name, expected) in expectedInPlace(mustHave: mustHave) {
+            let placed = network[name]!.placed
+            for flavour in Flavour.allCases {
+                var here = placed == flavour ? expected : nothing
+                // Both iptables flavours match the same ipsets: the other flavour sees the pods, never a chain.
+                if let placed, placed != .nftables, flavour != .nftables, placed != flavour {
+                    here.pods = expected.pods
+                    here.allowedSubnets = expected.allowedSubnets
+                }
+                result[flavour, default: [:]][name] = here
+            }
+        }
+        return result
+    }
+
+    /// What the network's own backend must hold.
+    func expectedInPlace(mustHave: Set<String>) -> [String: ExpectedNetwork] {
         var result: [String: ExpectedNetwork] = [:]
         for (name, net) in network {
             var expected = ExpectedNetwork()

@@ -11,7 +11,7 @@ import Glibc
 //   WALK_STEPS=300         random steps per seed (a drain follows: agent pass and DEL of everything)
 //   WALK_SECONDS=1800      soak: keep running new seeds (after WALK_SEEDS) until this many seconds passed
 //   WALK_FLAVOURS=nftables,iptables-nft,iptables-legacy
-//   WALK_SKIP=fifo,damage  operations left out by kind (add del check gc status conflist file fifo reload agent kill damage)
+//   WALK_SKIP=fifo,damage  operations left out by kind (add del check gc status conflist file fifo reload agent kill damage switch)
 //                          or feature (hostaddr badargs badconflist badfile unknownkey busystatus damageowner crossnet nested)
 //   WALK_SHRINK_SECONDS=120  time allowed to shrink a failing prefix
 
@@ -83,10 +83,10 @@ final class WalkNode {
     func configFile(_ network: String) -> String { scratch.path + "/config-\(network)" }
 
     /// The plugin object of a network as a runtime would send it, with `conflist`'s policy keys.
-    func pluginObject(_ network: String, conflist: Int, version: String) -> [String: Any] {
+    func pluginObject(_ network: String, model: WalkModel, conflist: Int, version: String) -> [String: Any] {
         var object: [String: Any] = ["cniVersion": version, "name": network, "type": "ip-masq", "stateDir": stateDir, "lockFile": lockFile,
                                      "lockTimeout": "5s"]
-        for (key, value) in flavour.keys { object[key] = value }
+        for (key, value) in model.network[network]!.backend.keys { object[key] = value }
         if WalkModel.withFile.contains(network) { object["configFile"] = configFile(network) }
         for (key, value) in WalkVariants.conflist[conflist].keys { object[key] = value }
         return object
@@ -126,25 +126,25 @@ final class WalkNode {
         }
         switch op {
         case .add(let who, let ips, let host):
-            var object = pluginObject(who.network, conflist: model.network[who.network]!.conflist, version: "1.0.0")
+            var object = pluginObject(who.network, model: model, conflist: model.network[who.network]!.conflist, version: "1.0.0")
             object["prevResult"] = Self.prevResult(who.ifname, ips, hostAddress: host)
             return verb("ADD", who, object)
         case .del(let who, let ips, let bad):
-            var object = pluginObject(who.network, conflist: model.network[who.network]!.conflist, version: "1.0.0")
+            var object = pluginObject(who.network, model: model, conflist: model.network[who.network]!.conflist, version: "1.0.0")
             if let ips { object["prevResult"] = Self.prevResult(who.ifname, ips) }
             return verb("DEL", who, object, extra: bad ? ["CNI_ARGS": "IgnoreUnknown=1;garbage;K8S_POD_NAME"] : [:])
         case .check(let who, let ips):
-            var object = pluginObject(who.network, conflist: model.network[who.network]!.conflist, version: "1.0.0")
+            var object = pluginObject(who.network, model: model, conflist: model.network[who.network]!.conflist, version: "1.0.0")
             object["prevResult"] = Self.prevResult(who.ifname, ips)
             return verb("CHECK", who, object)
         case .gc(let network, let valid):
-            var object = pluginObject(network, conflist: model.network[network]!.lastValidConflist, version: "1.1.0")
+            var object = pluginObject(network, model: model, conflist: model.network[network]!.lastValidConflist, version: "1.1.0")
             if let valid { object["cni.dev/valid-attachments"] = valid.map { ["containerID": $0.containerID, "ifname": $0.ifname] } }
             return verb("GC", nil, object)
         case .status(let network, _):
-            return verb("STATUS", nil, pluginObject(network, conflist: model.network[network]!.lastValidConflist, version: "1.1.0"))
+            return verb("STATUS", nil, pluginObject(network, model: model, conflist: model.network[network]!.lastValidConflist, version: "1.1.0"))
         case .agent(let network):
-            var plugin = pluginObject(network, conflist: model.network[network]!.lastValidConflist, version: "1.0.0")
+            var plugin = pluginObject(network, model: model, conflist: model.network[network]!.lastValidConflist, version: "1.0.0")
             plugin["cniVersion"] = nil
             plugin["name"] = nil
             let file = scratch.path + "/agent-\(network).conflist"
@@ -152,7 +152,7 @@ final class WalkNode {
             return Invocation(arguments: [ipProgram, "netns", "exec", ns.name, Host.pluginBinary, "agent", "--netconf", file, "--once"],
                               environment: ["PATH": path], stdin: "")
         case .killed(let inner, _): return invocation(inner, model: model)
-        case .setConflist, .setFile, .reload, .damage: return nil
+        case .setConflist, .setFile, .reload, .damage, .setBackend: return nil
         }
     }
 
@@ -208,15 +208,16 @@ final class WalkNode {
     }
 
     func reload(_ reload: WalkOp.Reload) throws {
-        let mode = flavour == .iptablesLegacy ? "legacy" : "nft"
         let empty = "*nat\n:PREROUTING ACCEPT [0:0]\n:INPUT ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:POSTROUTING ACCEPT [0:0]\nCOMMIT\n"
         switch reload {
         case .nftFlushRuleset: try ns.exec(["nft", "flush", "ruleset"], check: true)
         case .nftDeleteTable: _ = try ns.exec(["nft", "delete", "table", "inet", "ip_masq"])
-        case .iptablesFlushNat: try ns.exec(["iptables-\(mode)", "-w", "5", "-t", "nat", "-F"], check: true)
-        case .ip6tablesFlushNat: try ns.exec(["ip6tables-\(mode)", "-w", "5", "-t", "nat", "-F"], check: true)
+        case .iptablesFlushNat: for mode in ["nft", "legacy"] { try ns.exec(["iptables-\(mode)", "-w", "5", "-t", "nat", "-F"], check: true) }
+        case .ip6tablesFlushNat: for mode in ["nft", "legacy"] { try ns.exec(["ip6tables-\(mode)", "-w", "5", "-t", "nat", "-F"], check: true) }
         case .iptablesRestoreEmpty:
-            for tool in ["iptables", "ip6tables"] { try ns.exec(["\(tool)-\(mode)-restore", "-w", "5"], input: empty, check: true) }
+            for mode in ["nft", "legacy"] {
+                for tool in ["iptables", "ip6tables"] { try ns.exec(["\(tool)-\(mode)-restore", "-w", "5"], input: empty, check: true) }
+            }
         case .ipsetFlush: try ns.exec(["ipset", "flush"], check: true)
         }
     }
@@ -266,7 +267,7 @@ extension WalkOp.Damage {
 
 /// Everything compared after a step.
 struct Observation {
-    var networks: [String: ObservedNetwork] = [:]
+    var networks: [Flavour: [String: ObservedNetwork]] = [:]
     var listed: [String: ListedNetwork] = [:]
     var listProblem: String?
     var raw: String = ""
@@ -276,22 +277,17 @@ extension WalkNode {
     /// Reads the kernel's listings and `list --json` in one shell run inside the namespace.
     func observe() throws -> Observation {
         let list = "'\(Host.pluginBinary)' list --json --state-dir '\(stateDir)' --lock-file '\(lockFile)'"
-        let script: String
-        switch flavour {
-        case .nftables: script = "nft -j list table inet ip_masq 2>/dev/null; echo @@@; \(list)"
-        case .iptablesNFT, .iptablesLegacy:
-            let mode = flavour == .iptablesNFT ? "nft" : "legacy"
-            script = "iptables-\(mode)-save -t nat 2>/dev/null; echo @@@; ip6tables-\(mode)-save -t nat 2>/dev/null; echo @@@; ipset save; echo @@@; \(list)"
-        }
+        // Every backend, whatever the walk started with: a switch moves networks between them.
+        let script = "nft -j list table inet ip_masq 2>/dev/null; echo @@@; "
+            + ["nft", "legacy"].map { "iptables-\($0)-save -t nat 2>/dev/null; echo @@@; ip6tables-\($0)-save -t nat 2>/dev/null; echo @@@; " }.joined()
+            + "ipset save; echo @@@; \(list)"
         let result = try ns.exec(["sh", "-c", script])
         let parts = result.stdout.components(separatedBy: "@@@\n")
         var observation = Observation(raw: result.stdout)
         for network in WalkModel.networks {
-            switch flavour {
-            case .nftables: observation.networks[network] = Self.parseNFT(parts[0], network: network)
-            case .iptablesNFT, .iptablesLegacy:
-                observation.networks[network] = Self.parseIPTables(v4: parts[0], v6: parts[1], ipset: parts[2], network: network)
-            }
+            observation.networks[.nftables, default: [:]][network] = Self.parseNFT(parts[0], network: network)
+            observation.networks[.iptablesNFT, default: [:]][network] = Self.parseIPTables(v4: parts[1], v6: parts[2], ipset: parts[5], network: network)
+            observation.networks[.iptablesLegacy, default: [:]][network] = Self.parseIPTables(v4: parts[3], v6: parts[4], ipset: parts[5], network: network)
         }
         let listing = parts.last ?? ""
         guard let document = (try? JSONSerialization.jsonObject(with: Data(listing.utf8))) as? [String: Any],
@@ -444,13 +440,10 @@ struct Walk {
     let flavour: Flavour
     var operations = 0
 
-    /// The backend name `list` shows.
-    var backendName: String { flavour == .nftables ? "nftables" : "iptables" }
-
     /// Random operations from a seed, then the drain (an agent pass per network, then DEL of every attachment left).
     static func generate(seed: UInt64, steps: Int, flavour: Flavour) -> [WalkOp] {
         var rng = SeededGenerator(state: seed)
-        var model = WalkModel()
+        var model = WalkModel(flavour: flavour)
         var ops: [WalkOp] = []
         let skipped = WalkSettings.skipped
         while ops.count < steps {
@@ -532,14 +525,12 @@ struct Walk {
             return .setFile(network: withFile, .content(Int.random(in: 0..<WalkVariants.file.count, using: &rng)))
         case 77..<79: return .setFile(network: WalkModel.withFile.sorted().randomElement(using: &rng)!, .fifo)
         case 79..<83:
-            let reloads: [WalkOp.Reload]
-            switch flavour {
-            case .nftables: reloads = [.nftFlushRuleset, .nftDeleteTable]
-            case .iptablesNFT: reloads = [.nftFlushRuleset, .iptablesFlushNat, .ip6tablesFlushNat, .iptablesRestoreEmpty, .ipsetFlush]
-            case .iptablesLegacy: reloads = [.iptablesFlushNat, .ip6tablesFlushNat, .iptablesRestoreEmpty, .ipsetFlush]
-            }
-            return .reload(reloads.randomElement(using: &rng)!)
-        case 83..<89: return .agent(network: network)
+            return .reload(WalkOp.Reload.allCases.randomElement(using: &rng)!)
+        case 83..<87: return .agent(network: network)
+        case 87..<89:
+            // Mostly back to the walk's own backend, so the walk stays on it most of the time.
+            let target = Int.random(in: 0..<100, using: &rng) < 50 ? flavour : Flavour.allCases.randomElement(using: &rng)!
+            return .setBackend(network: network, target)
         case 89..<95:
             let delay = Int.random(in: 0...15_000, using: &rng)
             switch Int.random(in: 0..<10, using: &rng) {
@@ -564,16 +555,24 @@ struct Walk {
 
     /// Applies an operation to the model; returns the verb's expected outcome and the addresses the step must leave
     /// installed whatever happened before (an ADD's own).
-    static func apply(_ op: WalkOp, to model: inout WalkModel, observed: [String: ObservedNetwork], flavour: Flavour)
+    static func apply(_ op: WalkOp, to model: inout WalkModel, observed: [Flavour: [String: ObservedNetwork]], flavour: Flavour)
         -> (ExpectedOutcome?, Set<String>) {
         switch op {
         case .add(let who, let ips, _):
             let outcome = model.add(who, ips)
             // nftables: the ADD's transaction fails on missing objects and rebuilds the network from its records.
-            if outcome.success && flavour == .nftables { model.network[who.network]!.degraded = false }
+            if outcome.success && model.network[who.network]!.backend == .nftables { model.network[who.network]!.degraded = false }
             return (outcome, outcome.success ? Set(ips.map(\.address)) : [])
-        case .del(let who, _, _): return (model.del(who), [])
-        case .check(let who, let ips): return (model.check(who, ips, observed: observed[who.network]), [])
+        case .del(let who, _, _):
+            // An unusable masqChain in the conflist: DEL keeps the recorded backend instead of moving.
+            let moving = WalkVariants.conflist[model.network[who.network]!.conflist].keys["masqChain"] == nil
+            return (model.del(who, moving: moving), [])
+        case .check(let who, let ips):
+            let net = model.network[who.network]!
+            return (model.check(who, ips, observed: observed[net.placed ?? net.backend]?[who.network]), [])
+        case .setBackend(let network, let backend):
+            model.network[network]!.backend = backend
+            return (nil, [])
         case .gc(let network, let valid): return (model.gc(network, valid: valid), [])
         case .status: return (.ok, [])
         case .agent(let network): return (model.agent(network), [])
@@ -598,10 +597,19 @@ struct Walk {
     // MARK: comparisons
 
     /// What differs between the kernel and the expectation, one line each.
-    func compareKernel(_ observation: Observation, _ expected: [String: ExpectedNetwork], networks: [String] = WalkModel.networks) -> [String] {
+    func compareKernel(_ observation: Observation, _ expected: [Flavour: [String: ExpectedNetwork]], networks: [String] = WalkModel.networks) -> [String] {
+        var problems: [String] = []
+        for flavour in Flavour.allCases {
+            problems += compareKernel(observation.networks[flavour] ?? [:], expected[flavour]!, networks: networks)
+                .map { "[\(flavour.rawValue)] " + $0 }
+        }
+        return problems
+    }
+
+    func compareKernel(_ observed: [String: ObservedNetwork], _ expected: [String: ExpectedNetwork], networks: [String]) -> [String] {
         var problems: [String] = []
         for name in networks {
-            let want = expected[name]!, have = observation.networks[name] ?? ObservedNetwork()
+            let want = expected[name]!, have = observed[name] ?? ObservedNetwork()
             for v6 in [false, true] {
                 let allowed = want.families[v6] ?? [nil]
                 if !allowed.contains(have.families[v6] ?? nil) {
@@ -628,7 +636,7 @@ struct Walk {
         }
         for (index, first) in networks.enumerated() {
             for second in networks.dropFirst(index + 1) {
-                let shared = (observation.networks[first]?.chains ?? []).intersection(observation.networks[second]?.chains ?? [])
+                let shared = (observed[first]?.chains ?? []).intersection(observed[second]?.chains ?? [])
                 if !shared.isEmpty { problems.append("\(first) and \(second) jump to the same chain \(shared.sorted())") }
             }
         }
@@ -646,6 +654,7 @@ struct Walk {
                 continue
             }
             guard let listed = observation.listed[name] else { problems.append("list does not show network \(name)"); continue }
+            let backendName = net.placed == .nftables ? "nftables" : "iptables"
             if listed.backend != backendName { problems.append("list: \(name) backend \(listed.backend ?? "null"), expected \(backendName)") }
             if listed.policy != applied { problems.append("list: \(name) config \(listed.policy?.description ?? "null"), expected \(applied)") }
             for (who, ips) in net.attachments.sorted(by: { $0.key < $1.key }) {
@@ -659,7 +668,7 @@ struct Walk {
             for who in listed.pods.keys.sorted() where net.attachments[who] == nil {
                 problems.append("list: \(who) is listed but not registered")
             }
-            if flavour == .nftables, !net.degraded, let fingerprint = observation.networks[name]?.fingerprint, fingerprint != listed.fingerprint {
+            if net.placed == .nftables, !net.degraded, let fingerprint = observation.networks[.nftables]?[name]?.fingerprint, fingerprint != listed.fingerprint {
                 problems.append("\(name): the rules carry fingerprint \(fingerprint), the network record \(listed.fingerprint ?? "null")")
             }
         }
@@ -683,6 +692,12 @@ struct Walk {
     }
 
     /// The union of two expectations: what may be installed between before and after a killed verb.
+    static func either(_ a: [Flavour: [String: ExpectedNetwork]], _ b: [Flavour: [String: ExpectedNetwork]]) -> [Flavour: [String: ExpectedNetwork]] {
+        var result: [Flavour: [String: ExpectedNetwork]] = [:]
+        for flavour in Flavour.allCases { result[flavour] = either(a[flavour]!, b[flavour]!) }
+        return result
+    }
+
     static func either(_ a: [String: ExpectedNetwork], _ b: [String: ExpectedNetwork]) -> [String: ExpectedNetwork] {
         var result: [String: ExpectedNetwork] = [:]
         for name in WalkModel.networks {
@@ -707,7 +722,7 @@ struct Walk {
     /// Runs the operations on a fresh node; stops at the first step whose result differs from the model.
     mutating func execute(_ ops: [WalkOp], log: Bool = false) throws -> Failure? {
         let node = try WalkNode(flavour: flavour)
-        var model = WalkModel()
+        var model = WalkModel(flavour: flavour)
         var observation = try node.observe()
         for (index, op) in ops.enumerated() {
             operations += 1
@@ -716,7 +731,7 @@ struct Walk {
             var problems: [String] = []
             var answer: WalkAnswer?
             switch op {
-            case .setConflist: break
+            case .setConflist, .setBackend: break
             case .setFile(let network, let state): try node.setFile(network, state)
             case .reload(let reload): try node.reload(reload)
             case .damage(let who, let damage):
@@ -749,7 +764,8 @@ struct Walk {
             if !problems.isEmpty {
                 if let answer { problems.append("the verb answered: \(answer.summary)") }
                 problems.append("installed now:\n" + WalkModel.networks.map { name in
-                    let seen = observation.networks[name] ?? ObservedNetwork()
+                    let placed = next.network[name]!.placed ?? next.network[name]!.backend
+                    let seen = observation.networks[placed]?[name] ?? ObservedNetwork()
                     return "  \(name): IPv4 \(seen.families[false]??.description ?? "nothing")\n  \(name): IPv6 \(seen.families[true]??.description ?? "nothing")\n"
                         + "  \(name): pods \(seen.pods.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }) subnets \(seen.subnets.sorted())"
                 }.joined(separator: "\n"))
@@ -767,6 +783,12 @@ struct Walk {
     }
 
     /// Removes operations from a failing prefix while it still fails (delta debugging), within the time allowed.
+    /// The first difference without the verb's own words (they carry log lines that vary with the prefix).
+    static func signature(_ failure: Failure) -> String {
+        let first = failure.problems.first ?? ""
+        return first.range(of: ", got ").map { String(first[..<$0.lowerBound]) } ?? first
+    }
+
     /// The shrunk prefix must fail with the same first difference as the original.
     mutating func shrink(_ prefix: [WalkOp], failing: Failure) throws -> ([WalkOp], Failure?) {
         var current = prefix
@@ -779,7 +801,7 @@ struct Walk {
             while start < current.count && Date() < deadline {
                 var candidate = current
                 candidate.removeSubrange(start..<min(current.count, start + chunk))
-                if !candidate.isEmpty, let failure = try execute(candidate), failure.problems.first == failing.problems.first {
+                if !candidate.isEmpty, let failure = try execute(candidate), Self.signature(failure) == Self.signature(failing) {
                     current = Array(candidate.prefix(failure.step + 1))
                     lastFailure = failure
                     removedAny = true
