@@ -140,8 +140,15 @@ extension MasqConfig {
                 invalidKeys.insert(key)
             }
         }
-        do { _ = try resolve(netconf: netconf, fileContents: nil) } catch {
-            if !problems.contains(error.description) { problems.append(error.description) }
+        // Every other key on its own, so that each problem is logged, then together (limits across keys).
+        for (key, value) in netconf.members where !plumbingKeys.contains(key) {
+            var scratch = MasqConfig()
+            do { try scratch.apply(JSONObject([(key, value)]), source: .netconf, allowed: netconfKeys) } catch {
+                problems.append(error.description)
+            }
+        }
+        if problems.isEmpty {
+            do { _ = try resolve(netconf: netconf, fileContents: nil) } catch { problems.append(error.description) }
         }
         return (config, problems, invalidKeys)
     }

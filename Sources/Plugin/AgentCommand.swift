@@ -223,9 +223,9 @@ final class Agent {
     }
 
     /// Logs a problem once per change of its text (an error line), and its end (an info line).
-    private func report(_ topic: String, _ problem: String?, recovered: String? = nil) {
+    private func report(_ topic: String, _ problem: String?, recovered: String? = nil, asWarning: Bool = false) {
         guard reported[topic] != problem else { return }
-        if let problem { log.error(problem) } else if let recovered { log.info(recovered) }
+        if let problem { if asWarning { log.warning(problem) } else { log.error(problem) } } else if let recovered { log.info(recovered) }
         reported[topic] = problem
     }
 
@@ -298,6 +298,7 @@ final class Agent {
         } else {
             report("sync-target", nil)
         }
+        report("fileKeys", config.warnings.isEmpty ? nil : config.warnings.joined(separator: "; "), asWarning: true)
         if let problem = resolved.fileProblem {
             report("configFile", "config file \(config.configFile ?? "") is invalid, keeping the last good rules: \(problem)")
         } else {

@@ -24,6 +24,7 @@ deleted for real. A CHECK of one bulk pod through the plugin proves the bulk sta
 
 import argparse
 import ctypes
+import fcntl
 import hashlib
 import json
 import os
@@ -611,7 +612,22 @@ class Bench:
                     version_samples.add(v)
             rss = max(peak_rss_kib([self.plugin], {"CNI_COMMAND": "VERSION", "PATH": PATH}) for _ in range(3))
             true_rss = max(peak_rss_kib(["/bin/true"], {"PATH": PATH}) for _ in range(3))
+            # STATUS while another invocation holds the node lock (issue 11.7: no lock wait, target well under 100 ms).
+            status_dir = tempfile.mkdtemp(prefix="ipmasq-bench-status-", dir=SHM)
+            lock_path = status_dir + "/lock"
+            status_stdin = json.dumps({"cniVersion": "1.1.0", "name": "benchnet", "type": "ip-masq",
+                                       "lockFile": lock_path, "stateDir": status_dir + "/state"}).encode()
+            holder = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+            fcntl.flock(holder, fcntl.LOCK_EX)
+            status_samples = Samples()
+            for index in range(max(self.runs * 2, 20) + 3):
+                elapsed = must(timed([self.plugin], {"CNI_COMMAND": "STATUS", "CNI_PATH": "/opt/cni/bin", "PATH": PATH}, status_stdin), "STATUS")
+                if index >= 3:
+                    status_samples.add(elapsed)
+            os.close(holder)
+            shutil.rmtree(status_dir, ignore_errors=True)
         self.namespaces.delete(node)
+        self.results["floor"]["ip-masq STATUS, lock busy"] = status_samples.summary()
         self.results["floor"]["/bin/true"] = true_samples.summary()
         self.results["floor"]["ip-masq VERSION"] = version_samples.summary()
         self.results["floor"]["rss VERSION"] = rss
@@ -750,6 +766,8 @@ def report(bench, args, elapsed):
         out("|---|---:|---:|")
         out("| `/bin/true` | %s | %d KiB |" % (fmt(floor["/bin/true"]), floor["rss /bin/true"]))
         out("| `ip-masq` VERSION | %s | %d KiB |" % (fmt(floor["ip-masq VERSION"]), floor["rss VERSION"]))
+        if "ip-masq STATUS, lock busy" in floor:
+            out("| `ip-masq` STATUS, node lock held by another process | %s | |" % fmt(floor["ip-masq STATUS, lock busy"]))
         out("")
     out("## Plugin alone: ADD and DEL of one pod with N pods registered")
     out("")

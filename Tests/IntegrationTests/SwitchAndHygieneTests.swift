@@ -179,3 +179,74 @@ struct SwitchAndHygieneTests {
         #expect(try ns.exec(["ipset", "list", "RCVBUF"], check: true).stdout.contains("Number of entries: 200"))
     }
 }
+
+/// Issue 11.2, 11.9 and 12.7 through the real binary, on every backend.
+@Suite(.enabled(if: Host.canRunRootTests, "needs root: network namespaces and netfilter"))
+struct LenientDelAndReadOnlyCheckTests {
+    static let backends: [[String: String]] = [["backend": "nftables"], ["backend": "iptables", "iptablesMode": "nft"],
+                                               ["backend": "iptables", "iptablesMode": "legacy"]]
+
+    /// What the namespace's netfilter holds (both flavours listed only where they exist).
+    func snapshot(_ ns: Netns) throws -> String {
+        var text = try ns.ruleset()
+        text += try ns.exec(["ipset", "-o", "save", "list"], check: true).stdout
+        for tool in ["iptables-legacy", "ip6tables-legacy"]
+        where try ns.exec(["cat", "/proc/net/\(tool.hasPrefix("ip6") ? "ip6" : "ip")_tables_names"]).stdout.contains("nat") {
+            text += try ns.exec([tool, "-w", "5", "-t", "nat", "-S"], check: true).stdout
+        }
+        return text
+    }
+
+    /// DEL removes the pod whatever the policy keys, CNI_ARGS or a FIFO at configFile say.
+    @Test(arguments: backends)
+    func delSucceedsWithABrokenConflistEntry(backend: [String: String]) throws {
+        let ns = try Netns("lenient-del"), scratch = ScratchDirectory()
+        #expect(try PluginCall(netns: ns, command: "ADD")(netconf(scratch: scratch, extra: backend)).status == 0)
+        #expect(try snapshot(ns).contains("10.99.0.3"))
+        let fifo = scratch.path + "/config.fifo"
+        #expect(mkfifo(fifo, 0o600) == 0)
+        let broken: [String: Any] = (backend as [String: Any]).merging(["nonMasqueradeCIDRs": ["10.200.0.1/16"], "resyncInterval": "1 minute",
+                                                     "nonMasqueradeCidrs": ["10.0.0.0/8"], "configFile": fifo]) { $1 }
+        let call = PluginCall(netns: ns, command: "DEL", extraEnvironment: ["CNI_ARGS": "IgnoreUnknown;K8S_POD_NAME=web-0"])
+        let del = try call(netconf(scratch: scratch, extra: broken, addresses: []))
+        #expect(del.status == 0, "\(del.stdout)\(del.stderr)")
+        #expect(del.stderr.contains("10.200.0.1/16"), "the policy problem is logged: \(del.stderr)")
+        #expect(try !snapshot(ns).contains("10.99.0.3"), "the pod's entry is gone")
+        #expect(try call(netconf(scratch: scratch, extra: broken, addresses: [])).status == 0, "and again")
+    }
+
+    /// CHECK with a changed config reports the difference and writes nothing; with the file refused it uses the last good.
+    @Test(arguments: backends)
+    func checkIsReadOnly(backend: [String: String]) throws {
+        let ns = try Netns("ro-check"), scratch = ScratchDirectory()
+        let file = scratch.path + "/config.yaml"
+        try "nonMasqueradeCIDRs: [10.0.0.0/8]\n".write(toFile: file, atomically: true, encoding: .utf8)
+        let input = netconf(scratch: scratch, extra: (backend as [String: Any]).merging(["configFile": file]) { $1 })
+        #expect(try PluginCall(netns: ns, command: "ADD")(input).status == 0)
+        let before = try snapshot(ns)
+        let records = try FileManager.default.subpathsOfDirectory(atPath: scratch.path + "/state").sorted()
+        let network = try String(contentsOfFile: scratch.path + "/state/testnet/network.json", encoding: .utf8)
+        try "nonMasqueradeCIDRs: [10.0.0.0/8, 100.64.0.0/10]\n".write(toFile: file, atomically: true, encoding: .utf8)
+        let changed = try PluginCall(netns: ns, command: "CHECK")(input)
+        #expect(changed.status == 1 && changed.stdout.contains("\"code\": 101"), "\(changed.stdout)")
+        try "nonMasqueradeCIDRs: [10.0.0.1/8]\n".write(toFile: file, atomically: true, encoding: .utf8)
+        let refused = try PluginCall(netns: ns, command: "CHECK")(input)
+        #expect(refused.status == 0, "the last good policy is in force: \(refused.stdout)")
+        #expect(refused.stderr.contains("last good"), "\(refused.stderr)")
+        #expect(try snapshot(ns) == before, "CHECK wrote netfilter")
+        #expect(try FileManager.default.subpathsOfDirectory(atPath: scratch.path + "/state").sorted() == records)
+        #expect(try String(contentsOfFile: scratch.path + "/state/testnet/network.json", encoding: .utf8) == network)
+    }
+
+    /// A prevResult whose only address is on the host side registers nothing, says so, and CHECK fails.
+    @Test func addressesOfTheHostSideAreReported() throws {
+        let ns = try Netns("zero-reg"), scratch = ScratchDirectory()
+        let input = netconf(scratch: scratch, extra: ["backend": "nftables"]).replacingOccurrences(of: #""interface":1"#, with: #""interface":0"#)
+        let add = try PluginCall(netns: ns, command: "ADD")(input)
+        #expect(add.status == 0)
+        #expect(add.stderr.contains("warning") && add.stderr.contains("eth0") && add.stderr.contains("veth0"), "\(add.stderr)")
+        #expect(try !snapshot(ns).contains("10.99.0.3"))
+        let check = try PluginCall(netns: ns, command: "CHECK")(input)
+        #expect(check.status == 1 && check.stdout.contains("\"code\": 101"), "\(check.stdout)")
+    }
+}
