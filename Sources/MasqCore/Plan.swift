@@ -12,25 +12,37 @@ public func hex(_ value: UInt64, digits: Int) -> String {
 }
 
 /// The identifier a network's netfilter objects and records are named by: the network name when it is
-/// made only of `[A-Za-z0-9_]` and short, otherwise a sanitised prefix plus a hash of the full name.
+/// made only of `[A-Za-z0-9_]` and short (a plain key), otherwise a sanitised prefix, `-`, and a hash of the full name
+/// (a hashed key). Plain keys never contain `-`, hashed ones always do, so a plain name can never equal another
+/// name's hashed key (`pod_net_b40e5ef6` and `pod-net` get different keys). Two names whose hashed keys collide
+/// are told apart by the network record, which holds the full name (`StateStore`).
+///
+/// A key is at most 20 bytes: nft object names stay short, ipset names (`IPMASQ-P4-<key>`) within 31 bytes.
 public struct NetworkKey: Hashable, Sendable, CustomStringConvertible, Comparable {
     public let rawValue: String
 
     public init(network: String) {
         let bytes = Array(network.utf8)
-        let plain = bytes.allSatisfy { Names.isAlphanumeric($0) || $0 == UInt8(ascii: "_") }
-        if plain && bytes.count <= 20 {
+        if Self.isPlain(bytes) {
             rawValue = network
         } else {
             let sanitized = String(decoding: bytes.prefix(11).map { Names.isAlphanumeric($0) ? $0 : UInt8(ascii: "_") }, as: UTF8.self)
-            rawValue = sanitized + "_" + hex(fnv1a64(network), digits: 8)
+            rawValue = sanitized + "-" + hex(fnv1a64(network), digits: 8)
         }
     }
 
-    /// A key read back from a record or a netfilter name; only `[A-Za-z0-9_]`, 1–20 bytes.
+    static func isPlain(_ bytes: [UInt8]) -> Bool {
+        !bytes.isEmpty && bytes.count <= 20 && bytes.allSatisfy { Names.isAlphanumeric($0) || $0 == UInt8(ascii: "_") }
+    }
+
+    /// A key read back from a directory or a netfilter name: a plain key, or a hashed one (`prefix-<8 hex digits>`).
     public init?(rawValue: String) {
         let bytes = Array(rawValue.utf8)
-        guard !bytes.isEmpty, bytes.count <= 20, bytes.allSatisfy({ Names.isAlphanumeric($0) || $0 == UInt8(ascii: "_") }) else { return nil }
+        if !Self.isPlain(bytes) {
+            guard let dash = bytes.firstIndex(of: UInt8(ascii: "-")), dash >= 1, dash <= 11, bytes.count == dash + 9,
+                  Self.isPlain(Array(bytes[..<dash])),
+                  bytes[(dash + 1)...].allSatisfy({ ($0 >= 48 && $0 <= 57) || ($0 >= 97 && $0 <= 102) }) else { return nil }
+        }
         self.rawValue = rawValue
     }
 

@@ -42,6 +42,9 @@ public struct BackendError: Error, Sendable, CustomStringConvertible {
         case failed
         /// The tool or library is not there or not permitted.
         case unavailable
+        /// A removal was applied except for pod-subnet entries the kernel refused (the message lists them). Those
+        /// are never consulted without the pod's own entry, which did go: DEL and GC log them and succeed.
+        case partial
     }
 
     public var kind: Kind
@@ -85,6 +88,8 @@ public protocol MasqBackend: Sendable {
     func dump() -> String
     /// `removeNetwork`, optionally keeping the sets another flavour's rules still match (iptables flavour switch).
     func removeNetwork(_ network: String, registrations: [Registration], keepingSets: Bool) throws(BackendError)
+    /// The pod entries of a network whose owner comment is `tag` (what DEL removes for a damaged record). Lists sets.
+    func entries(network: String, taggedWith tag: String) throws(BackendError) -> [PodAddress]
 }
 
 extension MasqBackend {
@@ -92,6 +97,7 @@ extension MasqBackend {
     public func removeNetwork(_ network: String, registrations: [Registration], keepingSets: Bool) throws(BackendError) {
         try removeNetwork(network, registrations: registrations)
     }
+    public func entries(network: String, taggedWith tag: String) throws(BackendError) -> [PodAddress] { [] }
 }
 
 extension MasqBackend {

@@ -27,9 +27,19 @@ public enum Files {
         }
     }
 
-    /// Replaces a file atomically (write a temporary beside it, then rename), mode 0600.
+    /// The temporary a write of `path` goes through: `.<name>.tmp` beside it. Record names never start with `.`
+    /// (container IDs, addresses and CIDRs start with a letter, a digit or `:`), so no record can be mistaken for a
+    /// temporary or be hidden as one, whatever its interface name ends with.
+    public static func temporary(for path: String) -> String {
+        let parent = parentDirectory(of: path)
+        let name = path.lastIndex(of: "/").map { String(path[path.index(after: $0)...]) } ?? path
+        return (parent == "." && !path.hasPrefix("./") ? "" : parent + "/") + "." + name + ".tmp"
+    }
+
+    /// Replaces a file atomically (write a temporary beside it, then rename), mode 0600. A temporary left by a writer
+    /// killed before its rename is overwritten (writers hold the node lock, so it is never another live writer's).
     public static func writeAtomically(_ path: String, _ bytes: [UInt8]) throws(SystemError) {
-        let temporary = path + ".tmp"
+        let temporary = temporary(for: path)
         let fd = open(temporary, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0o600)
         guard fd >= 0 else { throw SystemError("open \(temporary)") }
         var offset = 0
@@ -44,7 +54,18 @@ public enum Files {
             offset += count
         }
         close(fd)
-        guard rename(temporary, path) == 0 else { throw SystemError("rename \(temporary)") }
+        guard rename(temporary, path) == 0 else {
+            let error = SystemError("rename \(temporary)")
+            unlink(temporary)
+            throw error
+        }
+    }
+
+    /// Creates an empty file if it does not exist (a membership mark: no temporary needed).
+    public static func touch(_ path: String) throws(SystemError) {
+        let fd = open(path, O_WRONLY | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0o600)
+        guard fd >= 0 else { throw SystemError("open \(path)") }
+        close(fd)
     }
 
     /// Removes a file; true when it existed.
@@ -71,16 +92,22 @@ public enum Files {
         throw SystemError("mkdir \(path)")
     }
 
-    /// Removes an empty directory: true when removed or absent, false when it still has entries.
+    /// Removes an empty directory: true when removed or absent, false when it still has entries. Temporaries left by
+    /// killed writers do not count as entries: they are removed with the directory.
     public static func removeDirectoryIfEmpty(_ path: String) throws(SystemError) -> Bool {
+        if rmdir(path) == 0 || errno == ENOENT { return true }
+        guard errno == ENOTEMPTY || errno == EEXIST else { throw SystemError("rmdir \(path)") }
+        let entries = try entries(path)
+        guard !entries.isEmpty, entries.allSatisfy(isTemporary) else { return false }
+        for name in entries where unlink(path + "/" + name) != 0 && errno != ENOENT { throw SystemError("unlink \(path)/\(name)") }
         if rmdir(path) == 0 || errno == ENOENT { return true }
         if errno == ENOTEMPTY || errno == EEXIST { return false }
         throw SystemError("rmdir \(path)")
     }
 
-    /// Removes a tree (files and directories below `path`, then `path`).
+    /// Removes a tree (files and directories below `path`, temporaries included, then `path`).
     public static func removeTree(_ path: String) throws(SystemError) {
-        for name in try list(path) {
+        for name in try entries(path) {
             let child = path + "/" + name
             if unlink(child) != 0 {
                 if errno == EISDIR || errno == EPERM { try removeTree(child) } else if errno != ENOENT { throw SystemError("unlink \(child)") }
@@ -89,8 +116,16 @@ public enum Files {
         if rmdir(path) != 0 && errno != ENOENT { throw SystemError("rmdir \(path)") }
     }
 
-    /// Entry names of a directory (no `.`/`..`, no `*.tmp`), sorted; empty when it does not exist.
+    /// Whether a directory entry is a temporary of `writeAtomically` (or anything else `.`-named: never a record).
+    static func isTemporary(_ name: String) -> Bool { name.hasPrefix(".") }
+
+    /// Record names in a directory: entries not starting with `.` (temporaries), sorted; empty when it does not exist.
     public static func list(_ path: String) throws(SystemError) -> [String] {
+        try entries(path).filter { !isTemporary($0) }
+    }
+
+    /// Every entry of a directory except `.` and `..`, sorted; empty when it does not exist.
+    public static func entries(_ path: String) throws(SystemError) -> [String] {
         guard let directory = opendir(path) else {
             if errno == ENOENT || errno == ENOTDIR { return [] }
             throw SystemError("opendir \(path)")
@@ -101,7 +136,7 @@ public enum Files {
             let name = withUnsafeBytes(of: entry.pointee.d_name) { raw in
                 String(decoding: raw.prefix(while: { $0 != 0 }), as: UTF8.self)
             }
-            if name != "." && name != ".." && !name.hasSuffix(".tmp") { names.append(name) }
+            if name != "." && name != ".." { names.append(name) }
         }
         return names.sorted()
     }

@@ -101,12 +101,29 @@ public struct IPTablesBackend: MasqBackend {
         if let policy = change.policy { return try rewrite(change, policy: policy) }
         let script = renderer.setInput(for: change, verifying: !change.add.isEmpty)
         if script.isEmpty { return }
-        let output = try ipset(script)
+        let output: String
+        do { output = try ipset(script) } catch where error.kind == .failed && change.add.isEmpty {
+            return try removeOneByOne(change)
+        }
         // The jump from POSTROUTING is what references a pod set: without a reference it was deleted (a firewall
         // reload), and the caller restores the node-wide part.
         for set in Self.unreferencedSets(in: output) {
             throw BackendError(.missingObjects, "no rule matches set \(set): the jump from nat POSTROUTING is gone")
         }
+    }
+
+    /// A removal `ipset` refused as a whole (a record's subnet it cannot parse, e.g. a hand edit): each entry on its
+    /// own. A pod entry that cannot go is an error; a subnet entry is reported as `.partial`.
+    func removeOneByOne(_ change: NetworkChange) throws(BackendError) {
+        var pods = change, subnets: [String] = []
+        pods.removeSubnets = []
+        _ = try ipset(renderer.setInput(for: pods))
+        for subnet in change.removeSubnets {
+            var one = NetworkChange(network: change.network)
+            one.removeSubnets = [subnet]
+            do { _ = try ipset(renderer.setInput(for: one)) } catch { subnets.append("\(subnet) (\(error.message))") }
+        }
+        if !subnets.isEmpty { throw BackendError(.partial, "pod subnet entries left in \(IPTablesRenderer.subnetSet(change.key, .v4))/\(IPTablesRenderer.subnetSet(change.key, .v6)): " + subnets.joined(separator: "; ")) }
     }
 
     /// Sets listed tersely with `References: 0`.
@@ -208,6 +225,19 @@ public struct IPTablesBackend: MasqBackend {
             }
         }
         return inspection
+    }
+
+    public func entries(network: String, taggedWith tag: String) throws(BackendError) -> [PodAddress] {
+        let key = NetworkKey(network: network)
+        let sets = IPFamily.allCases.map { IPTablesRenderer.podSet(key, $0) }
+        var found: [PodAddress] = []
+        for set in sets {
+            guard let saved = try? ipset("list \(set)\n", options: ["-o", "save"]) else { continue }
+            for (cidr, comment) in Self.elements(in: saved)[set] ?? [:] where comment == tag {
+                found.append(PodAddress(address: cidr.address, subnet: cidr))
+            }
+        }
+        return found.sorted()
     }
 
     /// The elements of `ipset save` output, per set: address or prefix → comment.

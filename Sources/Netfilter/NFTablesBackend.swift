@@ -93,7 +93,7 @@ public struct NFTBinaryExecutor: NFTExecutor {
 /// The nftables backend (DESIGN 1.4): renders with `NFTablesRenderer` and applies each change in one transaction.
 public struct NFTablesBackend: MasqBackend {
     public let kind = BackendKind.nftables
-    public let renderVersion = "nft-1"
+    public let renderVersion = "nft-2"
     let executor: NFTExecutor
     let renderer = NFTablesRenderer()
 
@@ -128,7 +128,24 @@ public struct NFTablesBackend: MasqBackend {
     public func apply(_ change: NetworkChange) throws(BackendError) {
         let script = renderer.script(for: change, fingerprint: change.policy.map(fingerprint(of:)) ?? "")
         if script.isEmpty { return }
-        _ = try executor.run(script, json: false)
+        do { _ = try executor.run(script, json: false) } catch where error.kind == .failed && change.policy == nil && change.add.isEmpty {
+            try removeOneByOne(change)
+        }
+    }
+
+    /// A removal the kernel refused as a whole (a `podnets` element of the record overlaps another one, e.g. after a
+    /// hand-edited record): each pod's elements on their own. A pod element that cannot go is an error; a `podnets`
+    /// element that cannot go is reported as `.partial` (it is never consulted without the pod element).
+    func removeOneByOne(_ change: NetworkChange) throws(BackendError) {
+        let names = NFTablesRenderer.Names(key: change.key.rawValue)
+        var refused: [String] = []
+        for registration in change.remove {
+            _ = try executor.run(renderer.podRemoval(registration, names: names).joined(separator: "\n") + "\n", json: false)
+            do { _ = try executor.run(renderer.podnetRemoval(registration, names: names).joined(separator: "\n") + "\n", json: false) } catch {
+                refused.append("\(NFTablesRenderer.podnet(registration.pod)) of \(registration.owner.tag) (\(error.message))")
+            }
+        }
+        if !refused.isEmpty { throw BackendError(.partial, "pod subnet elements left in \(names.podnets(.v4))/\(names.podnets(.v6)): " + refused.joined(separator: "; ")) }
     }
 
     public func removeNetwork(_ network: String, registrations: [Registration]) throws(BackendError) {
@@ -199,14 +216,43 @@ public struct NFTablesBackend: MasqBackend {
             if !present { inspection.problems.append("\(address) of \(registration.owner.tag) is not in set \(set)") }
         }
         if policy.exemptPodSubnet {
-            for subnet in subnets {
-                let set = names.subnets(subnet.family)
-                if (try? executor.run("get element \(NFTablesRenderer.table) \(set) { \(subnet) . \(subnet) }", json: false)) == nil {
-                    inspection.problems.append("pod subnet \(subnet) is not in set \(set)")
-                }
+            let listedNets: [IPFamily: Set<PodAddress>]? = registrations.count <= 4 ? nil : Dictionary(uniqueKeysWithValues: IPFamily.allCases.map { family in
+                let items = (try? list("list set \(NFTablesRenderer.table) \(names.podnets(family))")) ?? []
+                return (family, Set(Self.elements(of: items).compactMap { Self.podnet(from: $0)?.pod }))
+            })
+            for registration in registrations {
+                let set = names.podnets(registration.pod.address.family)
+                let present = listedNets.map { $0[registration.pod.address.family]!.contains(registration.pod) }
+                    ?? ((try? executor.run("get element \(NFTablesRenderer.table) \(set) { \(NFTablesRenderer.podnet(registration.pod)) }", json: false)) != nil)
+                if !present { inspection.problems.append("pod subnet \(registration.pod.subnet) of \(registration.pod.address) is not in set \(set)") }
             }
         }
         return inspection
+    }
+
+    public func entries(network: String, taggedWith tag: String) throws(BackendError) -> [PodAddress] {
+        let names = NFTablesRenderer.Names(key: NetworkKey(network: network).rawValue)
+        var found: [PodAddress] = []
+        for family in IPFamily.allCases {
+            let nets = (try? list("list set \(NFTablesRenderer.table) \(names.podnets(family))")) ?? []
+            for element in Self.elements(of: nets) {
+                if let (pod, comment) = Self.podnet(from: element), comment == tag { found.append(pod) }
+            }
+            let pods = (try? list("list set \(NFTablesRenderer.table) \(names.pods(family))")) ?? []
+            for element in Self.elements(of: pods) where element["elem"]?["comment"]?.stringValue == tag {
+                guard let address = Self.cidr(from: element)?.address, !found.contains(where: { $0.address == address }) else { continue }
+                found.append(PodAddress(address: address, subnet: CIDR(network: address, prefix: address.family.bitWidth)))
+            }
+        }
+        return found
+    }
+
+    /// A `podnets` element as nft prints it in JSON: `{"elem": {"val": {"concat": [ADDRESS, PREFIX]}, "comment": ...}}`.
+    static func podnet(from element: JSONValue) -> (pod: PodAddress, comment: String)? {
+        let value = element["elem"]?["val"] ?? element
+        guard let parts = value["concat"]?.arrayValue, parts.count == 2,
+              let address = cidr(from: parts[0])?.address, let subnet = cidr(from: parts[1]) else { return nil }
+        return (PodAddress(address: address, subnet: subnet), element["elem"]?["comment"]?.stringValue ?? "")
     }
 
     public func dump() -> String {

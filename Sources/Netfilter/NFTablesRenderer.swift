@@ -5,8 +5,12 @@ import MasqCore
 /// - `post_K`: base chain at srcnat; sends only registered pod addresses (`pods4_K`, `pods6_K`) to `masq_K`;
 /// - `masq_K`: DESIGN 1.1's decision list; `snat_K`: the masquerade itself (random-fully, toPorts);
 /// - interval sets `nomasq4_K`/`nomasq6_K` (nonMasqueradeCIDRs), `masq4_K`/`masq6_K` (exceptions),
-///   `subnets4_K`/`subnets6_K` (pod subnets as `subnet . subnet`, so a pod is exempt towards its own subnet);
-/// - one element per pod address in `pods4_K`/`pods6_K`, commented with its owner tag.
+///   `podnets4_K`/`podnets6_K`: one `address . subnet` element per pod (`10.88.1.6/32 . 10.88.1.0/24`), so a pod is
+///   exempt towards its own subnet. Keyed by the pod's own address, which one attachment holds node-wide, these
+///   elements never overlap however pod subnets nest (10.88.0.0/16 and 10.88.1.0/24 in one network), which an
+///   interval set of `subnet . subnet` elements cannot hold; and exemption stays exactly "towards the pod's own
+///   subnet", with no reference counting (`NetworkChange.addSubnets` is not used by this backend);
+/// - one element per pod address in `pods4_K`/`pods6_K`, commented with its owner tag (its `podnets` element too).
 ///
 /// Every rule carries the comment `ip-masq <fingerprint>`, which lets CHECK tell current rules from stale ones.
 public struct NFTablesRenderer: Sendable {
@@ -21,11 +25,13 @@ public struct NFTablesRenderer: Sendable {
         var masq: String { "masq_" + key }
         var snat: String { "snat_" + key }
         func pods(_ family: IPFamily) -> String { "pods\(family.rawValue)_" + key }
-        func subnets(_ family: IPFamily) -> String { "subnets\(family.rawValue)_" + key }
+        func podnets(_ family: IPFamily) -> String { "podnets\(family.rawValue)_" + key }
+        /// The `subnet . subnet` sets of the previous layout (render version nft-1), removed by a rewrite.
+        func retired(_ family: IPFamily) -> String { "subnets\(family.rawValue)_" + key }
         func nonMasquerade(_ family: IPFamily) -> String { "nomasq\(family.rawValue)_" + key }
         func exceptions(_ family: IPFamily) -> String { "masq\(family.rawValue)_" + key }
         var sets: [String] {
-            IPFamily.allCases.flatMap { [pods($0), subnets($0), nonMasquerade($0), exceptions($0)] }
+            IPFamily.allCases.flatMap { [pods($0), podnets($0), nonMasquerade($0), exceptions($0)] }
         }
         var policySets: [String] { IPFamily.allCases.flatMap { [nonMasquerade($0), exceptions($0)] } }
     }
@@ -39,25 +45,30 @@ public struct NFTablesRenderer: Sendable {
         var lines: [String] = []
         if let policy = change.policy { lines += nodeWide(policy, names: names, fingerprint: fingerprint) }
         // Removals first, each as add+delete so that an element already gone is not an error.
-        for registration in change.remove {
-            let family = registration.pod.address.family
-            lines.append("add element \(Self.table) \(names.pods(family)) { \(registration.pod.address) }")
-            lines.append("delete element \(Self.table) \(names.pods(family)) { \(registration.pod.address) }")
-        }
-        for subnet in change.removeSubnets {
-            let element = "\(subnet) . \(subnet)"
-            lines.append("add element \(Self.table) \(names.subnets(subnet.family)) { \(element) }")
-            lines.append("delete element \(Self.table) \(names.subnets(subnet.family)) { \(element) }")
-        }
-        for subnet in change.addSubnets {
-            lines.append("add element \(Self.table) \(names.subnets(subnet.family)) { \(subnet) . \(subnet) comment \"pod subnet\" }")
-        }
+        for registration in change.remove { lines += podRemoval(registration, names: names) }
+        for registration in change.remove { lines += podnetRemoval(registration, names: names) }
         for registration in change.add {
             let family = registration.pod.address.family
+            lines.append("add element \(Self.table) \(names.podnets(family)) { \(Self.podnet(registration.pod)) comment \"\(registration.owner.tag)\" }")
             lines.append("add element \(Self.table) \(names.pods(family)) { \(registration.pod.address) comment \"\(registration.owner.tag)\" }")
         }
         return lines.isEmpty ? "" : lines.joined(separator: "\n") + "\n"
     }
+
+    /// The removal of a pod's address element (add+delete: no error when it is already gone).
+    func podRemoval(_ registration: Registration, names: Names) -> [String] {
+        let set = names.pods(registration.pod.address.family)
+        return ["add element \(Self.table) \(set) { \(registration.pod.address) }", "delete element \(Self.table) \(set) { \(registration.pod.address) }"]
+    }
+
+    /// The removal of a pod's `podnets` element.
+    func podnetRemoval(_ registration: Registration, names: Names) -> [String] {
+        let set = names.podnets(registration.pod.address.family)
+        return ["add element \(Self.table) \(set) { \(Self.podnet(registration.pod)) }", "delete element \(Self.table) \(set) { \(Self.podnet(registration.pod)) }"]
+    }
+
+    /// A pod's `podnets` element: its address (as a full-length prefix) and its subnet.
+    static func podnet(_ pod: PodAddress) -> String { "\(pod.address)/\(pod.address.family.bitWidth) . \(pod.subnet)" }
 
     /// Creates (or rewrites) a network's chains, rules and policy sets; pod elements are kept.
     func nodeWide(_ policy: NetworkPolicy, names: Names, fingerprint: String) -> [String] {
@@ -93,10 +104,21 @@ public struct NFTablesRenderer: Sendable {
             let type = Self.addressType(family)
             return [
                 "add set \(Self.table) \(names.pods(family)) { type \(type); }",
-                "add set \(Self.table) \(names.subnets(family)) { type \(type) . \(type); flags interval; }",
+                "add set \(Self.table) \(names.podnets(family)) { type \(type) . \(type); flags interval; }",
                 "add set \(Self.table) \(names.nonMasquerade(family)) { type \(type); flags interval; }",
                 "add set \(Self.table) \(names.exceptions(family)) { type \(type); flags interval; }",
             ]
+        }
+    }
+
+    /// Deletes the previous layout's sets whether or not they exist (after the chains that used them were flushed):
+    /// `reset` cleans a node that ran the previous version. A rewrite leaves them (no rule refers to them any more;
+    /// a deletion would cost every first ADD the kernel's delete wait).
+    func retiredSetRemoval(_ names: Names) -> [String] {
+        IPFamily.allCases.flatMap { family -> [String] in
+            let type = Self.addressType(family)
+            return ["add set \(Self.table) \(names.retired(family)) { type \(type) . \(type); flags interval; }",
+                    "delete set \(Self.table) \(names.retired(family))"]
         }
     }
 
@@ -110,7 +132,7 @@ public struct NFTablesRenderer: Sendable {
         if policy.exemptPodSubnet {
             for family in IPFamily.allCases {
                 let match = Self.match(family)
-                rules.append("\(match) saddr . \(match) daddr @\(names.subnets(family)) return")
+                rules.append("\(match) saddr . \(match) daddr @\(names.podnets(family)) return")
             }
         }
         rules.append("goto \(names.snat)")
@@ -143,6 +165,7 @@ public struct NFTablesRenderer: Sendable {
         for chain in [names.post, names.masq, names.snat] { lines.append("delete chain \(Self.table) \(chain)") }
         lines += setDeclarations(names)
         for set in names.sets { lines.append("delete set \(Self.table) \(set)") }
+        lines += retiredSetRemoval(names)
         return lines.joined(separator: "\n") + "\n"
     }
 }

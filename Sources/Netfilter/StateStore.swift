@@ -59,50 +59,156 @@ public struct NetworkRecord: Equatable, Sendable {
     }
 }
 
+/// What reading an attachment's record found.
+public enum RecordRead: Sendable, Equatable {
+    case missing
+    /// The file exists but cannot be read as a record (garbage or empty).
+    case damaged(String)
+    /// The file holds another attachment's record (two names hashed to one file name).
+    case other(Owner)
+    case found(AttachmentRecord)
+
+    public var record: AttachmentRecord? {
+        if case .found(let record) = self { return record }
+        return nil
+    }
+}
+
+/// Who holds an address node-wide, as the ownership index says.
+public struct AddressHolder: Equatable, Sendable {
+    public var key: NetworkKey
+    /// The attachment's record file name in that network.
+    public var file: String
+
+    public init(key: NetworkKey, file: String) {
+        self.key = key
+        self.file = file
+    }
+
+    var text: String { key.rawValue + "/" + file }
+
+    init?(text: String) {
+        guard let slash = text.firstIndex(of: "/"), let key = NetworkKey(rawValue: String(text[..<slash])) else { return nil }
+        let file = String(text[text.index(after: slash)...])
+        guard !file.isEmpty, !file.hasPrefix("."), !file.contains("/") else { return nil }
+        self.init(key: key, file: file)
+    }
+}
+
+/// Remembers the previous content of every state file a verb changes, so a failed ADD can put them back.
+public final class StateJournal: @unchecked Sendable {
+    var saved: [(path: String, bytes: [UInt8]?)] = []
+    var seen: Set<String> = []
+
+    public init() {}
+
+    func note(_ path: String) throws(SystemError) {
+        guard seen.insert(path).inserted else { return }
+        saved.append((path, try Files.read(path)))
+    }
+
+    /// Puts every noted file back as it was (absent files removed), newest first.
+    public func rollBack() throws(SystemError) {
+        for (path, bytes) in saved.reversed() {
+            if let bytes {
+                try Files.makeDirectories(Files.parentDirectory(of: path))
+                try Files.writeAtomically(path, bytes)
+            } else {
+                try Files.remove(path)
+                _ = try Files.removeDirectoryIfEmpty(Files.parentDirectory(of: path))
+            }
+        }
+        saved = []
+        seen = []
+    }
+}
+
 /// The registrations' memory (DESIGN 1.5): small files on tmpfs, written under the node lock.
 ///
-/// Layout below `root`: `backend`; per network key `K`: `K/network.json`, `K/attachments/<containerID@ifname>`,
-/// `K/owners/<address>` (the attachment that owns an address now), `K/subnets/<cidr>/<attachment>` (members of a pod subnet).
+/// Layout below `root`, built so that no network name, container ID or interface name can make two things share a
+/// path: the node-wide files `backend` and `owners/<address>` (the ownership index: which network key and attachment
+/// hold an address now, node-wide); per network key `K` (see `NetworkKey`) everything below `networks/K/`:
+/// `network.json`, `attachments/<containerID@ifname>`, `subnets/<cidr>/<containerID@ifname>` (members of a pod
+/// subnet). Temporaries are `.`-named (`Files.writeAtomically`); no record name starts with `.`.
 public struct StateStore: Sendable {
     public var root: String
+    /// When set, every change is noted first so that it can be rolled back.
+    public var journal: StateJournal?
 
-    public init(root: String) { self.root = root }
+    public init(root: String, journal: StateJournal? = nil) {
+        self.root = root
+        self.journal = journal
+    }
+
+    /// Names directly below `root`: none of them can be a network's.
+    public static let nodeWideNames = ["backend", "networks", "owners"]
+
+    /// Why a lock file path cannot be used with this state directory (it would sit where records go), or nil.
+    public func conflict(lockFile: String) -> String? {
+        guard lockFile.hasPrefix(root + "/") else { return nil }
+        let relative = lockFile.dropFirst(root.count + 1)
+        let first = relative.prefix { $0 != "/" }
+        return Self.nodeWideNames.contains(String(first))
+            ? "lockFile \(lockFile) is inside the state directory's \(first) entry; put it elsewhere (e.g. \(root)/lock)" : nil
+    }
 
     static func fileName(for attachment: AttachmentKey) -> String {
         let name = attachment.containerID + "@" + attachment.ifname
         return name.utf8.count <= 200 ? name : "h-" + hex(fnv1a64(name), digits: 16)
     }
 
-    func networkDirectory(_ key: NetworkKey) -> String { root + "/" + key.rawValue }
+    public func networkDirectory(_ key: NetworkKey) -> String { root + "/networks/" + key.rawValue }
+    var ownersDirectory: String { root + "/owners" }
+
+    func write(_ path: String, _ bytes: [UInt8]) throws(SystemError) {
+        try journal?.note(path)
+        try Files.makeDirectories(Files.parentDirectory(of: path))
+        try Files.writeAtomically(path, bytes)
+    }
+
+    func delete(_ path: String) throws(SystemError) {
+        try journal?.note(path)
+        try Files.remove(path)
+    }
 
     // MARK: attachments
 
-    /// The record of an attachment, or nil.
-    public func record(of owner: Owner) throws(SystemError) -> AttachmentRecord? {
-        let path = networkDirectory(NetworkKey(network: owner.network)) + "/attachments/" + Self.fileName(for: owner.attachment)
-        guard let bytes = try Files.read(path), let json = try? JSONValue.parse(bytes) else { return nil }
-        return AttachmentRecord(json: json)
+    func recordPath(_ key: NetworkKey, _ file: String) -> String { networkDirectory(key) + "/attachments/" + file }
+
+    /// The record of an attachment, or nil (a damaged one reads as nil; see `read(_:)`).
+    public func record(of owner: Owner) throws(SystemError) -> AttachmentRecord? { try read(owner).record }
+
+    /// The record of an attachment: missing, damaged, or found.
+    public func read(_ owner: Owner) throws(SystemError) -> RecordRead {
+        let read = try readRecord(NetworkKey(network: owner.network), named: Self.fileName(for: owner.attachment))
+        if let record = read.record, record.owner != owner { return .other(record.owner) }
+        return read
+    }
+
+    func readRecord(_ key: NetworkKey, named file: String) throws(SystemError) -> RecordRead {
+        guard let bytes = try Files.read(recordPath(key, file)) else { return .missing }
+        guard let json = try? JSONValue.parse(bytes), let record = AttachmentRecord(json: json) else {
+            return .damaged(bytes.isEmpty ? "the record is empty" : "the record is not readable (\(bytes.count) bytes)")
+        }
+        return .found(record)
     }
 
     /// Writes (or replaces) an attachment's record.
     public func save(_ record: AttachmentRecord) throws(SystemError) {
-        let directory = networkDirectory(NetworkKey(network: record.owner.network)) + "/attachments"
-        try Files.makeDirectories(directory)
-        try Files.writeAtomically(directory + "/" + record.fileName, Array(record.json.serialized().utf8))
+        try write(recordPath(NetworkKey(network: record.owner.network), record.fileName), Array(record.json.serialized().utf8))
     }
 
     /// Forgets an attachment's record.
     public func remove(_ owner: Owner) throws(SystemError) {
-        try Files.remove(networkDirectory(NetworkKey(network: owner.network)) + "/attachments/" + Self.fileName(for: owner.attachment))
+        try delete(recordPath(NetworkKey(network: owner.network), Self.fileName(for: owner.attachment)))
     }
 
-    /// Every record of a network, sorted by attachment.
+    /// Every readable record of a network, sorted by attachment.
     public func records(in key: NetworkKey) throws(SystemError) -> [AttachmentRecord] {
-        let directory = networkDirectory(key) + "/attachments"
         var result: [AttachmentRecord] = []
-        for name in try Files.list(directory) {
-            if let bytes = try Files.read(directory + "/" + name), let json = try? JSONValue.parse(bytes),
-               let record = AttachmentRecord(json: json) {
+        for name in try Files.list(networkDirectory(key) + "/attachments") {
+            if let record = try readRecord(key, named: name).record, NetworkKey(network: record.owner.network) == key,
+               record.fileName == name {
                 result.append(record)
             }
         }
@@ -111,28 +217,48 @@ public struct StateStore: Sendable {
 
     /// The record stored under a file name in a network (the holder of an address).
     public func record(in key: NetworkKey, named fileName: String) throws(SystemError) -> AttachmentRecord? {
-        guard let bytes = try Files.read(networkDirectory(key) + "/attachments/" + fileName),
-              let json = try? JSONValue.parse(bytes) else { return nil }
-        return AttachmentRecord(json: json)
+        try readRecord(key, named: fileName).record
     }
 
-    // MARK: address ownership
+    // MARK: address ownership (node-wide)
 
-    /// The attachment file name that owns `address` in a network now, or nil.
-    public func ownerFile(of address: IPAddress, in key: NetworkKey) throws(SystemError) -> String? {
-        try Files.read(networkDirectory(key) + "/owners/\(address)").map { String(decoding: $0, as: UTF8.self) }
+    /// What the ownership index holds for `address`: nil when nobody, `.failure` text when the entry is unreadable.
+    public func holder(of address: IPAddress) throws(SystemError) -> Result<AddressHolder, OwnerFileDamage>? {
+        guard let bytes = try Files.read(ownersDirectory + "/\(address)") else { return nil }
+        guard let holder = AddressHolder(text: String(decoding: bytes, as: UTF8.self)) else { return .failure(OwnerFileDamage(bytes: bytes.count)) }
+        return .success(holder)
     }
 
-    /// Marks `owner` as the holder of `address`.
+    /// Whether the index names `owner` as the holder of `address`; a damaged entry counts as `owner`'s when its
+    /// record lists the address (the caller decides and logs).
+    public func holds(_ owner: Owner, _ address: IPAddress) throws(SystemError) -> Bool {
+        if case .success(let holder)? = try holder(of: address) { return holder == Self.holder(owner) }
+        return false
+    }
+
+    static func holder(_ owner: Owner) -> AddressHolder {
+        AddressHolder(key: NetworkKey(network: owner.network), file: fileName(for: owner.attachment))
+    }
+
+    /// Marks `owner` as the holder of `address`, node-wide.
     public func claim(_ address: IPAddress, for owner: Owner) throws(SystemError) {
-        let directory = networkDirectory(NetworkKey(network: owner.network)) + "/owners"
-        try Files.makeDirectories(directory)
-        try Files.writeAtomically(directory + "/\(address)", Array(Self.fileName(for: owner.attachment).utf8))
+        try write(ownersDirectory + "/\(address)", Array(Self.holder(owner).text.utf8))
     }
 
     /// Drops the ownership of `address`.
-    public func release(_ address: IPAddress, in key: NetworkKey) throws(SystemError) {
-        try Files.remove(networkDirectory(key) + "/owners/\(address)")
+    public func release(_ address: IPAddress) throws(SystemError) {
+        try delete(ownersDirectory + "/\(address)")
+    }
+
+    /// The addresses the index gives to `owner` (a scan of the index: only for a damaged record).
+    public func addresses(heldBy owner: Owner) throws(SystemError) -> [IPAddress] {
+        let wanted = Self.holder(owner).text
+        var found: [IPAddress] = []
+        for name in try Files.list(ownersDirectory) {
+            guard let address = IPAddress(name), let bytes = try Files.read(ownersDirectory + "/" + name) else { continue }
+            if String(decoding: bytes, as: UTF8.self) == wanted { found.append(address) }
+        }
+        return found
     }
 
     // MARK: pod subnets (reference counted by member files)
@@ -143,23 +269,35 @@ public struct StateStore: Sendable {
 
     /// Adds `owner` to the members of a pod subnet.
     public func join(_ subnet: CIDR, owner: Owner) throws(SystemError) {
-        let directory = subnetDirectory(subnet, in: NetworkKey(network: owner.network))
-        try Files.makeDirectories(directory)
-        try Files.writeAtomically(directory + "/" + Self.fileName(for: owner.attachment), [])
+        let path = subnetDirectory(subnet, in: NetworkKey(network: owner.network)) + "/" + Self.fileName(for: owner.attachment)
+        try journal?.note(path)
+        try Files.makeDirectories(Files.parentDirectory(of: path))
+        try Files.touch(path)
     }
 
     /// Removes `owner` from a pod subnet; true when no member is left (the subnet's element can go).
     public func leave(_ subnet: CIDR, owner: Owner) throws(SystemError) -> Bool {
         let directory = subnetDirectory(subnet, in: NetworkKey(network: owner.network))
-        try Files.remove(directory + "/" + Self.fileName(for: owner.attachment))
+        let path = directory + "/" + Self.fileName(for: owner.attachment)
+        guard Files.exists(path) else { return false }
+        try delete(path)
         return try Files.removeDirectoryIfEmpty(directory)
+    }
+
+    /// The pod subnets `owner` is a member of (a scan of the network's subnets: only for a damaged record).
+    public func subnets(joinedBy owner: Owner) throws(SystemError) -> [CIDR] {
+        let key = NetworkKey(network: owner.network), file = Self.fileName(for: owner.attachment)
+        return try Files.list(networkDirectory(key) + "/subnets").compactMap { name -> CIDR? in
+            guard Files.exists(networkDirectory(key) + "/subnets/" + name + "/" + file) else { return nil }
+            return try? CIDR.parse(String(name.map { $0 == "_" ? "/" : $0 })).get()
+        }
     }
 
     // MARK: networks
 
     /// The networks with any state, sorted.
     public func networks() throws(SystemError) -> [NetworkKey] {
-        try Files.list(root).compactMap { NetworkKey(rawValue: $0) }.filter { Files.exists(root + "/" + $0.rawValue + "/network.json") || Files.exists(root + "/" + $0.rawValue + "/attachments") }
+        try Files.list(root + "/networks").compactMap { NetworkKey(rawValue: $0) }
     }
 
     /// What was last applied for a network.
@@ -174,19 +312,40 @@ public struct StateStore: Sendable {
 
     /// Remembers what was applied for a network.
     public func save(_ record: NetworkRecord) throws(SystemError) {
-        let directory = networkDirectory(NetworkKey(network: record.network))
-        try Files.makeDirectories(directory)
         let json = JSONValue.object(JSONObject([
             ("network", .string(record.network)), ("backend", .string(record.backend.rawValue)),
             ("fingerprint", .string(record.fingerprint)), ("policy", record.policy),
         ] + (record.iptablesMode.map { [("iptablesMode", JSONValue.string($0.rawValue))] } ?? [])
           + (record.masqChain.map { [("masqChain", JSONValue.string($0))] } ?? [])))
-        try Files.writeAtomically(directory + "/network.json", Array(json.serialized().utf8))
+        try write(networkDirectory(NetworkKey(network: record.network)) + "/network.json", Array(json.serialized().utf8))
     }
 
-    /// Removes all state of a network.
+    /// The other network whose name has the same key as `network` (a hash collision), if its state is here.
+    public func collision(for network: String) throws(SystemError) -> String? {
+        let key = NetworkKey(network: network)
+        if let record = try networkRecord(key), record.network != network { return record.network }
+        return nil
+    }
+
+    /// Removes all state of a network, its entries in the ownership index included.
     public func removeNetwork(_ key: NetworkKey) throws(SystemError) {
         try Files.removeTree(networkDirectory(key))
+        let prefix = key.rawValue + "/"
+        for name in try Files.list(ownersDirectory) {
+            if let bytes = try Files.read(ownersDirectory + "/" + name), String(decoding: bytes, as: UTF8.self).hasPrefix(prefix) {
+                try Files.remove(ownersDirectory + "/" + name)
+            }
+        }
+    }
+
+    /// Removes the node-wide files and the directory itself when no network is left.
+    public func removeIfEmpty() throws(SystemError) {
+        guard try networks().isEmpty else { return }
+        try Files.remove(root + "/backend")
+        // With no network left, no ownership entry can name a record: the index goes whole.
+        try Files.removeTree(ownersDirectory)
+        if try Files.list(root + "/networks").isEmpty { try Files.removeTree(root + "/networks") }
+        _ = try Files.removeDirectoryIfEmpty(root)
     }
 
     // MARK: backend choice
@@ -201,6 +360,11 @@ public struct StateStore: Sendable {
         try Files.makeDirectories(root)
         try Files.writeAtomically(root + "/backend", Array(backend.rawValue.utf8))
     }
+}
+
+/// An ownership index entry that cannot be read.
+public struct OwnerFileDamage: Error, Sendable, Equatable {
+    public var bytes: Int
 }
 
 extension String {

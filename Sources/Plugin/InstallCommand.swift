@@ -461,6 +461,9 @@ struct Installer {
     func write(_ path: String, _ bytes: [UInt8], mode: mode_t, onlyWhenChanged: Bool = false) throws(InstallError) -> Bool {
         if onlyWhenChanged, (try? Files.read(path)) == bytes { return false }
         let temporary = Files.parentDirectory(of: path) + "/.ip-masq-install.\(getpid()).tmp"
+        // A temporary of this name is stale: an earlier install with the same PID (PID 1 in an init container) was
+        // killed between its write and its rename. It is replaced, not an obstacle forever.
+        if unlink(temporary) != 0 && errno != ENOENT { throw InstallError("cannot remove the stale \(temporary): \(SystemError("unlink"))") }
         let fd = open(temporary, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, mode)
         guard fd >= 0 else { throw InstallError("cannot create \(temporary): \(SystemError("open"))") }
         var failure: SystemError?

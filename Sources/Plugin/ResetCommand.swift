@@ -109,10 +109,7 @@ enum ResetCommand {
                 failures.append("table \(NFTablesRenderer.table): \(error)")
             }
         }
-        if try store.networks().isEmpty {
-            try Files.remove(config.stateDir + "/backend")
-            _ = try Files.removeDirectoryIfEmpty(config.stateDir)
-        }
+        try store.removeIfEmpty()
         if lines.isEmpty { lines.append("nothing to reset in \(config.stateDir)") }
         return (lines, failures)
     }

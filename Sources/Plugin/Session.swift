@@ -18,6 +18,14 @@ final class Session {
     /// Where the network's rules were recorded when that differs from where they belong now (a backend or
     /// iptables flavour switch): `moveIfNeeded` moves them.
     private(set) var recordedElsewhere: NetworkRecord?
+    /// The state files this verb changed, put back when its change fails (a failed ADD leaves nothing replayable).
+    let journal = StateJournal()
+    /// Entries of other networks to remove after this network's change: addresses this verb took over.
+    private var foreign: [NetworkKey: [Registration]] = [:]
+    /// Another network whose name has this network's key (a hash collision) and whose state is here, if any.
+    private(set) var collision: String?
+    /// Attachments whose records the last restore could not install (skipped and logged).
+    private(set) var skipped: Set<Owner> = []
 
     /// - Parameters:
     ///   - readOnly: CHECK: the node's backend choice is not written either.
@@ -27,9 +35,10 @@ final class Session {
         self.config = config
         self.network = network
         key = NetworkKey(network: network)
-        store = StateStore(root: config.stateDir)
+        store = StateStore(root: config.stateDir, journal: journal)
         log = plugin.log
         makeBackend = plugin.makeBackend
+        if let problem = store.conflict(lockFile: config.lockFile) { throw CNIError(.invalidConfig, problem) }
         do { lock = try FileLock(path: config.lockFile, timeout: config.lockTimeout) } catch {
             switch error {
             case .timedOut: throw CNIError(.tryAgainLater, "\(error)", details: "another invocation holds the lock; retry later")
@@ -37,7 +46,15 @@ final class Session {
             }
         }
         let store = self.store, key = self.key
-        let record = try Self.stateDirectory(config) { () throws(SystemError) in try store.networkRecord(key) }
+        do { collision = try store.collision(for: network) } catch {
+            throw CNIError(.stateFailure, "cannot read the state directory \(quoted(config.stateDir))", details: "\(error)")
+        }
+        if let collision, !forDelete {
+            throw CNIError(.invalidConfig, "network name \(quoted(network)) has the same state key \(key) as network \(quoted(collision))",
+                           details: "rename one of the two networks")
+        }
+        // The record of another network with this key (a collision) is not this network's placement.
+        let record = collision != nil ? nil : try Self.stateDirectory(config) { () throws(SystemError) in try store.networkRecord(key) }
         var placed = config
         if recordedBackendWins, let record, record.backend != .auto {
             placed.backend = record.backend
@@ -186,50 +203,115 @@ final class Session {
         return lastGood
     }
 
+    /// Whether `owner`, whose record lists `address`, holds it now: the ownership index names it, or names nobody.
+    /// A damaged index entry counts as the record's (logged), so that its element is not left behind.
+    func owns(_ owner: Owner, _ address: IPAddress) throws(SystemError) -> Bool {
+        switch try store.holder(of: address) {
+        case nil: return true
+        case .success(let holder)?: return holder == AddressHolder(key: NetworkKey(network: owner.network), file: AttachmentRecord(owner: owner, addresses: []).fileName)
+        case .failure(let damage)?:
+            log.warning("the ownership entry of \(address) is damaged (\(damage.bytes) bytes); taking it as \(owner.tag)'s, whose record lists it")
+            return true
+        }
+    }
+
     /// Adds registrations for `owner` to the change and writes their records first (write-ahead: records ⊇ netfilter).
+    /// An address another attachment holds, in this network or any other on the node, is taken over.
     func register(_ registrations: [Registration], owner: Owner, into change: inout NetworkChange) throws(CNIError) {
-        try state { () throws(SystemError) in
-            let me = AttachmentRecord(owner: owner, addresses: registrations.map(\.pod))
-            let newAddresses = Set(me.addresses)
-            if let previous = try store.record(of: owner) {
-                // A repeated ADD with other addresses: drop the old ones this attachment still owns.
-                for pod in previous.addresses where !newAddresses.contains(pod) {
-                    if try store.ownerFile(of: pod.address, in: key) == me.fileName {
-                        change.remove.append(Registration(owner: owner, pod: pod))
-                        try store.release(pod.address, in: key)
+        do throws(CNIError) {
+            try state { () throws(SystemError) in
+                let me = AttachmentRecord(owner: owner, addresses: registrations.map(\.pod))
+                let newAddresses = Set(me.addresses)
+                switch try store.read(owner) {
+                case .found(let previous):
+                    // A repeated ADD with other addresses: drop the old ones this attachment still owns.
+                    for pod in previous.addresses where !newAddresses.contains(pod) && !newAddresses.map(\.address).contains(pod.address) {
+                        if try owns(owner, pod.address) {
+                            change.remove.append(Registration(owner: owner, pod: pod))
+                            try store.release(pod.address)
+                        }
+                    }
+                    for pod in previous.addresses where !newAddresses.contains(pod) && newAddresses.map(\.address).contains(pod.address) {
+                        change.remove.append(Registration(owner: owner, pod: pod)) // same address, other subnet
+                    }
+                    for subnet in Set(previous.addresses.map(\.subnet)).subtracting(me.addresses.map(\.subnet)) {
+                        if try store.leave(subnet, owner: owner) { change.removeSubnets.append(subnet) }
+                    }
+                case .damaged(let why):
+                    try removeDamaged(owner, why: why, into: &change, releasing: true)
+                case .other(let holder):
+                    throw SystemError("the state file of \(owner.tag) holds the record of \(holder.tag) (their names hash alike)", errno: 17)
+                case .missing:
+                    break
+                }
+                for registration in registrations {
+                    // An address another attachment still holds (IP reuse before its DEL): take it over.
+                    let address = registration.pod.address
+                    guard case .success(let holder)? = try store.holder(of: address),
+                          holder != AddressHolder(key: key, file: me.fileName),
+                          let other = try store.record(in: holder.key, named: holder.file),
+                          let pod = other.addresses.first(where: { $0.address == address }) else { continue }
+                    if holder.key == key {
+                        change.remove.append(Registration(owner: other.owner, pod: pod))
+                        log.info("\(address) moves from \(other.owner.tag) to \(owner.tag)")
+                    } else {
+                        foreign[holder.key, default: []].append(Registration(owner: other.owner, pod: pod))
+                        log.warning("\(address) is taken over by \(owner.tag) from \(other.owner.tag) of network \(other.owner.network) (its DEL never came): its entry there goes")
                     }
                 }
-                for subnet in Set(previous.addresses.map(\.subnet)).subtracting(me.addresses.map(\.subnet)) {
-                    if try store.leave(subnet, owner: owner) { change.removeSubnets.append(subnet) }
+                try store.save(me)
+                for pod in me.addresses { try store.claim(pod.address, for: owner) }
+                for subnet in Set(me.addresses.map(\.subnet)).sorted() {
+                    try store.join(subnet, owner: owner)
+                    change.addSubnets.append(subnet)
                 }
+                change.add += registrations
             }
-            for registration in registrations {
-                // An address another attachment still holds (IP reuse before its DEL): take it over.
-                if let holder = try store.ownerFile(of: registration.pod.address, in: key), holder != me.fileName,
-                   let other = try store.record(in: key, named: holder), let pod = other.addresses.first(where: { $0.address == registration.pod.address }) {
-                    change.remove.append(Registration(owner: other.owner, pod: pod))
-                    log.info("\(registration.pod.address) moves from \(other.owner.tag) to \(owner.tag)")
-                }
-            }
-            try store.save(me)
-            for pod in me.addresses { try store.claim(pod.address, for: owner) }
-            for subnet in Set(me.addresses.map(\.subnet)).sorted() {
-                try store.join(subnet, owner: owner)
-                change.addSubnets.append(subnet)
-            }
-            change.add += registrations
+        } catch {
+            rollBack()
+            throw error
         }
+    }
+
+    /// For a record that cannot be read: removes what the ownership index and the element comments give `owner`.
+    private func removeDamaged(_ owner: Owner, why: String, into change: inout NetworkChange, releasing: Bool) throws(SystemError) {
+        var pods: [PodAddress] = []
+        var notes: [String] = []
+        do { pods = try backend.entries(network: network, taggedWith: owner.tag) } catch {
+            notes.append("the element comments could not be read: \(error)")
+        }
+        for address in try store.addresses(heldBy: owner) where !pods.contains(where: { $0.address == address }) {
+            pods.append(PodAddress(address: address, subnet: CIDR(network: address, prefix: address.family.bitWidth)))
+        }
+        for pod in pods {
+            change.remove.append(Registration(owner: owner, pod: pod))
+            if releasing, try store.holds(owner, pod.address) { try store.release(pod.address) }
+        }
+        for subnet in try store.subnets(joinedBy: owner) where try store.leave(subnet, owner: owner) {
+            change.removeSubnets.append(subnet)
+        }
+        if pods.isEmpty { notes.append("no entry of it found in the ownership index or the element comments") }
+        log.warning("the record of \(owner.tag) is damaged (\(why)): removing \(pods.isEmpty ? "nothing" : pods.map { "\($0.address)" }.joined(separator: ", "))"
+                    + " as the ownership index and the element comments say" + (notes.isEmpty ? "" : "; " + notes.joined(separator: "; ")))
     }
 
     /// Adds the removal of what `owner` still owns to the change (its record stays until `forget`).
     func unregister(_ owner: Owner, into change: inout NetworkChange) throws(CNIError) {
         try state { () throws(SystemError) in
-            guard let record = try store.record(of: owner) else { return }
-            for pod in record.addresses where try store.ownerFile(of: pod.address, in: key) == record.fileName {
-                change.remove.append(Registration(owner: owner, pod: pod))
-            }
-            for subnet in Set(record.addresses.map(\.subnet)).sorted() where try store.leave(subnet, owner: owner) {
-                change.removeSubnets.append(subnet)
+            switch try store.read(owner) {
+            case .found(let record):
+                for pod in record.addresses where try owns(owner, pod.address) {
+                    change.remove.append(Registration(owner: owner, pod: pod))
+                }
+                for subnet in Set(record.addresses.map(\.subnet)).sorted() where try store.leave(subnet, owner: owner) {
+                    change.removeSubnets.append(subnet)
+                }
+            case .damaged(let why):
+                try removeDamaged(owner, why: why, into: &change, releasing: false)
+            case .other(let holder):
+                log.warning("the state file of \(owner.tag) holds the record of \(holder.tag) (their names hash alike): left alone")
+            case .missing:
+                break
             }
         }
     }
@@ -237,11 +319,23 @@ final class Session {
     /// Forgets an attachment after its removal was applied.
     func forget(_ owner: Owner) throws(CNIError) {
         try state { () throws(SystemError) in
-            guard let record = try store.record(of: owner) else { return }
-            for pod in record.addresses where try store.ownerFile(of: pod.address, in: key) == record.fileName {
-                try store.release(pod.address, in: key)
+            switch try store.read(owner) {
+            case .found(let record):
+                for pod in record.addresses where try owns(owner, pod.address) { try store.release(pod.address) }
+                try store.remove(owner)
+            case .damaged:
+                for address in try store.addresses(heldBy: owner) { try store.release(address) }
+                try store.remove(owner)
+            case .other, .missing:
+                break
             }
-            try store.remove(owner)
+        }
+    }
+
+    /// Puts the state files this verb changed back (after a failed change).
+    func rollBack() {
+        do { try journal.rollBack() } catch {
+            log.error("cannot put the records back after a failed change: \(error)")
         }
     }
 
@@ -250,24 +344,104 @@ final class Session {
     }
 
     func records() throws(CNIError) -> [AttachmentRecord] {
-        try state { () throws(SystemError) in try store.records(in: key) }
+        try state { () throws(SystemError) in try store.records(in: key) }.filter { $0.owner.network == network }
+    }
+
+    /// The registrations of records whose addresses they still hold (restore and inspection install only those).
+    func owned(_ records: [AttachmentRecord]) throws(CNIError) -> [Registration] {
+        try state { () throws(SystemError) in
+            var result: [Registration] = []
+            for record in records {
+                for pod in record.addresses where try owns(record.owner, pod.address) { result.append(Registration(owner: record.owner, pod: pod)) }
+            }
+            return result
+        }
+    }
+
+    /// `change` plus the entries each other recorded attachment still owns, and their pod subnets.
+    func withOtherRecords(_ change: NetworkChange) throws(CNIError) -> NetworkChange {
+        var complete = change
+        let removed = Set(change.remove), mine = Set(change.add.map(\.owner))
+        for record in try records() where !mine.contains(record.owner) {
+            complete.add += try owned([record]).filter { !removed.contains($0) && !complete.add.contains($0) }
+            complete.addSubnets += record.addresses.map(\.subnet).filter { !complete.addSubnets.contains($0) && !change.removeSubnets.contains($0) }
+        }
+        return complete
     }
 
     /// Applies a change; when the network's objects were removed by someone else (a firewall reload),
     /// rebuilds the node-wide part and every recorded registration of the network, then applies again.
+    /// A failed change puts the records back as they were (a failed ADD leaves nothing a restore replays), except
+    /// when the objects are missing and no rebuild is asked (DEL, GC: the removal stands, the caller goes on).
     func apply(_ change: NetworkChange, rebuildOnMissing: Bool = true) throws(CNIError) {
-        // A node-wide rewrite also re-adds every recorded registration: after a firewall reload deleted the
-        // network's objects, it recreates them, and the other pods' entries must come back with them.
-        let complete = change.policy == nil ? change : try withRecordedRegistrations(change, keepingRemovals: true)
+        // A node-wide rewrite also re-adds the other recorded pods' entries: after a firewall reload deleted the
+        // network's objects, the rewrite recreates them, and those entries must come back with them. When that
+        // fails, the change alone goes the usual way (a missing object there rebuilds, a refused record is skipped).
+        if change.policy != nil {
+            let complete = try withOtherRecords(change)
+            if complete.add.count > change.add.count {
+                var applied = false
+                do throws(BackendError) {
+                    try backend.apply(complete)
+                    applied = true
+                } catch {
+                    log.debug("the rewrite with every recorded pod failed (\(error.message)); applying the change alone")
+                }
+                if applied { try savePendingNetworkRecord(); return }
+            }
+        }
         do {
-            try backend.apply(complete)
+            try backend.apply(change)
         } catch where error.kind == .missingObjects && rebuildOnMissing {
             log.warning("the network's netfilter objects are missing (\(error.message)); restoring them from the records")
-            try restore(policy: change.policy, then: change)
+            do { try restore(policy: change.policy, then: change) } catch {
+                rollBack()
+                throw error
+            }
+        } catch where error.kind == .missingObjects {
+            throw Self.cniError(error)
+        } catch where error.kind == .partial {
+            log.warning("removed, except: \(error.message)")
+        } catch where error.kind == .failed && !change.remove.isEmpty && !(change.add.isEmpty && change.policy == nil) {
+            // A removal the kernel refuses (entries of a record it could never have installed) must not block the
+            // rest: the removals on their own (element by element if need be), then the rest.
+            var removal = NetworkChange(network: network), rest = change
+            removal.remove = change.remove
+            removal.removeSubnets = change.removeSubnets
+            rest.remove = []
+            rest.removeSubnets = []
+            do { try backend.apply(removal) } catch where error.kind == .partial || error.kind == .missingObjects {
+                log.warning("removed, except: \(error.message)")
+            } catch {
+                rollBack()
+                throw Self.cniError(error)
+            }
+            do { try backend.apply(rest) } catch {
+                rollBack()
+                throw Self.cniError(error)
+            }
         } catch {
+            rollBack()
             throw Self.cniError(error)
         }
+        applyForeignRemovals()
         try savePendingNetworkRecord()
+    }
+
+    /// Removes the entries of addresses taken over from attachments of other networks (each in its own backend).
+    private func applyForeignRemovals() {
+        for (otherKey, registrations) in foreign.sorted(by: { $0.key < $1.key }) {
+            guard let name = registrations.first?.owner.network else { continue }
+            let kind = ((try? store.networkRecord(otherKey)) ?? nil)?.backend ?? backend.kind
+            var removal = NetworkChange(network: name)
+            removal.remove = registrations
+            do { try makeBackend(kind, config).apply(removal) } catch where error.kind == .missingObjects {
+                // The other network's objects are gone: nothing of it to remove.
+            } catch {
+                log.warning("cannot remove \(registrations.map { "\($0.pod.address) of \($0.owner.tag)" }.joined(separator: ", ")) from network \(name): \(error)")
+            }
+        }
+        foreign = [:]
     }
 
     /// Rebuilds the network from its records (the agent's repair after a firewall reload) and remembers the policy.
@@ -296,29 +470,43 @@ final class Session {
         guard let policy = known else {
             throw CNIError(.netfilterFailure, "the network's rules are missing and no config to restore them is known")
         }
-        var rebuild = try withRecordedRegistrations(change, keepingRemovals: false)
-        rebuild.policy = policy
-        do { try backend.apply(rebuild) } catch { throw Self.cniError(error) }
-        pendingNetworkRecord = networkRecord(for: policy)
-    }
-
-    /// `change` plus every recorded registration and pod subnet of the network that it does not remove. Without
-    /// its removals (a restore into emptied objects, where deleting would fail), or with them (a rewrite of intact ones).
-    func withRecordedRegistrations(_ change: NetworkChange, keepingRemovals: Bool) throws(CNIError) -> NetworkChange {
         var rebuild = change
-        let removed = Set(change.remove)
-        for record in try records() {
-            for pod in record.addresses {
-                let registration = Registration(owner: record.owner, pod: pod)
-                if !removed.contains(registration) && !rebuild.add.contains(registration) { rebuild.add.append(registration) }
-            }
+        rebuild.policy = policy
+        rebuild.remove = []
+        rebuild.removeSubnets = []
+        let removed = Set(change.remove), mine = Set(change.add.map(\.owner))
+        // Only each address's current owner is installed; a record the backend refuses is skipped and logged.
+        var others: [(AttachmentRecord, [Registration])] = []
+        for record in try records() where !mine.contains(record.owner) {
+            let registrations = try owned([record]).filter { !removed.contains($0) }
+            others.append((record, registrations))
+            rebuild.add += registrations
             rebuild.addSubnets += record.addresses.map(\.subnet).filter { !rebuild.addSubnets.contains($0) && !change.removeSubnets.contains($0) }
         }
-        if !keepingRemovals {
-            rebuild.remove = []
-            rebuild.removeSubnets = []
+        do { try backend.apply(rebuild) } catch where error.kind == .failed {
+            // One record may be what the backend refuses: the node-wide part and this verb's own change first, then
+            // each other record on its own.
+            var base = change
+            base.policy = policy
+            base.remove = []
+            base.removeSubnets = []
+            do { try backend.apply(base) } catch { throw Self.cniError(error) }
+            var skipped: [String] = []
+            for (record, registrations) in others {
+                var one = NetworkChange(network: network)
+                one.add = registrations
+                one.addSubnets = Array(Set(record.addresses.map(\.subnet))).sorted()
+                do { try backend.apply(one) } catch {
+                    skipped.append(record.owner.tag)
+                    self.skipped.insert(record.owner)
+                    log.warning("restore: skipped the record of \(record.owner.tag) (\(record.addresses.map { "\($0.address) on \($0.subnet)" }.joined(separator: ", "))), which the backend refuses: \(error)")
+                }
+            }
+            log.warning("restore: \(others.count - skipped.count) of \(others.count) recorded attachment(s) restored, \(skipped.count) skipped")
+        } catch {
+            throw Self.cniError(error)
         }
-        return rebuild
+        pendingNetworkRecord = NetworkRecord(network: network, backend: backend.kind, fingerprint: backend.fingerprint(of: policy), policy: policy.json)
     }
 
     /// The policy last applied to this network, from its record.
@@ -328,7 +516,7 @@ final class Session {
 
     /// What CHECK finds wrong with the network and these attachments.
     func inspect(policy: NetworkPolicy, records: [AttachmentRecord]) throws(CNIError) -> [String] {
-        let registrations = records.flatMap { record in record.addresses.map { Registration(owner: record.owner, pod: $0) } }
+        let registrations = try owned(records)
         let subnets = Array(Set(records.flatMap { $0.addresses.map(\.subnet) })).sorted()
         do { return try backend.inspect(network: network, policy: policy, registrations: registrations, subnets: subnets).problems } catch {
             throw Self.cniError(error)
@@ -342,7 +530,7 @@ final class Session {
         case .transient: return CNIError(.tryAgainLater, "netfilter is busy", details: error.message)
         case .missingObjects: return CNIError(.netfilterFailure, "netfilter objects are missing", details: "missing: " + error.message)
         case .unavailable: return CNIError(.netfilterFailure, "the netfilter backend is not usable", details: error.message)
-        case .failed: return CNIError(.netfilterFailure, "applying the rules failed", details: error.message)
+        case .failed, .partial: return CNIError(.netfilterFailure, "applying the rules failed", details: error.message)
         }
     }
 

@@ -178,7 +178,7 @@ extension EndToEndTests {
         // CHECK passes on a healthy attachment (libcni hands the cached result as prevResult).
         try site.node.expectSuccess("check", network: network, pod: a)
         // CHECK fails once A's element is gone behind the plugin's back.
-        let set = try #require(try site.node.ruleset().firstMatch(of: /set (pods4_\w+)/)?.1)
+        let set = try #require(try site.node.ruleset().firstMatch(of: /set (pods4_[\w-]+)/)?.1)
         try site.node.netns.exec(["nft", "delete", "element", "inet", "ip_masq", String(set), "{ \(addressA) }"], check: true)
         let failed = try site.node.harness("check", network: network, pod: a)
         #expect(failed.status != 0)

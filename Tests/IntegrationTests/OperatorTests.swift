@@ -82,7 +82,7 @@ struct BackendUnderTest: Sendable, CustomTestStringConvertible {
             return [("flushed chain", "nft flush chain inet ip_masq masq_testnet"),
                     ("deleted table", "nft delete table inet ip_masq"),
                     ("flushed pod set", "nft flush set inet ip_masq pods4_testnet"),
-                    ("flushed subnet set", "nft flush set inet ip_masq subnets4_testnet")]
+                    ("flushed subnet set", "nft flush set inet ip_masq podnets4_testnet")]
         }
         let reload = "\(iptables) -w 5 -t nat -F && \(iptables) -w 5 -t nat -X && \(ip6tables) -w 5 -t nat -F && \(ip6tables) -w 5 -t nat -X"
         return [("flushed chain", "\(iptables) -w 5 -t nat -F IP-MASQ-AGENT"),

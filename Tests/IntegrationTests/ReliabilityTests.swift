@@ -43,9 +43,10 @@ enum Flavour: String, CaseIterable, Sendable, CustomTestStringConvertible {
         for family in ["4", "6"] {
             switch self {
             case .nftables:
-                for element in try nftElements(ns, set: "subnets\(family)_\(network)") {
-                    let parts = ((element.value as? [String: Any])?["concat"] as? [[String: Any]]) ?? []
-                    if let prefix = parts.first?["prefix"] as? [String: Any], let address = prefix["addr"] as? String, let length = prefix["len"] as? Int {
+                // One `address . subnet` element per pod: the subnet is the second field.
+                for element in try nftElements(ns, set: "podnets\(family)_\(network)") {
+                    let parts = ((element.value as? [String: Any])?["concat"] as? [Any]) ?? []
+                    if let prefix = (parts.last as? [String: Any])?["prefix"] as? [String: Any], let address = prefix["addr"] as? String, let length = prefix["len"] as? Int {
                         result.insert("\(address)/\(length)")
                     }
                 }
@@ -69,7 +70,7 @@ enum Flavour: String, CaseIterable, Sendable, CustomTestStringConvertible {
             let kept = items.compactMap { item -> Any? in
                 guard var object = item as? [String: Any] else { return item }
                 if object["metainfo"] != nil { return nil }
-                if var set = object["set"] as? [String: Any], let name = set["name"] as? String, name.hasPrefix("pods") || name.hasPrefix("subnets") {
+                if var set = object["set"] as? [String: Any], let name = set["name"] as? String, name.hasPrefix("pods") || name.hasPrefix("podnets") || name.hasPrefix("subnets") {
                     set["elem"] = nil
                     set["handle"] = nil
                     object["set"] = set
@@ -253,13 +254,15 @@ struct TestPod: Hashable {
     }
 }
 
-/// The attachment records a state directory holds for a network: record file names, and address → owner file name.
+/// The attachment records a state directory holds for a network (a plain network key): record file names, and
+/// address → owner file name from the node-wide ownership index (`owners/<address>` holding `<key>/<file>`).
 func records(stateDir: String, network: String) -> (attachments: Set<String>, owners: [String: String]) {
     let manager = FileManager.default
-    let attachments = Set(((try? manager.contentsOfDirectory(atPath: "\(stateDir)/\(network)/attachments")) ?? []).filter { !$0.hasSuffix(".tmp") })
+    let attachments = Set(((try? manager.contentsOfDirectory(atPath: "\(stateDir)/networks/\(network)/attachments")) ?? []).filter { !$0.hasPrefix(".") })
     var owners: [String: String] = [:]
-    for name in ((try? manager.contentsOfDirectory(atPath: "\(stateDir)/\(network)/owners")) ?? []) where !name.hasSuffix(".tmp") {
-        owners[name] = (try? String(contentsOfFile: "\(stateDir)/\(network)/owners/\(name)", encoding: .utf8)) ?? "?"
+    for name in ((try? manager.contentsOfDirectory(atPath: "\(stateDir)/owners")) ?? []) where !name.hasPrefix(".") {
+        let holder = (try? String(contentsOfFile: "\(stateDir)/owners/\(name)", encoding: .utf8)) ?? "?"
+        if holder.hasPrefix(network + "/") { owners[name] = String(holder.dropFirst(network.count + 1)) }
     }
     return (attachments, owners)
 }

@@ -22,11 +22,13 @@ import Testing
         let added = try #require(batch.commands.first { $0.add && $0.comment == "bench/c9/eth0" && $0.key.count == 4 })
         #expect(added.family == 1 && added.table == "ip_masq" && added.set == "pods4_bench")
         #expect(added.key == [10, 200, 200, 9] && added.keyEnd == nil)
-        let subnet = try #require(batch.commands.first { $0.add && $0.set == "subnets6_bench" })
+        // The pod's `address . subnet` element: the address as a full-length prefix, then its /64.
+        let subnet = try #require(batch.commands.first { $0.add && $0.set == "podnets6_bench" })
         #expect(subnet.key.count == 32 && subnet.keyEnd?.count == 32)
-        #expect(subnet.keyEnd.map { Array($0[8..<16]) } == Array(repeating: 0xFF, count: 8))
+        #expect(subnet.keyEnd.map { Array($0[0..<16]) } == subnet.key.prefix(16).map { $0 })
+        #expect(subnet.keyEnd.map { Array($0[24..<32]) } == Array(repeating: 0xFF, count: 8))
         let removed = batch.commands.filter { !$0.add }
-        #expect(removed.map(\.set) == ["pods4_bench", "subnets4_bench"])
+        #expect(removed.map(\.set) == ["pods4_bench", "podnets4_bench"])
         #expect(removed.allSatisfy { $0.comment == nil })
     }
 
@@ -36,7 +38,7 @@ import Testing
         "add element inet ip_masq nomasq4_bench { 10.0.0.0/8, 172.16.0.0/12 }",
         "add element inet ip_masq nomasq4_bench { 10.0.0.0/8 }",
         "get element inet ip_masq pods4_bench { 10.0.0.1 }",
-        "add element inet ip_masq subnets4_bench { 10.0.0.1/8 . 10.0.0.0/8 }",
+        "add element inet ip_masq podnets4_bench { 10.0.0.1/8 . 10.0.0.0/8 }",
         "add element inet ip_masq pods4_bench { 10.0.0.1 comment \"a\"b\" }",
         "add element bridge ip_masq pods4_bench { 10.0.0.1 }",
         "add element inet ip_masq pods4_bench { 10.0.0.1 } ; flush ruleset",

@@ -40,7 +40,11 @@ let nftGoldenCases: [(String, String)] = [
         let (_, pods) = try plan("{}", addresses: ["10.244.1.8/24"])
         var add = NetworkChange(network: "podnet")
         add.add = pods
-        #expect(renderer.script(for: add, fingerprint: "x") == #"add element inet ip_masq pods4_podnet { 10.244.1.8 comment "podnet/0123abcd/eth0" }"# + "\n")
+        #expect(renderer.script(for: add, fingerprint: "x") == #"""
+            add element inet ip_masq podnets4_podnet { 10.244.1.8/32 . 10.244.1.0/24 comment "podnet/0123abcd/eth0" }
+            add element inet ip_masq pods4_podnet { 10.244.1.8 comment "podnet/0123abcd/eth0" }
+
+            """#)
         var del = NetworkChange(network: "podnet")
         del.remove = pods
         del.removeSubnets = [pods[0].pod.subnet]
@@ -52,7 +56,7 @@ let nftGoldenCases: [(String, String)] = [
         let owner = Owner(network: "net.with-dash", containerID: "abc\"; flush ruleset; \"", ifname: "e\nth0")
         #expect(!owner.tag.contains("\"") && !owner.tag.contains("\n") && !owner.tag.contains(";") && !owner.tag.contains(" "))
         let key = NetworkKey(network: "net.with-dash")
-        #expect(key.rawValue.allSatisfy { $0.isLetter || $0.isNumber || $0 == "_" })
+        #expect(key.rawValue.allSatisfy { $0.isLetter || $0.isNumber || $0 == "_" || $0 == "-" })
         #expect(NetworkKey(network: "net.with-dash") != NetworkKey(network: "net_with_dash"))
     }
 
