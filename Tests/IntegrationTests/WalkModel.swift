@@ -323,6 +323,8 @@ struct ExpectedNetwork {
     var requiredSubnets: Set<WalkCIDR> = []
     var coveredSubnets: Set<WalkCIDR> = []
     var allowedSubnets: Set<WalkCIDR> = []
+    /// Per-pod exemptions (`address . subnet` elements, nftables): per address the acceptable subnets (nil: absent).
+    var podnets: [String: Set<WalkCIDR?>] = [:]
 }
 
 /// The model: configs, records as the contract says they must be, and what must be in netfilter.
@@ -473,7 +475,10 @@ struct WalkModel {
             return missing("IPv\(v6 ? 6 : 4) rules are \(observed.families[v6]??.description ?? "absent"), the policy in force is \(policy.family(v6: v6))")
         }
         for ip in registered where observed.pods[ip.address] != who.tag { return missing("\(ip.address) is installed as \(observed.pods[ip.address] ?? "nothing")") }
-        for ip in registered where !observed.subnets.contains(where: { $0.contains(ip.subnet) }) { return missing("subnet \(ip.subnet) is not exempted") }
+        for ip in registered {
+            let exempted = observed.podnets.map { $0[ip.address] == ip.subnet } ?? observed.subnets.contains { $0.contains(ip.subnet) }
+            if !exempted { return missing("subnet \(ip.subnet) of \(ip.address) is not exempted") }
+        }
         return ExpectedOutcome(success: true, why: "nothing is missing")
     }
 
@@ -511,13 +516,20 @@ struct WalkModel {
             }
             for (address, who) in owner where who.network == name {
                 var allowed: Set<String?> = [who.tag]
-                if (net.degraded || net.damaged.contains(who)) && !mustHave.contains(address) { allowed.insert(nil) }
+                var subnet: Set<WalkCIDR?> = Set((net.attachments[who] ?? []).filter { $0.address == address }.map(\.subnet))
+                if (net.degraded || net.damaged.contains(who)) && !mustHave.contains(address) {
+                    allowed.insert(nil)
+                    subnet.insert(nil)
+                }
                 expected.pods[address] = allowed
+                expected.podnets[address] = subnet
             }
             let healthy = net.attachments.filter { !net.damaged.contains($0.key) }
             expected.allowedSubnets = Set(net.attachments.values.flatMap { $0.map(\.subnet) })
             expected.requiredSubnets = net.degraded ? [] : WalkCIDR.maximal(Set(healthy.values.flatMap { $0.map(\.subnet) }))
-            expected.coveredSubnets = Set(net.attachments.values.flatMap { $0.filter { mustHave.contains($0.address) }.map(\.subnet) })
+            expected.coveredSubnets = Set(owner.filter { $0.value.network == name && mustHave.contains($0.key) }.flatMap { address, who in
+                (net.attachments[who] ?? []).filter { $0.address == address }.map(\.subnet)
+            })
             result[name] = expected
         }
         return result
@@ -531,6 +543,8 @@ struct ObservedNetwork: Equatable {
     /// Registered addresses → owner comment.
     var pods: [String: String] = [:]
     var subnets: Set<WalkCIDR> = []
+    /// Per-pod exemptions (`address . subnet`), when the backend keeps them so (nil: it keeps subnets only).
+    var podnets: [String: WalkCIDR]?
     /// The fingerprint in the rules' comments (nftables), when one is found.
     var fingerprint: String?
     /// The iptables chain the network's jumps lead to.

@@ -349,6 +349,17 @@ extension WalkNode {
             for element in sets["subnets\(family)_\(network)"] ?? [] {
                 if let subnet = cidr(element.value) { observed.subnets.insert(subnet) }
             }
+            // One `address . subnet` element per pod: the pod's own subnet only.
+            if let elements = sets["podnets\(family)_\(network)"] {
+                var podnets = observed.podnets ?? [:]
+                for element in elements {
+                    guard let parts = (element.value as? [String: Any])?["concat"] as? [Any], parts.count == 2,
+                          let address = cidr(parts[0]), let subnet = cidr(parts[1]) else { continue }
+                    podnets[WalkCIDR.format(address.bytes)] = subnet
+                    observed.subnets.insert(subnet)
+                }
+                observed.podnets = podnets
+            }
         }
         let post = rules["post_\(network)"] ?? [], masq = rules["masq_\(network)"] ?? [], snat = rules["snat_\(network)"] ?? []
         observed.fingerprint = post.first?.comment.map { String($0.dropFirst("ip-masq ".count)) }
@@ -361,7 +372,9 @@ extension WalkNode {
                 nonMasquerade: Set((sets["nomasq\(family)_\(network)"] ?? []).compactMap { cidr($0.value) }),
                 masquerade: Set((sets["masq\(family)_\(network)"] ?? []).compactMap { cidr($0.value) }),
                 linkLocalReturn: masq.contains { $0.text.contains(linkLocal) && $0.text.contains("\"return\"") },
-                exemptPodSubnet: masq.contains { $0.text.contains("\"@subnets\(family)_\(network)\"") && $0.text.contains("\"return\"") },
+                exemptPodSubnet: masq.contains {
+                    ($0.text.contains("\"@subnets\(family)_\(network)\"") || $0.text.contains("\"@podnets\(family)_\(network)\"")) && $0.text.contains("\"return\"")
+                },
                 fullyRandom: snat.contains { $0.text.contains("fully-random") },
                 toPorts: snat.compactMap { rule -> String? in
                     guard let range = rule.text.range(of: "\"range\":[") else { return nil }
@@ -624,6 +637,16 @@ struct Walk {
             for (address, allowed) in want.pods.sorted(by: { $0.key < $1.key }) where have.pods[address] == nil && !allowed.contains(nil) {
                 problems.append("\(name): \(address) of \(allowed.compactMap { $0 }.sorted()) is missing")
             }
+            if let podnets = have.podnets {
+                for (address, subnet) in podnets.sorted(by: { $0.key < $1.key }) {
+                    let allowed = want.podnets[address] ?? []
+                    if !allowed.contains(subnet) { problems.append("\(name): \(address) . \(subnet) is exempted, expected \(allowed.compactMap { $0?.description }.sorted())") }
+                }
+                for (address, allowed) in want.podnets.sorted(by: { $0.key < $1.key }) where podnets[address] == nil && !allowed.contains(nil) {
+                    problems.append("\(name): the exemption of \(address) to its subnet \(allowed.compactMap { $0?.description }.sorted()) is missing")
+                }
+                continue
+            }
             for subnet in have.subnets.sorted() where !want.allowedSubnets.contains(subnet) {
                 problems.append("\(name): pod subnet \(subnet) is exempted but no registered attachment has it")
             }
@@ -705,6 +728,9 @@ struct Walk {
             var merged = ExpectedNetwork()
             for v6 in [false, true] { merged.families[v6] = (x.families[v6] ?? [nil]).union(y.families[v6] ?? [nil]) }
             for address in Set(x.pods.keys).union(y.pods.keys) { merged.pods[address] = (x.pods[address] ?? [nil]).union(y.pods[address] ?? [nil]) }
+            for address in Set(x.podnets.keys).union(y.podnets.keys) {
+                merged.podnets[address] = (x.podnets[address] ?? [nil]).union(y.podnets[address] ?? [nil])
+            }
             merged.requiredSubnets = x.requiredSubnets.intersection(y.requiredSubnets)
             merged.allowedSubnets = x.allowedSubnets.union(y.allowedSubnets)
             result[name] = merged
