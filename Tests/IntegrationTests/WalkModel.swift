@@ -356,6 +356,8 @@ struct WalkModel {
     }
     /// Node-wide address ownership (issue 12): address → the attachment that holds it, in any network.
     var owner: [String: WalkAttachment] = [:]
+    /// Addresses whose ownership record was damaged since it was last written.
+    var damagedOwners: Set<String> = []
 
     enum ConfigState {
         case refusedConflist
@@ -418,7 +420,10 @@ struct WalkModel {
                 owner[ip.address] = nil
             }
         }
-        for ip in ips { owner[ip.address] = who }
+        for ip in ips {
+            owner[ip.address] = who
+            damagedOwners.remove(ip.address)
+        }
         net.attachments[who] = ips
         net.damaged.remove(who)
         net.applied = policy
@@ -431,7 +436,10 @@ struct WalkModel {
         if moving { move(who.network) }
         var net = network[who.network]!
         if let ips = net.attachments[who] {
-            for ip in ips where owner[ip.address] == who { owner[ip.address] = nil }
+            for ip in ips where owner[ip.address] == who {
+                owner[ip.address] = nil
+                damagedOwners.remove(ip.address)
+            }
         }
         net.attachments[who] = nil
         net.damaged.remove(who)
