@@ -31,4 +31,38 @@ struct WalkRegressionTests {
             #expect(check.status == 0, "CHECK \(pod.containerID): \(check.stdout)")
         }
     }
+
+    /// CHECK of an attachment whose address another attachment took over (in this network or another) answered 0:
+    /// the check looked only at the addresses it still owned, and nftables looked at an element's presence, not at
+    /// its owner (walk: ADD a X; ADD b X; CHECK a).
+    @Test(arguments: Flavour.allCases)
+    func checkFailsForAnAttachmentWhoseAddressWasTakenOver(flavour: Flavour) throws {
+        let ns = try Netns("walk-taken"), scratch = ScratchDirectory()
+        let first = TestPod(network: "takena", containerID: "first", addresses: ["10.88.1.6/24"])
+        func stdin(_ pod: TestPod) -> String {
+            netconf(name: pod.network, scratch: scratch, extra: flavour.keys, addresses: pod.addresses)
+        }
+        func check(_ pod: TestPod) throws -> CommandResult { try PluginCall(netns: ns, command: "CHECK", containerID: pod.containerID)(stdin(pod)) }
+        #expect(try PluginCall(netns: ns, command: "ADD", containerID: first.containerID)(stdin(first)).status == 0)
+        #expect(try check(first).status == 0)
+        for taker in [TestPod(network: "takena", containerID: "same", addresses: ["10.88.1.6/24"]),
+                      TestPod(network: "takenb", containerID: "other", addresses: ["10.88.1.6/24"])] {
+            #expect(try PluginCall(netns: ns, command: "ADD", containerID: taker.containerID)(stdin(taker)).status == 0)
+            let answer = try check(first)
+            #expect(answer.status == 1 && answer.stdout.contains("\"code\": 101"), "CHECK of \(first.tag) after \(taker.tag) took its address: \(answer.stdout)")
+            #expect(try check(taker).status == 0)
+        }
+        // The element there, but with another owner's comment: CHECK of the recorded owner fails too.
+        let owner = TestPod(network: "takenc", containerID: "owner", addresses: ["10.77.0.3/24"])
+        #expect(try PluginCall(netns: ns, command: "ADD", containerID: owner.containerID)(stdin(owner)).status == 0)
+        switch flavour {
+        case .nftables:
+            try ns.exec(["nft", "delete element inet ip_masq pods4_takenc { 10.77.0.3 }; add element inet ip_masq pods4_takenc { 10.77.0.3 comment \"takenc/intruder/eth0\" }"], check: true)
+        case .iptablesNFT, .iptablesLegacy:
+            try ns.exec(["ipset", "del", "IPMASQ-P4-takenc", "10.77.0.3"], check: true)
+            try ns.exec(["ipset", "add", "IPMASQ-P4-takenc", "10.77.0.3", "comment", "takenc/intruder/eth0"], check: true)
+        }
+        let answer = try check(owner)
+        #expect(answer.status == 1 && answer.stdout.contains("\"code\": 101"), "CHECK with the element under another owner: \(answer.stdout)")
+    }
 }
