@@ -207,7 +207,7 @@ final class Session {
     /// A damaged index entry counts as the record's (logged), so that its element is not left behind.
     func owns(_ owner: Owner, _ address: IPAddress) throws(SystemError) -> Bool {
         switch try store.holder(of: address) {
-        case nil: return true
+        case nil: return false  // nobody holds it: taken over, then released by its taker
         case .success(let holder)?: return holder == AddressHolder(key: NetworkKey(network: owner.network), file: AttachmentRecord(owner: owner, addresses: []).fileName)
         case .failure(let damage)?:
             log.warning("the ownership entry of \(address) is damaged (\(damage.bytes) bytes); taking it as \(owner.tag)'s, whose record lists it")
@@ -358,12 +358,24 @@ final class Session {
         }
     }
 
-    /// `change` plus the entries each other recorded attachment still owns, and their pod subnets.
+    /// `change` plus the entries the ownership index gives each other recorded attachment, and their pod subnets.
+    /// Only addresses the index names the record as the holder of: an address nobody holds now (taken over, then
+    /// deleted by its taker) stays out, as does one whose index entry is damaged.
     func withOtherRecords(_ change: NetworkChange) throws(CNIError) -> NetworkChange {
         var complete = change
         let removed = Set(change.remove), mine = Set(change.add.map(\.owner))
         for record in try records() where !mine.contains(record.owner) {
-            complete.add += try owned([record]).filter { !removed.contains($0) && !complete.add.contains($0) }
+            let holder = AddressHolder(key: key, file: AttachmentRecord(owner: record.owner, addresses: []).fileName)
+            let held = try state { () throws(SystemError) in
+                var held: [Registration] = []
+                for pod in record.addresses {
+                    if case .success(let current)? = try store.holder(of: pod.address), current == holder {
+                        held.append(Registration(owner: record.owner, pod: pod))
+                    }
+                }
+                return held
+            }
+            complete.add += held.filter { !removed.contains($0) && !complete.add.contains($0) }
             complete.addSubnets += record.addresses.map(\.subnet).filter { !complete.addSubnets.contains($0) && !change.removeSubnets.contains($0) }
         }
         return complete

@@ -65,4 +65,33 @@ struct WalkRegressionTests {
         let answer = try check(owner)
         #expect(answer.status == 1 && answer.stdout.contains("\"code\": 101"), "CHECK with the element under another owner: \(answer.stdout)")
     }
+
+    /// An address taken over by another network's pod, which was then deleted, came back for its first holder at the
+    /// next restore: the ownership index had no entry for it any more, which counted as the first holder's
+    /// (walk: ADD a X; ADD b X in another network; DEL b; agent --once).
+    @Test(arguments: Flavour.allCases)
+    func aRestoreDoesNotBringBackAnAddressItsTakerReleased(flavour: Flavour) throws {
+        let ns = try Netns("walk-released"), scratch = ScratchDirectory()
+        let first = TestPod(network: "rela", containerID: "first", addresses: ["10.88.1.6/24", "10.99.0.3/24"])
+        let taker = TestPod(network: "relb", containerID: "taker", addresses: ["10.88.1.6/24"])
+        func stdin(_ pod: TestPod) -> String { netconf(name: pod.network, scratch: scratch, extra: flavour.keys, addresses: pod.addresses) }
+        for pod in [first, taker] { #expect(try PluginCall(netns: ns, command: "ADD", containerID: pod.containerID)(stdin(pod)).status == 0) }
+        #expect(try PluginCall(netns: ns, command: "DEL", containerID: taker.containerID)(stdin(taker)).status == 0)
+        switch flavour {
+        case .nftables: try ns.exec(["nft", "flush", "ruleset"], check: true)
+        case .iptablesNFT, .iptablesLegacy: try ns.exec(["ipset", "flush"], check: true)
+        }
+        var plugin = (try JSONSerialization.jsonObject(with: Data(stdin(first).utf8)) as? [String: Any]) ?? [:]
+        for key in ["prevResult", "cniVersion", "name"] { plugin[key] = nil }
+        let file = scratch.path + "/rela.conflist"
+        try String(decoding: try JSONSerialization.data(withJSONObject: ["cniVersion": "1.0.0", "name": "rela", "plugins": [plugin]]), as: UTF8.self)
+            .write(toFile: file, atomically: true, encoding: .utf8)
+        let agent = try ns.exec([Host.pluginBinary, "agent", "--netconf", file, "--once"])
+        #expect(agent.status == 0, "\(agent.stdout)\(agent.stderr)")
+        #expect(try flavour.pods(ns, network: "rela") == ["10.99.0.3": first.tag], "only the address the first pod still holds is restored")
+        let answer = try PluginCall(netns: ns, command: "CHECK", containerID: first.containerID)(stdin(first))
+        #expect(answer.status == 1 && answer.stdout.contains("\"code\": 101"), "its CHECK fails: an address is no longer its own: \(answer.stdout)")
+        #expect(try PluginCall(netns: ns, command: "DEL", containerID: first.containerID)(stdin(first)).status == 0)
+        #expect(try flavour.pods(ns, network: "rela").isEmpty)
+    }
 }
