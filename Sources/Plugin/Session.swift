@@ -399,7 +399,11 @@ final class Session {
                 } catch {
                     log.debug("the rewrite with every recorded pod failed (\(error.message)); applying the change alone")
                 }
-                if applied { try savePendingNetworkRecord(); return }
+                if applied {
+                    applyForeignRemovals()
+                    try savePendingNetworkRecord()
+                    return
+                }
             }
         }
         do {
