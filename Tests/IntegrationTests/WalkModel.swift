@@ -478,8 +478,8 @@ struct WalkModel {
         if Set(registered.map(\.address)) != Set(ips.map(\.address)) { return missing("prevResult differs from the registration \(registered)") }
         if let lost = registered.first(where: { owner[$0.address] != who }) { return missing("\(lost.address) is held by \(owner[lost.address]?.tag ?? "nobody")") }
         guard let observed else { return missing("nothing observed") }
-        let families = Set(registered.map { $0.address.contains(":") })
-        for v6 in families where observed.families[v6] != .some(policy.family(v6: v6)) {
+        // The network's node-wide rules, both families, whatever families the attachment has.
+        for v6 in [false, true] where observed.families[v6] != .some(policy.family(v6: v6)) {
             return missing("IPv\(v6 ? 6 : 4) rules are \(observed.families[v6]??.description ?? "absent"), the policy in force is \(policy.family(v6: v6))")
         }
         for ip in registered where observed.pods[ip.address] != who.tag { return missing("\(ip.address) is installed as \(observed.pods[ip.address] ?? "nothing")") }
