@@ -534,7 +534,12 @@ struct WalkModel {
             }
             let healthy = net.attachments.filter { !net.damaged.contains($0.key) }
             expected.allowedSubnets = Set(net.attachments.values.flatMap { $0.map(\.subnet) })
-            expected.requiredSubnets = net.degraded ? [] : WalkCIDR.maximal(Set(healthy.values.flatMap { $0.map(\.subnet) }))
+            // Required: the subnets of the addresses the network's healthy attachments still hold; a record whose
+            // address was taken over may keep its subnet or not.
+            let held = owner.filter { $0.value.network == name && !net.damaged.contains($0.value) }.flatMap { address, who in
+                (healthy[who] ?? []).filter { $0.address == address }.map(\.subnet)
+            }
+            expected.requiredSubnets = net.degraded ? [] : WalkCIDR.maximal(Set(held))
             expected.coveredSubnets = Set(owner.filter { $0.value.network == name && mustHave.contains($0.key) }.flatMap { address, who in
                 (net.attachments[who] ?? []).filter { $0.address == address }.map(\.subnet)
             })
