@@ -214,16 +214,20 @@ public struct NFTablesBackend: MasqBackend {
         }
         // A few pods (CHECK): one lookup each. Many (the agent): one listing per family, whose cost does not
         // multiply with the number of pods.
-        let listed: [IPFamily: Set<IPAddress>]? = registrations.count <= 4 ? nil : Dictionary(uniqueKeysWithValues: IPFamily.allCases.map { family in
+        // An element counts only with its owner's comment: after a takeover the address is another attachment's.
+        let listed: [IPAddress: String]? = registrations.count <= 4 ? nil : Dictionary(IPFamily.allCases.flatMap { family in
             let items = (try? list("list set \(NFTablesRenderer.table) \(names.pods(family))")) ?? []
-            return (family, Set(Self.elements(of: items).compactMap { Self.cidr(from: $0)?.address }))
-        })
+            return Self.elements(of: items).compactMap { element in
+                Self.cidr(from: element).map { ($0.address, element["elem"]?["comment"]?.stringValue ?? "") }
+            }
+        }) { first, _ in first }
         for registration in registrations {
             let address = registration.pod.address
             let set = names.pods(address.family)
-            let present = listed.map { $0[address.family]!.contains(address) }
-                ?? ((try? executor.run("get element \(NFTablesRenderer.table) \(set) { \(address) }", json: false)) != nil)
-            if !present { inspection.problems.append("\(address) of \(registration.owner.tag) is not in set \(set)") }
+            let present = listed.map { $0[address] == registration.owner.tag }
+                ?? ((try? executor.run("get element \(NFTablesRenderer.table) \(set) { \(address) }", json: false))?
+                    .contains("comment \"\(registration.owner.tag)\"") == true)
+            if !present { inspection.problems.append("\(address) of \(registration.owner.tag) is not in set \(set) with its owner") }
         }
         if policy.exemptPodSubnet {
             let listedNets: [IPFamily: Set<PodAddress>]? = registrations.count <= 4 ? nil : Dictionary(uniqueKeysWithValues: IPFamily.allCases.map { family in

@@ -139,6 +139,16 @@ struct Invocation {
             throw CNIError(.checkFailed, "the node-wide rules of \(netconf.name) were written for another config",
                            details: "applied \(network.policy.serialized()), in force \(policy.json.serialized()); the next ADD or agent pass rewrites them")
         }
+        // An address another attachment took over (in any network) is no longer this attachment's entry.
+        let lost = try session.state { () throws(SystemError) in
+            var lost: [PodAddress] = []
+            for pod in record.addresses where !(try session.owns(owner, pod.address)) { lost.append(pod) }
+            return lost
+        }
+        if !lost.isEmpty {
+            throw CNIError(.checkFailed, "\(lost.map { "\($0.address)" }.joined(separator: ", ")) of \(owner.tag) is held by another attachment now",
+                           details: "a later ADD took the address over")
+        }
         let problems = try session.inspect(policy: policy, records: [record])
         if !problems.isEmpty {
             throw CNIError(.checkFailed, "masquerade rules of \(owner.tag) are missing or differ from the config", details: problems.joined(separator: "; "))

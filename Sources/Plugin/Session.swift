@@ -61,21 +61,23 @@ final class Session {
             }
         }
         let store = self.store, key = self.key
-        let record = try Self.stateDirectory(config) { () throws(SystemError) in try store.networkRecord(key) }
+        let stored = try Self.stateDirectory(config) { () throws(SystemError) in try store.networkRecord(key) }
+        collision = stored.flatMap { $0.network != network ? $0.network : nil }
+        if let collision, !forDelete {
+            throw CNIError(.invalidConfig, "network name \(quoted(network)) has the same state key \(key) as network \(quoted(collision))",
+                           details: "rename one of the two networks")
+        }
+        // The record of another network with this key (a collision) is not this network's placement.
+        let record = collision != nil ? nil : stored
         var placed = config
         if recordedBackendWins, let record { placed = Self.placement(of: record, over: config) }
         let kind = try Self.chooseBackend(config: placed, store: store, readOnly: readOnly, make: plugin.makeBackend)
         backend = plugin.makeBackend(kind, placed)
         self.placed = placed
         if let record, Self.placementDiffers(record, kind: kind, current: currentFlavour) { recordedElsewhere = record }
-        collision = record.flatMap { $0.network != network ? $0.network : nil }
         cachedRecord = .some(record)
         if let old = store.previousLayoutDirectory(of: network) {
             log.warning("\(old) holds records of a previous version's layout, which are not read: reset with that version (README, Upgrading)")
-        }
-        if let collision, !forDelete {
-            throw CNIError(.invalidConfig, "network name \(quoted(network)) has the same state key \(key) as network \(quoted(collision))",
-                           details: "rename one of the two networks")
         }
     }
 
@@ -293,7 +295,7 @@ final class Session {
     /// A damaged index entry counts as the record's (logged), so that its element is not left behind.
     func owns(_ owner: Owner, _ address: IPAddress) throws(SystemError) -> Bool {
         switch try store.holder(of: address) {
-        case nil: return true
+        case nil: return false  // nobody holds it: taken over, then released by its taker
         case .success(let holder)?: return holder == StateStore.holder(owner)
         case .failure(let damage)?:
             log.warning("the ownership entry of \(address) is damaged (\(damage.bytes) bytes); "
@@ -449,11 +451,50 @@ final class Session {
         }
     }
 
+    /// `change` plus the entries the ownership index gives each other recorded attachment, and their pod subnets.
+    /// Only addresses the index names the record as the holder of: an address nobody holds now (taken over, then
+    /// deleted by its taker) stays out, as does one whose index entry is damaged.
+    func withOtherRecords(_ change: NetworkChange) throws(CNIError) -> NetworkChange {
+        var complete = change
+        let removed = Set(change.remove), mine = Set(change.add.map(\.owner))
+        for record in try records() where !mine.contains(record.owner) {
+            let holder = AddressHolder(key: key, file: AttachmentRecord(owner: record.owner, addresses: []).fileName)
+            let held = try state { () throws(SystemError) in
+                var held: [Registration] = []
+                for pod in record.addresses {
+                    if case .success(let current)? = try store.holder(of: pod.address), current == holder {
+                        held.append(Registration(owner: record.owner, pod: pod))
+                    }
+                }
+                return held
+            }
+            complete.add += held.filter { !removed.contains($0) && !complete.add.contains($0) }
+            complete.addSubnets += record.addresses.map(\.subnet).filter { !complete.addSubnets.contains($0) && !change.removeSubnets.contains($0) }
+        }
+        return complete
+    }
+
     /// Applies a change; when the network's objects were removed by someone else (a firewall reload),
     /// rebuilds the node-wide part and every recorded registration of the network, then applies again.
     /// A failed change puts the records back as they were (a failed ADD leaves nothing a restore replays), except
     /// when the objects are missing and no rebuild is asked (DEL, GC: the removal stands, the caller goes on).
     func apply(_ change: NetworkChange, rebuildOnMissing: Bool = true) throws(CNIError) {
+        // A node-wide rewrite also re-adds the other recorded pods' entries: after a firewall reload deleted the
+        // network's objects, the rewrite recreates them, and those entries must come back with them. When that
+        // fails, the change alone goes the usual way (a missing object there rebuilds, a refused record is skipped).
+        if change.policy != nil {
+            let complete = try withOtherRecords(change)
+            if complete.add.count > change.add.count {
+                var applied = false
+                do throws(BackendError) {
+                    try backend.apply(complete)
+                    applied = true
+                } catch {
+                    log.debug("the rewrite with every recorded pod failed (\(error.message)); applying the change alone")
+                }
+                if applied { return try finish(change) }
+            }
+        }
         do {
             try backend.apply(change)
         } catch where error.kind == .missingObjects && rebuildOnMissing {
@@ -488,6 +529,12 @@ final class Session {
             rollBack()
             throw Self.cniError(error)
         }
+        try finish(change)
+    }
+
+    /// What follows an applied change: other networks' entries this verb took over go, the network record of a new
+    /// policy is written, and the conntrack entries whose verdict the new policy changed are deleted.
+    private func finish(_ change: NetworkChange) throws(CNIError) {
         applyForeignRemovals()
         try savePendingNetworkRecord()
         if let old = replacedPolicy, let new = change.policy {
