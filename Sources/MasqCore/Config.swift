@@ -181,16 +181,19 @@ extension MasqConfig {
                 invalidKeys.insert(key)
             }
         }
-        // Every other key on its own, so that each problem is logged, then together (limits across keys).
+        // The whole entry at once: valid (the common case) means nothing to log. A refusal is then told key by key,
+        // so that each problem is logged; one that no single key has is a limit across keys.
+        let whole: CNIError?
+        do { _ = try resolve(netconf: netconf, fileContents: nil); whole = nil } catch { whole = error }
+        guard let whole else { return (config, problems, invalidKeys) }
+        let before = problems.count
         for (key, value) in netconf.members where !plumbingKeys.contains(key) {
             var scratch = MasqConfig()
             do { try scratch.apply(JSONObject([(key, value)]), source: .netconf, allowed: netconfKeys) } catch {
                 problems.append(error.description)
             }
         }
-        if problems.isEmpty {
-            do { _ = try resolve(netconf: netconf, fileContents: nil) } catch { problems.append(error.description) }
-        }
+        if problems.count == before && invalidKeys.isEmpty { problems.append(whole.description) }
         return (config, problems, invalidKeys)
     }
 

@@ -224,9 +224,11 @@ public struct NFTablesBackend: MasqBackend {
         for registration in registrations {
             let address = registration.pod.address
             let set = names.pods(address.family)
-            let present = listed.map { $0[address] == registration.owner.tag }
+            // The comment the element was written with: the owner tag, after `namespace/pod` when attributed.
+            let comment = registration.owner.comment
+            let present = listed.map { $0[address] == comment }
                 ?? ((try? executor.run("get element \(NFTablesRenderer.table) \(set) { \(address) }", json: false))?
-                    .contains("comment \"\(registration.owner.tag)\"") == true)
+                    .contains("comment \"\(comment)\"") == true)
             if !present { inspection.problems.append("\(address) of \(registration.owner.tag) is not in set \(set) with its owner") }
         }
         if policy.exemptPodSubnet {

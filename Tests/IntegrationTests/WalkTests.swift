@@ -343,7 +343,9 @@ extension WalkNode {
                 }
             }
             if let rule = item["rule"] as? [String: Any], let chain = rule["chain"] as? String {
-                let expression = String(decoding: (try? JSONSerialization.data(withJSONObject: rule["expr"] ?? [], options: [.sortedKeys])) ?? Data(), as: UTF8.self)
+                // Rule counters (they count packets for the metrics) are no part of what a rule decides.
+                let statements = (rule["expr"] as? [Any] ?? []).filter { ($0 as? [String: Any])?["counter"] == nil }
+                let expression = String(decoding: (try? JSONSerialization.data(withJSONObject: statements, options: [.sortedKeys])) ?? Data(), as: UTF8.self)
                 rules[chain, default: []].append((expression, rule["comment"] as? String))
             }
         }
