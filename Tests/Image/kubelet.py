@@ -143,27 +143,11 @@ class NodeContainerd(cn.Containerd):
         super().__init__(node, tmp, cni_bin_dir=dirs.node('/opt/cni/bin'), cni_conf_dir=dirs.node('/etc/cni/net.d'),
                          image=image)
 
-    def start(self, timeout=30):
-        with open(self.config, 'w') as f:
-            f.write(cn.CONFIG.format(tmp=self.tmp, sock=self.sock, image=self.image, bin_dir=self.bin_dir,
-                                     conf_dir=self.conf_dir))
+    def command(self):
         binds = ' && '.join(f'mount --bind {self.dirs.root + p} {p}' for p in NodeDirs.MOUNTED)
-        log = open(self.log_path, 'a')
-        self.proc = subprocess.Popen(
-            ['nsenter', '--net=' + self.node.path, 'unshare', '--mount', '--propagation', 'private',
-             'sh', '-c', binds + ' && exec containerd "$@"', 'containerd',
-             '--config', self.config, '--log-level', 'info'],
-            stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True)
-        log.close()
-        self.client = cri.Client(self.sock)
-        deadline = time.monotonic() + timeout
-        while not os.path.exists(self.sock):
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError('containerd did not start:\n' + self.log_tail())
-            time.sleep(0.05)
-        self.client.wait_ready(timeout)
-        self._wait_network_ready(timeout)
-        return self.client
+        return ['nsenter', '--net=' + self.node.path, 'unshare', '--mount', '--propagation', 'private',
+                'sh', '-c', binds + ' && exec containerd "$@"', 'containerd',
+                '--config', self.config, '--log-level', 'info']
 
     def on_node(self, *argv, check=True):
         """Runs a command as a program on the node: containerd's network and mount namespaces."""

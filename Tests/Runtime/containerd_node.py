@@ -267,14 +267,17 @@ class Containerd:
         return out
 
     # -- the daemon --------------------------------------------------------------------------------------------
+    def command(self):
+        """The daemon's command line. nsenter, not `ip netns exec`: the latter remounts /sys, which hides the cgroup
+        tree from runc."""
+        return ['nsenter', '--net=' + self.node.path, 'containerd', '--config', self.config, '--log-level', 'info']
+
     def start(self, timeout=30):
         with open(self.config, 'w') as f:
             f.write(CONFIG.format(tmp=self.tmp, sock=self.sock, image=self.image, bin_dir=self.bin_dir,
                                   conf_dir=self.conf_dir))
         log = open(self.log_path, 'a')
-        # nsenter, not `ip netns exec`: the latter remounts /sys, which hides the cgroup tree from runc.
-        self.proc = subprocess.Popen(['nsenter', '--net=' + self.node.path, 'containerd', '--config', self.config,
-                                      '--log-level', 'info'], stdout=log, stderr=log, stdin=subprocess.DEVNULL,
+        self.proc = subprocess.Popen(self.command(), stdout=log, stderr=log, stdin=subprocess.DEVNULL,
                                      start_new_session=True)
         log.close()
         self.client = cri.Client(self.sock)
