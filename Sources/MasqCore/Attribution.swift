@@ -40,4 +40,10 @@ extension Owner {
         guard room >= 10 else { return tag }
         return String(decoding: kept.prefix(room - 9), as: UTF8.self) + "~" + hex(fnv1a64(pod.description), digits: 8) + " " + tag
     }
+
+    /// Whether an element comment names the owner `tag`: the tag alone, or `namespace/pod tag` (see `comment`).
+    public static func comment(_ comment: String?, names tag: String) -> Bool {
+        guard let comment else { return false }
+        return comment == tag || comment.hasSuffix(" " + tag)
+    }
 }

@@ -293,7 +293,7 @@ public struct IPTablesBackend: MasqBackend {
         var found: [PodAddress] = []
         for set in sets {
             guard let saved = try? ipset("list \(set)\n", options: ["-o", "save"]) else { continue }
-            for (cidr, comment) in Self.elements(in: saved)[set] ?? [:] where NFTablesBackend.names(comment, tag) {
+            for (cidr, comment) in Self.elements(in: saved)[set] ?? [:] where Owner.comment(comment, names: tag) {
                 found.append(PodAddress(address: cidr.address, subnet: cidr))
             }
         }

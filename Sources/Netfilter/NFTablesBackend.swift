@@ -246,22 +246,16 @@ public struct NFTablesBackend: MasqBackend {
         return inspection
     }
 
-    /// Whether an element comment names the owner `tag`: the tag itself, or `namespace/pod tag` (attribution).
-    static func names(_ comment: String?, _ tag: String) -> Bool {
-        guard let comment else { return false }
-        return comment == tag || comment.hasSuffix(" " + tag)
-    }
-
     public func entries(network: String, taggedWith tag: String) throws(BackendError) -> [PodAddress] {
         let names = NFTablesRenderer.Names(key: NetworkKey(network: network).rawValue)
         var found: [PodAddress] = []
         for family in IPFamily.allCases {
             let nets = (try? list("list set \(NFTablesRenderer.table) \(names.podnets(family))")) ?? []
             for element in Self.elements(of: nets) {
-                if let (pod, comment) = Self.podnet(from: element), Self.names(comment, tag) { found.append(pod) }
+                if let (pod, comment) = Self.podnet(from: element), Owner.comment(comment, names: tag) { found.append(pod) }
             }
             let pods = (try? list("list set \(NFTablesRenderer.table) \(names.pods(family))")) ?? []
-            for element in Self.elements(of: pods) where Self.names(element["elem"]?["comment"]?.stringValue, tag) {
+            for element in Self.elements(of: pods) where Owner.comment(element["elem"]?["comment"]?.stringValue, names: tag) {
                 guard let address = Self.cidr(from: element)?.address, !found.contains(where: { $0.address == address }) else { continue }
                 found.append(PodAddress(address: address, subnet: CIDR(network: address, prefix: address.family.bitWidth)))
             }
