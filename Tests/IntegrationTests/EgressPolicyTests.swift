@@ -14,44 +14,15 @@ struct EgressPolicyTests {
     /// NAT) to `address`; the (source address, source port) pairs the host at `address` saw.
     static func probe(_ topology: Topology, to address: String, count: Int = 6, port: Int = 9999) throws -> [(String, Int)] {
         let family = address.contains(":") ? "AF_INET6" : "AF_INET"
-        let receiver = Process()
-        receiver.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        receiver.arguments = ["ip", "netns", "exec", topology.host(at: address).name, "python3", "-u", "-c", """
-            import socket
-            s = socket.socket(socket.\(family), socket.SOCK_DGRAM)
-            s.bind(("\(address)", \(port)))
-            print("ready", flush=True)
-            s.settimeout(3)
-            seen = set()
-            try:
-                while len(seen) < \(count):
-                    data, peer = s.recvfrom(64)
-                    if data not in seen:
-                        seen.add(data)
-                        print(peer[0], peer[1], flush=True)
-            except socket.timeout:
-                pass
-            """]
-        let output = Pipe()
-        receiver.standardOutput = output
-        receiver.standardError = FileHandle.nullDevice
-        try receiver.run()
-        defer { if receiver.isRunning { receiver.terminate() }; receiver.waitUntilExit() }
-        let reader = output.fileHandleForReading
-        guard String(decoding: reader.availableData, as: UTF8.self).hasPrefix("ready") else { return [] }
-        try topology.pod.exec(["python3", "-c", """
-            import socket, time
-            socks = [socket.socket(socket.\(family), socket.SOCK_DGRAM) for _ in range(\(count))]
-            for _ in range(5):
-                for i, s in enumerate(socks):
-                    s.sendto(b"probe%d" % i, ("\(address)", \(port)))
-                time.sleep(0.1)
-            """], check: true)
-        receiver.waitUntilExit()
-        return String(decoding: reader.readDataToEndOfFile(), as: UTF8.self).split(separator: "\n").compactMap { line in
-            let parts = line.split(separator: " ")
-            guard parts.count == 2, let port = Int(parts[1]) else { return nil }
-            return (String(parts[0]), port)
+        return try Topology.receive(in: topology.host(at: address), family: family, address: address, port: port, distinct: count) {
+            try topology.pod.exec(["python3", "-c", """
+                import socket, time
+                socks = [socket.socket(socket.\(family), socket.SOCK_DGRAM) for _ in range(\(count))]
+                for _ in range(5):
+                    for i, s in enumerate(socks):
+                        s.sendto(b"probe%d" % i, ("\(address)", \(port)))
+                    time.sleep(0.1)
+                """], check: true)
         }
     }
 

@@ -65,43 +65,68 @@ final class Topology: @unchecked Sendable {
     }
 
     /// Sends UDP datagrams from `sender` (the pod by default) to `address` and returns the source address the
-    /// destination host saw, or nil when nothing arrived within the timeout. Each call uses a fresh source port, so
-    /// it makes a new conntrack entry and the current rules decide its NAT.
-    /// `listener` receives instead of the host at `address` (an extra address of another namespace).
-    func send(from sender: Netns? = nil, to address: String, port: Int = 9999, listener: Netns? = nil, timeout: Double = 5) throws -> String? {
+    /// destination host saw, or nil when nothing arrived. Each call uses a fresh source port, so it makes a new
+    /// conntrack entry and the current rules decide its NAT. `listener` receives instead of the host at `address`
+    /// (an extra address of another namespace).
+    func send(from sender: Netns? = nil, to address: String, port: Int = 9999, listener: Netns? = nil) throws -> String? {
         let family = address.contains(":") ? "AF_INET6" : "AF_INET"
-        let receiver = listener
-        let listener = Process()
-        listener.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        listener.arguments = ["ip", "netns", "exec", (receiver ?? host(at: address)).name, "python3", "-c", """
-            import socket, sys
+        let seen = try Self.receive(in: listener ?? host(at: address), family: family, address: address, port: port, distinct: 1) {
+            // A few datagrams from one socket (one conntrack entry), in case the first is lost to neighbour discovery.
+            try (sender ?? pod).exec(["python3", "-c", """
+                import socket, time
+                s = socket.socket(socket.\(family), socket.SOCK_DGRAM)
+                for _ in range(10):
+                    s.sendto(b"ip-masq probe", ("\(address)", \(port)))
+                    time.sleep(0.1)
+                """], check: true)
+        }
+        return seen.first?.0
+    }
+
+    /// Runs `send` while a UDP receiver bound to `address`:`port` in `netns` records the peer of each datagram
+    /// with distinct contents, up to `distinct` of them. The receiver stops one second after `send` returned, not
+    /// at a fixed time after it started: on a loaded CI machine the sender's interpreter alone can take seconds to
+    /// start, and a fixed timeout then reads as "nothing arrived".
+    static func receive(in netns: Netns, family: String, address: String, port: Int, distinct: Int,
+                        send: () throws -> Void) throws -> [(String, Int)] {
+        let receiver = Process()
+        receiver.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        receiver.arguments = ["ip", "netns", "exec", netns.name, "python3", "-u", "-c", """
+            import select, socket, sys, time
             s = socket.socket(socket.\(family), socket.SOCK_DGRAM)
             s.bind(("\(address)", \(port)))
             print("ready", flush=True)
-            s.settimeout(\(timeout))
-            try:
-                data, peer = s.recvfrom(64)
-                print(peer[0], flush=True)
-            except socket.timeout:
-                print("none", flush=True)
+            deadline, sending, seen = time.monotonic() + 120, True, set()
+            while len(seen) < \(distinct):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                ready, _, _ = select.select([s] + ([sys.stdin] if sending else []), [], [], left)
+                if s in ready:
+                    data, peer = s.recvfrom(64)
+                    if data not in seen:
+                        seen.add(data)
+                        print(peer[0], peer[1], flush=True)
+                if sending and sys.stdin in ready:
+                    sys.stdin.read()
+                    sending, deadline = False, min(deadline, time.monotonic() + 1)
             """]
-        let output = Pipe()
-        listener.standardOutput = output
-        listener.standardError = FileHandle.nullDevice
-        try listener.run()
-        defer { if listener.isRunning { listener.terminate() }; listener.waitUntilExit() }
+        let output = Pipe(), input = Pipe()
+        receiver.standardOutput = output
+        receiver.standardInput = input
+        receiver.standardError = FileHandle.nullDevice
+        try receiver.run()
+        defer { if receiver.isRunning { receiver.terminate() }; receiver.waitUntilExit() }
         let reader = output.fileHandleForReading
-        guard String(decoding: reader.availableData, as: UTF8.self).hasPrefix("ready") else { return nil }
-        // A few datagrams from one socket (one conntrack entry), in case the first is lost to neighbour discovery.
-        try (sender ?? pod).exec(["python3", "-c", """
-            import socket, time
-            s = socket.socket(socket.\(family), socket.SOCK_DGRAM)
-            for _ in range(10):
-                s.sendto(b"ip-masq probe", ("\(address)", \(port)))
-                time.sleep(0.1)
-            """], check: true)
-        listener.waitUntilExit()
-        let seen = String(decoding: reader.readDataToEndOfFile(), as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
-        return seen == "none" || seen.isEmpty ? nil : seen
+        guard String(decoding: reader.availableData, as: UTF8.self).hasPrefix("ready") else { return [] }
+        defer { try? input.fileHandleForWriting.close() }
+        try send()
+        try input.fileHandleForWriting.close()
+        receiver.waitUntilExit()
+        return String(decoding: reader.readDataToEndOfFile(), as: UTF8.self).split(separator: "\n").compactMap { line in
+            let parts = line.split(separator: " ")
+            guard parts.count == 2, let port = Int(parts[1]) else { return nil }
+            return (String(parts[0]), port)
+        }
     }
 }
