@@ -105,8 +105,9 @@ extension MasqBackend {
 }
 
 extension MasqBackend {
-    /// The fingerprint of a policy as this backend renders it.
+    /// The fingerprint of a policy as this backend renders it: a digest of the decision list both renderers derive
+    /// from, so a key reaches the fingerprint exactly when it reaches the rules.
     public func fingerprint(of policy: NetworkPolicy) -> String {
-        hex(fnv1a64(renderVersion + "|" + policy.json.serialized()), digits: 16)
+        hex(fnv1a64(renderVersion + "|" + DecisionList(policy: policy).canonicalText), digits: 16)
     }
 }
