@@ -399,7 +399,18 @@ extension NetworkPolicy {
             ("randomFully", .bool(randomFully)),
             ("toPorts", .string(toPorts.map { $0.lowerBound == $0.upperBound ? "\($0.lowerBound)" : "\($0.lowerBound)-\($0.upperBound)" }.joined(separator: ","))),
             ("dropInvalid", .bool(dropInvalid)),
-        ] + egressMembers))
+        ] + egressMembers + namespaceMembers))
+    }
+
+    /// `namespaces` (issue 15): each namespace policy in full, without the plumbing key `dropInvalid` (inherited);
+    /// present only when some namespace has its own policy, so other records and fingerprints stay as before.
+    var namespaceMembers: [(String, JSONValue)] {
+        guard !namespaces.isEmpty else { return [] }
+        return [("namespaces", .object(JSONObject(namespaces.sorted { $0.key < $1.key }.map { name, policy in
+            var object = policy.json.objectValue ?? JSONObject()
+            object["dropInvalid"] = nil
+            return (name, .object(object))
+        })))]
     }
 
     /// Issue 15's keys, present only when set, so the records and fingerprints of policies without them stay as before.
@@ -417,7 +428,10 @@ extension NetworkPolicy {
     /// the record uses config-key names, so the same validation applies.
     public init?(json: JSONValue) {
         guard case .object(var object) = json else { return nil }
-        let count = object["nonMasqueradeCIDRs"]?.arrayValue?.count ?? 0
+        var count = object["nonMasqueradeCIDRs"]?.arrayValue?.count ?? 0
+        for (_, entry) in object["namespaces"]?.objectValue?.members ?? [] {
+            count = max(count, entry["nonMasqueradeCIDRs"]?.arrayValue?.count ?? 0)
+        }
         object["cidrLimit"] = .int(Int64(max(count, 1)))
         guard let config = try? MasqConfig.resolve(netconf: object, fileContents: nil) else { return nil }
         self.init(config: config)
