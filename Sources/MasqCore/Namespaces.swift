@@ -51,9 +51,12 @@ extension MasqConfig {
             for (key, keyValue) in object.members {
                 if Self.namespaceKeys.contains(key) { kept[key] = keyValue; continue }
                 if let intended = Self.netconfKeys.first(where: { Self.nearMiss($0, key) }) {
-                    let why = Self.namespaceKeys.contains(intended) ? "did you mean \(quoted(intended))?"
+                    // A key of the network that is not per namespace is a mistake in the value's place (code 7); a
+                    // misspelt policy key is refused as a misspelt key is elsewhere (code 2).
+                    let perNamespace = Self.namespaceKeys.contains(intended)
+                    let why = perNamespace ? "did you mean \(quoted(intended))?"
                         : "\(quoted(intended)) cannot be set per namespace; per-namespace keys: " + Self.namespaceKeys.sorted().joined(separator: ", ")
-                    throw CNIError(.unsupportedField, "unsupported key \(quoted("\(path).\(key)")) in \(source.label)",
+                    throw CNIError(perNamespace ? .unsupportedField : .invalidConfig, "unsupported key \(quoted("\(path).\(key)")) in \(source.label)",
                                    details: "value \(abbreviated(keyValue)); \(why)")
                 }
                 warnings.append("unknown key \(quoted("\(path).\(key)")) in \(source.label) ignored; per-namespace keys: "
