@@ -77,6 +77,21 @@ struct NamespacePolicyTests {
             #expect(try topology.send(from: second, to: Topology.privateHost.v4) == "10.98.0.3", "\(label)")
         }
         try expectPolicies("after ADD")
+        // explain evaluates a namespace's policy and names the override; list shows each pod's policy.
+        func explain(_ namespace: String, _ destination: String) throws -> (verdict: String, reason: String) {
+            let result = try topology.node.exec([Host.pluginBinary, "explain", "--netconf", conf, "--namespace", namespace, "--json", destination])
+            let rows = (try JSONSerialization.jsonObject(with: Data(result.stdout.utf8)) as? [String: Any])?["destinations"] as? [[String: Any]]
+            return (rows?.first?["verdict"] as? String ?? "", rows?.first?["reason"] as? String ?? result.stderr)
+        }
+        let snat = try explain("payments", Topology.internet.v4)
+        #expect(snat.verdict == "SNAT to 198.51.100.9" && snat.reason.hasSuffix("snatAddress 198.51.100.9, from namespaces.payments in conflist"), "\(snat)")
+        let exempt = try explain("batch", Topology.internet.v4)
+        #expect(exempt.verdict == "keep source" && exempt.reason == "nonMasqueradeCIDRs 203.0.113.0/24, from namespaces.batch in conflist", "\(exempt)")
+        #expect(try explain("web", Topology.internet.v4).verdict == "masquerade")
+        let json = try topology.node.exec([Host.pluginBinary, "list", "--json", "--state-dir", scratch.path + "/state", "--lock-file", scratch.path + "/lock"], check: true).stdout
+        let listed = ((try JSONSerialization.jsonObject(with: Data(json.utf8)) as? [String: Any])?["networks"] as? [[String: Any]])?.first?["pods"] as? [[String: Any]] ?? []
+        #expect(listed.first { $0["containerID"] as? String == "a" }?["policy"] as? String == "namespaces.payments", "\(json)")
+        #expect(listed.first { $0["containerID"] as? String == "b" }?["policy"] as? String == "network", "\(json)")
         for (id, namespace, input) in [("a", "payments", podInput), ("b", "web", secondInput)] {
             let check = try call(topology, "CHECK", id, namespace: namespace, input, expectSuccess: false)
             #expect(check.status == 0, "CHECK \(id): \(check.stdout)\(check.stderr)")

@@ -114,4 +114,34 @@ import Testing
         #expect(verdict(before, "payments").masquerades && !verdict(after, "payments").masquerades)
         #expect(verdict(before, "web") == verdict(after, "web"))
     }
+
+    /// explain's view of a namespace: keys from the entry are named as coming from `namespaces.NS in SOURCE`,
+    /// inherited ones keep the network's source.
+    @Test func explanationsNameTheNamespaceOverride() throws {
+        guard case .object(let netconf) = try JSONValue.parse(#"{"configFile":"/etc/config/ip-masq-agent","nonMasqueradeCIDRs":["10.0.0.0/8"]}"#) else { return }
+        let file = ConfigFileContents(path: "/etc/config/ip-masq-agent", bytes: Array("namespaces:\n  payments: { nonMasqueradeCIDRs: [10.0.0.0/8, 172.20.0.0/16] }\n".utf8))
+        let config = try MasqConfig.resolve(netconf: netconf, files: [file], recordingProvenance: true)
+        let payments = try #require(config.namespaceConfigs["payments"])
+        let policy = NetworkPolicy(config: config).forNamespace("payments")
+        let exempt = Explanation(destination: IPAddress("172.20.1.1")!, policy: policy, provenance: payments.provenance,
+                                 podSubnet: nil, destinationIsLocal: false)
+        #expect(exempt.line == "172.20.1.1: keep source (nonMasqueradeCIDRs 172.20.0.0/16, from namespaces.payments in /etc/config/ip-masq-agent)", "\(exempt.line)")
+        let network = Explanation(destination: IPAddress("172.20.1.1")!, policy: NetworkPolicy(config: config).forNamespace(nil),
+                                  provenance: config.provenance, podSubnet: nil, destinationIsLocal: false)
+        #expect(network.verdict.masquerades, "the network itself does not exempt it")
+        let inherited = Explanation(destination: IPAddress("169.254.1.1")!, policy: policy, provenance: payments.provenance,
+                                    podSubnet: nil, destinationIsLocal: false)
+        #expect(inherited.reason == "masqLinkLocal false, from default", "\(inherited.reason)")
+    }
+
+    /// lint: an entry that changes nothing is reported; a namespace's own policy gets the network checks.
+    @Test func lintReportsNoOpEntriesAndChecksEachNamespace() throws {
+        guard case .object(let netconf) = try JSONValue.parse(#"{"nonMasqueradeCIDRs":["10.0.0.0/8"],"namespaces":{"same":{"nonMasqueradeCIDRs":["10.0.0.0/8"]},"batch":{"nonMasqueradeCIDRs":["203.0.113.0/24"]}}}"#) else { return }
+        let config = try MasqConfig.resolve(netconf: netconf, files: [], recordingProvenance: true)
+        let findings = Lint.findings(config: config, podSubnets: [try CIDR.parse("10.99.0.0/24").get()])
+        #expect(findings.contains { $0.check == "namespace-no-effect" && $0.message.hasPrefix("namespaces.same (from conflist) changes nothing") }, "\(findings)")
+        #expect(findings.contains { $0.check == "pod-subnet-not-covered" && $0.message.hasPrefix("namespaces.batch: pod subnet 10.99.0.0/24") }, "\(findings)")
+        #expect(!findings.contains { $0.message.hasPrefix("namespaces.same:") })
+        #expect(!findings.contains { $0.check == "pod-subnet-not-covered" && !$0.message.hasPrefix("namespaces.") }, "the network covers it")
+    }
 }
