@@ -33,7 +33,7 @@ extension MasqConfig {
         return bytes.allSatisfy { plain($0) || $0 == UInt8(ascii: "-") }
     }
 
-    /// Reads `namespaces` from one layer: each entry's keys are checked (values as every key is, named by their
+    /// Reads `namespaces` from one layer: each entry's keys are checked (their values at resolution, named by their
     /// path `namespaces.NS.KEY`); an unknown key is handled as elsewhere in a config file (a near miss of a policy
     /// key or a plumbing key is refused, anything else is ignored with a warning).
     mutating func readNamespaces(_ value: JSONValue, source: ConfigSource) throws(CNIError) -> [NamespaceOverride] {
@@ -62,9 +62,7 @@ extension MasqConfig {
                 warnings.append("unknown key \(quoted("\(path).\(key)")) in \(source.label) ignored; per-namespace keys: "
                                 + Self.namespaceKeys.sorted().joined(separator: ", "))
             }
-            // Values are checked now, so that the error names the layer that holds the bad value.
-            var scratch = MasqConfig()
-            try scratch.apply(kept, source: source, allowed: Self.namespaceKeys, path: path + ".")
+            // The values are checked when the entry is resolved over the network's config (`resolveNamespaces`).
             result.append(NamespaceOverride(name: name, keys: kept, source: source))
         }
         return result
@@ -151,4 +149,21 @@ extension NetworkPolicy {
     /// The name under which the backend keeps a namespace policy's set and chains: a network name no CNI network can
     /// have ('/' is not allowed in one), so its key (a hashed `NetworkKey`) names objects of no real network.
     public static func slotNetwork(_ network: String, namespace: String) -> String { network + "/" + namespace }
+}
+
+extension NetworkPolicy {
+    /// The namespace policies as text for the network's fingerprint, built without JSON (every ADD computes the
+    /// fingerprint of the policy in force): each policy's values in a fixed order.
+    public var namespacesDigest: String {
+        var text = ""
+        for (name, policy) in namespaces.sorted(by: { $0.key < $1.key }) {
+            text += name + "{" + policy.nonMasquerade.map(\.description).joined(separator: ",") + ";"
+                + policy.masqueradeExceptions.map(\.description).joined(separator: ",") + ";"
+                + "\(policy.masqLinkLocal);\(policy.masqLinkLocalIPv6);\(policy.exemptPodSubnet);\(policy.randomFully);"
+                + policy.toPorts.map { "\($0.lowerBound)-\($0.upperBound)" }.joined(separator: ",") + ";"
+                + (policy.snatAddress?.description ?? "") + ";" + (policy.snatAddressIPv6?.description ?? "") + ";"
+                + policy.egressInterfaces.joined(separator: ",") + "}"
+        }
+        return text
+    }
 }

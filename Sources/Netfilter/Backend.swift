@@ -107,6 +107,8 @@ extension MasqBackend {
 extension MasqBackend {
     /// The fingerprint of a policy as this backend renders it.
     public func fingerprint(of policy: NetworkPolicy) -> String {
-        hex(fnv1a64(renderVersion + "|" + policy.json.serialized()), digits: 16)
+        // With namespace policies (issue 15): the network's own policy and a digest of the namespaces' values.
+        guard !policy.namespaces.isEmpty else { return hex(fnv1a64(renderVersion + "|" + policy.json.serialized()), digits: 16) }
+        return hex(fnv1a64(renderVersion + "|" + policy.forNamespace(nil).json.serialized() + "|namespaces|" + policy.namespacesDigest), digits: 16)
     }
 }

@@ -402,14 +402,22 @@ extension NetworkPolicy {
         ] + egressMembers + namespaceMembers))
     }
 
-    /// `namespaces` (issue 15): each namespace policy in full, without the plumbing key `dropInvalid` (inherited);
-    /// present only when some namespace has its own policy, so other records and fingerprints stay as before.
+    /// `namespaces` (issue 15): each namespace policy as the keys whose value differs from the network's own (read
+    /// back, they are an entry over the network's policy: the same policy); present only when some namespace has its
+    /// own policy, so other records and fingerprints stay as before. Only the differences: the record is read by
+    /// every ADD, and its size is what that costs.
     var namespaceMembers: [(String, JSONValue)] {
         guard !namespaces.isEmpty else { return [] }
+        var own = self
+        own.namespaces = [:]
+        let base = own.json.objectValue ?? JSONObject()
         return [("namespaces", .object(JSONObject(namespaces.sorted { $0.key < $1.key }.map { name, policy in
-            var object = policy.json.objectValue ?? JSONObject()
-            object["dropInvalid"] = nil
-            return (name, .object(object))
+            let object = policy.json.objectValue ?? JSONObject()
+            var members = object.members.filter { $0.key != "dropInvalid" && base[$0.key] != $0.value }.map { ($0.key, $0.value) }
+            // A key of the network's the namespace unsets (written only when set): its unset value.
+            for (key, unset) in [("snatAddress", JSONValue.string("")), ("snatAddressIPv6", .string("")), ("egressInterfaces", .array([]))]
+            where base[key] != nil && object[key] == nil { members.append((key, unset)) }
+            return (name, .object(JSONObject(members)))
         })))]
     }
 

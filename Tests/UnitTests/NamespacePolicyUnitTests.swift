@@ -87,6 +87,11 @@ import Testing
         #expect(NetworkPolicy(json: one.json) == one)
         #expect(NetworkPolicy(json: one.json)?.namespaces["payments"]?.dropInvalid == false, "dropInvalid is the network's")
         let other = NetworkPolicy(config: try resolve(#"{"nonMasqueradeCIDRs":["10.0.0.0/8"],"dropInvalid":false,"namespaces":{"payments":{"snatAddress":"203.0.113.10"}}}"#))
+        // A namespace that unsets a key of the network's (SNAT back to MASQUERADE, every interface) reads back so.
+        let unsetting = NetworkPolicy(config: try resolve(#"{"snatAddress":"203.0.113.9","egressInterfaces":["eth0"],"namespaces":{"web":{"snatAddress":"","egressInterfaces":[]}}}"#))
+        #expect(unsetting.namespaces["web"]?.snatAddress == nil && unsetting.namespaces["web"]?.egressInterfaces == [])
+        #expect(NetworkPolicy(json: unsetting.json) == unsetting, "\(unsetting.json.serialized())")
+        #expect(one.json["namespaces"]?["payments"]?["randomFully"] == nil, "the record keeps only what differs")
         let backend = NFTablesBackend(executor: NFTBinaryExecutor())
         #expect(backend.fingerprint(of: one) != backend.fingerprint(of: other))
         #expect(backend.fingerprint(of: plain) != backend.fingerprint(of: one))
