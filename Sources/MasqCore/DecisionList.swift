@@ -1,8 +1,9 @@
 /// DESIGN 1.1's decision list for one network, computed once from its policy: the ordered steps a registered pod's
 /// packet is judged by in nat POSTROUTING, first match wins. It is a value so that one definition answers "what
 /// happens to a packet to this destination" for every user: the conntrack cleanup after a policy change (which
-/// entries now get another verdict), the leak guard, the tests that compare it with real packets, and (later) the
-/// renderers, which can print each step as a rule.
+/// entries now get another verdict), the leak guard, the tests that compare it with real packets, and both renderers,
+/// which print each step as rules. Its `canonicalText` is what the policy fingerprint digests, so anything that
+/// changes what is rendered changes the fingerprint (and a change that does not, does not).
 public struct DecisionList: Equatable, Sendable {
     /// The name of a step, as the design numbers them.
     public enum Step: String, Equatable, Sendable, CaseIterable {
@@ -42,11 +43,20 @@ public struct DecisionList: Equatable, Sendable {
         case any
     }
 
+    /// The policy's own ranges, held in sets (nft interval sets) rather than written into rules: a change of them
+    /// is a set rewrite.
+    public enum PolicySet: String, Equatable, Sendable, CaseIterable {
+        case exceptions
+        case nonMasquerade
+    }
+
     /// One step of the list.
     public struct Rule: Equatable, Sendable {
         public var step: Step
         public var match: Match
         public var action: Action
+        /// The set holding the ranges of a `.destination` match, nil when they are fixed (multicast, link-local).
+        public var set: PolicySet? = nil
     }
 
     /// The options of the masquerading steps: ports (`randomFully`, `toPorts`), the SNAT sources that replace
@@ -90,6 +100,8 @@ public struct DecisionList: Equatable, Sendable {
     /// with `exemptPodSubnet` off) is left out, as the renderers leave out its rule.
     public let rules: [Rule]
     public let options: MasqueradeOptions
+    /// The leak guard (`dropInvalid`): INVALID packets of registered pods are dropped where this list masquerades.
+    public let leakGuard: Bool
 
     static let multicastRanges = ["224.0.0.0/4", "ff00::/8"].map(MasqConfig.literal)
     static let linkLocalV4 = MasqConfig.literal("169.254.0.0/16")
@@ -98,15 +110,47 @@ public struct DecisionList: Equatable, Sendable {
     public init(policy: NetworkPolicy) {
         var rules = [Rule(step: .local, match: .localDestination, action: .keepSource),
                      Rule(step: .multicast, match: .destination(Self.multicastRanges), action: .keepSource),
-                     Rule(step: .exceptions, match: .destination(policy.masqueradeExceptions), action: .masquerade)]
+                     Rule(step: .exceptions, match: .destination(policy.masqueradeExceptions), action: .masquerade,
+                          set: .exceptions)]
         let linkLocal = (policy.masqLinkLocal ? [] : [Self.linkLocalV4]) + (policy.masqLinkLocalIPv6 ? [] : [Self.linkLocalV6])
         if !linkLocal.isEmpty { rules.append(Rule(step: .linkLocal, match: .destination(linkLocal), action: .keepSource)) }
-        rules.append(Rule(step: .nonMasquerade, match: .destination(policy.nonMasquerade), action: .keepSource))
+        rules.append(Rule(step: .nonMasquerade, match: .destination(policy.nonMasquerade), action: .keepSource,
+                          set: .nonMasquerade))
         if policy.exemptPodSubnet { rules.append(Rule(step: .podSubnet, match: .podSubnet, action: .keepSource)) }
         rules.append(Rule(step: .masquerade, match: .any, action: .masquerade))
         self.rules = rules
         options = MasqueradeOptions(randomFully: policy.randomFully, toPorts: policy.toPorts, snatAddress: policy.snatAddress,
                                     snatAddressIPv6: policy.snatAddressIPv6, egressInterfaces: policy.egressInterfaces)
+        leakGuard = policy.dropInvalid
+    }
+
+    /// The ranges of a policy set in one family, in the list's order.
+    public func elements(of set: PolicySet, _ family: IPFamily) -> [CIDR] {
+        for rule in rules where rule.set == set {
+            if case .destination(let ranges) = rule.match { return ranges.filter { $0.family == family } }
+        }
+        return []
+    }
+
+    /// Every step, match, action, set and option in one line of text: what the fingerprint digests.
+    public var canonicalText: String {
+        var text = ""
+        for rule in rules {
+            text += rule.step.rawValue + "|"
+            switch rule.match {
+            case .localDestination: text += "local"
+            case .destination(let ranges): text += "dst " + ranges.map(\.description).joined(separator: ",")
+            case .podSubnet: text += "podsubnet"
+            case .any: text += "any"
+            }
+            text += rule.action == .masquerade ? "|masq" : "|keep"
+            text += "|" + (rule.set?.rawValue ?? "-") + ";"
+        }
+        text += "random=\(options.randomFully);ports="
+        text += options.toPorts.map { "\($0.lowerBound)-\($0.upperBound)" }.joined(separator: ",")
+        text += ";snat4=\(options.snatAddress?.description ?? "-");snat6=\(options.snatAddressIPv6?.description ?? "-")"
+        text += ";oif=" + options.egressInterfaces.joined(separator: ",") + ";guard=\(leakGuard)"
+        return text
     }
 
     /// The verdict for a registered pod's packet to `destination`, and the step that decided it.

@@ -150,20 +150,3 @@ extension NetworkPolicy {
     /// have ('/' is not allowed in one), so its key (a hashed `NetworkKey`) names objects of no real network.
     public static func slotNetwork(_ network: String, namespace: String) -> String { network + "/" + namespace }
 }
-
-extension NetworkPolicy {
-    /// The namespace policies as text for the network's fingerprint, built without JSON (every ADD computes the
-    /// fingerprint of the policy in force): each policy's values in a fixed order.
-    public var namespacesDigest: String {
-        var text = ""
-        for (name, policy) in namespaces.sorted(by: { $0.key < $1.key }) {
-            text += name + "{" + policy.nonMasquerade.map(\.description).joined(separator: ",") + ";"
-                + policy.masqueradeExceptions.map(\.description).joined(separator: ",") + ";"
-                + "\(policy.masqLinkLocal);\(policy.masqLinkLocalIPv6);\(policy.exemptPodSubnet);\(policy.randomFully);"
-                + policy.toPorts.map { "\($0.lowerBound)-\($0.upperBound)" }.joined(separator: ",") + ";"
-                + (policy.snatAddress?.description ?? "") + ";" + (policy.snatAddressIPv6?.description ?? "") + ";"
-                + policy.egressInterfaces.joined(separator: ",") + "}"
-        }
-        return text
-    }
-}

@@ -105,10 +105,15 @@ extension MasqBackend {
 }
 
 extension MasqBackend {
-    /// The fingerprint of a policy as this backend renders it.
+    /// The fingerprint of a policy as this backend renders it: a digest of the decision list both renderers derive
+    /// from, so a key reaches the fingerprint exactly when it reaches the rules.
     public func fingerprint(of policy: NetworkPolicy) -> String {
-        // With namespace policies (issue 15): the network's own policy and a digest of the namespaces' values.
-        guard !policy.namespaces.isEmpty else { return hex(fnv1a64(renderVersion + "|" + policy.json.serialized()), digits: 16) }
-        return hex(fnv1a64(renderVersion + "|" + policy.forNamespace(nil).json.serialized() + "|namespaces|" + policy.namespacesDigest), digits: 16)
+        // With namespace policies (issue 15): each namespace's decision list after the network's, so a changed map
+        // changes the fingerprint (and the record), and the next ADD or agent pass rewrites the network.
+        var text = renderVersion + "|" + DecisionList(policy: policy).canonicalText
+        for (namespace, own) in policy.namespaces.sorted(by: { $0.key < $1.key }) {
+            text += "|namespace " + namespace + "|" + DecisionList(policy: own).canonicalText
+        }
+        return hex(fnv1a64(text), digits: 16)
     }
 }

@@ -60,16 +60,16 @@ public struct IPTablesBackend: MasqBackend {
     }
 
     /// Applies an `iptables-restore` input (nat, and the leak guard's mangle part) of one family, flushing nothing else.
-    func restore(_ family: IPFamily, _ input: String, testOnly: Bool = false) throws(BackendError) {
-        _ = try execute([program(family, "-restore")] + Self.wait + ["--noflush"] + (testOnly ? ["--test"] : []), input: input)
+    func restore(_ family: IPFamily, _ input: IPTRestore, testOnly: Bool = false) throws(BackendError) {
+        _ = try execute([program(family, "-restore")] + Self.wait + ["--noflush"] + (testOnly ? ["--test"] : []), input: input.text)
     }
 
     /// Runs an `ipset` script (`-exist` makes repeated adds and deletes no-ops).
-    func ipset(_ script: String, options: [String] = ["-exist"]) throws(BackendError) -> String {
+    func ipset(_ script: IPSetScript, options: [String] = ["-exist"]) throws(BackendError) -> String {
         // A pod's element changes go straight through netlink (IPSetBatch, measured: the tool's process was most of an
         // ADD); any other input, or one the kernel refuses, runs the tool. Not with an injected runner (tests).
         if options == ["-exist"], runner is SpawnRunner, let output = IPSetBatch(script: script)?.run() { return output }
-        return try execute(["ipset"] + options + ["restore"], input: script)
+        return try execute(["ipset"] + options + ["restore"], input: script.text)
     }
 
     static func classify(_ message: String) -> BackendError {
@@ -115,7 +115,7 @@ public struct IPTablesBackend: MasqBackend {
 
     public func apply(_ change: NetworkChange) throws(BackendError) {
         if let policy = change.policy { return try rewrite(change, policy: policy) }
-        let script = renderer.setInput(for: change, verifying: !change.add.isEmpty)
+        let script = renderer.setScript(for: change, verifying: !change.add.isEmpty)
         if script.isEmpty { return }
         let output: String
         do { output = try ipset(script) } catch where error.kind == .failed && change.add.isEmpty {
@@ -133,11 +133,11 @@ public struct IPTablesBackend: MasqBackend {
     func removeOneByOne(_ change: NetworkChange) throws(BackendError) {
         var pods = change, subnets: [String] = []
         pods.removeSubnets = []
-        _ = try ipset(renderer.setInput(for: pods))
+        _ = try ipset(renderer.setScript(for: pods))
         for subnet in change.removeSubnets {
             var one = NetworkChange(network: change.network)
             one.removeSubnets = [subnet]
-            do { _ = try ipset(renderer.setInput(for: one)) } catch { subnets.append("\(subnet) (\(error.message))") }
+            do { _ = try ipset(renderer.setScript(for: one)) } catch { subnets.append("\(subnet) (\(error.message))") }
         }
         if !subnets.isEmpty { throw BackendError(.partial, "pod subnet entries left in \(IPTablesRenderer.subnetSet(change.key, .v4))/\(IPTablesRenderer.subnetSet(change.key, .v6)): " + subnets.joined(separator: "; ")) }
     }
@@ -165,22 +165,23 @@ public struct IPTablesBackend: MasqBackend {
             }
             plans.append((family, layout))
         }
-        var guards: [IPFamily: String] = [:]
+        let list = DecisionList(policy: policy)
+        var guards: [IPFamily: IPTRestore.Table] = [:]
         for (family, _) in plans {
-            guards[family] = renderer.guardInput(policy, change.key, family, mangle: try listing(family, table: "mangle"))
+            guards[family] = renderer.guardTable(list, change.key, family, mangle: try listing(family, table: "mangle"))
         }
         let inputs = plans.map { family, layout in
-            (family, renderer.nodeWideInput(policy, change.key, family, chain: layout.chain, cleanup: layout.cleanup)
-                     + (guards[family] ?? ""))
+            (family, IPTRestore([renderer.nodeWideTable(list, change.key, family, chain: layout.chain, cleanup: layout.cleanup)]
+                                + (guards[family].map { [$0] } ?? [])))
         }
         // All or nothing across the families: each family's input is first checked by the tool (`--test` commits
         // nothing), so a refusal of IPv6 cannot leave IPv4 rewritten. The sets must exist for the check (the tools
         // refuse a match of a missing set), so a refused first write destroys the sets it created.
-        _ = try ipset(renderer.setInput(for: change, creating: true))
+        _ = try ipset(renderer.setScript(for: change, creating: true))
         do {
             for (family, input) in inputs { try restore(family, input, testOnly: true) }
         } catch {
-            if firstWrite { _ = try? ipset(renderer.setRemovalInput(change.key)) }
+            if firstWrite { _ = try? ipset(renderer.setRemovalScript(change.key)) }
             throw error
         }
         for (family, input) in inputs { try restore(family, input) }
@@ -233,11 +234,11 @@ public struct IPTablesBackend: MasqBackend {
             let chains = renderer.ownedChains(key, family, in: listing).filter { chain in
                 listing.references(to: chain).allSatisfy { $0.chain == "POSTROUTING" && jumps.contains($0.spec) }
             }
-            let guardRemoval = renderer.guardRemovalInput(key, family, mangle: try self.listing(family, table: "mangle")) ?? ""
-            let input = (renderer.removalInput(jumps: jumps, chains: chains) ?? "") + guardRemoval
+            let guardRemoval = renderer.guardRemoval(key, family, mangle: try self.listing(family, table: "mangle"))
+            let input = IPTRestore([renderer.removalTable(jumps: jumps, chains: chains), guardRemoval].compactMap { $0 })
             if !input.isEmpty { try restore(family, input) }
         }
-        if !keepingSets { _ = try ipset(renderer.setRemovalInput(key)) }
+        if !keepingSets { _ = try ipset(renderer.setRemovalScript(key)) }
     }
 
     public func inspect(network: String, policy: NetworkPolicy, registrations: [Registration], subnets: [CIDR]) throws(BackendError) -> Inspection {
@@ -265,7 +266,7 @@ public struct IPTablesBackend: MasqBackend {
         }
         let sets = IPTablesRenderer.sets(key)
         let saved: String
-        do { saved = try ipset(sets.map { "list \($0)" }.joined(separator: "\n") + "\n", options: ["-o", "save"]) } catch {
+        do { saved = try ipset(IPSetScript(sets.map { .list($0) }), options: ["-o", "save"]) } catch {
             nodeWideProblem("the sets \(sets.joined(separator: ", ")) are not all there: \(error)")
             return inspection
         }
@@ -292,7 +293,7 @@ public struct IPTablesBackend: MasqBackend {
         let sets = IPFamily.allCases.map { IPTablesRenderer.podSet(key, $0) }
         var found: [PodAddress] = []
         for set in sets {
-            guard let saved = try? ipset("list \(set)\n", options: ["-o", "save"]) else { continue }
+            guard let saved = try? ipset(IPSetScript([.list(set)]), options: ["-o", "save"]) else { continue }
             for (cidr, comment) in Self.elements(in: saved)[set] ?? [:] where Owner.comment(comment, names: tag) {
                 found.append(PodAddress(address: cidr.address, subnet: cidr))
             }
@@ -352,7 +353,7 @@ public struct IPTablesBackend: MasqBackend {
             }
         }
         let names = ((try? execute(["ipset", "list", "-n"])) ?? "").split(separator: "\n").filter { $0.hasPrefix("IPMASQ-") }
-        if !names.isEmpty, let saved = try? ipset(names.map { "list \($0)" }.joined(separator: "\n") + "\n", options: ["-o", "save"]) {
+        if !names.isEmpty, let saved = try? ipset(IPSetScript(names.map { .list(String($0)) }), options: ["-o", "save"]) {
             text += "# ipset\n" + saved
         }
         return text

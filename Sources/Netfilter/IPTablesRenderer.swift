@@ -57,43 +57,63 @@ public struct IPTablesRenderer: Sendable {
     /// The chain names this network may use, preferred first.
     public func candidateChains(_ key: NetworkKey) -> [String] { [masqChain, derivedChain(key)] }
 
-    static func multicast(_ family: IPFamily) -> String { family == .v4 ? "224.0.0.0/4" : "ff00::/8" }
-    static func linkLocal(_ family: IPFamily) -> String { family == .v4 ? "169.254.0.0/16" : "fe80::/10" }
-    static let notLocal = "-m addrtype ! --dst-type LOCAL"
+    static let multicastRanges = ["224.0.0.0/4", "ff00::/8"].map { try! CIDR.parse($0).get() }
+    static func multicast(_ family: IPFamily) -> CIDR { multicastRanges[family == .v4 ? 0 : 1] }
 
-    /// A comment match; the text is restricted to characters that need no escaping inside the quotes.
-    static func comment(_ text: String) -> String {
-        let safe = text.map { character -> Character in
-            character.isASCII && (character.isLetter || character.isNumber || " :/._-()@~,".contains(character)) ? character : "_"
-        }
-        return "-m comment --comment \"\(String(safe))\""
-    }
+    /// A comment match as `iptables -S` prints it.
+    static func comment(_ text: String) -> String { IPTRule.comment(text) }
 
-    // MARK: Rules (in the form `iptables -S` prints them, so installed rules compare as text)
+    // MARK: Rules (typed; `spec` is the form `iptables -S` prints, so installed rules compare as text)
 
     /// A network's jump from POSTROUTING for one family (multicast never enters the chain: DESIGN 1.1 step 2).
-    public func jumpRule(_ key: NetworkKey, _ family: IPFamily, chain: String) -> String {
-        "! -d \(Self.multicast(family)) -m set --match-set \(Self.podSet(key, family)) src \(Self.comment(Comment.jump(key))) -j \(chain)"
+    public func jump(_ key: NetworkKey, _ family: IPFamily, chain: String) -> IPTRule {
+        var rule = IPTRule(target: .jump(chain))
+        rule.destination = Self.multicast(family)
+        rule.destinationNegated = true
+        rule.matchSet = (Self.podSet(key, family), .src)
+        rule.comment = Comment.jump(key)
+        return rule
     }
 
-    /// The chain's rules for one family, in DESIGN 1.1 order (steps 1 and 2 are the addrtype match and the jump's
-    /// multicast exclusion): exceptions, link-local, non-masquerade ranges, the pod subnets, then MASQUERADE.
-    public func chainRules(_ policy: NetworkPolicy, _ key: NetworkKey, _ family: IPFamily) -> [String] {
-        var rules: [String] = []
-        for exception in policy.masqueradeExceptions(family) {
-            rules += masqueradeRules(policy, destination: exception, family: family)
+    /// `jump` as `iptables -S` prints it.
+    public func jumpRule(_ key: NetworkKey, _ family: IPFamily, chain: String) -> String { jump(key, family, chain: chain).spec }
+
+    /// The chain's rules for one family, from the decision list in its order: step 1 is the addrtype match on every
+    /// rule and step 2 the jump's multicast exclusion; then exceptions, link-local, non-masquerade ranges, the pod
+    /// subnets, then MASQUERADE.
+    public func chain(_ list: DecisionList, _ key: NetworkKey, _ family: IPFamily) -> [IPTRule] {
+        var rules: [IPTRule] = []
+        for step in list.rules {
+            var destinations: [CIDR?] = [nil]
+            var podSubnet = false
+            switch step.match {
+            case .localDestination: continue
+            case .destination(let ranges):
+                if step.step == .multicast { continue }
+                destinations = ranges.filter { $0.family == family }
+            case .podSubnet: podSubnet = true
+            case .any: break
+            }
+            for destination in destinations {
+                switch step.action {
+                case .masquerade: rules += masqueradeRules(list.options, destination: destination, family: family)
+                case .keepSource:
+                    var rule = IPTRule(target: .return)
+                    rule.destination = destination
+                    if podSubnet { rule.matchSet = (Self.subnetSet(key, family), .dst) }
+                    rule.comment = step.step == .linkLocal ? Comment.linkLocal
+                        : step.step == .podSubnet ? Comment.podSubnet : Comment.nonMasquerade
+                    rule.localDestination = false
+                    rules.append(rule)
+                }
+            }
         }
-        if !(family == .v4 ? policy.masqLinkLocal : policy.masqLinkLocalIPv6) {
-            rules.append("-d \(Self.linkLocal(family)) \(Self.comment(Comment.linkLocal)) \(Self.notLocal) -j RETURN")
-        }
-        for range in policy.nonMasquerade(family) {
-            rules.append("-d \(range) \(Self.comment(Comment.nonMasquerade)) \(Self.notLocal) -j RETURN")
-        }
-        if policy.exemptPodSubnet {
-            rules.append("-m set --match-set \(Self.subnetSet(key, family)) dst \(Self.comment(Comment.podSubnet)) \(Self.notLocal) -j RETURN")
-        }
-        rules += masqueradeRules(policy, destination: nil, family: family)
         return rules
+    }
+
+    /// `chain` as `iptables -S` prints it.
+    public func chainRules(_ policy: NetworkPolicy, _ key: NetworkKey, _ family: IPFamily) -> [String] {
+        chain(DecisionList(policy: policy), key, family).map(\.spec)
     }
 
     /// MASQUERADE, for one exception destination or for all outbound traffic: with `toPorts`, one rule per protocol
@@ -101,48 +121,44 @@ public struct IPTablesRenderer: Sendable {
     /// With the family's SNAT source (issue 15) the target is SNAT to it, with the same port options; with
     /// `egressInterfaces` the rules are repeated per interface (`-o`), so traffic leaving elsewhere reaches the
     /// chain's end and keeps its source.
-    func masqueradeRules(_ policy: NetworkPolicy, destination: CIDR?, family: IPFamily) -> [String] {
-        let flags = policy.randomFully ? " --random-fully" : ""
-        let match = destination.map { "-d \($0) " } ?? ""
+    func masqueradeRules(_ options: DecisionList.MasqueradeOptions, destination: CIDR?, family: IPFamily) -> [IPTRule] {
         let traffic = destination == nil ? "outbound" : "masqueradeCIDRs"
-        let target = policy.snatTarget(family)
-        let verb = target == nil ? "MASQUERADE" : "SNAT"
-        func jump(ports: String?) -> String {
-            guard let target else { return "-j MASQUERADE" + (ports.map { " --to-ports \($0)" } ?? "") }
-            guard let ports else { return "-j SNAT --to-source \(target)" }
-            return "-j SNAT --to-source " + (family == .v4 ? "\(target):\(ports)" : "[\(target)]:\(ports)")
+        let source = options.snatTarget(family)
+        let verb = source == nil ? "MASQUERADE" : "SNAT"
+        func target(ports: ClosedRange<Int>?) -> IPTRule.Target {
+            guard let source else { return .masquerade(ports: ports, randomFully: options.randomFully) }
+            return .snat(source, ports: ports, randomFully: options.randomFully)
         }
-        let interfaces = policy.egressInterfaces.isEmpty ? [""] : policy.egressInterfaces.map { "-o \($0) " }
-        var rules: [String] = []
+        let interfaces: [String?] = options.egressInterfaces.isEmpty ? [nil] : options.egressInterfaces
+        var rules: [IPTRule] = []
         for interface in interfaces {
             for proto in ["tcp", "udp", "sctp"] {
-                var remaining = policy.toPorts.reduce(0) { $0 + $1.count }
-                for (index, range) in policy.toPorts.enumerated() {
-                    let ports = range.lowerBound == range.upperBound ? "\(range.lowerBound)" : "\(range.lowerBound)-\(range.upperBound)"
-                    let pick = index == policy.toPorts.count - 1 ? "" : " -m statistic --mode random --probability \(Self.probability(range.count, of: remaining))"
-                    let comment = Self.comment("ip-masq-agent: \(traffic) \(proto) traffic is subject to \(verb) to ports \(ports)")
-                    rules.append("\(match)\(interface)-p \(proto) \(comment) \(Self.notLocal)\(pick) \(jump(ports: ports))\(flags)")
+                var remaining = options.toPorts.reduce(0) { $0 + $1.count }
+                for (index, range) in options.toPorts.enumerated() {
+                    var rule = IPTRule(target: target(ports: range))
+                    rule.destination = destination
+                    rule.outputInterface = interface
+                    rule.proto = proto
+                    rule.comment = "ip-masq-agent: \(traffic) \(proto) traffic is subject to \(verb) to ports \(NFTStatement.ports(range))"
+                    rule.localDestination = false
+                    if index != options.toPorts.count - 1 { rule.probability = (range.count, remaining) }
+                    rules.append(rule)
                     remaining -= range.count
                 }
             }
-            let comment = target == nil ? (destination == nil ? Comment.outbound : Comment.exception)
+            var rule = IPTRule(target: target(ports: nil))
+            rule.destination = destination
+            rule.outputInterface = interface
+            rule.comment = source == nil ? (destination == nil ? Comment.outbound : Comment.exception)
                 : (destination == nil ? Comment.outboundSNAT : Comment.exceptionSNAT)
-            rules.append("\(match)\(interface)\(Self.comment(comment)) \(Self.notLocal) \(jump(ports: nil))\(flags)")
+            rule.localDestination = false
+            rules.append(rule)
         }
         return rules
     }
 
-    /// `part / whole` as xt_statistic stores it (`lround(2^31 p)`) and prints it (`%.11f`), so it reads back equal.
-    static func probability(_ part: Int, of whole: Int) -> String {
-        let scaled = UInt128((Double(part) / Double(whole) * 2_147_483_648.0).rounded())
-        // scaled / 2^31 to 11 decimals, rounding half to even as printf does.
-        let numerator = scaled * 100_000_000_000
-        var digits = numerator >> 31
-        let remainder = numerator & 0x7FFF_FFFF
-        if remainder > 0x4000_0000 || (remainder == 0x4000_0000 && digits & 1 == 1) { digits += 1 }
-        let whole = digits / 100_000_000_000, fraction = String(digits % 100_000_000_000)
-        return "\(whole)." + String(repeating: "0", count: 11 - fraction.count) + fraction
-    }
+    /// `part / whole` as xt_statistic prints it.
+    static func probability(_ part: Int, of whole: Int) -> String { IPTRule.probability(part, of: whole) }
 
     // MARK: The leak guard (dropInvalid), in the mangle table
 
@@ -151,56 +167,96 @@ public struct IPTablesRenderer: Sendable {
     public static func guardChain(_ key: NetworkKey) -> String { "IPMASQ-INVALID-" + hex(fnv1a64(key.rawValue), digits: 8) }
 
     /// The guard's jump from mangle POSTROUTING for one family.
-    public func guardJumpRule(_ key: NetworkKey, _ family: IPFamily) -> String {
-        "! -d \(Self.multicast(family)) -m set --match-set \(Self.podSet(key, family)) src -m conntrack --ctstate INVALID "
-            + "\(Self.comment("ip-masq: invalid packets of registered pods of network \(key.rawValue)")) -j \(Self.guardChain(key))"
+    public func guardJump(_ key: NetworkKey, _ family: IPFamily) -> IPTRule {
+        var rule = IPTRule(target: .jump(Self.guardChain(key)))
+        rule.destination = Self.multicast(family)
+        rule.destinationNegated = true
+        rule.matchSet = (Self.podSet(key, family), .src)
+        rule.invalidState = true
+        rule.comment = "ip-masq: invalid packets of registered pods of network \(key.rawValue)"
+        return rule
     }
 
-    /// The guard chain's rules: the decision list with DROP where the nat chain masquerades.
-    public func guardRules(_ policy: NetworkPolicy, _ key: NetworkKey, _ family: IPFamily) -> [String] {
-        let drop = "\(Self.comment("ip-masq: an invalid packet would leave with the pod address")) -j DROP"
-        // With `egressInterfaces`, only packets leaving through them would be masqueraded, so only those are dropped.
-        let interfaces = policy.egressInterfaces.isEmpty ? [""] : policy.egressInterfaces.map { "-o \($0) " }
-        var rules = ["-m addrtype --dst-type LOCAL -j RETURN"]
-        rules += policy.masqueradeExceptions(family).flatMap { exception in interfaces.map { "-d \(exception) \($0)\(drop)" } }
-        if !(family == .v4 ? policy.masqLinkLocal : policy.masqLinkLocalIPv6) { rules.append("-d \(Self.linkLocal(family)) -j RETURN") }
-        rules += policy.nonMasquerade(family).map { "-d \($0) -j RETURN" }
-        if policy.exemptPodSubnet { rules.append("-m set --match-set \(Self.subnetSet(key, family)) dst -j RETURN") }
-        rules += interfaces.map { "\($0)\(drop)" }
+    public func guardJumpRule(_ key: NetworkKey, _ family: IPFamily) -> String { guardJump(key, family).spec }
+
+    /// The guard chain's rules: the decision list with DROP where the nat chain masquerades (with
+    /// `egressInterfaces`, only packets leaving through them would be masqueraded, so only those are dropped).
+    public func guardChainRules(_ list: DecisionList, _ key: NetworkKey, _ family: IPFamily) -> [IPTRule] {
+        let interfaces: [String?] = list.options.egressInterfaces.isEmpty ? [nil] : list.options.egressInterfaces
+        var rules: [IPTRule] = []
+        for step in list.rules {
+            var destinations: [CIDR?] = [nil]
+            var rule = IPTRule(target: .return)
+            switch step.match {
+            case .localDestination: rule.localDestination = true
+            case .destination(let ranges):
+                if step.step == .multicast { continue }
+                destinations = ranges.filter { $0.family == family }
+            case .podSubnet: rule.matchSet = (Self.subnetSet(key, family), .dst)
+            case .any: break
+            }
+            for destination in destinations {
+                rule.destination = destination
+                guard step.action == .masquerade else {
+                    rules.append(rule)
+                    continue
+                }
+                for interface in interfaces {
+                    var drop = rule
+                    drop.outputInterface = interface
+                    drop.comment = "ip-masq: an invalid packet would leave with the pod address"
+                    drop.target = .drop
+                    rules.append(drop)
+                }
+            }
+        }
         return rules
+    }
+
+    /// `guardChainRules` as `iptables -S` prints them.
+    public func guardRules(_ policy: NetworkPolicy, _ key: NetworkKey, _ family: IPFamily) -> [String] {
+        guardChainRules(DecisionList(policy: policy), key, family).map(\.spec)
     }
 
     /// The mangle table's part of a rewrite: the guard chain and its single jump, or their removal when
     /// `dropInvalid` is off; nil when there is nothing to do. `mangle` is the installed mangle listing.
-    public func guardInput(_ policy: NetworkPolicy, _ key: NetworkKey, _ family: IPFamily, mangle: NATListing) -> String? {
+    public func guardTable(_ list: DecisionList, _ key: NetworkKey, _ family: IPFamily, mangle: NATListing) -> IPTRestore.Table? {
         let chain = Self.guardChain(key)
         let jumps = installedJumps(key, family, in: mangle)
         let exists = mangle.chains.contains(chain)
-        var lines = ["*mangle"]
-        if policy.dropInvalid {
-            lines.append(":\(chain) - [0:0]")
-            lines += guardRules(policy, key, family).map { "-A \(chain) \($0)" }
-            let expected = guardJumpRule(key, family)
+        var operations: [IPTOperation] = []
+        if list.leakGuard {
+            operations.append(.declareChain(chain))
+            operations += guardChainRules(list, key, family).map { .append(chain: chain, $0) }
+            let expected = guardJump(key, family)
             var kept = false
             for jump in jumps {
-                if jump == expected && !kept { kept = true } else { lines.append("-D POSTROUTING \(jump)") }
+                if jump == expected.spec && !kept { kept = true } else { operations.append(.deleteListed(chain: "POSTROUTING", spec: jump)) }
             }
-            if !kept { lines.append("-A POSTROUTING \(expected)") }
+            if !kept { operations.append(.append(chain: "POSTROUTING", expected)) }
         } else {
             if jumps.isEmpty && !exists { return nil }
-            if exists { lines.append(":\(chain) - [0:0]") }
-            lines += jumps.map { "-D POSTROUTING \($0)" }
-            if exists { lines.append("-X \(chain)") }
+            if exists { operations.append(.declareChain(chain)) }
+            operations += jumps.map { .deleteListed(chain: "POSTROUTING", spec: $0) }
+            if exists { operations.append(.deleteChain(chain)) }
         }
-        lines.append("COMMIT")
-        return lines.joined(separator: "\n") + "\n"
+        return IPTRestore.Table("mangle", operations)
+    }
+
+    /// `guardTable` as `iptables-restore` input.
+    public func guardInput(_ policy: NetworkPolicy, _ key: NetworkKey, _ family: IPFamily, mangle: NATListing) -> String? {
+        guardTable(DecisionList(policy: policy), key, family, mangle: mangle).map { IPTRestore([$0]).text }
     }
 
     /// Removes the guard (whatever the policy) from the mangle table; nil when it is not there.
-    public func guardRemovalInput(_ key: NetworkKey, _ family: IPFamily, mangle: NATListing) -> String? {
+    public func guardRemoval(_ key: NetworkKey, _ family: IPFamily, mangle: NATListing) -> IPTRestore.Table? {
         var policy = NetworkPolicy(config: MasqConfig())
         policy.dropInvalid = false
-        return guardInput(policy, key, family, mangle: mangle)
+        return guardTable(DecisionList(policy: policy), key, family, mangle: mangle)
+    }
+
+    public func guardRemovalInput(_ key: NetworkKey, _ family: IPFamily, mangle: NATListing) -> String? {
+        guardRemoval(key, family, mangle: mangle).map { IPTRestore([$0]).text }
     }
 
     // MARK: iptables-restore input
@@ -222,35 +278,41 @@ public struct IPTablesRenderer: Sendable {
     }
 
     /// Writes a network's chain (declaring it flushes it) and ensures its single jump, in one transaction.
+    public func nodeWideTable(_ list: DecisionList, _ key: NetworkKey, _ family: IPFamily, chain: String,
+                              cleanup: Cleanup = Cleanup()) -> IPTRestore.Table {
+        var operations: [IPTOperation] = [.declareChain(chain)]
+        operations += cleanup.chains.map { .declareChain($0) }
+        operations += self.chain(list, key, family).map { .append(chain: chain, $0) }
+        operations += cleanup.jumps.map { .deleteListed(chain: "POSTROUTING", spec: $0) }
+        if !cleanup.keepsJump { operations.append(.append(chain: "POSTROUTING", jump(key, family, chain: chain))) }
+        operations += cleanup.chains.map { .deleteChain($0) }
+        return IPTRestore.Table("nat", operations)
+    }
+
+    /// `nodeWideTable` as `iptables-restore` input.
     public func nodeWideInput(_ policy: NetworkPolicy, _ key: NetworkKey, _ family: IPFamily, chain: String, cleanup: Cleanup = Cleanup()) -> String {
-        var lines = ["*nat", ":\(chain) - [0:0]"]
-        lines += cleanup.chains.map { ":\($0) - [0:0]" }
-        lines += chainRules(policy, key, family).map { "-A \(chain) \($0)" }
-        lines += cleanup.jumps.map { "-D POSTROUTING \($0)" }
-        if !cleanup.keepsJump { lines.append("-A POSTROUTING \(jumpRule(key, family, chain: chain))") }
-        lines += cleanup.chains.map { "-X \($0)" }
-        lines.append("COMMIT")
-        return lines.joined(separator: "\n") + "\n"
+        IPTRestore([nodeWideTable(DecisionList(policy: policy), key, family, chain: chain, cleanup: cleanup)]).text
     }
 
     /// Deletes a network's jumps and chains (as found installed) in one transaction; nil when there is nothing.
-    public func removalInput(jumps: [String], chains: [String]) -> String? {
+    public func removalTable(jumps: [String], chains: [String]) -> IPTRestore.Table? {
         if jumps.isEmpty && chains.isEmpty { return nil }
-        var lines = ["*nat"] + chains.map { ":\($0) - [0:0]" }
-        lines += jumps.map { "-D POSTROUTING \($0)" }
-        lines += chains.map { "-X \($0)" }
-        lines.append("COMMIT")
-        return lines.joined(separator: "\n") + "\n"
+        var operations: [IPTOperation] = chains.map { .declareChain($0) }
+        operations += jumps.map { .deleteListed(chain: "POSTROUTING", spec: $0) }
+        operations += chains.map { .deleteChain($0) }
+        return IPTRestore.Table("nat", operations)
+    }
+
+    public func removalInput(jumps: [String], chains: [String]) -> String? {
+        removalTable(jumps: jumps, chains: chains).map { IPTRestore([$0]).text }
     }
 
     // MARK: ipset restore input
 
-    /// `create` lines for a network's sets (with `-exist`, a no-op for sets that exist).
-    public func setDeclarations(_ key: NetworkKey) -> [String] {
-        IPFamily.allCases.flatMap { family -> [String] in
-            let name = family == .v4 ? "inet" : "inet6"
-            return ["create \(Self.podSet(key, family)) hash:ip family \(name) comment",
-                    "create \(Self.subnetSet(key, family)) hash:net family \(name) comment"]
+    /// `create` commands for a network's sets (with `-exist`, a no-op for sets that exist).
+    public func setDeclarations(_ key: NetworkKey) -> [IPSetOperation] {
+        IPFamily.allCases.flatMap { family -> [IPSetOperation] in
+            [.create(Self.podSet(key, family), .hashIP, family), .create(Self.subnetSet(key, family), .hashNet, family)]
         }
     }
 
@@ -258,32 +320,39 @@ public struct IPTablesRenderer: Sendable {
     /// changes owner gets its new owner's comment). With `creating`, the sets are declared first. With `verifying`,
     /// the pod sets of the families that gain pods are listed tersely, so the caller can see that the jump still
     /// references them.
-    public func setInput(for change: NetworkChange, creating: Bool = false, verifying: Bool = false) -> String {
-        var lines = creating ? setDeclarations(change.key) : []
+    public func setScript(for change: NetworkChange, creating: Bool = false, verifying: Bool = false) -> IPSetScript {
+        var operations = creating ? setDeclarations(change.key) : []
         for registration in change.remove {
-            lines.append("del \(Self.podSet(change.key, registration.pod.address.family)) \(registration.pod.address)")
+            operations.append(.delete(set: Self.podSet(change.key, registration.pod.address.family), .address(registration.pod.address)))
         }
         for subnet in change.removeSubnets {
-            lines.append("del \(Self.subnetSet(change.key, subnet.family)) \(subnet)")
+            operations.append(.delete(set: Self.subnetSet(change.key, subnet.family), .net(subnet)))
         }
         for subnet in change.addSubnets {
-            lines.append("add \(Self.subnetSet(change.key, subnet.family)) \(subnet) comment \"pod subnet\"")
+            operations.append(.add(set: Self.subnetSet(change.key, subnet.family), .net(subnet), comment: "pod subnet"))
         }
         for registration in change.add {
-            lines.append("add \(Self.podSet(change.key, registration.pod.address.family)) \(registration.pod.address) comment \"\(registration.owner.comment)\"")
+            operations.append(.add(set: Self.podSet(change.key, registration.pod.address.family),
+                                   .address(registration.pod.address), comment: registration.owner.comment))
         }
         if verifying {
             for family in Set(change.add.map(\.pod.address.family)).sorted() {
-                lines.append("list \(Self.podSet(change.key, family)) -terse")
+                operations.append(.listTerse(Self.podSet(change.key, family)))
             }
         }
-        return lines.isEmpty ? "" : lines.joined(separator: "\n") + "\n"
+        return IPSetScript(operations)
+    }
+
+    public func setInput(for change: NetworkChange, creating: Bool = false, verifying: Bool = false) -> String {
+        setScript(for: change, creating: creating, verifying: verifying).text
     }
 
     /// Deletes a network's sets whether or not they exist (create-then-destroy); after its rules are gone.
-    public func setRemovalInput(_ key: NetworkKey) -> String {
-        (setDeclarations(key) + Self.sets(key).map { "destroy \($0)" }).joined(separator: "\n") + "\n"
+    public func setRemovalScript(_ key: NetworkKey) -> IPSetScript {
+        IPSetScript(setDeclarations(key) + Self.sets(key).map { .destroy($0) })
     }
+
+    public func setRemovalInput(_ key: NetworkKey) -> String { setRemovalScript(key).text }
 }
 
 /// One family's nat table as `iptables -S` prints it: chain names and rules in order.

@@ -8,6 +8,21 @@ import MasqCore
 public protocol NFTExecutor: Sendable {
     /// Runs a script (or a single command); returns its standard output (JSON when `json`).
     func run(_ script: String, json: Bool) throws(BackendError) -> String
+    /// Applies a transaction atomically (by default its nft text through `run`).
+    func apply(_ transaction: NFTTransaction) throws(BackendError)
+    /// Answers a listing (by default its nft text through `run`).
+    func query(_ query: NFTQuery, json: Bool) throws(BackendError) -> String
+}
+
+extension NFTExecutor {
+    public func query(_ query: NFTQuery, json: Bool) throws(BackendError) -> String {
+        try run(query.text(), json: json)
+    }
+
+    public func apply(_ transaction: NFTTransaction) throws(BackendError) {
+        if transaction.isEmpty { return }
+        _ = try run(transaction.text, json: false)
+    }
 }
 
 /// libnftables, opened with `dlopen` so the plugin still starts on nodes without it.
@@ -118,7 +133,7 @@ public struct NFTablesBackend: MasqBackend {
 
     public func probe() -> String? {
         do {
-            _ = try executor.run("list tables", json: true)
+            _ = try executor.query(.tables, json: true)
             return nil
         } catch {
             return "nftables is not usable: \(error)"
@@ -126,9 +141,9 @@ public struct NFTablesBackend: MasqBackend {
     }
 
     public func apply(_ change: NetworkChange) throws(BackendError) {
-        let script = renderer.script(for: change, fingerprint: change.policy.map(fingerprint(of:)) ?? "")
-        if script.isEmpty { return }
-        do { _ = try executor.run(script, json: false) } catch where error.kind == .failed && change.policy == nil && change.add.isEmpty {
+        let transaction = renderer.transaction(for: change, fingerprint: change.policy.map(fingerprint(of:)) ?? "")
+        if transaction.isEmpty { return }
+        do { try executor.apply(transaction) } catch where error.kind == .failed && change.policy == nil && change.add.isEmpty {
             try removeOneByOne(change)
         }
     }
@@ -140,8 +155,8 @@ public struct NFTablesBackend: MasqBackend {
         let names = NFTablesRenderer.Names(key: change.key.rawValue)
         var refused: [String] = []
         for registration in change.remove {
-            _ = try executor.run(renderer.podRemoval(registration, names: names).joined(separator: "\n") + "\n", json: false)
-            do { _ = try executor.run(renderer.podnetRemoval(registration, names: names).joined(separator: "\n") + "\n", json: false) } catch {
+            try executor.apply(NFTTransaction(operations: renderer.podRemoval(registration, names: names)))
+            do { try executor.apply(NFTTransaction(operations: renderer.podnetRemoval(registration, names: names))) } catch {
                 refused.append("\(NFTablesRenderer.podnet(registration.pod)) of \(registration.owner.tag) (\(error.message))")
             }
         }
@@ -149,19 +164,19 @@ public struct NFTablesBackend: MasqBackend {
     }
 
     public func removeNetwork(_ network: String, registrations: [Registration]) throws(BackendError) {
-        _ = try executor.run(renderer.removeNetworkScript(key: NetworkKey(network: network)), json: false)
+        try executor.apply(renderer.removeNetworkTransaction(key: NetworkKey(network: network)))
     }
 
     /// Deletes the plugin's table when no network has objects left in it (`ip-masq reset`);
     /// returns the objects still in it, empty when the table is gone.
     public func removeTableIfEmpty() throws(BackendError) -> [String] {
         let items: [JSONValue]
-        do { items = try list("list table \(NFTablesRenderer.table)") } catch where error.kind == .missingObjects { return [] }
+        do { items = try list(.table) } catch where error.kind == .missingObjects { return [] }
         let remaining = items.compactMap { item -> String? in
             guard let (kind, body) = item.objectValue?.members.first, kind != "metainfo", kind != "table" else { return nil }
             return "\(kind) \(body["name"]?.stringValue ?? "")"
         }
-        if remaining.isEmpty { _ = try executor.run("delete table \(NFTablesRenderer.table)", json: false) }
+        if remaining.isEmpty { try executor.apply(NFTTransaction(operations: [.deleteTable])) }
         return remaining
     }
 
@@ -174,23 +189,24 @@ public struct NFTablesBackend: MasqBackend {
             inspection.nodeWideBroken = true
         }
         // Chains: the rule count and every rule's fingerprint comment.
+        let decisions = DecisionList(policy: policy)
         var expectedCounts = [
             names.post: IPFamily.allCases.count,
-            names.masq: renderer.decisionRules(policy, names: names).count,
-            names.snat: renderer.masqueradeRules(policy).count,
+            names.masq: renderer.decisionRules(decisions, names: names).count,
+            names.snat: renderer.masqueradeRules(decisions.options).count,
         ]
         var chains = [names.post, names.masq, names.snat]
         if policy.dropInvalid {
             expectedCounts[names.guardChain] = renderer.guardRules(names: names).count
-            expectedCounts[names.drop] = renderer.decisionRules(policy, names: names, masquerade: "drop").count
+            expectedCounts[names.drop] = renderer.decisionRules(decisions, names: names, dropping: true).count
             chains += [names.guardChain, names.drop]
         } else {
-            for chain in [names.guardChain, names.drop] where (try? list("list chain \(NFTablesRenderer.table) \(chain)")) != nil {
+            for chain in [names.guardChain, names.drop] where (try? list(.chain(chain))) != nil {
                 nodeWideProblem("chain \(chain) of table \(NFTablesRenderer.table) exists although dropInvalid is off")
             }
         }
         for chain in chains {
-            guard let items = try? list("list chain \(NFTablesRenderer.table) \(chain)") else {
+            guard let items = try? list(.chain(chain)) else {
                 nodeWideProblem("chain \(chain) of table \(NFTablesRenderer.table) is missing")
                 continue
             }
@@ -202,7 +218,7 @@ public struct NFTablesBackend: MasqBackend {
         for family in IPFamily.allCases {
             for (set, expected) in [(names.nonMasquerade(family), policy.nonMasquerade(family)),
                                     (names.exceptions(family), policy.masqueradeExceptions(family))] {
-                guard let items = try? list("list set \(NFTablesRenderer.table) \(set)") else {
+                guard let items = try? list(.set(set)) else {
                     nodeWideProblem("set \(set) is missing")
                     continue
                 }
@@ -216,7 +232,7 @@ public struct NFTablesBackend: MasqBackend {
         // multiply with the number of pods.
         // An element counts only with its owner's comment: after a takeover the address is another attachment's.
         let listed: [IPAddress: String]? = registrations.count <= 4 ? nil : Dictionary(IPFamily.allCases.flatMap { family in
-            let items = (try? list("list set \(NFTablesRenderer.table) \(names.pods(family))")) ?? []
+            let items = (try? list(.set(names.pods(family)))) ?? []
             return Self.elements(of: items).compactMap { element in
                 Self.cidr(from: element).map { ($0.address, element["elem"]?["comment"]?.stringValue ?? "") }
             }
@@ -227,19 +243,19 @@ public struct NFTablesBackend: MasqBackend {
             // The comment the element was written with: the owner tag, after `namespace/pod` when attributed.
             let comment = registration.owner.comment
             let present = listed.map { $0[address] == comment }
-                ?? ((try? executor.run("get element \(NFTablesRenderer.table) \(set) { \(address) }", json: false))?
+                ?? ((try? executor.query(.element(set: set, NFTElement(address: address)), json: false))?
                     .contains("comment \"\(comment)\"") == true)
             if !present { inspection.problems.append("\(address) of \(registration.owner.tag) is not in set \(set) with its owner") }
         }
         if policy.exemptPodSubnet {
             let listedNets: [IPFamily: Set<PodAddress>]? = registrations.count <= 4 ? nil : Dictionary(uniqueKeysWithValues: IPFamily.allCases.map { family in
-                let items = (try? list("list set \(NFTablesRenderer.table) \(names.podnets(family))")) ?? []
+                let items = (try? list(.set(names.podnets(family)))) ?? []
                 return (family, Set(Self.elements(of: items).compactMap { Self.podnet(from: $0)?.pod }))
             })
             for registration in registrations {
                 let set = names.podnets(registration.pod.address.family)
                 let present = listedNets.map { $0[registration.pod.address.family]!.contains(registration.pod) }
-                    ?? ((try? executor.run("get element \(NFTablesRenderer.table) \(set) { \(NFTablesRenderer.podnet(registration.pod)) }", json: false)) != nil)
+                    ?? ((try? executor.query(.element(set: set, NFTablesRenderer.podnetElement(registration.pod)), json: false)) != nil)
                 if !present { inspection.problems.append("pod subnet \(registration.pod.subnet) of \(registration.pod.address) is not in set \(set)") }
             }
         }
@@ -250,11 +266,11 @@ public struct NFTablesBackend: MasqBackend {
         let names = NFTablesRenderer.Names(key: NetworkKey(network: network).rawValue)
         var found: [PodAddress] = []
         for family in IPFamily.allCases {
-            let nets = (try? list("list set \(NFTablesRenderer.table) \(names.podnets(family))")) ?? []
+            let nets = (try? list(.set(names.podnets(family)))) ?? []
             for element in Self.elements(of: nets) {
                 if let (pod, comment) = Self.podnet(from: element), Owner.comment(comment, names: tag) { found.append(pod) }
             }
-            let pods = (try? list("list set \(NFTablesRenderer.table) \(names.pods(family))")) ?? []
+            let pods = (try? list(.set(names.pods(family)))) ?? []
             for element in Self.elements(of: pods) where Owner.comment(element["elem"]?["comment"]?.stringValue, names: tag) {
                 guard let address = Self.cidr(from: element)?.address, !found.contains(where: { $0.address == address }) else { continue }
                 found.append(PodAddress(address: address, subnet: CIDR(network: address, prefix: address.family.bitWidth)))
@@ -272,12 +288,12 @@ public struct NFTablesBackend: MasqBackend {
     }
 
     public func dump() -> String {
-        (try? executor.run("list table \(NFTablesRenderer.table)", json: false)) ?? ""
+        (try? executor.query(.table, json: false)) ?? ""
     }
 
     /// The objects of a JSON listing (`{"nftables": [...]}`).
-    func list(_ command: String) throws(BackendError) -> [JSONValue] {
-        let text = try executor.run(command, json: true)
+    func list(_ query: NFTQuery) throws(BackendError) -> [JSONValue] {
+        let text = try executor.query(query, json: true)
         return (try? JSONValue.parse(text))?["nftables"]?.arrayValue ?? []
     }
 

@@ -38,201 +38,215 @@ public struct NFTablesRenderer: Sendable {
             IPFamily.allCases.flatMap { [pods($0), podnets($0), nonMasquerade($0), exceptions($0)] }
         }
         var policySets: [String] { IPFamily.allCases.flatMap { [nonMasquerade($0), exceptions($0)] } }
+
+        func policySet(_ set: DecisionList.PolicySet, _ family: IPFamily) -> String {
+            set == .nonMasquerade ? nonMasquerade(family) : exceptions(family)
+        }
     }
 
-    static func addressType(_ family: IPFamily) -> String { family == .v4 ? "ipv4_addr" : "ipv6_addr" }
-    static func match(_ family: IPFamily) -> String { family == .v4 ? "ip" : "ip6" }
-
-    /// The whole script for one change.
+    /// The whole script for one change (`transaction(for:fingerprint:)` as nft text).
     public func script(for change: NetworkChange, fingerprint: String) -> String {
+        transaction(for: change, fingerprint: fingerprint).text
+    }
+
+    /// The operations of one change: the node-wide part when the change carries a policy, then pod removals, then
+    /// pod additions.
+    public func transaction(for change: NetworkChange, fingerprint: String) -> NFTTransaction {
         let names = Names(key: change.key.rawValue)
-        var lines: [String] = []
-        if let policy = change.policy { lines += nodeWide(policy, names: names, fingerprint: fingerprint) }
+        var transaction = NFTTransaction()
+        if let policy = change.policy { transaction += nodeWide(DecisionList(policy: policy), names: names, fingerprint: fingerprint) }
         // Removals first, each as add+delete so that an element already gone is not an error.
-        for registration in change.remove { lines += podRemoval(registration, names: names) }
-        for registration in change.remove { lines += podnetRemoval(registration, names: names) }
+        for registration in change.remove { transaction += podRemoval(registration, names: names) }
+        for registration in change.remove { transaction += podnetRemoval(registration, names: names) }
         for registration in change.add {
             let family = registration.pod.address.family
-            lines.append("add element \(Self.table) \(names.podnets(family)) { \(Self.podnet(registration.pod)) comment \"\(registration.owner.comment)\" }")
-            lines.append("add element \(Self.table) \(names.pods(family)) { \(registration.pod.address) comment \"\(registration.owner.comment)\" }")
+            let comment = registration.owner.comment
+            transaction.append(.addElement(set: names.podnets(family), key: Self.podnetElement(registration.pod, comment: comment)))
+            transaction.append(.addElement(set: names.pods(family), key: NFTElement(address: registration.pod.address, comment: comment)))
         }
-        return lines.isEmpty ? "" : lines.joined(separator: "\n") + "\n"
+        return transaction
     }
 
     /// The removal of a pod's address element (add+delete: no error when it is already gone).
-    func podRemoval(_ registration: Registration, names: Names) -> [String] {
+    func podRemoval(_ registration: Registration, names: Names) -> [NFTOperation] {
         let set = names.pods(registration.pod.address.family)
-        return ["add element \(Self.table) \(set) { \(registration.pod.address) }", "delete element \(Self.table) \(set) { \(registration.pod.address) }"]
+        let element = NFTElement(address: registration.pod.address)
+        return [.addElement(set: set, key: element), .deleteElement(set: set, key: element)]
     }
 
     /// The removal of a pod's `podnets` element.
-    func podnetRemoval(_ registration: Registration, names: Names) -> [String] {
+    func podnetRemoval(_ registration: Registration, names: Names) -> [NFTOperation] {
         let set = names.podnets(registration.pod.address.family)
-        return ["add element \(Self.table) \(set) { \(Self.podnet(registration.pod)) }", "delete element \(Self.table) \(set) { \(Self.podnet(registration.pod)) }"]
+        let element = Self.podnetElement(registration.pod)
+        return [.addElement(set: set, key: element), .deleteElement(set: set, key: element)]
     }
 
     /// A pod's `podnets` element: its address (as a full-length prefix) and its subnet.
-    static func podnet(_ pod: PodAddress) -> String { "\(pod.address)/\(pod.address.family.bitWidth) . \(pod.subnet)" }
+    static func podnetElement(_ pod: PodAddress, comment: String? = nil) -> NFTElement {
+        NFTElement(concatenation: [CIDR(network: pod.address, prefix: pod.address.family.bitWidth), pod.subnet], comment: comment)
+    }
+
+    /// A pod's `podnets` element as nft writes its key.
+    static func podnet(_ pod: PodAddress) -> String { podnetElement(pod).keyText }
 
     /// Creates (or rewrites) a network's chains, rules and policy sets; pod elements are kept.
-    func nodeWide(_ policy: NetworkPolicy, names: Names, fingerprint: String) -> [String] {
-        var lines = ["add table \(Self.table)"] + setDeclarations(names)
-        lines.append("add chain \(Self.table) \(names.post) { type nat hook postrouting priority srcnat; policy accept; }")
-        lines.append("add chain \(Self.table) \(names.masq)")
-        lines.append("add chain \(Self.table) \(names.snat)")
-        for chain in [names.post, names.masq, names.snat] { lines.append("flush chain \(Self.table) \(chain)") }
-        for set in names.policySets { lines.append("flush set \(Self.table) \(set)") }
+    func nodeWide(_ list: DecisionList, names: Names, fingerprint: String) -> [NFTOperation] {
+        var operations: [NFTOperation] = [.addTable] + setDeclarations(names)
+        operations.append(.addChain(names.post, hook: .natPostrouting))
+        operations.append(.addChain(names.masq, hook: nil))
+        operations.append(.addChain(names.snat, hook: nil))
+        for chain in [names.post, names.masq, names.snat] { operations.append(.flushChain(chain)) }
+        for set in names.policySets { operations.append(.flushSet(set)) }
         for family in IPFamily.allCases {
-            let ranges = policy.nonMasquerade(family)
-            if !ranges.isEmpty {
-                lines.append("add element \(Self.table) \(names.nonMasquerade(family)) { \(ranges.map(\.description).joined(separator: ", ")) }")
-            }
-            let exceptions = policy.masqueradeExceptions(family)
-            if !exceptions.isEmpty {
-                lines.append("add element \(Self.table) \(names.exceptions(family)) { \(exceptions.map(\.description).joined(separator: ", ")) }")
+            for set in [DecisionList.PolicySet.nonMasquerade, .exceptions] {
+                let ranges = list.elements(of: set, family)
+                if !ranges.isEmpty {
+                    operations.append(.addElements(set: names.policySet(set, family), ranges.map { NFTElement(prefix: $0) }))
+                }
             }
         }
-        let comment = " comment \"ip-masq \(fingerprint)\""
-        func rule(_ chain: String, _ body: String) { lines.append("add rule \(Self.table) \(chain) \(body)\(comment)") }
-        for family in IPFamily.allCases {
-            rule(names.post, "\(Self.match(family)) saddr @\(names.pods(family)) jump \(names.masq)")
+        let comment = "ip-masq \(fingerprint)"
+        func rule(_ chain: String, _ rule: NFTRule) {
+            var rule = rule
+            rule.comment = comment
+            operations.append(.addRule(chain: chain, rule))
         }
-        for body in decisionRules(policy, names: names) { rule(names.masq, Self.counting(body)) }
-        for body in masqueradeRules(policy) { rule(names.snat, body) }
-        lines += leakGuard(policy, names: names, comment: comment)
-        return lines
+        for family in IPFamily.allCases {
+            rule(names.post, NFTRule([.sourceIn(family, set: names.pods(family))], .jump(names.masq)))
+        }
+        for body in decisionRules(list, names: names) { rule(names.masq, body) }
+        for body in masqueradeRules(list.options) { rule(names.snat, body) }
+        operations += leakGuard(list, names: names, comment: comment)
+        return operations
     }
 
     /// The leak guard's chains when `dropInvalid` is on, else their removal (create, flush, delete: whether or not
     /// they exist). Conntrack sends no INVALID packet through a nat chain, so without it a late RST or FIN of an
     /// expired connection leaves with the pod's own address (reference plugins' issue #816).
-    func leakGuard(_ policy: NetworkPolicy, names: Names, comment: String) -> [String] {
-        var lines = ["add chain \(Self.table) \(names.guardChain) { type filter hook postrouting priority filter; policy accept; }",
-                     "add chain \(Self.table) \(names.drop)"]
-        for chain in [names.guardChain, names.drop] { lines.append("flush chain \(Self.table) \(chain)") }
-        guard policy.dropInvalid else {
-            return lines + [names.guardChain, names.drop].map { "delete chain \(Self.table) \($0)" }
+    func leakGuard(_ list: DecisionList, names: Names, comment: String) -> [NFTOperation] {
+        var operations: [NFTOperation] = [.addChain(names.guardChain, hook: .filterPostrouting), .addChain(names.drop, hook: nil)]
+        for chain in [names.guardChain, names.drop] { operations.append(.flushChain(chain)) }
+        guard list.leakGuard else {
+            return operations + [names.guardChain, names.drop].map { .deleteChain($0) }
         }
-        for body in guardRules(names: names) { lines.append("add rule \(Self.table) \(names.guardChain) \(body)\(comment)") }
-        for body in decisionRules(policy, names: names, masquerade: "drop") { lines.append("add rule \(Self.table) \(names.drop) \(body)\(comment)") }
-        return lines
+        for var body in guardRules(names: names) {
+            body.comment = comment
+            operations.append(.addRule(chain: names.guardChain, body))
+        }
+        for var body in decisionRules(list, names: names, dropping: true) {
+            body.comment = comment
+            operations.append(.addRule(chain: names.drop, body))
+        }
+        return operations
     }
 
     /// The guard chain's rules: INVALID packets of registered pods go through the decision list.
-    func guardRules(names: Names) -> [String] {
-        IPFamily.allCases.map { "ct state invalid \(Self.match($0)) saddr @\(names.pods($0)) jump \(names.drop)" }
+    func guardRules(names: Names) -> [NFTRule] {
+        IPFamily.allCases.map { NFTRule([.invalidState, .sourceIn($0, set: names.pods($0))], .jump(names.drop)) }
     }
 
     /// `add set` for each of a network's sets (a no-op for sets that exist).
-    func setDeclarations(_ names: Names) -> [String] {
-        IPFamily.allCases.flatMap { family -> [String] in
-            let type = Self.addressType(family)
-            return [
-                "add set \(Self.table) \(names.pods(family)) { type \(type); }",
-                "add set \(Self.table) \(names.podnets(family)) { type \(type) . \(type); flags interval; }",
-                "add set \(Self.table) \(names.nonMasquerade(family)) { type \(type); flags interval; }",
-                "add set \(Self.table) \(names.exceptions(family)) { type \(type); flags interval; }",
-            ]
+    func setDeclarations(_ names: Names) -> [NFTOperation] {
+        IPFamily.allCases.flatMap { family -> [NFTOperation] in
+            [.addSet(names.pods(family), NFTSetType(family: family, interval: false)),
+             .addSet(names.podnets(family), NFTSetType(family: family, concatenated: true, interval: true)),
+             .addSet(names.nonMasquerade(family), NFTSetType(family: family, interval: true)),
+             .addSet(names.exceptions(family), NFTSetType(family: family, interval: true))]
         }
     }
 
     /// Deletes the previous layout's sets whether or not they exist (after the chains that used them were flushed):
     /// `reset` cleans a node that ran the previous version. A rewrite leaves them (no rule refers to them any more;
     /// a deletion would cost every first ADD the kernel's delete wait).
-    func retiredSetRemoval(_ names: Names) -> [String] {
-        IPFamily.allCases.flatMap { family -> [String] in
-            let type = Self.addressType(family)
-            return ["add set \(Self.table) \(names.retired(family)) { type \(type) . \(type); flags interval; }",
-                    "delete set \(Self.table) \(names.retired(family))"]
+    func retiredSetRemoval(_ names: Names) -> [NFTOperation] {
+        IPFamily.allCases.flatMap { family -> [NFTOperation] in
+            [.addSet(names.retired(family), NFTSetType(family: family, concatenated: true, interval: true)),
+             .deleteSet(names.retired(family))]
         }
     }
 
-    /// DESIGN 1.1 steps 1–7 for a registered pod's packet; `masquerade` is what the masquerading steps do (the
-    /// leak guard drops instead).
-    func decisionRules(_ policy: NetworkPolicy, names: Names, masquerade: String? = nil) -> [String] {
-        // The nat chain's masquerading steps go to snat_K, which applies `egressInterfaces`; the leak guard's drop
-        // is limited to them here (a packet leaving elsewhere keeps its source anyway).
-        let actions = masquerade.map { verdict in
-            policy.egressInterfaces.isEmpty ? [verdict] : policy.egressInterfaces.map { "oifname \"\(Self.interface($0))\" \(verdict)" }
-        } ?? ["goto \(names.snat)"]
-        var rules = ["fib daddr type local return", "ip daddr 224.0.0.0/4 return", "ip6 daddr ff00::/8 return"]
-        for family in IPFamily.allCases {
-            for action in actions { rules.append("\(Self.match(family)) daddr @\(names.exceptions(family)) \(action)") }
-        }
-        if !policy.masqLinkLocal { rules.append("ip daddr 169.254.0.0/16 return") }
-        if !policy.masqLinkLocalIPv6 { rules.append("ip6 daddr fe80::/10 return") }
-        for family in IPFamily.allCases { rules.append("\(Self.match(family)) daddr @\(names.nonMasquerade(family)) return") }
-        if policy.exemptPodSubnet {
-            for family in IPFamily.allCases {
-                let match = Self.match(family)
-                rules.append("\(match) saddr . \(match) daddr @\(names.podnets(family)) return")
+    /// The decision list's steps as rules for a registered pod's packet: fixed ranges written into the rule (one
+    /// per range), the policy's ranges and the pod subnets through their sets (one rule per family). In the nat
+    /// chain every rule counts (the agent exports packets and bytes per verdict; nat chains see a connection's
+    /// first packet only) and the masquerading steps go to snat_K, which applies `egressInterfaces`; the leak
+    /// guard (`dropping`) drops there instead, limited to those interfaces (a packet leaving elsewhere keeps its
+    /// source anyway).
+    func decisionRules(_ list: DecisionList, names: Names, dropping: Bool = false) -> [NFTRule] {
+        let interfaces = list.options.egressInterfaces
+        let masquerading: [(matches: [NFTMatch], statement: NFTStatement)] = !dropping ? [([], .goto(names.snat))]
+            : interfaces.isEmpty ? [([], .drop)] : interfaces.map { ([.outputInterface($0)], .drop) }
+        var rules: [NFTRule] = []
+        for step in list.rules {
+            let tests: [[NFTMatch]]
+            switch step.match {
+            case .localDestination: tests = [[.localDestination]]
+            case .destination(let ranges):
+                if let set = step.set {
+                    tests = IPFamily.allCases.map { [.destinationIn($0, set: names.policySet(set, $0))] }
+                } else {
+                    tests = ranges.map { [.destination($0)] }
+                }
+            case .podSubnet: tests = IPFamily.allCases.map { [.sourceAndDestinationIn($0, set: names.podnets($0))] }
+            case .any: tests = [[]]
+            }
+            for test in tests {
+                switch step.action {
+                case .keepSource: rules.append(NFTRule(test, counter: !dropping, .return))
+                case .masquerade:
+                    for action in masquerading { rules.append(NFTRule(test + action.matches, counter: !dropping, action.statement)) }
+                }
             }
         }
-        rules += actions
         return rules
-    }
-
-    /// A decision rule with a `counter` before its verdict, so the agent can export packets and bytes per verdict
-    /// (`return`: source kept, `goto snat_K`: masqueraded). nat chains see a connection's first packet only.
-    static func counting(_ body: String) -> String {
-        if body.hasSuffix(" return") { return String(body.dropLast(" return".count)) + " counter return" }
-        if body.hasPrefix("goto ") { return "counter " + body }
-        let words = body.split(separator: " ", omittingEmptySubsequences: false)
-        guard words.count >= 2, words[words.count - 2] == "goto" else { return body }
-        return (words.dropLast(2) + ["counter"] + words.suffix(2)).joined(separator: " ")
     }
 
     /// The masquerade: with `toPorts`, tcp/udp/sctp connections spread over the ranges in proportion to their sizes.
     /// With `snatAddress`/`snatAddressIPv6`, that family SNATs to the chosen source instead (same port options);
     /// with `egressInterfaces`, each rule is repeated per interface and a packet leaving elsewhere falls off the
     /// chain's end with its source kept.
-    func masqueradeRules(_ policy: NetworkPolicy) -> [String] {
-        let flags = policy.randomFully ? " fully-random" : ""
-        let interfaces = policy.egressInterfaces.isEmpty ? [""] : policy.egressInterfaces.map { "oifname \"\(Self.interface($0))\" " }
+    func masqueradeRules(_ options: DecisionList.MasqueradeOptions) -> [NFTRule] {
+        let interfaces: [[NFTMatch]] = options.egressInterfaces.isEmpty ? [[]] : options.egressInterfaces.map { [.outputInterface($0)] }
         // Without a SNAT source one family-neutral group, as before; otherwise one group per family.
-        let groups: [(match: String, family: IPFamily?)] = policy.snatAddress == nil && policy.snatAddressIPv6 == nil
-            ? [("", nil)] : IPFamily.allCases.map { ("meta nfproto ipv\($0.rawValue) ", $0) }
-        func action(_ family: IPFamily?, ports: String?) -> String {
-            guard let family, let target = policy.snatTarget(family) else { return "masquerade" + (ports.map { " to :\($0)" } ?? "") }
-            let match = Self.match(family)
-            guard let ports else { return "snat \(match) to \(target)" }
-            let address = family == .v4 ? "\(target)"
-                : target.first == target.last ? "[\(target.first)]" : "[\(target.first)]-[\(target.last)]"
-            return "snat \(match) to \(address):\(ports)"
+        let groups: [IPFamily?] = options.snatAddress == nil && options.snatAddressIPv6 == nil ? [nil] : IPFamily.allCases
+        func action(_ family: IPFamily?, ports: ClosedRange<Int>?) -> NFTStatement {
+            guard let family, let target = options.snatTarget(family) else {
+                return .masquerade(ports: ports, fullyRandom: options.randomFully)
+            }
+            return .snat(family, target, ports: ports, fullyRandom: options.randomFully)
         }
-        var rules: [String] = []
+        var rules: [NFTRule] = []
         for interface in interfaces {
-            for group in groups {
-                var remaining = policy.toPorts.reduce(0) { $0 + $1.count }
-                for (index, range) in policy.toPorts.enumerated() {
-                    let ports = range.lowerBound == range.upperBound ? "\(range.lowerBound)" : "\(range.lowerBound)-\(range.upperBound)"
-                    let pick = index == policy.toPorts.count - 1 ? "" : "numgen random mod \(remaining) < \(range.count) "
-                    rules.append("\(interface)\(group.match)meta l4proto { tcp, udp, sctp } \(pick)\(action(group.family, ports: ports))\(flags)")
+            for family in groups {
+                let group: [NFTMatch] = interface + (family.map { [.protocolFamily($0)] } ?? [])
+                var remaining = options.toPorts.reduce(0) { $0 + $1.count }
+                for (index, range) in options.toPorts.enumerated() {
+                    let pick: [NFTMatch] = index == options.toPorts.count - 1 ? [] : [.randomBelow(modulus: remaining, bound: range.count)]
+                    rules.append(NFTRule(group + [.portProtocols] + pick, action(family, ports: range)))
                     remaining -= range.count
                 }
-                rules.append("\(interface)\(group.match)\(action(group.family, ports: nil))\(flags)")
+                rules.append(NFTRule(group, action(family, ports: nil)))
             }
         }
         return rules
     }
 
-    /// An `egressInterfaces` name as nft matches it: iptables' `+` wildcard is nft's `*`.
-    static func interface(_ pattern: String) -> String { pattern.hasSuffix("+") ? pattern.dropLast() + "*" : pattern }
-
     /// Deletes a network's chains and sets (the table stays for other networks).
-    public func removeNetworkScript(key: NetworkKey) -> String {
+    public func removeNetworkScript(key: NetworkKey) -> String { removeNetworkTransaction(key: key).text }
+
+    /// The operations of `removeNetworkScript`.
+    public func removeNetworkTransaction(key: NetworkKey) -> NFTTransaction {
         let names = Names(key: key.rawValue)
-        var lines = ["add table \(Self.table)"]
+        var operations: [NFTOperation] = [.addTable]
         // Create-then-delete makes the script succeed whether or not the objects exist.
-        lines.append("add chain \(Self.table) \(names.post) { type nat hook postrouting priority srcnat; policy accept; }")
-        lines.append("add chain \(Self.table) \(names.guardChain) { type filter hook postrouting priority filter; policy accept; }")
-        for chain in [names.masq, names.snat, names.drop] { lines.append("add chain \(Self.table) \(chain)") }
+        operations.append(.addChain(names.post, hook: .natPostrouting))
+        operations.append(.addChain(names.guardChain, hook: .filterPostrouting))
+        for chain in [names.masq, names.snat, names.drop] { operations.append(.addChain(chain, hook: nil)) }
         let chains = [names.post, names.guardChain, names.masq, names.snat, names.drop]
-        for chain in chains { lines.append("flush chain \(Self.table) \(chain)") }
-        for chain in chains { lines.append("delete chain \(Self.table) \(chain)") }
-        lines += setDeclarations(names)
-        for set in names.sets { lines.append("delete set \(Self.table) \(set)") }
-        lines += retiredSetRemoval(names)
-        return lines.joined(separator: "\n") + "\n"
+        for chain in chains { operations.append(.flushChain(chain)) }
+        for chain in chains { operations.append(.deleteChain(chain)) }
+        operations += setDeclarations(names)
+        for set in names.sets { operations.append(.deleteSet(set)) }
+        operations += retiredSetRemoval(names)
+        return NFTTransaction(operations: operations)
     }
 }

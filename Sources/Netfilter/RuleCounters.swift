@@ -35,7 +35,7 @@ extension NFTablesBackend {
     /// The `counter` of each rule of `masq_K`: a `return` keeps the source, a `goto snat_K` masquerades.
     public func ruleCounters(network: String) throws(BackendError) -> RuleCounters {
         let names = NFTablesRenderer.Names(key: NetworkKey(network: network).rawValue)
-        return Self.counters(in: try list("list chain \(NFTablesRenderer.table) \(names.masq)"))
+        return Self.counters(in: try list(.chain(names.masq)))
     }
 
     /// The counters of a JSON chain listing (pure, for tests).

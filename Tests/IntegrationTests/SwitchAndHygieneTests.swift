@@ -303,11 +303,14 @@ struct SwitchAndHygieneTests {
         let ns = try Netns("rcvbuf")
         try ns.exec(["nft", "add table inet rcvbuf; add set inet rcvbuf pods { type ipv4_addr; }"], check: true)
         try ns.exec(["ipset", "create", "RCVBUF", "hash:ip", "comment"], check: true)
-        let script = (0..<500).map { #"add element inet rcvbuf pods { 10.1.\#($0 / 250).\#($0 % 250 + 1) comment "network/container-\#($0)/eth0" }"# }
-            .joined(separator: "\n") + "\n"
-        let ipsetScript = (0..<200).map { #"add RCVBUF 10.2.\#($0 / 250).\#($0 % 250 + 1) comment "network/container-\#($0)/eth0""# }
-            .joined(separator: "\n") + "\n"
-        let batch = try #require(ElementBatch(script: script))
+        let transaction = NFTTransaction(table: "rcvbuf", operations: (0..<500).map {
+            .addElement(set: "pods", key: NFTElement(address: IPAddress("10.1.\($0 / 250).\($0 % 250 + 1)")!,
+                                                     comment: "network/container-\($0)/eth0"))
+        })
+        let ipsetScript = IPSetScript((0..<200).map {
+            .add(set: "RCVBUF", .address(IPAddress("10.2.\($0 / 250).\($0 % 250 + 1)")!), comment: "network/container-\($0)/eth0")
+        })
+        let batch = try #require(ElementBatch(transaction: transaction))
         let ipsetBatch = try #require(IPSetBatch(script: ipsetScript))
         nonisolated(unsafe) var applied = false
         nonisolated(unsafe) var ipsetOutput: String?

@@ -76,7 +76,14 @@ import Testing
     }
 
     @Test func nftablesRules() throws {
-        let renderer = NFTablesRenderer()
+        let nft = NFTablesRenderer()
+        struct Texts {
+            let renderer: NFTablesRenderer
+            func masqueradeRules(_ policy: NetworkPolicy) -> [String] {
+                renderer.masqueradeRules(DecisionList(policy: policy).options).map(\.text)
+            }
+        }
+        let renderer = Texts(renderer: nft)
         let plain = NetworkPolicy(config: MasqConfig())
         #expect(renderer.masqueradeRules(plain) == ["masquerade fully-random"], "unchanged without the new keys")
         let policy = NetworkPolicy(config: try resolve(#"{"snatAddress":"203.0.113.9-203.0.113.12","snatAddressIPv6":"2001:db8::9","toPorts":"2000-2999,4000-4999","egressInterfaces":["eth0","wg+"]}"#))

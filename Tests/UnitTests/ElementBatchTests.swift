@@ -10,15 +10,15 @@ import Testing
         Registration(owner: owner, pod: PodAddress(address: IPAddress(address)!, subnet: try! CIDR.parse(subnet).get()))
     }
 
-    @Test func acceptsEveryPodScriptOfTheRenderer() throws {
+    @Test func acceptsEveryPodTransactionOfTheRenderer() throws {
         var change = NetworkChange(network: "bench")
         change.add = [Self.registration("10.200.200.9", "10.200.0.0/16"), Self.registration("fd00:10:244::9", "fd00:10:244::/64")]
         change.remove = [Self.registration("10.200.200.8", "10.200.0.0/16")]
         change.addSubnets = [try CIDR.parse("10.200.0.0/16").get(), try CIDR.parse("fd00:10:244::/64").get()]
         change.removeSubnets = [try CIDR.parse("10.201.0.0/16").get()]
-        let script = NFTablesRenderer().script(for: change, fingerprint: "")
-        let batch = try #require(ElementBatch(script: script))
-        #expect(batch.commands.count == script.split(separator: "\n").count)
+        let transaction = NFTablesRenderer().transaction(for: change, fingerprint: "")
+        let batch = try #require(ElementBatch(transaction: transaction))
+        #expect(batch.commands.count == transaction.operations.count)
         let added = try #require(batch.commands.first { $0.add && $0.comment == "bench/c9/eth0" && $0.key.count == 4 })
         #expect(added.family == 1 && added.table == "ip_masq" && added.set == "pods4_bench")
         #expect(added.key == [10, 200, 200, 9] && added.keyEnd == nil)
@@ -32,29 +32,34 @@ import Testing
         #expect(removed.allSatisfy { $0.comment == nil })
     }
 
+    static let prefix8 = NFTElement(prefix: try! CIDR.parse("10.0.0.0/8").get())
+
     @Test(arguments: [
-        "add table inet ip_masq",
-        "flush set inet ip_masq nomasq4_bench",
-        "add element inet ip_masq nomasq4_bench { 10.0.0.0/8, 172.16.0.0/12 }",
-        "add element inet ip_masq nomasq4_bench { 10.0.0.0/8 }",
-        "get element inet ip_masq pods4_bench { 10.0.0.1 }",
-        "add element inet ip_masq podnets4_bench { 10.0.0.1/8 . 10.0.0.0/8 }",
-        "add element inet ip_masq pods4_bench { 10.0.0.1 comment \"a\"b\" }",
-        "add element bridge ip_masq pods4_bench { 10.0.0.1 }",
-        "add element inet ip_masq pods4_bench { 10.0.0.1 } ; flush ruleset",
+        NFTOperation.addTable,
+        .flushSet("nomasq4_bench"),
+        .addElements(set: "nomasq4_bench", [prefix8, NFTElement(prefix: try! CIDR.parse("172.16.0.0/12").get())]),
+        .addElement(set: "nomasq4_bench", key: prefix8),
+        .addElement(set: "pods4_bench", key: NFTElement(address: IPAddress("10.0.0.1")!, comment: String(repeating: "c", count: 300))),
+        .addRule(chain: "masq_bench", NFTRule([], .return)),
     ])
-    func leavesOtherScriptsToLibnftables(_ line: String) {
-        #expect(ElementBatch(script: "add element inet ip_masq pods4_bench { 10.0.0.2 }\n" + line + "\n") == nil)
+    func leavesOtherTransactionsToLibnftables(_ operation: NFTOperation) {
+        let first = NFTOperation.addElement(set: "pods4_bench", key: NFTElement(address: IPAddress("10.0.0.2")!))
+        #expect(ElementBatch(transaction: NFTTransaction(operations: [first, operation])) == nil)
+        #expect(ElementBatch(transaction: NFTTransaction(family: "bridge", operations: [first])) == nil)
+        #expect(ElementBatch(transaction: NFTTransaction(operations: [first])) != nil)
     }
 
     /// The element message, as `nft --debug=mnl` shows nft 1.0.6 sending it for the same command (less its set id,
     /// which only matters for a set created in the same batch).
     @Test func encodesAnElementLikeNft() throws {
-        let batch = try #require(ElementBatch(script: "add element inet ip_masq pods4_bench { 10.200.200.9 comment \"bench/c9/eth0\" }\n"))
+        let element = NFTElement(address: IPAddress("10.200.200.9")!, comment: "bench/c9/eth0")
+        let transaction = NFTTransaction(operations: [.addElement(set: "pods4_bench", key: element)])
+        #expect(transaction.text == "add element inet ip_masq pods4_bench { 10.200.200.9 comment \"bench/c9/eth0\" }\n")
+        let batch = try #require(ElementBatch(transaction: transaction))
         let bytes = batch.messages(firstSequence: 100)
         let begin: [UInt8] = [20, 0, 0, 0, 0x10, 0, 1, 0, 100, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 10]
         #expect(Array(bytes[0..<20]) == begin)
-        let element: [UInt8] = [
+        let message: [UInt8] = [
             1, 0, 0, 0, // nfgenmsg: inet, version 0, res_id 0
             12, 0, 1, 0, 0x69, 0x70, 0x5F, 0x6D, 0x61, 0x73, 0x71, 0, // TABLE "ip_masq"
             16, 0, 2, 0, 0x70, 0x6F, 0x64, 0x73, 0x34, 0x5F, 0x62, 0x65, 0x6E, 0x63, 0x68, 0, // SET "pods4_bench"
@@ -62,17 +67,18 @@ import Testing
             36, 0, 1, 0x80, // LIST_ELEM
             12, 0, 1, 0x80, 8, 0, 1, 0, 10, 200, 200, 9, // KEY { VALUE 10.200.200.9 }
             20, 0, 6, 0, 0, 14] + Array("bench/c9/eth0".utf8) + [0] // USERDATA: comment, 14 bytes with the NUL
-        let header: [UInt8] = [UInt8(16 + element.count), 0, 0, 0, 0x0C, 0x0A, 0x05, 0x04, 101, 0, 0, 0, 0, 0, 0, 0]
-        #expect(Array(bytes[20..<(36 + element.count)]) == header + element)
+        let header: [UInt8] = [UInt8(16 + message.count), 0, 0, 0, 0x0C, 0x0A, 0x05, 0x04, 101, 0, 0, 0, 0, 0, 0, 0]
+        #expect(Array(bytes[20..<(36 + message.count)]) == header + message)
         let end: [UInt8] = [20, 0, 0, 0, 0x11, 0, 1, 0, 102, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 10]
-        #expect(Array(bytes[(36 + element.count)...]) == end)
+        #expect(Array(bytes[(36 + message.count)...]) == end)
     }
 
     @Test func boundsOfAPrefix() throws {
-        let bounds = try #require(ElementBatch.prefixBounds("10.244.1.0/24"))
-        #expect(bounds.start == [10, 244, 1, 0] && bounds.end == [10, 244, 1, 255])
-        #expect(ElementBatch.prefixBounds("10.244.1.1/24") == nil)
-        #expect(ElementBatch.prefixBounds("10.244.1.0/33") == nil)
+        #expect(ElementBatch.lastAddress(try CIDR.parse("10.244.1.0/24").get()) == IPAddress("10.244.1.255"))
+        #expect(ElementBatch.lastAddress(try CIDR.parse("fd00::/8").get()) == IPAddress("fdff:ffff:ffff:ffff:ffff:ffff:ffff:ffff"))
+        #expect(ElementBatch.lastAddress(try CIDR.parse("fd00:1:2:3::/64").get()) == IPAddress("fd00:1:2:3:ffff:ffff:ffff:ffff"))
+        #expect(ElementBatch.lastAddress(try CIDR.parse("10.0.0.1/32").get()) == IPAddress("10.0.0.1"))
+        #expect(ElementBatch.bytes(IPAddress("fd00::1")!) == [0xFD] + Array(repeating: 0, count: 14) + [1])
     }
 
     // MARK: ipset
@@ -83,26 +89,30 @@ import Testing
         change.remove = [Self.registration("10.200.200.8", "10.200.0.0/16")]
         change.addSubnets = [try CIDR.parse("10.200.0.0/16").get()]
         change.removeSubnets = [try CIDR.parse("10.201.0.0/16").get()]
-        let input = IPTablesRenderer(masqChain: "IP-MASQ-AGENT").setInput(for: change, verifying: true)
+        let input = IPTablesRenderer(masqChain: "IP-MASQ-AGENT").setScript(for: change, verifying: true)
         let batch = try #require(IPSetBatch(script: input))
-        #expect(batch.commands.count == input.split(separator: "\n").count)
+        #expect(batch.commands.count == input.operations.count)
         #expect(batch.commands.contains(.element(add: true, set: "IPMASQ-P4-bench", address: [10, 200, 200, 9], prefix: nil, comment: "bench/c9/eth0")))
         #expect(batch.commands.contains(.element(add: false, set: "IPMASQ-S4-bench", address: [10, 201, 0, 0], prefix: 16, comment: nil)))
         #expect(batch.commands.contains(.references(set: "IPMASQ-P6-bench")))
-        #expect(IPTablesRenderer(masqChain: "IP-MASQ-AGENT").setInput(for: change, creating: true).isEmpty == false)
-        #expect(IPSetBatch(script: IPTablesRenderer(masqChain: "IP-MASQ-AGENT").setInput(for: change, creating: true)) == nil)
+        #expect(IPTablesRenderer(masqChain: "IP-MASQ-AGENT").setScript(for: change, creating: true).isEmpty == false)
+        #expect(IPSetBatch(script: IPTablesRenderer(masqChain: "IP-MASQ-AGENT").setScript(for: change, creating: true)) == nil)
     }
 
-    @Test(arguments: ["create IPMASQ-P4-x hash:ip family inet comment", "destroy IPMASQ-P4-x", "list IPMASQ-P4-x",
-                      "add IPMASQ-P4-x 10.0.0.1/8", "del IPMASQ-P4-x 10.0.0.1 comment \"a\"", "add IPMASQ-P4-x 10.0.0.1 comment \"a\"b\"",
-                      "flush IPMASQ-P4-x", "add IPMASQ-P4-x not-an-address"])
-    func leavesOtherInputToTheIPSetTool(_ line: String) {
-        #expect(IPSetBatch(script: "add IPMASQ-P4-x 10.0.0.2\n" + line + "\n") == nil)
+    @Test(arguments: [IPSetOperation.create("IPMASQ-P4-x", .hashIP, .v4), .destroy("IPMASQ-P4-x"), .list("IPMASQ-P4-x"),
+                      .add(set: "IPMASQ-P4-x", .address(IPAddress("10.0.0.1")!), comment: String(repeating: "c", count: 300)),
+                      .add(set: String(repeating: "S", count: 40), .address(IPAddress("10.0.0.1")!), comment: nil)])
+    func leavesOtherInputToTheIPSetTool(_ operation: IPSetOperation) {
+        let first = IPSetOperation.add(set: "IPMASQ-P4-x", .address(IPAddress("10.0.0.2")!), comment: nil)
+        #expect(IPSetBatch(script: IPSetScript([first, operation])) == nil)
+        #expect(IPSetBatch(script: IPSetScript([first])) != nil)
     }
 
     /// The add message, as `ipset -exist add T4 10.1.2.3 comment "net/c1/eth0"` (ipset 7.17) sends it.
     @Test func encodesAnAddLikeTheIPSetTool() throws {
-        let batch = try #require(IPSetBatch(script: "add T4 10.1.2.3 comment \"net/c1/eth0\"\n"))
+        let script = IPSetScript([.add(set: "T4", .address(IPAddress("10.1.2.3")!), comment: "net/c1/eth0")])
+        #expect(script.text == "add T4 10.1.2.3 comment \"net/c1/eth0\"\n")
+        let batch = try #require(IPSetBatch(script: script))
         let bytes = batch.elementMessages(firstSequence: 7).bytes
         let expected: [UInt8] = [76, 0, 0, 0, 0x09, 0x06, 0x05, 0x00, 7, 0, 0, 0, 0, 0, 0, 0, // ADD, REQUEST|ACK (no EXCL: -exist)
                                  2, 0, 0, 0, // nfgenmsg: AF_INET
