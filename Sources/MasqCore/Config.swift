@@ -61,6 +61,9 @@ public struct MasqConfig: Equatable, Sendable {
     public var snatAddressIPv6: SNATTarget? = nil
     /// Only traffic leaving through these interfaces is masqueraded; empty: every interface.
     public var egressInterfaces: [String] = []
+    /// `namespaces` (Namespaces.swift): each namespace's entry as the layers set it, and its resolved config.
+    public internal(set) var namespaceOverrides: [NamespaceOverride] = []
+    public internal(set) var namespaceConfigs: [String: MasqConfig] = [:]
     /// Whether some layer set `nonMasqueradeCIDRs` (the reserved-ranges flag then does not apply).
     public private(set) var nonMasqueradeCIDRsGiven = false
     /// Where each key (and each CIDR of a list) came from, for `explain` and `lint`; not part of the value.
@@ -87,12 +90,15 @@ public enum ConfigSource: Sendable, Equatable, Hashable {
     case file(String)
     /// Not set by any layer: the built-in default.
     case builtIn
+    /// The entry of a namespace in `namespaces` (issue 15), in the layer that set it.
+    indirect case namespaceOverride(String, ConfigSource)
 
     public var label: String {
         switch self {
         case .netconf: return "network config"
         case .file(let path): return "config file \(path)"
         case .builtIn: return "default"
+        case .namespaceOverride(let namespace, let layer): return "namespaces.\(namespace) in \(layer.label)"
         }
     }
 }
@@ -108,14 +114,14 @@ extension MasqConfig {
         "nonMasqueradeCIDRs", "nomasqAllReservedRanges", "masqLinkLocal", "masqLinkLocalIPv6", "masqueradeCIDRs",
         "cidrLimit", "exemptPodSubnet", "randomFully", "toPorts", "resyncInterval", "configFile", "backend",
         "iptablesMode", "masqChain", "lockFile", "lockTimeout", "stateDir", "logFile", "logLevel",
-        "conntrackFlush", "dropInvalid", "snatAddress", "snatAddressIPv6", "egressInterfaces",
+        "conntrackFlush", "dropInvalid", "snatAddress", "snatAddressIPv6", "egressInterfaces", "namespaces",
     ]
     /// Keys a config file may set: ip-masq-agent's own plus the plugin's masquerade policy keys.
     /// Node plumbing (backend, paths, logging) stays in the conflist so every invocation agrees on it.
     static let fileKeys: Set<String> = [
         "nonMasqueradeCIDRs", "nomasqAllReservedRanges", "masqLinkLocal", "masqLinkLocalIPv6", "masqueradeCIDRs",
         "cidrLimit", "exemptPodSubnet", "randomFully", "toPorts", "resyncInterval",
-        "snatAddress", "snatAddressIPv6", "egressInterfaces",
+        "snatAddress", "snatAddressIPv6", "egressInterfaces", "namespaces",
     ]
 
     /// Resolves the configuration: defaults < conflist keys < config file keys, then validates the result.
@@ -157,6 +163,7 @@ extension MasqConfig {
             }
         }
         try config.validate()
+        if !config.namespaceOverrides.isEmpty { try config.resolveNamespaces(recordingProvenance: recordingProvenance) }
         return config
     }
 
@@ -202,9 +209,9 @@ extension MasqConfig {
         netconf["configFile"]?.stringValue.flatMap { $0.isEmpty ? nil : $0 }
     }
 
-    mutating func apply(_ object: JSONObject, source: ConfigSource, allowed: Set<String>) throws(CNIError) {
+    mutating func apply(_ object: JSONObject, source: ConfigSource, allowed: Set<String>, path: String = "") throws(CNIError) {
         var sawNonMasq = false
-        let reader = KeyReader(source: source)
+        let reader = KeyReader(source: source, path: path)
         for (key, value) in object.members {
             guard allowed.contains(key) else {
                 if case .file = source {
@@ -278,6 +285,7 @@ extension MasqConfig {
             case "snatAddress": snatAddress = try reader.snatTarget(key, value, .v4)
             case "snatAddressIPv6": snatAddressIPv6 = try reader.snatTarget(key, value, .v6)
             case "egressInterfaces": egressInterfaces = try reader.interfaces(key, value)
+            case "namespaces": namespaceOverrides = try readNamespaces(value, source: source)
             default: break
             }
         }
@@ -334,13 +342,15 @@ func abbreviated(_ value: JSONValue) -> String {
 /// Reads typed values of config keys, with refusals that name the key, the value and the source.
 struct KeyReader {
     var source: ConfigSource
+    /// Put before each key in messages: `namespaces.NS.` inside a namespace entry.
+    var path = ""
 
     func invalid(_ key: String, _ value: JSONValue, _ expectation: String, code: CNIError.Code = .invalidConfig) -> CNIError {
-        CNIError(code, "invalid \(key) \(abbreviated(value)) in \(source.label)", details: expectation)
+        CNIError(code, "invalid \(path)\(key) \(abbreviated(value)) in \(source.label)", details: expectation)
     }
 
     func wrongType(_ key: String, _ value: JSONValue, _ expected: String) -> CNIError {
-        CNIError(.decodeFailure, "\(key) must be \(expected), got \(value.kindName) \(abbreviated(value)) in \(source.label)")
+        CNIError(.decodeFailure, "\(path)\(key) must be \(expected), got \(value.kindName) \(abbreviated(value)) in \(source.label)")
     }
 
     func bool(_ key: String, _ value: JSONValue) throws(CNIError) -> Bool {

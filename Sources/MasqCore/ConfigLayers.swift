@@ -66,6 +66,7 @@ extension MasqConfig {
             case "exemptPodSubnet": exemptPodSubnet = exemptPodSubnet || before.exemptPodSubnet
             case "randomFully": randomFully = randomFully || before.randomFully
             case "egressInterfaces": egressInterfaces = before.egressInterfaces + egressInterfaces.filter { !before.egressInterfaces.contains($0) }
+            case "namespaces": namespaceOverrides = Self.mergeNamespaces(before.namespaceOverrides, namespaceOverrides)
             default: continue
             }
         }

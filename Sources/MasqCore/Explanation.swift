@@ -109,6 +109,7 @@ public struct Explanation: Equatable, Sendable {
         case .builtIn: return "default"
         case .netconf: return "conflist"
         case .file(let path): return path
+        case .namespaceOverride(let namespace, let layer): return "namespaces.\(namespace) in \(label(layer))"
         }
     }
 

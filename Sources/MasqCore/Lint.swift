@@ -87,6 +87,7 @@ public enum Lint {
                 source: "conflist"))
         }
         if let node { findings += nodeFindings(config: config, node: node) }
+        findings += namespaceFindings(config: config, podSubnets: podSubnets, node: node, network: findings)
         return findings.sorted { ($0.severity, $0.check) < ($1.severity, $1.check) }
     }
 
@@ -94,5 +95,33 @@ public enum Lint {
     public static func exitStatus(_ findings: [LintFinding]) -> Int32 {
         if findings.contains(where: { $0.severity == .error }) { return 1 }
         return findings.isEmpty ? 0 : 3
+    }
+}
+
+extension Lint {
+    /// `namespaces` (issue 15): an entry that changes nothing is reported; each other namespace's policy gets the
+    /// checks above, its findings named `namespaces.NS: ...` (those the network's own policy already has are not
+    /// repeated).
+    static func namespaceFindings(config: MasqConfig, podSubnets: [CIDR], node: NodeInterfaces?,
+                                  network: [LintFinding]) -> [LintFinding] {
+        guard !config.namespaceOverrides.isEmpty else { return [] }
+        let own = NetworkPolicy(config: config).forNamespace(nil)
+        var findings: [LintFinding] = []
+        for entry in config.namespaceOverrides {
+            guard let namespaceConfig = config.namespaceConfigs[entry.name] else { continue }
+            let origin = Explanation.label(entry.source)
+            if NetworkPolicy(config: namespaceConfig) == own {
+                let keys = entry.keys.keys.isEmpty ? "it sets no key" : "every key it sets (\(entry.keys.keys.joined(separator: ", "))) equals the network's"
+                findings.append(LintFinding(.warning, "namespace-no-effect",
+                    "namespaces.\(entry.name) (from \(origin)) changes nothing: \(keys); its pods get the network's policy", source: origin))
+                continue
+            }
+            let seen = Set(network.map(\.message))
+            for finding in Lint.findings(config: namespaceConfig, podSubnets: podSubnets, node: node) where !seen.contains(finding.message) {
+                findings.append(LintFinding(finding.severity, finding.check, "namespaces.\(entry.name): " + finding.message,
+                                            source: finding.source ?? origin))
+            }
+        }
+        return findings
     }
 }

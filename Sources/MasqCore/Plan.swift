@@ -112,6 +112,8 @@ public struct NetworkPolicy: Equatable, Sendable {
     public var snatAddressIPv6: SNATTarget?
     /// Masquerade (or SNAT) only traffic leaving through these interfaces; empty: every interface.
     public var egressInterfaces: [String]
+    /// The policies of namespaces whose `namespaces` entry differs from the network's (Namespaces.swift).
+    public var namespaces: [String: NetworkPolicy] = [:]
 
     public init(config: MasqConfig) {
         nonMasquerade = Self.fold(config.effectiveNonMasqueradeCIDRs)
@@ -125,6 +127,7 @@ public struct NetworkPolicy: Equatable, Sendable {
         snatAddress = config.snatAddress
         snatAddressIPv6 = config.snatAddressIPv6
         egressInterfaces = config.egressInterfaces
+        if !config.namespaceConfigs.isEmpty { namespaces = Self.namespacePolicies(config, base: self) }
     }
 
     /// The SNAT source of one family, nil for MASQUERADE.

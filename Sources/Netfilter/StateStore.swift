@@ -399,7 +399,26 @@ extension NetworkPolicy {
             ("randomFully", .bool(randomFully)),
             ("toPorts", .string(toPorts.map { $0.lowerBound == $0.upperBound ? "\($0.lowerBound)" : "\($0.lowerBound)-\($0.upperBound)" }.joined(separator: ","))),
             ("dropInvalid", .bool(dropInvalid)),
-        ] + egressMembers))
+        ] + egressMembers + namespaceMembers))
+    }
+
+    /// `namespaces` (issue 15): each namespace policy as the keys whose value differs from the network's own (read
+    /// back, they are an entry over the network's policy: the same policy); present only when some namespace has its
+    /// own policy, so other records and fingerprints stay as before. Only the differences: the record is read by
+    /// every ADD, and its size is what that costs.
+    var namespaceMembers: [(String, JSONValue)] {
+        guard !namespaces.isEmpty else { return [] }
+        var own = self
+        own.namespaces = [:]
+        let base = own.json.objectValue ?? JSONObject()
+        return [("namespaces", .object(JSONObject(namespaces.sorted { $0.key < $1.key }.map { name, policy in
+            let object = policy.json.objectValue ?? JSONObject()
+            var members = object.members.filter { $0.key != "dropInvalid" && base[$0.key] != $0.value }.map { ($0.key, $0.value) }
+            // A key of the network's the namespace unsets (written only when set): its unset value.
+            for (key, unset) in [("snatAddress", JSONValue.string("")), ("snatAddressIPv6", .string("")), ("egressInterfaces", .array([]))]
+            where base[key] != nil && object[key] == nil { members.append((key, unset)) }
+            return (name, .object(JSONObject(members)))
+        })))]
     }
 
     /// Issue 15's keys, present only when set, so the records and fingerprints of policies without them stay as before.
@@ -417,7 +436,10 @@ extension NetworkPolicy {
     /// the record uses config-key names, so the same validation applies.
     public init?(json: JSONValue) {
         guard case .object(var object) = json else { return nil }
-        let count = object["nonMasqueradeCIDRs"]?.arrayValue?.count ?? 0
+        var count = object["nonMasqueradeCIDRs"]?.arrayValue?.count ?? 0
+        for (_, entry) in object["namespaces"]?.objectValue?.members ?? [] {
+            count = max(count, entry["nonMasqueradeCIDRs"]?.arrayValue?.count ?? 0)
+        }
         object["cidrLimit"] = .int(Int64(max(count, 1)))
         guard let config = try? MasqConfig.resolve(netconf: object, fileContents: nil) else { return nil }
         self.init(config: config)

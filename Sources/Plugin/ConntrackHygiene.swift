@@ -87,13 +87,26 @@ extension Session {
     /// other connection (an unrelated TCP session) survives.
     func forgetConnections(changedFrom old: NetworkPolicy, to new: NetworkPolicy) {
         guard config.conntrackFlush else { return }
-        let before = DecisionList(policy: old), after = DecisionList(policy: new)
-        if before == after { return }
+        // Per namespace (issue 15): a pod is judged by its namespace's policy, before and after.
+        var lists: [String?: (before: DecisionList, after: DecisionList)] = [:]
+        func decisionLists(_ namespace: String?) -> (before: DecisionList, after: DecisionList) {
+            if let known = lists[namespace] { return known }
+            let pair = (DecisionList(policy: old.forNamespace(namespace)), DecisionList(policy: new.forNamespace(namespace)))
+            lists[namespace] = pair
+            return pair
+        }
+        if old.namespaces.isEmpty && new.namespaces.isEmpty && decisionLists(nil).before == decisionLists(nil).after { return }
         let table = backend.connections
         var deleted = 0, pods = 0
         do throws(CNIError) {
             var subnets: [IPAddress: CIDR] = [:]
-            for record in try records() { for pod in record.addresses { subnets[pod.address] = pod.subnet } }
+            var namespaces: [IPAddress: String] = [:]
+            for record in try records() {
+                for pod in record.addresses {
+                    subnets[pod.address] = pod.subnet
+                    namespaces[pod.address] = record.owner.pod?.namespace
+                }
+            }
             pods = subnets.count
             for family in IPFamily.allCases {
                 let sources = subnets.keys.filter { $0.family == family }.sorted()
@@ -109,6 +122,7 @@ extension Session {
                     }
                     let stale = entries.filter { entry in
                         let subnet = subnets[entry.source]
+                        let (before, after) = decisionLists(namespaces[entry.source])
                         return before.verdict(destination: entry.destination, podSubnet: subnet).verdict
                             != after.verdict(destination: entry.destination, podSubnet: subnet).verdict
                     }

@@ -26,7 +26,8 @@ enum ExplainCommand {
       --netconf FILE   the network's conflist or conf (required)
       --pod IP         a registered pod address: its own subnet decides the exemptPodSubnet step
                        (without it, a pod of the recorded subnet that holds DST is assumed)
-      --namespace NS   the pod's namespace (no per-namespace overrides exist yet; noted in the output)
+      --namespace NS   the pod's Kubernetes namespace: its policy (namespaces.NS over the network's) is
+                       explained, keys from the entry named as "namespaces.NS in SOURCE"
       --plugin-type T  the plugin entry to use in a conflist (default "ip-masq")
       --json           {"network", "namespace", "pod", "configProblem", "destinations": [{"destination",
                        "verdict", "step", "key", "value", "source", "reason", "outputInterface"}]}
@@ -69,8 +70,18 @@ enum ExplainCommand {
         }
         var notes: [String] = []
         if let problem = inputs.problem { notes.append("the config file is invalid, explaining the last good policy: \(problem)") }
+        // A pod of NS is judged by its namespace's policy (issue 15), whose keys from the entry name the override.
+        var policy = inputs.policy, provenance = inputs.provenance
         if let namespace = options["--namespace"] {
-            notes.append("namespace \(namespace): no per-namespace overrides are configured (the key does not exist yet)")
+            policy = inputs.policy.forNamespace(namespace)
+            if inputs.policy.namespaces[namespace] != nil {
+                if inputs.problem == nil, let config = inputs.config.namespaceConfigs[namespace] { provenance = config.provenance }
+                notes.append("namespace \(namespace): its entry in namespaces overrides the network's policy")
+            } else if inputs.config.namespaceConfigs[namespace] != nil && inputs.problem == nil {
+                notes.append("namespace \(namespace): its entry in namespaces changes nothing, the network's policy applies")
+            } else {
+                notes.append("namespace \(namespace): no entry in namespaces, the network's policy applies")
+            }
         }
         var podSubnet: CIDR?
         if let pod {
@@ -83,12 +94,13 @@ enum ExplainCommand {
         let local = localAddresses()
         let subnets = Set(inputs.records.flatMap { $0.addresses.map(\.subnet) })
         let explanations = destinations.map { destination in
-            Explanation(destination: destination, policy: inputs.policy, provenance: inputs.provenance,
-                        reservedRanges: inputs.reservedRanges,
+            Explanation(destination: destination, policy: policy, provenance: provenance,
+                        reservedRanges: options["--namespace"].flatMap { inputs.config.namespaceConfigs[$0] }
+                            .map { $0.nomasqAllReservedRanges && !$0.nonMasqueradeCIDRsGiven } ?? inputs.reservedRanges,
                         podSubnet: podSubnet ?? (pod == nil ? subnets.sorted().first { $0.contains(destination) } : nil),
                         destinationIsLocal: local.contains(destination) || isLoopback(destination),
                         // With egressInterfaces the interface it leaves through decides: the kernel's route for DST.
-                        outputInterface: inputs.policy.egressInterfaces.isEmpty ? nil : RouteLookup.outputInterface(to: destination))
+                        outputInterface: policy.egressInterfaces.isEmpty ? nil : RouteLookup.outputInterface(to: destination))
         }
         if options.has("--json") {
             let object = JSONValue.object(JSONObject([

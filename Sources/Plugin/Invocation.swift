@@ -56,8 +56,9 @@ struct Invocation {
         var plan = AttachmentPlan(config: resolved.config, network: netconf.name, attachment: owner.attachment, prevResult: prevResult)
         plan.owner.pod = owner.pod
         let session = try Session(config: resolved.config, network: netconf.name, plugin: plugin)
-        try session.moveIfNeeded(policy: resolved.fileProblem == nil ? resolved.policy : nil)
-        var change = try session.networkChange(policy: resolved.policy, fileProblem: resolved.fileProblem)
+        let policy = resolved.policy // computed once: with `namespaces` it resolves each namespace's policy
+        try session.moveIfNeeded(policy: resolved.fileProblem == nil ? policy : nil)
+        var change = try session.networkChange(policy: policy, fileProblem: resolved.fileProblem)
         let registrations = plan.addresses.map { Registration(owner: plan.owner, pod: $0) }
         try session.register(registrations, owner: plan.owner, into: &change)
         let takenOverElsewhere = session.takenOverFromOtherNetworks

@@ -62,6 +62,13 @@ struct NetworkReport: Equatable {
     var fingerprint: String?
     /// The registered attachments, sorted by container ID and interface.
     var pods: [AttachmentRecord]
+
+    /// The policy a pod is judged by (issue 15): `namespaces.NS` when its namespace has one in the applied policy,
+    /// else `network`.
+    func policyName(of pod: AttachmentRecord) -> String {
+        guard let namespace = pod.owner.pod?.namespace, policy?["namespaces"]?[namespace] != nil else { return "network" }
+        return "namespaces.\(namespace)"
+    }
 }
 
 /// Everything `list` prints: the node's backend choice and each network's records.
@@ -135,8 +142,9 @@ struct StateReport: Equatable {
             }
             if !network.pods.isEmpty {
                 lines.append("")
-                let rows = [["CONTAINER ID", "IFNAME", "POD", "ADDRESSES"]] + network.pods.map {
-                    [$0.owner.containerID, $0.owner.ifname, $0.owner.pod?.description ?? "-", $0.addresses.map(Self.interfaceAddress).joined(separator: ", ")]
+                let rows = [["CONTAINER ID", "IFNAME", "POD", "POLICY", "ADDRESSES"]] + network.pods.map {
+                    [$0.owner.containerID, $0.owner.ifname, $0.owner.pod?.description ?? "-", network.policyName(of: $0),
+                     $0.addresses.map(Self.interfaceAddress).joined(separator: ", ")]
                 }
                 lines += Self.columns(rows, indent: "  ")
             }
@@ -161,6 +169,7 @@ struct StateReport: Equatable {
                             ("ifname", .string(pod.owner.ifname)),
                             ("podNamespace", pod.owner.pod.map { .string($0.namespace) } ?? .null),
                             ("podName", pod.owner.pod.map { .string($0.name) } ?? .null),
+                            ("policy", .string(network.policyName(of: pod))),
                             ("ips", .array(pod.addresses.map {
                                 .object(JSONObject([("address", .string("\($0.address)")), ("subnet", .string("\($0.subnet)"))]))
                             })),

@@ -81,6 +81,14 @@ enum ResetCommand {
             }
             let registrations = pods.flatMap { pod in pod.addresses.map { Registration(owner: pod.owner, pod: $0) } }
             let recorded = [record?.backend, nodeChoice].compactMap { $0 }.first { $0 != .auto }
+            // The namespace policies' slots (NamespaceSlots.swift) go with their network.
+            for namespace in record?.policy["namespaces"]?.objectValue?.keys ?? [] {
+                let slot = NetworkPolicy.slotNetwork(name, namespace: namespace)
+                if let failure = removeEverywhere(slot, registrations: [], recorded: recorded, config: config,
+                                                  iptablesModes: iptablesModes, makeBackend: makeBackend) {
+                    failures.append("network \(name), namespace \(namespace): \(failure)")
+                }
+            }
             if let failure = removeEverywhere(name, registrations: registrations, recorded: recorded, config: config,
                                               iptablesModes: iptablesModes, makeBackend: makeBackend) {
                 failures.append("network \(name): \(failure)")

@@ -244,6 +244,7 @@ final class Session {
         let description = target.kind == .iptables ? Self.describe(backend: .iptables, mode: (target as? IPTablesBackend)?.mode) : target.kind.rawValue
         do {
             try target.removeNetwork(network, registrations: registrations, keepingSets: keepingSets)
+            try removeSlots(from: target, keepingSets: keepingSets)
             if let nftables = target as? NFTablesBackend { _ = try nftables.removeTableIfEmpty() }
         } catch where error.kind == .unavailable {
             log.warning("\(description) is not usable here, so the network's objects in it (if any) are not removed: \(error.message)")
@@ -487,7 +488,7 @@ final class Session {
             if complete.add.count > change.add.count {
                 var applied = false
                 do throws(BackendError) {
-                    try backend.apply(complete)
+                    try applyRouted(complete)
                     applied = true
                 } catch {
                     log.debug("the rewrite with every recorded pod failed (\(error.message)); applying the change alone")
@@ -496,7 +497,7 @@ final class Session {
             }
         }
         do {
-            try backend.apply(change)
+            try applyRouted(change)
         } catch where error.kind == .missingObjects && rebuildOnMissing {
             log.warning("the network's netfilter objects are missing (\(error.message)); restoring them from the records")
             do { try restore(policy: change.policy, then: change) } catch {
@@ -515,13 +516,13 @@ final class Session {
             removal.removeSubnets = change.removeSubnets
             rest.remove = []
             rest.removeSubnets = []
-            do { try backend.apply(removal) } catch where error.kind == .partial || error.kind == .missingObjects {
+            do { try applyRouted(removal) } catch where error.kind == .partial || error.kind == .missingObjects {
                 log.warning("removed, except: \(error.message)")
             } catch {
                 rollBack()
                 throw Self.cniError(error)
             }
-            do { try backend.apply(rest) } catch {
+            do { try applyRouted(rest) } catch {
                 rollBack()
                 throw Self.cniError(error)
             }
@@ -602,20 +603,20 @@ final class Session {
             rebuild.add += registrations
             rebuild.addSubnets += record.addresses.map(\.subnet).filter { !rebuild.addSubnets.contains($0) && !change.removeSubnets.contains($0) }
         }
-        do { try backend.apply(rebuild) } catch where error.kind == .failed {
+        do { try applyRouted(rebuild) } catch where error.kind == .failed {
             // One record may be what the backend refuses: the node-wide part and this verb's own change first, then
             // each other record on its own.
             var base = change
             base.policy = policy
             base.remove = []
             base.removeSubnets = []
-            do { try backend.apply(base) } catch { throw Self.cniError(error) }
+            do { try applyRouted(base) } catch { throw Self.cniError(error) }
             var skipped: [String] = []
             for (record, registrations) in others {
                 var one = NetworkChange(network: network)
                 one.add = registrations
                 one.addSubnets = Array(Set(record.addresses.map(\.subnet))).sorted()
-                do { try backend.apply(one) } catch {
+                do { try applyRouted(one) } catch {
                     skipped.append(record.owner.tag)
                     self.skipped.insert(record.owner)
                     log.warning("restore: skipped the record of \(record.owner.tag) (\(record.addresses.map { "\($0.address) on \($0.subnet)" }.joined(separator: ", "))), which the backend refuses: \(error)")
@@ -637,7 +638,7 @@ final class Session {
     func inspect(policy: NetworkPolicy, records: [AttachmentRecord]) throws(CNIError) -> [String] {
         let registrations = try owned(records)
         let subnets = Array(Set(records.flatMap { $0.addresses.map(\.subnet) })).sorted()
-        do { return try backend.inspect(network: network, policy: policy, registrations: registrations, subnets: subnets).problems } catch {
+        do { return try inspectRouted(policy: policy, registrations: registrations, subnets: subnets, whole: records.count != 1) } catch {
             throw Self.cniError(error)
         }
     }

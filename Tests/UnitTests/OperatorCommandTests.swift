@@ -189,8 +189,8 @@ final class FakeNode: @unchecked Sendable {
         network other.net  backend nftables  1 pod
           node-wide rules not written yet (no successful ADD or agent pass)
 
-          CONTAINER ID  IFNAME  POD  ADDRESSES
-          c             eth0    -    192.168.5.2/24
+          CONTAINER ID  IFNAME  POD  POLICY   ADDRESSES
+          c             eth0    -    network  192.168.5.2/24
 
         network podnet  backend nftables  2 pods
           nonMasqueradeCIDRs  10.0.0.0/8, 172.16.0.0/12, 192.168.0.0/16
@@ -202,9 +202,9 @@ final class FakeNode: @unchecked Sendable {
           toPorts             1024-29999
           dropInvalid         true
 
-          CONTAINER ID       IFNAME  POD             ADDRESSES
-          a-first-container  net1    -               10.22.0.5/24, fd00:22::5/64
-          b-second           eth0    payments/api-1  10.22.0.6/24
+          CONTAINER ID       IFNAME  POD             POLICY   ADDRESSES
+          a-first-container  net1    -               network  10.22.0.5/24, fd00:22::5/64
+          b-second           eth0    payments/api-1  network  10.22.0.6/24
 
         """)
         let one = OperatorCommand.run(arguments: ["list", "--network", "other.net", "--state-dir", node.stateDir, "--lock-file", node.lockFile], environment: [:])
