@@ -53,11 +53,14 @@ public struct CNIError: Error, Equatable, Sendable, CustomStringConvertible {
     public var code: Code
     public var msg: String
     public var details: String
+    /// For a netfilter failure, its kind (not printed): what callers branch on instead of the message.
+    public var cause: NetfilterFailure?
 
-    public init(_ code: Code, _ msg: String, details: String = "") {
+    public init(_ code: Code, _ msg: String, details: String = "", cause: NetfilterFailure? = nil) {
         self.code = code
         self.msg = msg
         self.details = details
+        self.cause = cause
     }
 
     public var description: String { details.isEmpty ? msg : "\(msg): \(details)" }

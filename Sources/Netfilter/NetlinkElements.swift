@@ -3,19 +3,21 @@ import Glibc
 #endif
 
 /// Runs the scripts of a pod's ADD and DEL (set-element additions and deletions only) as one nf_tables netlink
-/// batch, without loading libnftables; every other script, and any batch the kernel refuses, goes to the full
-/// executor, which is made on first use.
+/// batch, without loading libnftables; every other script, and any batch whose outcome is unknown (no socket, no
+/// answer), goes to the full executor, which is made on first use.
 ///
 /// Why: loading libnftables and its five libraries, and its cache fetch before each command, cost about as much as
 /// the rest of the plugin's start-up (measured: ~1.2 ms and ~2.5 MB of the plugin's peak RSS per ADD). The batch is
-/// atomic, so a refused one changed nothing and can be replayed through libnftables, which then reports the error
-/// exactly as nft words it (and its classification, e.g. missing objects, drives the restore from the records).
+/// atomic: a refused one changed nothing, and the kernel's errno gives the failure its kind (missing objects drive
+/// the restore from the records).
 public final class ElementBatchExecutor: NFTExecutor, @unchecked Sendable {
     private let makeFallback: () -> NFTExecutor
     private var madeFallback: NFTExecutor?
+    private let transport: NetlinkTransport
 
     /// Wraps the full executor, made by `fallback` the first time a script needs it.
-    public init(fallback: @escaping () -> NFTExecutor) {
+    public init(transport: NetlinkTransport, fallback: @escaping () -> NFTExecutor) {
+        self.transport = transport
         makeFallback = fallback
     }
 
@@ -28,7 +30,7 @@ public final class ElementBatchExecutor: NFTExecutor, @unchecked Sendable {
     }
 
     public func run(_ script: String, json: Bool) throws(BackendError) -> String {
-        if !json, let batch = ElementBatch(script: script), batch.apply() { return "" }
+        if !json, let batch = ElementBatch(script: script), try batch.apply(through: transport) { return "" }
         return try fallback.run(script, json: json)
     }
 }
@@ -176,19 +178,30 @@ struct ElementBatch {
 
     /// Sends the batch and waits for every acknowledgement; true when the kernel applied it. False when it refused
     /// it (nothing changed: a batch is one transaction) or netlink was unusable.
-    func apply() -> Bool {
-        guard let socket = Netlink.Socket() else { return false }
+    /// Sends the batch: true when every command was acknowledged, false when nothing is known (no socket, no
+    /// answer), and the refusal's kind from the kernel's errno when it refused (the batch then changed nothing).
+    func apply(through transport: NetlinkTransport) throws(BackendError) -> Bool {
+        guard let socket = transport.open() else { return false }
         let first = socket.firstSequence
-        return socket.send(messages(firstSequence: first))
-            && socket.awaitAcknowledgements(Set((1...UInt32(commands.count)).map { first &+ $0 }))
+        guard socket.send(messages(firstSequence: first)) else { return false }
+        switch socket.acknowledgements(Set((1...UInt32(commands.count)).map { first &+ $0 })) {
+        case .all: return true
+        case .lost: return false
+        case .refused(let code, let sequence):
+            let index = Int(sequence &- first &- 1)
+            guard commands.indices.contains(index) else { throw BackendError(errno: code, "nf_tables refused the element batch") }
+            let command = commands[index]
+            throw BackendError(errno: code, "nf_tables refused \(command.add ? "adding" : "deleting") an element of "
+                               + "\(command.table) \(command.set)")
+        }
     }
 }
 
 /// The iptables backend's `ipset -exist restore` input for a pod's ADD and DEL (element additions and deletions, and the
 /// terse listing that shows whether the pod set is still referenced), done over netlink the way the ipset tool does it,
-/// without starting the tool: its process was most of a pod's ADD or DEL on this backend. Nil for any other input; `run`
-/// returns nil when the kernel refuses a command, and the caller then runs the tool on the whole input, which is safe
-/// because every command of it is idempotent under `-exist`.
+/// without starting the tool: its process was most of a pod's ADD or DEL on this backend. Nil for any other input; when
+/// `run` cannot tell the outcome, the caller runs the tool on the whole input, which is safe because every command of
+/// it is idempotent under `-exist`.
 struct IPSetBatch {
     /// One line of the input.
     enum Command: Equatable {
@@ -264,39 +277,60 @@ struct IPSetBatch {
         return (buffer, sequences)
     }
 
-    /// Runs the input; its output as the tool would print the parts the caller reads, or nil when the tool must run it.
-    func run() -> String? {
-        guard let socket = Netlink.Socket() else { return nil }
+    /// Runs the input; its output as the tool would print the parts the caller reads, or nil when the tool must run
+    /// it (no answer, or one of ipset's own error codes, which only the tool words). A refusal with a system errno
+    /// is thrown with the kind that errno has.
+    func run(through transport: NetlinkTransport) throws(BackendError) -> String? {
+        guard let socket = transport.open() else { return nil }
         let elements = elementMessages(firstSequence: socket.firstSequence)
         if !elements.sequences.isEmpty {
-            guard socket.send(elements.bytes), socket.awaitAcknowledgements(elements.sequences) else { return nil }
+            guard socket.send(elements.bytes) else { return nil }
+            switch socket.acknowledgements(elements.sequences) {
+            case .all: break
+            case .lost: return nil
+            case .refused(let code, _):
+                if code >= Self.privateErrors { return nil }
+                throw BackendError(errno: code, "ipset: the kernel refused an element change")
+            }
         }
         var output = ""
         for (index, command) in commands.enumerated() {
             guard case .references(let set) = command else { continue }
-            guard let references = Self.references(of: set, through: socket, sequence: socket.firstSequence &+ UInt32(commands.count + index)) else {
-                return nil
+            let sequence = socket.firstSequence &+ UInt32(commands.count + index)
+            switch Self.references(of: set, through: socket, sequence: sequence) {
+            case .count(let references): output += "Name: \(set)\nReferences: \(references)\n"
+            case .refused(let code) where code < Self.privateErrors:
+                throw BackendError(errno: code, "ipset: cannot list set \(set)")
+            default: return nil
             }
-            output += "Name: \(set)\nReferences: \(references)\n"
         }
         return output
     }
 
+    /// IPSET_ERR_PRIVATE: errors from here on are ipset's own, not errnos.
+    static let privateErrors: Int32 = 4096
+
+    enum Listing: Equatable {
+        case count(UInt32)
+        case refused(Int32)
+        case lost
+    }
+
     /// How many rules use a set: the header of its listing (IPSET_FLAG_LIST_HEADER), attribute IPSET_ATTR_REFERENCES.
-    static func references(of set: String, through socket: Netlink.Socket, sequence: UInt32) -> UInt32? {
+    static func references(of set: String, through socket: any NetlinkConnection, sequence: UInt32) -> Listing {
         var request: [UInt8] = []
         Netlink.appendMessage(&request, type: subsystem << 8 | list, flags: 0x1 | 0x100, sequence: sequence, family: 2, resource: 0) { body in
             Netlink.appendAttribute(&body, type: 1, [protocolVersion])
             Netlink.appendAttribute(&body, type: 2, Array(set.utf8) + [0])
             Netlink.appendAttribute(&body, type: 6 | Netlink.networkByteOrder, [0, 0, 0, 4]) // IPSET_ATTR_FLAGS: LIST_HEADER
         }
-        guard socket.send(request) else { return nil }
+        guard socket.send(request) else { return .lost }
         var references: UInt32?
-        var failed = false
+        var refusal: Int32 = 0
         let received = socket.receive { type, seen, message in
             guard seen == sequence else { return true }
             if type == 3 { return false } // NLMSG_DONE
-            if type == 2 { failed = true; return false } // NLMSG_ERROR: the set is missing or the request was refused
+            if type == 2 { refusal = -Netlink.errorCode(message); return false } // NLMSG_ERROR: e.g. the set is missing
             guard type == subsystem << 8 | list, message.count > 20 else { return true }
             for attribute in Netlink.attributes(message[(message.startIndex + 20)...]) where attribute.type == 7 {
                 for inner in Netlink.attributes(attribute.value) where inner.type == 25 && inner.value.count == 4 {
@@ -305,7 +339,9 @@ struct IPSetBatch {
             }
             return true
         }
-        return received && !failed ? references : nil
+        guard received else { return .lost }
+        if refusal != 0 { return .refused(refusal) }
+        return references.map(Listing.count) ?? .lost
     }
 }
 
@@ -415,22 +451,6 @@ enum Netlink {
                     offset += (Int(length) + 3) & ~3
                 }
             }
-        }
-
-        /// Waits for an acknowledgement (NLMSG_ERROR 0) of each sequence number; false at the first refusal.
-        func awaitAcknowledgements(_ sequences: Set<UInt32>) -> Bool {
-            var pending = sequences
-            var refused = false
-            let received = receive { type, sequence, message in
-                guard type == 2 else { return true } // NLMSG_ERROR: 0 acknowledges, a negative errno refuses
-                guard message.count >= 20 else { refused = true; return false }
-                let error = Int32(bitPattern: UInt32(message[message.startIndex + 16]) | UInt32(message[message.startIndex + 17]) << 8
-                                  | UInt32(message[message.startIndex + 18]) << 16 | UInt32(message[message.startIndex + 19]) << 24)
-                if error != 0 { refused = true; return false }
-                pending.remove(sequence)
-                return !pending.isEmpty
-            }
-            return received && !refused && pending.isEmpty
         }
     }
 }

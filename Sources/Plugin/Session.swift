@@ -125,7 +125,7 @@ final class Session {
     /// The concrete iptables flavour of a config's `iptablesMode` (`auto`: what `iptables` is).
     static func flavour(_ config: MasqConfig, make: BackendFactory) -> IPTablesMode {
         guard config.iptablesMode == .auto else { return config.iptablesMode }
-        return (make(.iptables, config) as? IPTablesBackend)?.resolvedMode() ?? .auto
+        return make(.iptables, config).resolvedIPTablesMode() ?? .auto
     }
 
     /// Where the rules belong now, as the record says it.
@@ -241,11 +241,11 @@ final class Session {
 
     /// Removes the network from one backend (and nftables' table when nothing else is left in it).
     private func remove(from target: MasqBackend, registrations: [Registration], keepingSets: Bool) throws(CNIError) {
-        let description = target.kind == .iptables ? Self.describe(backend: .iptables, mode: (target as? IPTablesBackend)?.mode) : target.kind.rawValue
+        let description = target.kind == .iptables ? Self.describe(backend: .iptables, mode: target.iptablesMode) : target.kind.rawValue
         do {
             try target.removeNetwork(network, registrations: registrations, keepingSets: keepingSets)
-            if let nftables = target as? NFTablesBackend { _ = try nftables.removeTableIfEmpty() }
-        } catch where error.kind == .unavailable {
+            _ = try target.removeTableIfEmpty()
+        } catch where error.kind.unusable {
             log.warning("\(description) is not usable here, so the network's objects in it (if any) are not removed: \(error.message)")
             unremoved.append(description)
         } catch {
@@ -507,7 +507,7 @@ final class Session {
             throw Self.cniError(error)
         } catch where error.kind == .partial {
             log.warning("removed, except: \(error.message)")
-        } catch where error.kind == .failed && !change.remove.isEmpty && !(change.add.isEmpty && change.policy == nil) {
+        } catch where error.kind.refused && !change.remove.isEmpty && !(change.add.isEmpty && change.policy == nil) {
             // A removal the kernel refuses (entries of a record it could never have installed) must not block the
             // rest: the removals on their own (element by element if need be), then the rest.
             var removal = NetworkChange(network: network), rest = change
@@ -602,7 +602,7 @@ final class Session {
             rebuild.add += registrations
             rebuild.addSubnets += record.addresses.map(\.subnet).filter { !rebuild.addSubnets.contains($0) && !change.removeSubnets.contains($0) }
         }
-        do { try backend.apply(rebuild) } catch where error.kind == .failed {
+        do { try backend.apply(rebuild) } catch where error.kind.refused {
             // One record may be what the backend refuses: the node-wide part and this verb's own change first, then
             // each other record on its own.
             var base = change
@@ -642,14 +642,17 @@ final class Session {
         }
     }
 
-    func objectsMissing(_ error: CNIError) -> Bool { error.details.hasPrefix("missing:") }
+    func objectsMissing(_ error: CNIError) -> Bool { error.cause == .missingObjects }
 
     static func cniError(_ error: BackendError) -> CNIError {
         switch error.kind {
-        case .transient: return CNIError(.tryAgainLater, "netfilter is busy", details: error.message)
-        case .missingObjects: return CNIError(.netfilterFailure, "netfilter objects are missing", details: "missing: " + error.message)
-        case .unavailable: return CNIError(.netfilterFailure, "the netfilter backend is not usable", details: error.message)
-        case .failed, .partial: return CNIError(.netfilterFailure, "applying the rules failed", details: error.message)
+        case .transient: return CNIError(.tryAgainLater, "netfilter is busy", details: error.message, cause: error.kind)
+        case .missingObjects:
+            return CNIError(.netfilterFailure, "netfilter objects are missing", details: error.message, cause: error.kind)
+        case .unavailable, .permission:
+            return CNIError(.netfilterFailure, "the netfilter backend is not usable", details: error.message, cause: error.kind)
+        case .exists, .invalid, .failed, .partial:
+            return CNIError(.netfilterFailure, "applying the rules failed", details: error.message, cause: error.kind)
         }
     }
 
