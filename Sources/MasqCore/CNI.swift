@@ -1,4 +1,5 @@
-/// A CNI specification version this plugin speaks.
+// swift-format-ignore: AlwaysUseLowerCamelCase
+/// A CNI specification version this plugin speaks (the cases are named after the version numbers).
 public enum CNIVersion: String, Sendable, CaseIterable, Comparable {
     case v0_3_0 = "0.3.0"
     case v0_3_1 = "0.3.1"

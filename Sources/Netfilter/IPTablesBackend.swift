@@ -3,7 +3,7 @@ import Glibc
 #endif
 import MasqCore
 
-/// The iptables backend (DESIGN 1.4): the layout is `IPTablesRenderer`'s. A verb that only registers or removes pods
+/// The iptables backend: the layout is `IPTablesRenderer`'s. A verb that only registers or removes pods
 /// is one `ipset -exist restore`; a node-wide (re)write reads the two nat POSTROUTING chains, then applies one
 /// `ipset` script and one `iptables-restore -w 5 --noflush` per family, each atomic.
 public struct IPTablesBackend: MasqBackend {

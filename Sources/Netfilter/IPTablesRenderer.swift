@@ -71,12 +71,12 @@ public struct IPTablesRenderer: Sendable {
 
     // MARK: Rules (in the form `iptables -S` prints them, so installed rules compare as text)
 
-    /// A network's jump from POSTROUTING for one family (multicast never enters the chain: DESIGN 1.1 step 2).
+    /// A network's jump from POSTROUTING for one family (multicast never enters the chain).
     public func jumpRule(_ key: NetworkKey, _ family: IPFamily, chain: String) -> String {
         "! -d \(Self.multicast(family)) -m set --match-set \(Self.podSet(key, family)) src \(Self.comment(Comment.jump(key))) -j \(chain)"
     }
 
-    /// The chain's rules for one family, in DESIGN 1.1 order (steps 1 and 2 are the addrtype match and the jump's
+    /// The chain's rules for one family, in the decision list's order (its first two steps are the addrtype match and the jump's
     /// multicast exclusion): exceptions, link-local, non-masquerade ranges, the pod subnets, then MASQUERADE.
     public func chainRules(_ policy: NetworkPolicy, _ key: NetworkKey, _ family: IPFamily) -> [String] {
         var rules: [String] = []
@@ -98,7 +98,7 @@ public struct IPTablesRenderer: Sendable {
 
     /// MASQUERADE, for one exception destination or for all outbound traffic: with `toPorts`, one rule per protocol
     /// and range first, connections spread over the ranges in proportion to their sizes, then the plain MASQUERADE.
-    /// With the family's SNAT source (issue 15) the target is SNAT to it, with the same port options; with
+    /// With the family's SNAT source the target is SNAT to it, with the same port options; with
     /// `egressInterfaces` the rules are repeated per interface (`-o`), so traffic leaving elsewhere reaches the
     /// chain's end and keeps its source.
     func masqueradeRules(_ policy: NetworkPolicy, destination: CIDR?, family: IPFamily) -> [String] {

@@ -90,7 +90,7 @@ public struct NFTBinaryExecutor: NFTExecutor {
     }
 }
 
-/// The nftables backend (DESIGN 1.4): renders with `NFTablesRenderer` and applies each change in one transaction.
+/// The nftables backend: renders with `NFTablesRenderer` and applies each change in one transaction.
 public struct NFTablesBackend: MasqBackend {
     public let kind = BackendKind.nftables
     public let renderVersion = "nft-2"

@@ -27,7 +27,7 @@ public let systemBackends: BackendFactory = { kind, config in
     }
 }
 
-/// The CNI side of the binary: env + stdin in, result or error object out (DESIGN 1.3).
+/// The CNI side of the binary: env + stdin in, result or error object out.
 public struct CNIPlugin {
     public var environment: [String: String]
     public var stdin: () throws(CNIError) -> [UInt8]

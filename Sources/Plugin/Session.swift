@@ -135,7 +135,7 @@ final class Session {
         backend == .iptables ? "iptables (\(mode?.rawValue ?? "auto"))" : backend.rawValue
     }
 
-    /// After a backend or iptables flavour switch (DESIGN: switches move the whole network): writes the network and
+    /// After a backend or iptables flavour switch (a switch moves the whole network): writes the network and
     /// every recorded pod into the new place, then removes every object of the old one. `policy` is the policy in
     /// force, nil for the last good one (DEL, GC). When either step fails, what was written in the new place is
     /// removed, the old place is rebuilt from the records, and the session works there (the network record keeps
