@@ -193,3 +193,32 @@ final class RecordingExecutor: NFTExecutor, @unchecked Sendable {
         #expect(runner.calls.count == 2)
     }
 }
+
+/// DEL decides by the failure's kind whether the network's objects are already gone (records go) or the removal
+/// failed (records stay for GC or a retry). It used to decide by a "missing:" prefix of the error's details, so a
+/// tool message that happened to start so made DEL forget a pod whose entries were still installed.
+@Suite struct DelByFailureKindTests {
+    static let del = #"{"cniVersion":"1.0.0","name":"podnet","type":"ip-masq"}"#
+
+    /// The pod removals DEL asks for after the failing one: none when the first DEL forgot the records.
+    func removalsAfterAFailedDel(_ failure: BackendError) -> Int {
+        let harness = PluginHarness()
+        _ = harness.run("ADD", addInput())
+        harness.backend.failNextApplyWith = failure
+        let (first, _) = harness.run("DEL", Self.del)
+        #expect(first.exitStatus == 0, "DEL succeeds whenever it can")
+        harness.backend.applied = []
+        _ = harness.run("DEL", Self.del)
+        return harness.backend.applied.reduce(0) { $0 + $1.remove.count }
+    }
+
+    @Test func aRefusedRemovalKeepsTheRecordsWhateverItsWording() {
+        #expect(removalsAfterAFailedDel(BackendError(.failed, "missing: words that only look like a kind")) == 1)
+        #expect(removalsAfterAFailedDel(BackendError(.permission, "nf_tables refused: Operation not permitted")) == 1)
+    }
+
+    @Test func objectsAlreadyGoneLetTheRecordsGo() {
+        #expect(removalsAfterAFailedDel(BackendError(.missingObjects, "nf_tables refused: No such file or directory",
+                                                     errno: 2)) == 0)
+    }
+}
