@@ -236,7 +236,8 @@ public struct KernelConnectionTable: ConnectionTable {
             start += chunk.count
         }
         if let code = refusals.first {
-            throw ConntrackError("deleted \(deleted) conntrack entries; the kernel refused \(refusals.count): \(String(cString: strerror(-code)))",
+            let words = String(cString: strerror(-code))
+            throw ConntrackError("deleted \(deleted) conntrack entries; the kernel refused \(refusals.count): \(words)",
                                  refusal: -code)
         }
         return deleted

@@ -76,8 +76,9 @@ public struct IPTablesRenderer: Sendable {
         "! -d \(Self.multicast(family)) -m set --match-set \(Self.podSet(key, family)) src \(Self.comment(Comment.jump(key))) -j \(chain)"
     }
 
-    /// The chain's rules for one family, in the decision list's order (its first two steps are the addrtype match and the jump's
-    /// multicast exclusion): exceptions, link-local, non-masquerade ranges, the pod subnets, then MASQUERADE.
+    /// The chain's rules for one family, in the decision list's order (its first two steps are the addrtype match
+    /// and the jump's multicast exclusion): exceptions, link-local, non-masquerade ranges, the pod subnets, then
+    /// MASQUERADE.
     public func chainRules(_ policy: NetworkPolicy, _ key: NetworkKey, _ family: IPFamily) -> [String] {
         var rules: [String] = []
         for exception in policy.masqueradeExceptions(family) {

@@ -61,8 +61,8 @@ extension Netlink {
     static func errorCode(_ message: ArraySlice<UInt8>) -> Int32 {
         guard message.count >= 20 else { return -EINVAL }
         let base = message.startIndex + 16
-        return Int32(bitPattern: UInt32(message[base]) | UInt32(message[base + 1]) << 8 | UInt32(message[base + 2]) << 16
-                     | UInt32(message[base + 3]) << 24)
+        let bytes = (0..<4).map { UInt32(message[base + $0]) << (8 * UInt32($0)) }
+        return Int32(bitPattern: bytes.reduce(0, |))
     }
 }
 
@@ -78,7 +78,9 @@ extension ElementBatch {
         case .lost: return false
         case .refused(let code, let sequence):
             let index = Int(sequence &- first &- 1)
-            guard commands.indices.contains(index) else { throw BackendError(errno: code, "nf_tables refused the element batch") }
+            guard commands.indices.contains(index) else {
+                throw BackendError(errno: code, "nf_tables refused the element batch")
+            }
             let command = commands[index]
             throw BackendError(errno: code, "nf_tables refused \(command.add ? "adding" : "deleting") an element of "
                                + "\(command.table) \(command.set)")
@@ -129,10 +131,12 @@ extension IPSetBatch {
     /// How many rules use a set: the header of its listing (IPSET_FLAG_LIST_HEADER), attribute IPSET_ATTR_REFERENCES.
     static func references(of set: String, through socket: any NetlinkConnection, sequence: UInt32) -> Listing {
         var request: [UInt8] = []
-        Netlink.appendMessage(&request, type: subsystem << 8 | list, flags: 0x1 | 0x100, sequence: sequence, family: 2, resource: 0) { body in
+        Netlink.appendMessage(&request, type: subsystem << 8 | list, flags: 0x1 | 0x100, sequence: sequence, family: 2,
+                              resource: 0) { body in
             Netlink.appendAttribute(&body, type: 1, [protocolVersion])
             Netlink.appendAttribute(&body, type: 2, Array(set.utf8) + [0])
-            Netlink.appendAttribute(&body, type: 6 | Netlink.networkByteOrder, [0, 0, 0, 4]) // IPSET_ATTR_FLAGS: LIST_HEADER
+            // IPSET_ATTR_FLAGS: LIST_HEADER
+            Netlink.appendAttribute(&body, type: 6 | Netlink.networkByteOrder, [0, 0, 0, 4])
         }
         guard socket.send(request) else { return .lost }
         var references: UInt32?

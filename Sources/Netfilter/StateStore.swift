@@ -402,7 +402,8 @@ extension NetworkPolicy {
         ] + egressMembers))
     }
 
-    /// The egress keys (SNAT sources, egress interfaces), present only when set, so the records and fingerprints of policies without them stay as before.
+    /// The egress keys (SNAT sources, egress interfaces), present only when set, so the records and fingerprints of
+    /// policies without them stay as before.
     var egressMembers: [(String, JSONValue)] {
         var members: [(String, JSONValue)] = []
         if let snatAddress { members.append(("snatAddress", .string(snatAddress.description))) }

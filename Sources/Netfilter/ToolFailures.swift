@@ -65,7 +65,9 @@ enum ToolFailures {
     /// 2 PARAMETER_PROBLEM; the rest is told by libiptc's and xtables' fixed messages.
     static func iptables(status: Int32, _ message: String) -> BackendError {
         func has(_ words: [String]) -> Bool { words.contains(where: message.contains) }
-        if status == 4 || has(["xtables lock", words(EAGAIN), words(EBUSY)]) { return BackendError(.transient, message) }
+        if status == 4 || has(["xtables lock", words(EAGAIN), words(EBUSY)]) {
+            return BackendError(.transient, message)
+        }
         if has(["Permission denied", words(EPERM)]) { return BackendError(.permission, message) }
         if has(["Table does not exist", "can't initialize", words(EPROTONOSUPPORT)]) {
             return BackendError(.unavailable, message)

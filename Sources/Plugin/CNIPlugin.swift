@@ -22,7 +22,8 @@ public typealias BackendFactory = @Sendable (BackendKind, MasqConfig) -> MasqBac
 /// The backends of the real node: nftables through libnftables or `nft`, iptables through the xtables tools.
 public let systemBackends: BackendFactory = { kind, config in
     switch kind {
-    case .iptables: return IPTablesBackend.system(chain: config.masqChain, mode: config.iptablesMode, guardsInvalid: config.dropInvalid)
+    case .iptables:
+        return IPTablesBackend.system(chain: config.masqChain, mode: config.iptablesMode, guardsInvalid: config.dropInvalid)
     default: return NFTablesBackend.makeDefault()
     }
 }

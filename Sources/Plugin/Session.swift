@@ -645,15 +645,13 @@ final class Session {
     func objectsMissing(_ error: CNIError) -> Bool { error.cause == .missingObjects }
 
     static func cniError(_ error: BackendError) -> CNIError {
-        switch error.kind {
-        case .transient: return CNIError(.tryAgainLater, "netfilter is busy", details: error.message, cause: error.kind)
-        case .missingObjects:
-            return CNIError(.netfilterFailure, "netfilter objects are missing", details: error.message, cause: error.kind)
-        case .unavailable, .permission:
-            return CNIError(.netfilterFailure, "the netfilter backend is not usable", details: error.message, cause: error.kind)
-        case .exists, .invalid, .failed, .partial:
-            return CNIError(.netfilterFailure, "applying the rules failed", details: error.message, cause: error.kind)
+        let (code, message): (CNIError.Code, String) = switch error.kind {
+        case .transient: (.tryAgainLater, "netfilter is busy")
+        case .missingObjects: (.netfilterFailure, "netfilter objects are missing")
+        case .unavailable, .permission: (.netfilterFailure, "the netfilter backend is not usable")
+        case .exists, .invalid, .failed, .partial: (.netfilterFailure, "applying the rules failed")
         }
+        return CNIError(code, message, details: error.message, cause: error.kind)
     }
 
     /// Runs a state-directory operation, turning a system error into CNI code 102.
