@@ -1,4 +1,4 @@
-/// Issue 15, attribution: the Kubernetes pod behind an attachment, from `CNI_ARGS` (`K8S_POD_NAMESPACE`,
+/// Attribution: the Kubernetes pod behind an attachment, from `CNI_ARGS` (`K8S_POD_NAMESPACE`,
 /// `K8S_POD_NAME`), kept in its record and shown in logs, `list` and the element comments. It describes the
 /// attachment; it is not part of its identity (an `Owner` with or without it is the same owner).
 public struct PodIdentity: Hashable, Sendable, CustomStringConvertible {

@@ -1,4 +1,5 @@
-/// A CNI specification version this plugin speaks.
+// swift-format-ignore: AlwaysUseLowerCamelCase
+/// A CNI specification version this plugin speaks (the cases are named after the version numbers).
 public enum CNIVersion: String, Sendable, CaseIterable, Comparable {
     case v0_3_0 = "0.3.0"
     case v0_3_1 = "0.3.1"
@@ -53,11 +54,14 @@ public struct CNIError: Error, Equatable, Sendable, CustomStringConvertible {
     public var code: Code
     public var msg: String
     public var details: String
+    /// For a netfilter failure, its kind (not printed): what callers branch on instead of the message.
+    public var cause: NetfilterFailure?
 
-    public init(_ code: Code, _ msg: String, details: String = "") {
+    public init(_ code: Code, _ msg: String, details: String = "", cause: NetfilterFailure? = nil) {
         self.code = code
         self.msg = msg
         self.details = details
+        self.cause = cause
     }
 
     public var description: String { details.isEmpty ? msg : "\(msg): \(details)" }

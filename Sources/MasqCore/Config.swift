@@ -56,7 +56,7 @@ public struct MasqConfig: Equatable, Sendable {
     public var conntrackFlush = true
     /// Drop registered pods' packets in conntrack state INVALID that would leave unmasqueraded where the policy masquerades.
     public var dropInvalid = true
-    /// SNAT to this source instead of MASQUERADE (issue 15), per family; nil: the outgoing interface's address.
+    /// SNAT to this source instead of MASQUERADE, per family; nil: the outgoing interface's address.
     public var snatAddress: SNATTarget? = nil
     public var snatAddressIPv6: SNATTarget? = nil
     /// Only traffic leaving through these interfaces is masqueraded; empty: every interface.
@@ -393,7 +393,7 @@ struct KeyReader {
         return text
     }
 
-    /// A SNAT source of `family` (issue 15); the empty string means unset (MASQUERADE).
+    /// A SNAT source of `family`; the empty string means unset (MASQUERADE).
     func snatTarget(_ key: String, _ value: JSONValue, _ family: IPFamily) throws(CNIError) -> SNATTarget? {
         let text = try string(key, value)
         if text.isEmpty { return nil }
@@ -405,7 +405,7 @@ struct KeyReader {
         return target
     }
 
-    /// Interface names, each optionally ending in the `+` wildcard (issue 15).
+    /// Interface names, each optionally ending in the `+` wildcard.
     func interfaces(_ key: String, _ value: JSONValue) throws(CNIError) -> [String] {
         guard case .array(let elements) = value else { throw wrongType(key, value, "an array of interface names") }
         var result: [String] = []

@@ -1,4 +1,4 @@
-/// DESIGN 1.1's decision list for one network, computed once from its policy: the ordered steps a registered pod's
+/// The decision list of one network, computed once from its policy: the ordered steps a registered pod's
 /// packet is judged by in nat POSTROUTING, first match wins. It is a value so that one definition answers "what
 /// happens to a packet to this destination" for every user: the conntrack cleanup after a policy change (which
 /// entries now get another verdict), the leak guard, the tests that compare it with real packets, and both renderers,

@@ -1,4 +1,4 @@
-/// Issue 15: where masqueraded traffic goes out and which source it gets.
+/// Where masqueraded traffic goes out and which source it gets.
 
 /// A chosen SNAT source (`snatAddress`, `snatAddressIPv6`): one address, or an inclusive range of one family.
 public struct SNATTarget: Hashable, Sendable, CustomStringConvertible {

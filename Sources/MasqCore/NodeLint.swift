@@ -1,4 +1,4 @@
-/// Issue 16 item 2: the lint checks that need the node, `snatAddress`/`snatAddressIPv6` on no interface and
+/// The lint checks that need the node: `snatAddress`/`snatAddressIPv6` on no interface and
 /// `egressInterfaces` naming no interface. Pure: the node's interfaces and addresses are passed in as values.
 
 /// What lint knows about the node it runs on: its interface names and the addresses on them.

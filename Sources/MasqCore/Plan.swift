@@ -94,7 +94,7 @@ public struct PodAddress: Hashable, Sendable, Comparable {
     public static func < (lhs: PodAddress, rhs: PodAddress) -> Bool { (lhs.address, lhs.subnet) < (rhs.address, rhs.subnet) }
 }
 
-/// The node-wide part of one network: what every registered pod's traffic is judged against (DESIGN 1.1).
+/// The node-wide part of one network: what every registered pod's traffic is judged against.
 public struct NetworkPolicy: Equatable, Sendable {
     /// Non-masquerade ranges, nested ones folded into their parents, sorted per family.
     public var nonMasquerade: [CIDR]
@@ -107,7 +107,7 @@ public struct NetworkPolicy: Equatable, Sendable {
     public var toPorts: [ClosedRange<Int>]
     /// The leak guard: INVALID packets that would leave unmasqueraded towards a masqueraded destination are dropped.
     public var dropInvalid: Bool
-    /// SNAT sources (issue 15): SNAT to these instead of MASQUERADE in their family.
+    /// SNAT sources: SNAT to these instead of MASQUERADE in their family.
     public var snatAddress: SNATTarget?
     public var snatAddressIPv6: SNATTarget?
     /// Masquerade (or SNAT) only traffic leaving through these interfaces; empty: every interface.

@@ -32,27 +32,20 @@ public struct NetworkChange: Sendable {
     public var isEmpty: Bool { policy == nil && add.isEmpty && remove.isEmpty && addSubnets.isEmpty && removeSubnets.isEmpty }
 }
 
-/// Why a backend could not do what was asked.
+/// Why a backend could not do what was asked. The kind comes from an errno where the kernel answered (netlink), else
+/// from a tool's exit status and its one parsing function (ToolFailures.swift); nothing else reads error text.
 public struct BackendError: Error, Sendable, CustomStringConvertible {
-    public enum Kind: Sendable {
-        /// The network's objects are gone (flushed or deleted by someone else): rebuild and retry.
-        case missingObjects
-        /// Busy or locked: worth retrying later (CNI code 11).
-        case transient
-        case failed
-        /// The tool or library is not there or not permitted.
-        case unavailable
-        /// A removal was applied except for pod-subnet entries the kernel refused (the message lists them). Those
-        /// are never consulted without the pod's own entry, which did go: DEL and GC log them and succeed.
-        case partial
-    }
+    public typealias Kind = NetfilterFailure
 
     public var kind: Kind
     public var message: String
+    /// The kernel's answer, when the kind comes from one.
+    public var errno: Int32?
 
-    public init(_ kind: Kind, _ message: String) {
+    public init(_ kind: Kind, _ message: String, errno: Int32? = nil) {
         self.kind = kind
         self.message = message
+        self.errno = errno
     }
 
     public var description: String { message }
@@ -94,6 +87,12 @@ public protocol MasqBackend: Sendable {
     func removeNetwork(_ network: String, registrations: [Registration], keepingSets: Bool) throws(BackendError)
     /// The pod entries of a network whose owner comment is `tag` (what DEL removes for a damaged record). Lists sets.
     func entries(network: String, taggedWith tag: String) throws(BackendError) -> [PodAddress]
+    /// Removes what the backend shares between networks once no network has objects left in it (nftables' table);
+    /// returns the objects still there, empty when nothing is left.
+    func removeTableIfEmpty() throws(BackendError) -> [String]
+    /// The iptables flavour the backend writes to as configured, and as resolved on this node; nil for nftables.
+    var iptablesMode: IPTablesMode? { get }
+    func resolvedIPTablesMode() -> IPTablesMode?
 }
 
 extension MasqBackend {
@@ -102,6 +101,9 @@ extension MasqBackend {
         try removeNetwork(network, registrations: registrations)
     }
     public func entries(network: String, taggedWith tag: String) throws(BackendError) -> [PodAddress] { [] }
+    public func removeTableIfEmpty() throws(BackendError) -> [String] { [] }
+    public var iptablesMode: IPTablesMode? { nil }
+    public func resolvedIPTablesMode() -> IPTablesMode? { nil }
 }
 
 extension MasqBackend {

@@ -33,6 +33,9 @@ public struct ConntrackError: Error, Sendable, CustomStringConvertible {
         self.description = description
         self.refusal = refusal
     }
+
+    /// The kind of the kernel's refusal; without one the table could not be reached at all.
+    public var kind: NetfilterFailure { refusal.map { NetfilterFailure(errno: $0) } ?? .unavailable }
 }
 
 /// The node's connection tracking table, as the conntrack hygiene needs it (injected, so tests can record).
@@ -57,11 +60,11 @@ extension MasqBackend {
 }
 
 extension NFTablesBackend {
-    public var connections: ConnectionTable { KernelConnectionTable() }
+    public var connections: ConnectionTable { netlink.map(KernelConnectionTable.init) ?? NoConnectionTable() }
 }
 
 extension IPTablesBackend {
-    public var connections: ConnectionTable { KernelConnectionTable() }
+    public var connections: ConnectionTable { netlink.map(KernelConnectionTable.init) ?? NoConnectionTable() }
 }
 
 /// The kernel's table through ctnetlink (NETLINK_NETFILTER, subsystem NFNL_SUBSYS_CTNETLINK): no `conntrack` tool.
@@ -70,7 +73,9 @@ extension IPTablesBackend {
 /// so the kernel walks its hash table and sends back only the matches: the cost does not grow with what is sent back
 /// for unrelated entries. Each match is then deleted by its tuple and ID, many per datagram.
 public struct KernelConnectionTable: ConnectionTable {
-    public init() {}
+    let transport: NetlinkTransport
+
+    public init(transport: NetlinkTransport) { self.transport = transport }
 
     static let subsystem: UInt16 = 1 // NFNL_SUBSYS_CTNETLINK
     static let newEntry: UInt16 = 0, getEntry: UInt16 = 1, deleteEntry: UInt16 = 2 // IPCTNL_MSG_CT_*
@@ -158,13 +163,7 @@ public struct KernelConnectionTable: ConnectionTable {
         return ConnectionEntry(source: source, destination: destination, protocolNumber: proto, sourceNATed: natted, identity: identity)
     }
 
-    /// The errno of an NLMSG_ERROR or NLMSG_DONE message (0 when none).
-    static func errorCode(_ message: ArraySlice<UInt8>) -> Int32 {
-        guard message.count >= 20 else { return -EINVAL }
-        let base = message.startIndex + 16
-        return Int32(bitPattern: UInt32(message[base]) | UInt32(message[base + 1]) << 8 | UInt32(message[base + 2]) << 16
-                     | UInt32(message[base + 3]) << 24)
-    }
+    static func errorCode(_ message: ArraySlice<UInt8>) -> Int32 { Netlink.errorCode(message) }
 
     public func entries(family: IPFamily, source: IPAddress?) throws(ConntrackError) -> [ConnectionEntry] {
         do {
@@ -177,7 +176,7 @@ public struct KernelConnectionTable: ConnectionTable {
 
     /// One dump request and its replies.
     func dump(family: IPFamily, source: IPAddress?) throws(ConntrackError) -> [ConnectionEntry] {
-        guard let socket = Netlink.Socket() else { throw ConntrackError("cannot open a netfilter netlink socket (errno \(errno))") }
+        guard let socket = transport.open() else { throw ConntrackError("cannot open a netfilter netlink socket (errno \(errno))") }
         let sequence = socket.firstSequence
         guard socket.send(Self.dumpRequest(family: family, source: source, sequence: sequence)) else {
             throw ConntrackError("cannot send the conntrack dump request (errno \(errno))")
@@ -207,7 +206,7 @@ public struct KernelConnectionTable: ConnectionTable {
 
     public func delete(_ entries: [ConnectionEntry]) throws(ConntrackError) -> Int {
         guard !entries.isEmpty else { return 0 }
-        guard let socket = Netlink.Socket() else { throw ConntrackError("cannot open a netfilter netlink socket (errno \(errno))") }
+        guard let socket = transport.open() else { throw ConntrackError("cannot open a netfilter netlink socket (errno \(errno))") }
         var deleted = 0
         var refusals: [Int32] = []
         var start = 0
@@ -237,7 +236,9 @@ public struct KernelConnectionTable: ConnectionTable {
             start += chunk.count
         }
         if let code = refusals.first {
-            throw ConntrackError("deleted \(deleted) conntrack entries; the kernel refused \(refusals.count): \(String(cString: strerror(-code)))")
+            let words = String(cString: strerror(-code))
+            throw ConntrackError("deleted \(deleted) conntrack entries; the kernel refused \(refusals.count): \(words)",
+                                 refusal: -code)
         }
         return deleted
     }

@@ -3,7 +3,7 @@ import Glibc
 #endif
 import MasqCore
 
-/// The iptables backend (DESIGN 1.4): the layout is `IPTablesRenderer`'s. A verb that only registers or removes pods
+/// The iptables backend: the layout is `IPTablesRenderer`'s. A verb that only registers or removes pods
 /// is one `ipset -exist restore`; a node-wide (re)write reads the two nat POSTROUTING chains, then applies one
 /// `ipset` script and one `iptables-restore -w 5 --noflush` per family, each atomic.
 public struct IPTablesBackend: MasqBackend {
@@ -20,13 +20,30 @@ public struct IPTablesBackend: MasqBackend {
     /// reference to each pod set, which the ADD path's reference count must expect.
     public let guardsInvalid: Bool
 
-    public init(chain: String, mode: IPTablesMode, runner: CommandRunner = SpawnRunner(), guardsInvalid: Bool = true) {
+    /// The ipset element fast path and the conntrack table's way in; nil: the `ipset` tool for everything.
+    let netlink: NetlinkTransport?
+    /// The file name a program found in PATH resolves to (`auto` mode without a process); nil: ask `iptables -V`.
+    let resolveProgram: (@Sendable (String) -> String?)?
+
+    public init(chain: String, mode: IPTablesMode, runner: CommandRunner, netlink: NetlinkTransport? = nil,
+                resolveProgram: (@Sendable (String) -> String?)? = nil, guardsInvalid: Bool = true) {
         self.guardsInvalid = guardsInvalid
         self.chain = chain
         self.mode = mode
         self.runner = runner
+        self.netlink = netlink
+        self.resolveProgram = resolveProgram
         renderer = IPTablesRenderer(masqChain: chain)
     }
+
+    /// The node's tools, its netlink socket and its PATH.
+    public static func system(chain: String, mode: IPTablesMode, guardsInvalid: Bool) -> IPTablesBackend {
+        IPTablesBackend(chain: chain, mode: mode, runner: SpawnRunner(), netlink: .kernel,
+                        resolveProgram: IPTablesBackend.resolvedName(of:), guardsInvalid: guardsInvalid)
+    }
+
+    public var iptablesMode: IPTablesMode? { mode }
+    public func resolvedIPTablesMode() -> IPTablesMode? { resolvedMode() }
 
     /// The chain name and flavour are part of the rendering: changing either rewrites the node-wide part.
     public var renderVersion: String { "ipt-1 \(chain) \(mode.rawValue)" }
@@ -49,7 +66,9 @@ public struct IPTablesBackend: MasqBackend {
         }
         guard output.succeeded else {
             let text = OneLine.fold(output.stderrText, limit: OneLine.toolTextLimit)
-            throw Self.classify("\(arguments[0]): " + (text.isEmpty ? "exit status \(output.status)" : text))
+            let message = "\(arguments[0]): " + (text.isEmpty ? "exit status \(output.status)" : text)
+            throw arguments[0] == "ipset" ? ToolFailures.ipset(status: output.status, message)
+                : ToolFailures.iptables(status: output.status, message)
         }
         return output.stdoutText
     }
@@ -67,21 +86,11 @@ public struct IPTablesBackend: MasqBackend {
     /// Runs an `ipset` script (`-exist` makes repeated adds and deletes no-ops).
     func ipset(_ script: IPSetScript, options: [String] = ["-exist"]) throws(BackendError) -> String {
         // A pod's element changes go straight through netlink (IPSetBatch, measured: the tool's process was most of an
-        // ADD); any other input, or one the kernel refuses, runs the tool. Not with an injected runner (tests).
-        if options == ["-exist"], runner is SpawnRunner, let output = IPSetBatch(script: script)?.run() { return output }
+        // ADD); any other input, or one whose outcome netlink cannot tell, runs the tool.
+        if options == ["-exist"], let netlink, let output = try IPSetBatch(script: script)?.run(through: netlink) {
+            return output
+        }
         return try execute(["ipset"] + options + ["restore"], input: script.text)
-    }
-
-    static func classify(_ message: String) -> BackendError {
-        let transient = ["xtables lock", "Resource temporarily unavailable", "Device or resource busy"]
-        let unavailable = ["Table does not exist", "can't initialize", "Permission denied", "Operation not permitted",
-                           "Kernel support protocol", "Protocol not supported", "Set type not supported"]
-        let missing = ["does not exist", "doesn't exist", "Couldn't load target", "No chain/target/match by that name",
-                       "Bad rule (does a matching rule exist"]
-        if transient.contains(where: message.contains) { return BackendError(.transient, message) }
-        if unavailable.contains(where: message.contains) { return BackendError(.unavailable, message) }
-        if missing.contains(where: message.contains) { return BackendError(.missingObjects, message) }
-        return BackendError(.failed, message)
     }
 
     /// Without the xtables wait: STATUS probes, and must not wait for a lock; a busy lock means the tools work.
@@ -106,7 +115,7 @@ public struct IPTablesBackend: MasqBackend {
     func listings(needing needed: Set<IPFamily>) throws(BackendError) -> [(IPFamily, NATListing)] {
         var result: [(IPFamily, NATListing)] = []
         for family in IPFamily.allCases {
-            do { result.append((family, try listing(family))) } catch where error.kind == .unavailable && family == .v6 && !needed.contains(.v6) {
+            do { result.append((family, try listing(family))) } catch where error.kind.unusable && family == .v6 && !needed.contains(.v6) {
                 continue
             }
         }
@@ -118,7 +127,7 @@ public struct IPTablesBackend: MasqBackend {
         let script = renderer.setScript(for: change, verifying: !change.add.isEmpty)
         if script.isEmpty { return }
         let output: String
-        do { output = try ipset(script) } catch where error.kind == .failed && change.add.isEmpty {
+        do { output = try ipset(script) } catch where error.kind.refused && change.add.isEmpty {
             return try removeOneByOne(change)
         }
         // The jumps from nat POSTROUTING (and mangle POSTROUTING, the leak guard) are what reference a pod set: with
@@ -196,7 +205,7 @@ public struct IPTablesBackend: MasqBackend {
     /// `iptables` found in PATH resolves to (`xtables-nft-multi`, `iptables-legacy`...); else `iptables -V`.
     public func resolvedMode() -> IPTablesMode {
         guard mode == .auto else { return mode }
-        if runner is SpawnRunner, let name = Self.resolvedName(of: program(.v4)) {
+        if let name = resolveProgram?(program(.v4)) {
             if name.contains("legacy") { return .legacy }
             if name.contains("nft") { return .nft }
         }

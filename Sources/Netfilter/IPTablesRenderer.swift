@@ -65,7 +65,7 @@ public struct IPTablesRenderer: Sendable {
 
     // MARK: Rules (typed; `spec` is the form `iptables -S` prints, so installed rules compare as text)
 
-    /// A network's jump from POSTROUTING for one family (multicast never enters the chain: DESIGN 1.1 step 2).
+    /// A network's jump from POSTROUTING for one family (multicast never enters the chain).
     public func jump(_ key: NetworkKey, _ family: IPFamily, chain: String) -> IPTRule {
         var rule = IPTRule(target: .jump(chain))
         rule.destination = Self.multicast(family)
@@ -118,7 +118,7 @@ public struct IPTablesRenderer: Sendable {
 
     /// MASQUERADE, for one exception destination or for all outbound traffic: with `toPorts`, one rule per protocol
     /// and range first, connections spread over the ranges in proportion to their sizes, then the plain MASQUERADE.
-    /// With the family's SNAT source (issue 15) the target is SNAT to it, with the same port options; with
+    /// With the family's SNAT source the target is SNAT to it, with the same port options; with
     /// `egressInterfaces` the rules are repeated per interface (`-o`), so traffic leaving elsewhere reaches the
     /// chain's end and keeps its source.
     func masqueradeRules(_ options: DecisionList.MasqueradeOptions, destination: CIDR?, family: IPFamily) -> [IPTRule] {

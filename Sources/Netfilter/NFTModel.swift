@@ -302,7 +302,7 @@ public final class NFTModelExecutor: NFTExecutor, @unchecked Sendable {
     public init(model: NFTModel = NFTModel()) { self.model = model }
 
     public func apply(_ transaction: NFTTransaction) throws(BackendError) {
-        do { try model.apply(transaction) } catch { throw NFTablesBackend.classify(error.message) }
+        do { try model.apply(transaction) } catch { throw BackendError(errno: error.errno, error.message) }
     }
 
     public func query(_ query: NFTQuery, json: Bool) throws(BackendError) -> String {
@@ -314,7 +314,7 @@ public final class NFTModelExecutor: NFTExecutor, @unchecked Sendable {
             }
             return dump
         } catch {
-            throw NFTablesBackend.classify(error.message)
+            throw BackendError(errno: error.errno, error.message)
         }
     }
 

@@ -78,7 +78,7 @@ public final class LibNFTablesExecutor: NFTExecutor, @unchecked Sendable {
         // Reading a buffer also resets it for the next command.
         let output = outputBuffer(context).map { String(cString: $0) } ?? ""
         let errors = errorBuffer(context).map { String(cString: $0) } ?? ""
-        guard status == 0 else { throw NFTablesBackend.classify(errors.isEmpty ? "nft failed with status \(status)" : errors) }
+        guard status == 0 else { throw ToolFailures.nft(status: status, errors.isEmpty ? "nft failed with status \(status)" : errors) }
         return output
     }
 }
@@ -100,35 +100,33 @@ public struct NFTBinaryExecutor: NFTExecutor {
         } catch {
             throw BackendError(.unavailable, "cannot run \(program): \(error)")
         }
-        guard output.succeeded else { throw NFTablesBackend.classify(output.stderrText) }
+        guard output.succeeded else { throw ToolFailures.nft(status: output.status, output.stderrText) }
         return output.stdoutText
     }
 }
 
-/// The nftables backend (DESIGN 1.4): renders with `NFTablesRenderer` and applies each change in one transaction.
+/// The nftables backend: renders with `NFTablesRenderer` and applies each change in one transaction.
 public struct NFTablesBackend: MasqBackend {
     public let kind = BackendKind.nftables
     public let renderVersion = "nft-2"
     let executor: NFTExecutor
     let renderer = NFTablesRenderer()
+    /// The conntrack table's way in; nil: none (the backend then cleans no connections).
+    let netlink: NetlinkTransport?
 
-    public init(executor: NFTExecutor) { self.executor = executor }
+    public init(executor: NFTExecutor, netlink: NetlinkTransport? = nil) {
+        self.executor = executor
+        self.netlink = netlink
+    }
 
     /// Pods' element changes straight through netlink; everything else through libnftables when it loads, else the
     /// `nft` binary (measured: libnftables is ~2.3 ms faster per script than spawning `nft -f -`).
     public static func makeDefault() -> NFTablesBackend {
-        NFTablesBackend(executor: ElementBatchExecutor { () -> NFTExecutor in
+        let executor = ElementBatchExecutor(transport: .kernel) { () -> NFTExecutor in
             if let library = LibNFTablesExecutor() { return library }
             return NFTBinaryExecutor()
-        })
-    }
-
-    static func classify(_ message: String) -> BackendError {
-        let text = OneLine.fold(message, limit: OneLine.toolTextLimit)
-        if text.contains("No such file or directory") { return BackendError(.missingObjects, text) }
-        if text.contains("Device or resource busy") || text.contains("Resource temporarily unavailable") { return BackendError(.transient, text) }
-        if text.contains("Operation not permitted") || text.contains("Protocol not supported") { return BackendError(.unavailable, text) }
-        return BackendError(.failed, text)
+        }
+        return NFTablesBackend(executor: executor, netlink: .kernel)
     }
 
     public func probe() -> String? {
@@ -143,7 +141,7 @@ public struct NFTablesBackend: MasqBackend {
     public func apply(_ change: NetworkChange) throws(BackendError) {
         let transaction = renderer.transaction(for: change, fingerprint: change.policy.map(fingerprint(of:)) ?? "")
         if transaction.isEmpty { return }
-        do { try executor.apply(transaction) } catch where error.kind == .failed && change.policy == nil && change.add.isEmpty {
+        do { try executor.apply(transaction) } catch where error.kind.refused && change.policy == nil && change.add.isEmpty {
             try removeOneByOne(change)
         }
     }
@@ -167,8 +165,6 @@ public struct NFTablesBackend: MasqBackend {
         try executor.apply(renderer.removeNetworkTransaction(key: NetworkKey(network: network)))
     }
 
-    /// Deletes the plugin's table when no network has objects left in it (`ip-masq reset`);
-    /// returns the objects still in it, empty when the table is gone.
     public func removeTableIfEmpty() throws(BackendError) -> [String] {
         let items: [JSONValue]
         do { items = try list(.table) } catch where error.kind == .missingObjects { return [] }

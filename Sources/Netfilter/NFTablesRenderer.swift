@@ -3,7 +3,7 @@ import MasqCore
 /// Renders changes into nft scripts (pure): one table `inet ip_masq`; per network `K`:
 ///
 /// - `post_K`: base chain at srcnat; sends only registered pod addresses (`pods4_K`, `pods6_K`) to `masq_K`;
-/// - `masq_K`: DESIGN 1.1's decision list; `snat_K`: the masquerade itself (random-fully, toPorts);
+/// - `masq_K`: the decision list; `snat_K`: the masquerade itself (random-fully, toPorts);
 /// - interval sets `nomasq4_K`/`nomasq6_K` (nonMasqueradeCIDRs), `masq4_K`/`masq6_K` (exceptions),
 ///   `podnets4_K`/`podnets6_K`: one `address . subnet` element per pod (`10.88.1.6/32 . 10.88.1.0/24`), so a pod is
 ///   exempt towards its own subnet. Keyed by the pod's own address, which one attachment holds node-wide, these
@@ -122,7 +122,7 @@ public struct NFTablesRenderer: Sendable {
 
     /// The leak guard's chains when `dropInvalid` is on, else their removal (create, flush, delete: whether or not
     /// they exist). Conntrack sends no INVALID packet through a nat chain, so without it a late RST or FIN of an
-    /// expired connection leaves with the pod's own address (reference plugins' issue #816).
+    /// expired connection leaves with the pod's own address (containernetworking/plugins issue #816).
     func leakGuard(_ list: DecisionList, names: Names, comment: String) -> [NFTOperation] {
         var operations: [NFTOperation] = [.addChain(names.guardChain, hook: .filterPostrouting), .addChain(names.drop, hook: nil)]
         for chain in [names.guardChain, names.drop] { operations.append(.flushChain(chain)) }

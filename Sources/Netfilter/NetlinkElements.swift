@@ -5,18 +5,21 @@ import MasqCore
 
 /// Applies the transactions of a pod's ADD and DEL (set-element additions and deletions only) as one nf_tables
 /// netlink batch, encoded from the typed operations, without loading libnftables; every other transaction, and any
-/// batch the kernel refuses, goes to the full executor (as nft text), which is made on first use.
+/// batch whose outcome is unknown (no socket, no answer), goes to the full executor (as nft text), which is made on
+/// first use.
 ///
 /// Why: loading libnftables and its five libraries, and its cache fetch before each command, cost about as much as
 /// the rest of the plugin's start-up (measured: ~1.2 ms and ~2.5 MB of the plugin's peak RSS per ADD). The batch is
-/// atomic, so a refused one changed nothing and can be replayed through libnftables, which then reports the error
-/// exactly as nft words it (and its classification, e.g. missing objects, drives the restore from the records).
+/// atomic: a refused one changed nothing, and the kernel's errno gives the failure its kind (missing objects drive
+/// the restore from the records).
 public final class ElementBatchExecutor: NFTExecutor, @unchecked Sendable {
     private let makeFallback: () -> NFTExecutor
     private var madeFallback: NFTExecutor?
+    private let transport: NetlinkTransport
 
     /// Wraps the full executor, made by `fallback` the first time a script needs it.
-    public init(fallback: @escaping () -> NFTExecutor) {
+    public init(transport: NetlinkTransport, fallback: @escaping () -> NFTExecutor) {
+        self.transport = transport
         makeFallback = fallback
     }
 
@@ -33,7 +36,7 @@ public final class ElementBatchExecutor: NFTExecutor, @unchecked Sendable {
     }
 
     public func apply(_ transaction: NFTTransaction) throws(BackendError) {
-        if let batch = ElementBatch(transaction: transaction), batch.apply() { return }
+        if let batch = ElementBatch(transaction: transaction), try batch.apply(through: transport) { return }
         try fallback.apply(transaction)
     }
 }
@@ -154,21 +157,13 @@ struct ElementBatch {
         return buffer
     }
 
-    /// Sends the batch and waits for every acknowledgement; true when the kernel applied it. False when it refused
-    /// it (nothing changed: a batch is one transaction) or netlink was unusable.
-    func apply() -> Bool {
-        guard let socket = Netlink.Socket() else { return false }
-        let first = socket.firstSequence
-        return socket.send(messages(firstSequence: first))
-            && socket.awaitAcknowledgements(Set((1...UInt32(commands.count)).map { first &+ $0 }))
-    }
 }
 
 /// The iptables backend's ipset commands for a pod's ADD and DEL (element additions and deletions, and the
 /// terse listing that shows whether the pod set is still referenced), done over netlink the way the ipset tool does it,
-/// without starting the tool: its process was most of a pod's ADD or DEL on this backend. Nil for any other input; `run`
-/// returns nil when the kernel refuses a command, and the caller then runs the tool on the whole input, which is safe
-/// because every command of it is idempotent under `-exist`.
+/// without starting the tool: its process was most of a pod's ADD or DEL on this backend. Nil for any other input; when
+/// `run` cannot tell the outcome, the caller runs the tool on the whole input, which is safe because every command of
+/// it is idempotent under `-exist`.
 struct IPSetBatch {
     /// One command.
     enum Command: Equatable {
@@ -237,50 +232,6 @@ struct IPSetBatch {
             }
         }
         return (buffer, sequences)
-    }
-
-    /// Runs the input; its output as the tool would print the parts the caller reads, or nil when the tool must run it.
-    func run() -> String? {
-        guard let socket = Netlink.Socket() else { return nil }
-        let elements = elementMessages(firstSequence: socket.firstSequence)
-        if !elements.sequences.isEmpty {
-            guard socket.send(elements.bytes), socket.awaitAcknowledgements(elements.sequences) else { return nil }
-        }
-        var output = ""
-        for (index, command) in commands.enumerated() {
-            guard case .references(let set) = command else { continue }
-            guard let references = Self.references(of: set, through: socket, sequence: socket.firstSequence &+ UInt32(commands.count + index)) else {
-                return nil
-            }
-            output += "Name: \(set)\nReferences: \(references)\n"
-        }
-        return output
-    }
-
-    /// How many rules use a set: the header of its listing (IPSET_FLAG_LIST_HEADER), attribute IPSET_ATTR_REFERENCES.
-    static func references(of set: String, through socket: Netlink.Socket, sequence: UInt32) -> UInt32? {
-        var request: [UInt8] = []
-        Netlink.appendMessage(&request, type: subsystem << 8 | list, flags: 0x1 | 0x100, sequence: sequence, family: 2, resource: 0) { body in
-            Netlink.appendAttribute(&body, type: 1, [protocolVersion])
-            Netlink.appendAttribute(&body, type: 2, Array(set.utf8) + [0])
-            Netlink.appendAttribute(&body, type: 6 | Netlink.networkByteOrder, [0, 0, 0, 4]) // IPSET_ATTR_FLAGS: LIST_HEADER
-        }
-        guard socket.send(request) else { return nil }
-        var references: UInt32?
-        var failed = false
-        let received = socket.receive { type, seen, message in
-            guard seen == sequence else { return true }
-            if type == 3 { return false } // NLMSG_DONE
-            if type == 2 { failed = true; return false } // NLMSG_ERROR: the set is missing or the request was refused
-            guard type == subsystem << 8 | list, message.count > 20 else { return true }
-            for attribute in Netlink.attributes(message[(message.startIndex + 20)...]) where attribute.type == 7 {
-                for inner in Netlink.attributes(attribute.value) where inner.type == 25 && inner.value.count == 4 {
-                    references = inner.value.reduce(0) { $0 << 8 | UInt32($1) }
-                }
-            }
-            return true
-        }
-        return received && !failed ? references : nil
     }
 }
 
@@ -390,22 +341,6 @@ enum Netlink {
                     offset += (Int(length) + 3) & ~3
                 }
             }
-        }
-
-        /// Waits for an acknowledgement (NLMSG_ERROR 0) of each sequence number; false at the first refusal.
-        func awaitAcknowledgements(_ sequences: Set<UInt32>) -> Bool {
-            var pending = sequences
-            var refused = false
-            let received = receive { type, sequence, message in
-                guard type == 2 else { return true } // NLMSG_ERROR: 0 acknowledges, a negative errno refuses
-                guard message.count >= 20 else { refused = true; return false }
-                let error = Int32(bitPattern: UInt32(message[message.startIndex + 16]) | UInt32(message[message.startIndex + 17]) << 8
-                                  | UInt32(message[message.startIndex + 18]) << 16 | UInt32(message[message.startIndex + 19]) << 24)
-                if error != 0 { refused = true; return false }
-                pending.remove(sequence)
-                return !pending.isEmpty
-            }
-            return received && !refused && pending.isEmpty
         }
     }
 }

@@ -124,7 +124,7 @@ public final class StateJournal: @unchecked Sendable {
     }
 }
 
-/// The registrations' memory (DESIGN 1.5): small files on tmpfs, written under the node lock.
+/// The registrations' memory: small files on tmpfs, written under the node lock.
 ///
 /// Layout below `root`, built so that no network name, container ID or interface name can make two things share a
 /// path: the node-wide files `backend` and `owners/<address>` (the ownership index: which network key and attachment
@@ -421,7 +421,8 @@ extension NetworkPolicy {
         })))]
     }
 
-    /// Issue 15's keys, present only when set, so the records and fingerprints of policies without them stay as before.
+    /// The egress keys (SNAT sources, egress interfaces), present only when set, so the records and fingerprints of
+    /// policies without them stay as before.
     var egressMembers: [(String, JSONValue)] {
         var members: [(String, JSONValue)] = []
         if let snatAddress { members.append(("snatAddress", .string(snatAddress.description))) }

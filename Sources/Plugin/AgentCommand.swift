@@ -6,7 +6,7 @@ import MasqCore
 import Netfilter
 import Synchronization
 
-/// `ip-masq agent`: the reconcile loop a DaemonSet runs beside the plugin (DESIGN 1.7).
+/// `ip-masq agent`: the reconcile loop a DaemonSet runs beside the plugin.
 enum AgentCommand {
     /// `ip-masq agent --help`.
     static let help = """

@@ -22,12 +22,13 @@ public typealias BackendFactory = @Sendable (BackendKind, MasqConfig) -> MasqBac
 /// The backends of the real node: nftables through libnftables or `nft`, iptables through the xtables tools.
 public let systemBackends: BackendFactory = { kind, config in
     switch kind {
-    case .iptables: return IPTablesBackend(chain: config.masqChain, mode: config.iptablesMode, guardsInvalid: config.dropInvalid)
+    case .iptables:
+        return IPTablesBackend.system(chain: config.masqChain, mode: config.iptablesMode, guardsInvalid: config.dropInvalid)
     default: return NFTablesBackend.makeDefault()
     }
 }
 
-/// The CNI side of the binary: env + stdin in, result or error object out (DESIGN 1.3).
+/// The CNI side of the binary: env + stdin in, result or error object out.
 public struct CNIPlugin {
     public var environment: [String: String]
     public var stdin: () throws(CNIError) -> [UInt8]

@@ -1,7 +1,7 @@
 import MasqCore
 import Netfilter
 
-/// Conntrack hygiene (issue 12): masquerading is decided on a connection's first packet and then lives in the
+/// Conntrack hygiene: masquerading is decided on a connection's first packet and then lives in the
 /// conntrack entry, so entries made under a pod's or a policy's old rules would keep applying them. These run after
 /// the verb's netfilter change was applied; a failure is logged and never fails the verb (DEL must succeed).
 extension Session {

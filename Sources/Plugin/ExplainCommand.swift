@@ -11,7 +11,7 @@ enum ExplainCommand {
     Usage: ip-masq explain --netconf FILE [--namespace NS] [--pod IP] [--json] DST...
 
     For each destination address DST, prints whether a registered pod's traffic to it is masqueraded
-    or keeps its source address, and the first rule that decides it (DESIGN 1.1's order), named by its
+    or keeps its source address, and the first rule that decides it (in the decision list's order), named by its
     config key, value and source (default, conflist, or the config file's path):
 
       10.3.4.5: keep source (nonMasqueradeCIDRs 10.0.0.0/8, from /etc/config/ip-masq-agent)

@@ -6,7 +6,7 @@ import MasqCore
 import Netfilter
 
 /// `ip-masq install`: puts this binary into the node's CNI bin dir and the plugin into the node's
-/// network config, the way cluster network add-ons install themselves (DESIGN 1.8).
+/// network config, the way cluster network add-ons install themselves.
 enum InstallCommand {
     /// The text of `ip-masq install --help`.
     static let help = """

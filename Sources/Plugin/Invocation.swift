@@ -89,7 +89,7 @@ struct Invocation {
 
     // MARK: DEL
 
-    /// Best effort (DESIGN 1.3): exits 0 whenever the state directory and the lock are usable. Only the plumbing keys
+    /// Best effort: exits 0 whenever the state directory and the lock are usable. Only the plumbing keys
     /// are read; a failed netfilter removal is logged and the records stay, so GC or a later DEL can retry it.
     func delete(_ resolved: ResolvedConfig) throws(CNIError) {
         let session = try Session(config: resolved.config, network: netconf.name, plugin: plugin, forDelete: true,

@@ -1,6 +1,6 @@
 import MasqCore
 
-/// The binary run without `CNI_COMMAND`: operator commands (DESIGN 1.7).
+/// The binary run without `CNI_COMMAND`: operator commands.
 public enum OperatorCommand {
     /// The version of this build.
     public static let version = "0.1.0"

@@ -106,18 +106,16 @@ enum ResetCommand {
         // Tombstones name released addresses node-wide; after a reset there is nothing left to clean up for.
         if network == nil { try store.removeTombstones() }
         // An empty table belongs to no network: it goes whatever else the state directory holds.
-        if let nftables = makeBackend(.nftables, config) as? NFTablesBackend {
-            let networksLeft = try store.networks()
-            do throws(BackendError) {
-                let remaining = try nftables.removeTableIfEmpty()
-                if !remaining.isEmpty && networksLeft.isEmpty {
-                    lines.append("kept table \(NFTablesRenderer.table): it holds objects without records here (\(remaining.prefix(4).joined(separator: ", "))\(remaining.count > 4 ? ", ..." : ""))")
-                }
-            } catch where error.kind == .unavailable {
-                // No nftables on this node: nothing of ours can be there.
-            } catch {
-                failures.append("table \(NFTablesRenderer.table): \(error)")
+        let networksLeft = try store.networks()
+        do throws(BackendError) {
+            let remaining = try makeBackend(.nftables, config).removeTableIfEmpty()
+            if !remaining.isEmpty && networksLeft.isEmpty {
+                lines.append("kept table \(NFTablesRenderer.table): it holds objects without records here (\(remaining.prefix(4).joined(separator: ", "))\(remaining.count > 4 ? ", ..." : ""))")
             }
+        } catch where error.kind.unusable {
+            // No nftables on this node: nothing of ours can be there.
+        } catch {
+            failures.append("table \(NFTablesRenderer.table): \(error)")
         }
         try store.removeIfEmpty()
         if lines.isEmpty { lines.append("nothing to reset in \(config.stateDir)") }

@@ -125,7 +125,7 @@ final class Session {
     /// The concrete iptables flavour of a config's `iptablesMode` (`auto`: what `iptables` is).
     static func flavour(_ config: MasqConfig, make: BackendFactory) -> IPTablesMode {
         guard config.iptablesMode == .auto else { return config.iptablesMode }
-        return (make(.iptables, config) as? IPTablesBackend)?.resolvedMode() ?? .auto
+        return make(.iptables, config).resolvedIPTablesMode() ?? .auto
     }
 
     /// Where the rules belong now, as the record says it.
@@ -135,7 +135,7 @@ final class Session {
         backend == .iptables ? "iptables (\(mode?.rawValue ?? "auto"))" : backend.rawValue
     }
 
-    /// After a backend or iptables flavour switch (DESIGN: switches move the whole network): writes the network and
+    /// After a backend or iptables flavour switch (a switch moves the whole network): writes the network and
     /// every recorded pod into the new place, then removes every object of the old one. `policy` is the policy in
     /// force, nil for the last good one (DEL, GC). When either step fails, what was written in the new place is
     /// removed, the old place is rebuilt from the records, and the session works there (the network record keeps
@@ -241,12 +241,12 @@ final class Session {
 
     /// Removes the network from one backend (and nftables' table when nothing else is left in it).
     private func remove(from target: MasqBackend, registrations: [Registration], keepingSets: Bool) throws(CNIError) {
-        let description = target.kind == .iptables ? Self.describe(backend: .iptables, mode: (target as? IPTablesBackend)?.mode) : target.kind.rawValue
+        let description = target.kind == .iptables ? Self.describe(backend: .iptables, mode: target.iptablesMode) : target.kind.rawValue
         do {
             try target.removeNetwork(network, registrations: registrations, keepingSets: keepingSets)
             try removeSlots(from: target, keepingSets: keepingSets)
-            if let nftables = target as? NFTablesBackend { _ = try nftables.removeTableIfEmpty() }
-        } catch where error.kind == .unavailable {
+            _ = try target.removeTableIfEmpty()
+        } catch where error.kind.unusable {
             log.warning("\(description) is not usable here, so the network's objects in it (if any) are not removed: \(error.message)")
             unremoved.append(description)
         } catch {
@@ -508,7 +508,7 @@ final class Session {
             throw Self.cniError(error)
         } catch where error.kind == .partial {
             log.warning("removed, except: \(error.message)")
-        } catch where error.kind == .failed && !change.remove.isEmpty && !(change.add.isEmpty && change.policy == nil) {
+        } catch where error.kind.refused && !change.remove.isEmpty && !(change.add.isEmpty && change.policy == nil) {
             // A removal the kernel refuses (entries of a record it could never have installed) must not block the
             // rest: the removals on their own (element by element if need be), then the rest.
             var removal = NetworkChange(network: network), rest = change
@@ -603,7 +603,7 @@ final class Session {
             rebuild.add += registrations
             rebuild.addSubnets += record.addresses.map(\.subnet).filter { !rebuild.addSubnets.contains($0) && !change.removeSubnets.contains($0) }
         }
-        do { try applyRouted(rebuild) } catch where error.kind == .failed {
+        do { try applyRouted(rebuild) } catch where error.kind.refused {
             // One record may be what the backend refuses: the node-wide part and this verb's own change first, then
             // each other record on its own.
             var base = change
@@ -643,15 +643,16 @@ final class Session {
         }
     }
 
-    func objectsMissing(_ error: CNIError) -> Bool { error.details.hasPrefix("missing:") }
+    func objectsMissing(_ error: CNIError) -> Bool { error.cause == .missingObjects }
 
     static func cniError(_ error: BackendError) -> CNIError {
-        switch error.kind {
-        case .transient: return CNIError(.tryAgainLater, "netfilter is busy", details: error.message)
-        case .missingObjects: return CNIError(.netfilterFailure, "netfilter objects are missing", details: "missing: " + error.message)
-        case .unavailable: return CNIError(.netfilterFailure, "the netfilter backend is not usable", details: error.message)
-        case .failed, .partial: return CNIError(.netfilterFailure, "applying the rules failed", details: error.message)
+        let (code, message): (CNIError.Code, String) = switch error.kind {
+        case .transient: (.tryAgainLater, "netfilter is busy")
+        case .missingObjects: (.netfilterFailure, "netfilter objects are missing")
+        case .unavailable, .permission: (.netfilterFailure, "the netfilter backend is not usable")
+        case .exists, .invalid, .failed, .partial: (.netfilterFailure, "applying the rules failed")
         }
+        return CNIError(code, message, details: error.message, cause: error.kind)
     }
 
     /// Runs a state-directory operation, turning a system error into CNI code 102.

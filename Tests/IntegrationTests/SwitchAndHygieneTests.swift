@@ -326,8 +326,8 @@ struct SwitchAndHygieneTests {
             entered = fd >= 0 && setns?(fd, 0x4000_0000) == 0
             if fd >= 0 { close(fd) }
             if entered {
-                applied = batch.apply()
-                ipsetOutput = ipsetBatch.run()
+                applied = (try? batch.apply(through: .kernel)) == true
+                ipsetOutput = try? ipsetBatch.run(through: .kernel)
             }
             done.signal()
         }.start()

@@ -23,7 +23,7 @@ import Testing
 
     static let backends: [any MasqBackend] = [
         NFTablesBackend(executor: NFTBinaryExecutor()),
-        IPTablesBackend(chain: "IP-MASQ-AGENT", mode: .nft),
+        IPTablesBackend(chain: "IP-MASQ-AGENT", mode: .nft, runner: SpawnRunner()),
     ]
 
     @Test func everyPolicyKeyChangesTheFingerprint() throws {
@@ -58,6 +58,6 @@ import Testing
 
     @Test func theRenderVersionIsPartOfIt() throws {
         let policy = NetworkPolicy(config: try resolve("{}"))
-        #expect(IPTablesBackend(chain: "A", mode: .nft).fingerprint(of: policy) != IPTablesBackend(chain: "B", mode: .nft).fingerprint(of: policy))
+        #expect(IPTablesBackend(chain: "A", mode: .nft, runner: SpawnRunner()).fingerprint(of: policy) != IPTablesBackend(chain: "B", mode: .nft, runner: SpawnRunner()).fingerprint(of: policy))
     }
 }

@@ -186,19 +186,11 @@ let iptablesGoldenCases: [(String, String)] = [
         #expect(elements["IPMASQ-S6-podnet"]?[try! CIDR.parse("fd00:10:244:1::/64").get()] == "pod subnet")
     }
 
-    @Test func errorsAreClassified() {
-        #expect(IPTablesBackend.classify("ipset v7.17: Error in line 1: The set with the given name does not exist").kind == .missingObjects)
-        #expect(IPTablesBackend.classify("iptables-restore v1.8.9 (legacy): Couldn't load target `IP-MASQ-AGENT':No such file or directory").kind == .missingObjects)
-        #expect(IPTablesBackend.classify("Another app is currently holding the xtables lock. Stopped waiting after 5s.").kind == .transient)
-        #expect(IPTablesBackend.classify("ip6tables v1.8.9 (legacy): can't initialize ip6tables table `nat': Table does not exist (do you need to insmod?)").kind == .unavailable)
-        #expect(IPTablesBackend.classify("iptables-restore: line 3 failed: something new").kind == .failed)
-    }
-
     @Test func flavourPicksThePrograms() {
-        #expect(IPTablesBackend(chain: "C", mode: .auto).program(.v4, "-restore") == "iptables-restore")
-        #expect(IPTablesBackend(chain: "C", mode: .nft).program(.v6, "-restore") == "ip6tables-nft-restore")
-        #expect(IPTablesBackend(chain: "C", mode: .legacy).program(.v4) == "iptables-legacy")
-        #expect(IPTablesBackend(chain: "C", mode: .nft).renderVersion != IPTablesBackend(chain: "C", mode: .legacy).renderVersion)
+        #expect(IPTablesBackend(chain: "C", mode: .auto, runner: ScriptedRunner()).program(.v4, "-restore") == "iptables-restore")
+        #expect(IPTablesBackend(chain: "C", mode: .nft, runner: ScriptedRunner()).program(.v6, "-restore") == "ip6tables-nft-restore")
+        #expect(IPTablesBackend(chain: "C", mode: .legacy, runner: ScriptedRunner()).program(.v4) == "iptables-legacy")
+        #expect(IPTablesBackend(chain: "C", mode: .nft, runner: ScriptedRunner()).renderVersion != IPTablesBackend(chain: "C", mode: .legacy, runner: ScriptedRunner()).renderVersion)
     }
 }
 
