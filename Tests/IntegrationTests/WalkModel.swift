@@ -220,6 +220,9 @@ indirect enum WalkOp: CustomStringConvertible {
     case agent(network: String)
     /// The operation started and killed with SIGKILL after `delay` microseconds, then run again.
     case killed(WalkOp, delay: Int)
+    /// The operation killed with SIGKILL on entry to its `count`th `syscall` (strace's fault injection: the call
+    /// does not happen), then run again: a deterministic kill between two state writes or before a netfilter commit.
+    case killedAt(WalkOp, syscall: String, count: Int)
     case damage(WalkAttachment, Damage)
     /// The network's conflist names another backend or iptables flavour (issue 12: the next verb moves the network).
     case setBackend(network: String, Flavour)
@@ -258,7 +261,7 @@ indirect enum WalkOp: CustomStringConvertible {
         case .setFile(_, let state): return state == .fifo ? "fifo" : "file"
         case .reload: return "reload"
         case .agent: return "agent"
-        case .killed: return "kill"
+        case .killed, .killedAt: return "kill"
         case .damage: return "damage"
         case .setBackend: return "switch"
         }
@@ -274,7 +277,7 @@ indirect enum WalkOp: CustomStringConvertible {
             let file = WalkVariants.file[index]
             return file.valid ? (file.label == "unknown key" ? ["file", "unknownkey"] : ["file"]) : ["file", "badfile"]
         case .status(_, let busy): return busy ? ["status", "busystatus"] : ["status"]
-        case .killed(let inner, _): return inner.features.union(["kill"])
+        case .killed(let inner, _), .killedAt(let inner, _, _): return inner.features.union(["kill"])
         case .damage(_, .garbageOwner): return ["damage", "damageowner"]
         default: return [kind]
         }
@@ -294,6 +297,7 @@ indirect enum WalkOp: CustomStringConvertible {
         case .reload(let reload): return "firewall reload: \(reload.rawValue)"
         case .agent(let network): return "agent --once \(network)"
         case .killed(let op, let delay): return "kill -9 after \(delay) µs of [\(op)], then run it again"
+        case .killedAt(let op, let call, let count): return "kill -9 at \(call) #\(count) of [\(op)], then run it again"
         case .damage(let who, let damage): return "damage \(who): \(damage)"
         case .setBackend(let network, let flavour): return "conflist of \(network) := backend \(flavour.rawValue)"
         }

@@ -157,6 +157,12 @@ final class WalkNode {
             return Invocation(arguments: [ipProgram, "netns", "exec", ns.name, Host.pluginBinary, "agent", "--netconf", file, "--once"],
                               environment: ["PATH": path], stdin: "")
         case .killed(let inner, _): return invocation(inner, model: model)
+        case .killedAt(let inner, let call, let count):
+            guard var invocation = invocation(inner, model: model) else { return nil }
+            // strace between `ip netns exec NS` and the plugin: SIGKILL on entry to the count-th call.
+            invocation.arguments.insert(contentsOf: ["strace", "-f", "-qq", "-o", "/dev/null", "-e", "trace=\(call)",
+                                                     "-e", "inject=\(call):signal=KILL:when=\(count)"], at: 4)
+            return invocation
         case .setConflist, .setFile, .reload, .damage, .setBackend: return nil
         }
     }
@@ -493,7 +499,7 @@ struct Walk {
         switch op {
         case .add(let who, let ips, _):
             if fromDamaged(who, ips) { features.insert("damagetakeover") }
-        case .killed(.add(let who, let ips, _), _):
+        case .killed(.add(let who, let ips, _), _), .killedAt(.add(let who, let ips, _), _, _):
             let previous = model.network[who.network]!.attachments[who].map { Set($0.map(\.address)) }
             if !takes(who, ips).isEmpty || (previous != nil && previous != Set(ips.map(\.address))) { features.insert("killtakeover") }
             if fromDamaged(who, ips) { features.insert("damagetakeover") }
@@ -501,6 +507,10 @@ struct Walk {
         }
         return features
     }
+
+    /// Where a deterministic kill strikes: the state writes (`rename`, `unlink`), netlink requests (`sendto`: the
+    /// element batches and conntrack; `sendmsg`: libnftables' transactions), each up to its count-th call.
+    static let killPoints: [(String, Int)] = [("rename", 6), ("unlink", 4), ("sendto", 3), ("sendmsg", 2)]
 
     static func drain(_ model: WalkModel) -> [WalkOp] {
         var ops: [WalkOp] = WalkModel.networks.filter { !WalkSettings.skipped.contains("agent") && model.network[$0]!.applied != nil }
@@ -578,12 +588,17 @@ struct Walk {
             return .setBackend(network: network, target)
         case 89..<95:
             let delay = Int.random(in: 0...15_000, using: &rng)
+            let inner: WalkOp
             switch Int.random(in: 0..<10, using: &rng) {
-            case 0..<5: let who = someAttachment(0.3); return .killed(.add(who, addresses(for: who.network), hostAddress: false), delay: delay)
-            case 5..<8: let who = someAttachment(0.9); return .killed(.del(who, prevResult: nil, badArgs: false), delay: delay)
-            case 8: return .killed(.agent(network: network), delay: delay)
-            default: return .killed(.gc(network: network, valid: []), delay: delay)
+            case 0..<5: let who = someAttachment(0.3); inner = .add(who, addresses(for: who.network), hostAddress: false)
+            case 5..<8: inner = .del(someAttachment(0.9), prevResult: nil, badArgs: false)
+            case 8: inner = .agent(network: network)
+            default: inner = .gc(network: network, valid: [])
             }
+            // Half the kills at a state write or a netfilter request (deterministic), half after a random delay.
+            guard Bool.random(using: &rng) else { return .killed(inner, delay: delay) }
+            let (call, most) = Walk.killPoints.randomElement(using: &rng)!
+            return .killedAt(inner, syscall: call, count: Int.random(in: 1...most, using: &rng))
         default:
             let intact = existing.filter { !model.network[$0.network]!.damaged.contains($0) }
             guard let who = intact.randomElement(using: &rng) else { return .agent(network: network) }
@@ -631,7 +646,7 @@ struct Walk {
         case .reload:
             for name in WalkModel.networks where model.network[name]!.applied != nil { model.network[name]!.degraded = true }
             return (nil, [])
-        case .killed(let inner, _): return apply(inner, to: &model, observed: observed, flavour: flavour)
+        case .killed(let inner, _), .killedAt(let inner, _, _): return apply(inner, to: &model, observed: observed, flavour: flavour)
         case .damage(let who, let damage):
             if case .garbageOwner(let address) = damage {
                 if model.owner[address] == who { model.damagedOwners.insert(address) }
@@ -806,6 +821,11 @@ struct Walk {
                 answer = busy ? try node.withLockHeld { try node.runToEnd(invocation) } : try node.runToEnd(invocation)
             case .killed(let inner, let delay):
                 try node.runKilled(node.invocation(inner, model: model)!, delay: delay)
+                let between = try node.observe()
+                problems += compareKernel(between, Self.either(model.expectedKernel(), next.expectedKernel())).map { "after the kill: " + $0 }
+                answer = try node.runToEnd(node.invocation(inner, model: model)!)
+            case .killedAt(let inner, _, _):
+                _ = try node.runToEnd(node.invocation(op, model: model)!)
                 let between = try node.observe()
                 problems += compareKernel(between, Self.either(model.expectedKernel(), next.expectedKernel())).map { "after the kill: " + $0 }
                 answer = try node.runToEnd(node.invocation(inner, model: model)!)
