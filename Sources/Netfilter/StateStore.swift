@@ -306,17 +306,30 @@ public struct StateStore: Sendable {
     /// For an unreadable ownership entry: the attachment whose readable record lists `address` and was written last
     /// (a taker's record is written after the record of the attachment it took the address from), nil when no record
     /// lists it. A scan of every network's records: only for a damaged entry.
+    /// When no readable record lists it: a damaged record that is a member of a pod subnet holding the address.
     public func latestRecordHolder(of address: IPAddress) throws(SystemError) -> AddressHolder? {
-        var best: (holder: AddressHolder, time: Int64)?
+        var best: (holder: AddressHolder, time: Int64)?, damaged: (holder: AddressHolder, time: Int64)?
         for key in try networks() {
+            var subnets: [CIDR]?
             for name in try Files.list(networkDirectory(key) + "/attachments") {
-                guard let record = try readRecord(key, named: name).record,
-                      record.addresses.contains(where: { $0.address == address }) else { continue }
                 let time = Files.modificationTime(recordPath(key, name)) ?? 0
-                if best.map({ time > $0.time }) ?? true { best = (AddressHolder(key: key, file: name), time) }
+                switch try readRecord(key, named: name) {
+                case .found(let record) where record.addresses.contains(where: { $0.address == address }):
+                    if best.map({ time > $0.time }) ?? true { best = (AddressHolder(key: key, file: name), time) }
+                case .damaged:
+                    if subnets == nil {
+                        subnets = try Files.list(networkDirectory(key) + "/subnets").compactMap { name -> CIDR? in
+                            try? CIDR.parse(String(name.map { $0 == "_" ? "/" : $0 })).get()
+                        }.filter { $0.contains(address) }
+                    }
+                    let member = subnets!.contains { Files.exists(subnetDirectory($0, in: key) + "/" + name) }
+                    if member, damaged.map({ time > $0.time }) ?? true { damaged = (AddressHolder(key: key, file: name), time) }
+                default:
+                    break
+                }
             }
         }
-        return best?.holder
+        return best?.holder ?? damaged?.holder
     }
 
     /// The addresses the index gives to `owner` (a scan of the index: only for a damaged record).

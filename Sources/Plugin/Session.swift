@@ -167,6 +167,9 @@ final class Session {
         }
         try savePendingNetworkRecord()
         recordedElsewhere = nil
+        // The move wrote the policy in force, so no later step sees it change: entries the old rules decided and
+        // the new ones decide otherwise go now.
+        if let lastGood { forgetConnections(changedFrom: lastGood, to: policy) }
         log.info("moved network \(network) from \(Self.describe(backend: old.backend, mode: old.iptablesMode)) to \(placementDescription): "
                  + "\(registrations.count) pod entries of \(records.count + Set(damaged.map(\.owner)).count) attachment(s) rewritten, "
                  + (unremoved.isEmpty ? "the old rules and sets removed" : "the old rules and sets removed except in \(unremoved.joined(separator: ", ")) (not usable here)"))

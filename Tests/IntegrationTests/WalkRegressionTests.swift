@@ -179,6 +179,13 @@ struct WalkRegressionTests {
                          .add(Self.who("walka", "c3"), [PodIP("10.88.1.6/24")], hostAddress: false),
                          .add(Self.who("walkb", "c3"), [PodIP("10.88.1.6/24")], hostAddress: false)],
                         flavour: flavour)
+        // Both the ownership entry and the holder's record damaged: its pod subnet membership names it (walk seed 4).
+        try Self.replay([.add(Self.who("walkc", "c1", "net1"), [PodIP("10.88.1.6/24")], hostAddress: false),
+                         .damage(Self.who("walkc", "c1", "net1"), .garbageOwner("10.88.1.6")),
+                         .damage(Self.who("walkc", "c1", "net1"), .garbageRecord),
+                         .add(Self.who("walkb", "c2", "net1"), [PodIP("10.88.1.6/24")], hostAddress: false),
+                         .del(Self.who("walkc", "c1", "net1"), prevResult: nil, badArgs: false)],
+                        flavour: flavour, "owner entry and record damaged")
     }
 
     /// An address taken over from an attachment whose record is damaged kept its old element (walk seed 12).
