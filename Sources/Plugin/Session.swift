@@ -216,6 +216,17 @@ final class Session {
         }
     }
 
+    /// The attachments whose records are damaged, as their file names give them (a hashed name gives none).
+    func damagedRecordOwners() throws(CNIError) -> [Owner] {
+        try state { () throws(SystemError) in
+            try store.unreadableRecords(in: key).compactMap { file -> Owner? in
+                let parts = file.split(separator: "@", maxSplits: 1).map(String.init)
+                guard parts.count == 2, !file.hasPrefix("h-") else { return nil }
+                return Owner(network: network, containerID: parts[0], ifname: parts[1])
+            }
+        }
+    }
+
     /// Works where the network record says the rules are (a move that failed).
     private func stayWithRecordedPlacement() {
         guard let old = recordedElsewhere else { return }
@@ -358,6 +369,8 @@ final class Session {
                     let address = registration.pod.address
                     guard let holder = try currentHolder(of: address), holder != StateStore.holder(owner),
                           let (other, pod) = try heldEntry(address, by: holder) else { continue }
+                    // Write-ahead for the conntrack cleanup too: a retry after a kill, now the holder, still walks.
+                    if config.conntrackFlush { try store.writeTombstone(address, formerOwner: other.owner.tag) }
                     if holder.key == key {
                         change.remove.append(Registration(owner: other.owner, pod: pod))
                         log.info("\(address) moves from \(other.owner.tag) to \(owner.tag)")

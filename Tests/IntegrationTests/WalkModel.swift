@@ -226,6 +226,9 @@ indirect enum WalkOp: CustomStringConvertible {
     case damage(WalkAttachment, Damage)
     /// The network's conflist names another backend or iptables flavour (issue 12: the next verb moves the network).
     case setBackend(network: String, Flavour)
+    /// A conntrack entry from `address` (UDP to a masqueraded destination, inserted with `conntrack -I`): it must
+    /// survive what does not concern it and be gone once the address is reused (issue 12's conntrack hygiene).
+    case flow(String)
 
     enum Reload: String, CaseIterable {
         case nftFlushRuleset = "nft flush ruleset"
@@ -264,6 +267,7 @@ indirect enum WalkOp: CustomStringConvertible {
         case .killed, .killedAt: return "kill"
         case .damage: return "damage"
         case .setBackend: return "switch"
+        case .flow: return "flow"
         }
     }
 
@@ -300,6 +304,7 @@ indirect enum WalkOp: CustomStringConvertible {
         case .killedAt(let op, let call, let count): return "kill -9 at \(call) #\(count) of [\(op)], then run it again"
         case .damage(let who, let damage): return "damage \(who): \(damage)"
         case .setBackend(let network, let flavour): return "conflist of \(network) := backend \(flavour.rawValue)"
+        case .flow(let address): return "conntrack entry from \(address) inserted"
         }
     }
 }
@@ -362,6 +367,67 @@ struct WalkModel {
     var owner: [String: WalkAttachment] = [:]
     /// Addresses whose ownership record was damaged since it was last written.
     var damagedOwners: Set<String> = []
+
+    /// What must become of a conntrack entry from an address: still there, gone, or either.
+    enum FlowExpectation { case present, gone, either }
+    /// Conntrack entries the walk inserted, by source address.
+    var flows: [String: FlowExpectation] = [:]
+    /// Released addresses whose entries are stale (a DEL's tombstone): their next ADD or the agent's pass deletes
+    /// them; `uncertainTombstones`: released from a damaged record or ownership entry (the tombstone may be missing).
+    var tombstoned: Set<String> = []
+    var uncertainTombstones: Set<String> = []
+
+    /// The conntrack hygiene's contract (README, Conntrack hygiene) for the step `op` that led from `before` here.
+    mutating func updateFlows(_ op: WalkOp, before: WalkModel, outcome: ExpectedOutcome?) {
+        func damaged(_ who: WalkAttachment?) -> Bool { who.map { before.network[$0.network]!.damaged.contains($0) } ?? false }
+        // Addresses this step released (held before, nobody's now): tombstoned.
+        for (address, who) in before.owner where owner[address] == nil {
+            tombstoned.insert(address)
+            if damaged(who) || before.damagedOwners.contains(address) { uncertainTombstones.insert(address) }
+        }
+        switch op {
+        case .flow(let address): flows[address] = .present
+        case .killed(let inner, _), .killedAt(let inner, _, _): updateFlowsOfVerb(inner, before: before, outcome: outcome)
+        default: updateFlowsOfVerb(op, before: before, outcome: outcome)
+        }
+        // A policy change or a move: the network's pods' entries whose verdict changed go (any may).
+        for name in Self.networks {
+            let old = before.network[name]!, new = network[name]!
+            guard (old.applied != nil && old.applied != new.applied) || (old.placed != nil && old.placed != new.placed) else { continue }
+            let addresses = Set(old.attachments.values.joined().map(\.address)).union(new.attachments.values.joined().map(\.address))
+            for address in addresses where flows[address] == .present { flows[address] = .either }
+        }
+    }
+
+    private mutating func updateFlowsOfVerb(_ op: WalkOp, before: WalkModel, outcome: ExpectedOutcome?) {
+        func mark(_ address: String, _ expectation: FlowExpectation) { if flows[address] != nil { flows[address] = expectation } }
+        switch op {
+        case .add(let who, let ips, _) where outcome?.success == true:
+            for ip in ips {
+                let previous = before.owner[ip.address]
+                if previous != who && (previous != nil || before.tombstoned.contains(ip.address)) {
+                    let sure = !before.uncertainTombstones.contains(ip.address) && !before.damagedOwners.contains(ip.address)
+                        && !(previous.map { before.network[$0.network]!.damaged.contains($0) } ?? false)
+                    mark(ip.address, sure ? .gone : .either)
+                }
+                tombstoned.remove(ip.address)
+                uncertainTombstones.remove(ip.address)
+            }
+        case .gc(let name, _?):
+            // A GC that removed an attachment sweeps every tombstone.
+            if before.network[name]!.attachments.count != network[name]!.attachments.count {
+                for address in tombstoned { mark(address, .either) }
+                tombstoned = []
+                uncertainTombstones = []
+            }
+        case .agent where outcome?.success == true:
+            for address in tombstoned { mark(address, uncertainTombstones.contains(address) ? .either : .gone) }
+            tombstoned = []
+            uncertainTombstones = []
+        default:
+            break
+        }
+    }
 
     enum ConfigState {
         case refusedConflist

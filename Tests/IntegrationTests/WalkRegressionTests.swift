@@ -157,6 +157,36 @@ struct WalkRegressionTests {
         }
     }
 
+    /// GC ignored damaged records (it collected only readable ones): a stale attachment whose record was damaged kept
+    /// its pod subnets exempted, and its entries, forever (walk seed 4).
+    @Test(arguments: Flavour.allCases)
+    func gcCollectsADamagedStaleRecord(flavour: Flavour) throws {
+        try Self.replay([.add(Self.who("walkc", "c3"), [PodIP("10.88.2.5/24"), PodIP("fd00:88::5/48")], hostAddress: false),
+                         .add(Self.who("walkc", "c1", "net1"), [PodIP("10.99.0.4/24")], hostAddress: false),
+                         .damage(Self.who("walkc", "c3"), .garbageRecord),
+                         .gc(network: "walkc", valid: [Self.who("walkc", "c1", "net1")])],
+                        flavour: flavour)
+        try Self.replay([.add(Self.who("walkc", "c3"), [PodIP("10.88.2.5/24"), PodIP("fd00:88::5/48")], hostAddress: false),
+                         .add(Self.who("walkb", "c2", "net1"), [PodIP("10.88.2.5/24")], hostAddress: false),
+                         .add(Self.who("walka", "c0"), [PodIP("fd00:88::5/48")], hostAddress: false),
+                         .damage(Self.who("walkc", "c3"), .emptyRecord),
+                         .gc(network: "walkc", valid: [])],
+                        flavour: flavour, "both addresses taken over first")
+    }
+
+    /// The entries of a released IPv6 address survived the agent's pass and the ADD that reused the address: the
+    /// kernel's CTA_FILTER dump returned none of an IPv6 source (walk, conntrack entries kind, seeds 4, 11, 12).
+    @Test(arguments: Flavour.allCases)
+    func theEntriesOfAReleasedIPv6AddressAreDeleted(flavour: Flavour) throws {
+        let pod = Self.who("walkc", "c5"), ips = [PodIP("fd00:88:0:1::6/64"), PodIP("10.88.1.6/24")]
+        try Self.replay([.add(pod, ips, hostAddress: false), .flow("fd00:88:0:1::6"), .flow("10.88.1.6"),
+                         .del(pod, prevResult: ips, badArgs: false), .agent(network: "walkb")],
+                        flavour: flavour, "the agent's pass")
+        try Self.replay([.add(pod, ips, hostAddress: false), .flow("fd00:88:0:1::6"), .flow("10.88.1.6"),
+                         .del(pod, prevResult: ips, badArgs: false), .add(Self.who("walka", "c1"), ips, hostAddress: false)],
+                        flavour: flavour, "the ADD that reuses the address")
+    }
+
     /// A garbage ownership entry was taken as the asker's: a repeated ADD of the address's earlier holder (whose record
     /// still lists it) removed the entry of its real holder (walk seed 11).
     @Test(arguments: Flavour.allCases)

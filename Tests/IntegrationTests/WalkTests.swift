@@ -11,7 +11,7 @@ import Glibc
 //   WALK_STEPS=300         random steps per seed (a drain follows: agent pass and DEL of everything)
 //   WALK_SECONDS=1800      soak: keep running new seeds (after WALK_SEEDS) until this many seconds passed
 //   WALK_FLAVOURS=nftables,iptables-nft,iptables-legacy
-//   WALK_SKIP=fifo,damage  operations left out by kind (add del check gc status conflist file fifo reload agent kill damage switch)
+//   WALK_SKIP=fifo,damage  operations left out by kind (add del check gc status conflist file fifo reload agent kill damage switch flow)
 //                          or feature (hostaddr badargs badconflist badfile unknownkey busystatus damageowner crossnet nested)
 //   WALK_SHRINK_SECONDS=120  time allowed to shrink a failing prefix
 
@@ -34,8 +34,8 @@ enum WalkSettings {
     static var steps: Int { environment["WALK_STEPS"].flatMap { Int($0) } ?? 300 }
     static var seconds: Double { environment["WALK_SECONDS"].flatMap { Double($0) } ?? 0 }
     static var shrinkSeconds: Double { environment["WALK_SHRINK_SECONDS"].flatMap { Double($0) } ?? 120 }
-    /// Left out unless WALK_SKIP says otherwise: the cases still failing on this branch (README, "The walk").
-    static let knownFailures: Set<String> = ["kill", "damage", "switch"]
+    /// Left out unless WALK_SKIP says otherwise (README, "The walk"): nothing; every kind runs.
+    static let knownFailures: Set<String> = []
     static var skipped: Set<String> {
         guard let list = environment["WALK_SKIP"] else { return knownFailures }
         return Set(list.split(separator: ",").map(String.init))
@@ -163,7 +163,7 @@ final class WalkNode {
             invocation.arguments.insert(contentsOf: ["strace", "-f", "-qq", "-o", "/dev/null", "-e", "trace=\(call)",
                                                      "-e", "inject=\(call):signal=KILL:when=\(count)"], at: 4)
             return invocation
-        case .setConflist, .setFile, .reload, .damage, .setBackend: return nil
+        case .setConflist, .setFile, .reload, .damage, .setBackend, .flow: return nil
         }
     }
 
@@ -282,6 +282,8 @@ struct Observation {
     var listed: [String: ListedNetwork] = [:]
     var listProblem: String?
     var raw: String = ""
+    /// The source addresses of the conntrack entries the walk inserts (UDP to port 53).
+    var flows: Set<String> = []
 }
 
 extension WalkNode {
@@ -291,7 +293,8 @@ extension WalkNode {
         // Every backend, whatever the walk started with: a switch moves networks between them.
         let script = "nft -j list table inet ip_masq 2>/dev/null; echo @@@; "
             + ["nft", "legacy"].map { "iptables-\($0)-save -t nat 2>/dev/null; echo @@@; ip6tables-\($0)-save -t nat 2>/dev/null; echo @@@; " }.joined()
-            + "ipset save; echo @@@; \(list)"
+            + "ipset save; echo @@@; conntrack -L -f ipv4 -p udp --dport 53 2>/dev/null; conntrack -L -f ipv6 -p udp --dport 53 2>/dev/null; "
+            + "echo @@@; \(list)"
         let result = try ns.exec(["sh", "-c", script])
         let parts = result.stdout.components(separatedBy: "@@@\n")
         var observation = Observation(raw: result.stdout)
@@ -299,6 +302,10 @@ extension WalkNode {
             observation.networks[.nftables, default: [:]][network] = Self.parseNFT(parts[0], network: network)
             observation.networks[.iptablesNFT, default: [:]][network] = Self.parseIPTables(v4: parts[1], v6: parts[2], ipset: parts[5], network: network)
             observation.networks[.iptablesLegacy, default: [:]][network] = Self.parseIPTables(v4: parts[3], v6: parts[4], ipset: parts[5], network: network)
+        }
+        for line in parts[6].split(separator: "\n") {
+            guard let source = line.split(separator: " ").first(where: { $0.hasPrefix("src=") }) else { continue }
+            observation.flows.insert(WalkCIDR.canonicalAddress(String(source.dropFirst(4))))
         }
         let listing = parts.last ?? ""
         guard let document = (try? JSONSerialization.jsonObject(with: Data(listing.utf8))) as? [String: Any],
@@ -562,7 +569,11 @@ struct Walk {
         case 28..<44:
             let who = someAttachment()
             return .del(who, prevResult: Bool.random(using: &rng) ? registered(who) : nil, badArgs: Int.random(in: 0..<100, using: &rng) < 15)
-        case 44..<58:
+        case 54..<58:
+            let held = model.owner.keys.sorted()
+            if !held.isEmpty && Int.random(in: 0..<100, using: &rng) < 70 { return .flow(held.randomElement(using: &rng)!) }
+            return .flow((WalkPools.v4 + WalkPools.v6).randomElement(using: &rng)!.address)
+        case 44..<54:
             let who = someAttachment(0.85)
             return .check(who, Int.random(in: 0..<100, using: &rng) < 85 ? registered(who) : addresses(for: who.network))
         case 58..<62:
@@ -617,6 +628,14 @@ struct Walk {
     /// installed whatever happened before (an ADD's own).
     static func apply(_ op: WalkOp, to model: inout WalkModel, observed: [Flavour: [String: ObservedNetwork]], flavour: Flavour)
         -> (ExpectedOutcome?, Set<String>) {
+        let before = model
+        let result = applyVerb(op, to: &model, observed: observed, flavour: flavour)
+        model.updateFlows(op, before: before, outcome: result.0)
+        return result
+    }
+
+    static func applyVerb(_ op: WalkOp, to model: inout WalkModel, observed: [Flavour: [String: ObservedNetwork]], flavour: Flavour)
+        -> (ExpectedOutcome?, Set<String>) {
         switch op {
         case .add(let who, let ips, _):
             let outcome = model.add(who, ips)
@@ -646,7 +665,8 @@ struct Walk {
         case .reload:
             for name in WalkModel.networks where model.network[name]!.applied != nil { model.network[name]!.degraded = true }
             return (nil, [])
-        case .killed(let inner, _), .killedAt(let inner, _, _): return apply(inner, to: &model, observed: observed, flavour: flavour)
+        case .killed(let inner, _), .killedAt(let inner, _, _): return applyVerb(inner, to: &model, observed: observed, flavour: flavour)
+        case .flow: return (nil, [])
         case .damage(let who, let damage):
             if case .garbageOwner(let address) = damage {
                 if model.owner[address] == who { model.damagedOwners.insert(address) }
@@ -748,6 +768,21 @@ struct Walk {
         return problems
     }
 
+    /// What differs between the conntrack entries and the model's expectations; forgets entries that are gone.
+    static func compareFlows(_ observation: Observation, _ model: inout WalkModel) -> [String] {
+        var problems: [String] = []
+        for (address, expectation) in model.flows.sorted(by: { $0.key < $1.key }) {
+            let present = observation.flows.contains(address)
+            switch expectation {
+            case .present where !present: problems.append("conntrack: the entry from \(address) is gone, expected it to survive")
+            case .gone where present: problems.append("conntrack: the entry from \(address) is still there, expected it deleted (the address was reused)")
+            default: break
+            }
+            if !present { model.flows[address] = nil }
+        }
+        return problems
+    }
+
     /// Whether the answer is the expected one.
     static func compareOutcome(_ answer: WalkAnswer, _ expected: ExpectedOutcome, op: WalkOp) -> [String] {
         if expected.success {
@@ -808,6 +843,13 @@ struct Walk {
             var answer: WalkAnswer?
             switch op {
             case .setConflist, .setBackend: break
+            case .flow(let address):
+                let destination = address.contains(":") ? "2001:db8::7" : "198.51.100.7"
+                let inserted = try node.ns.exec(["conntrack", "-I", "-p", "udp", "-s", address, "-d", destination, "--sport", "40000",
+                                                 "--dport", "53", "-t", "3600"])
+                if inserted.status != 0 && !inserted.stderr.contains("exists") {
+                    problems.append("conntrack -I from \(address) failed: \(inserted.stderr.prefix(200))")
+                }
             case .setFile(let network, let state): try node.setFile(network, state)
             case .reload(let reload): try node.reload(reload)
             case .damage(let who, let damage):
@@ -841,6 +883,7 @@ struct Walk {
             observation = try node.observe()
             problems += compareKernel(observation, next.expectedKernel(mustHave: mustHave))
             problems += compareList(observation, next)
+            problems += Self.compareFlows(observation, &next)
             if log { print("walk[\(flavour.rawValue)] \(index): \(op) -> \(answer?.summary.prefix(120) ?? "-")") }
             if !problems.isEmpty {
                 if let answer { problems.append("the verb answered: \(answer.summary)") }
