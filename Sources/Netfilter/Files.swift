@@ -150,6 +150,13 @@ public enum Files {
         return lstat(path, &info) == 0
     }
 
+    /// When a file was last written (nanoseconds since the epoch), nil when it does not exist.
+    public static func modificationTime(_ path: String) -> Int64? {
+        var info = stat()
+        guard lstat(path, &info) == 0 else { return nil }
+        return Int64(info.st_mtim.tv_sec) * 1_000_000_000 + Int64(info.st_mtim.tv_nsec)
+    }
+
     /// The directory part of a path.
     public static func parentDirectory(of path: String) -> String {
         guard let slash = path.lastIndex(of: "/") else { return "." }

@@ -5,10 +5,17 @@ import MasqCore
 public struct AttachmentRecord: Equatable, Sendable {
     public var owner: Owner
     public var addresses: [PodAddress]
+    /// Removals the verb that wrote this record still owes netfilter (the entries of addresses it dropped or took
+    /// over, any network's, and pod subnets left without members), cleared once its change is applied. A verb killed
+    /// in between leaves them here, and the attachment's next ADD or DEL applies them (write-ahead for removals).
+    public var owed: [Registration] = []
+    public var owedSubnets: [CIDR] = []
 
-    public init(owner: Owner, addresses: [PodAddress]) {
+    public init(owner: Owner, addresses: [PodAddress], owed: [Registration] = [], owedSubnets: [CIDR] = []) {
         self.owner = owner
         self.addresses = addresses
+        self.owed = owed
+        self.owedSubnets = owedSubnets
     }
 
     /// The record's file name: `containerID@ifname`, or a hash when that would be too long for a file name.
@@ -20,7 +27,38 @@ public struct AttachmentRecord: Equatable, Sendable {
             ("containerID", .string(owner.containerID)),
             ("ifname", .string(owner.ifname)),
             ("addresses", .array(addresses.map { .object(JSONObject([("address", .string("\($0.address)")), ("subnet", .string("\($0.subnet)"))])) })),
-        ] + (owner.pod.map { [("podNamespace", JSONValue.string($0.namespace)), ("podName", .string($0.name))] } ?? [])))
+        ] + (owner.pod.map { [("podNamespace", JSONValue.string($0.namespace)), ("podName", .string($0.name))] } ?? [])
+          + owedMembers))
+    }
+
+    /// `owed` and `owedSubnets`, present only when non-empty (a record with nothing owed reads as before).
+    var owedMembers: [(String, JSONValue)] {
+        var members: [(String, JSONValue)] = []
+        if !owed.isEmpty {
+            members.append(("owed", .array(owed.map { entry in
+                .object(JSONObject([("network", .string(entry.owner.network)), ("containerID", .string(entry.owner.containerID)),
+                                    ("ifname", .string(entry.owner.ifname)), ("address", .string("\(entry.pod.address)")),
+                                    ("subnet", .string("\(entry.pod.subnet)"))]))
+            })))
+        }
+        if !owedSubnets.isEmpty { members.append(("owedSubnets", .array(owedSubnets.map { .string("\($0)") }))) }
+        return members
+    }
+
+    static func owed(from json: JSONValue) -> ([Registration], [CIDR])? {
+        var owed: [Registration] = [], subnets: [CIDR] = []
+        for entry in json["owed"]?.arrayValue ?? [] {
+            guard let network = entry["network"]?.stringValue, let containerID = entry["containerID"]?.stringValue,
+                  let ifname = entry["ifname"]?.stringValue, let text = entry["address"]?.stringValue, let address = IPAddress(text),
+                  let subnetText = entry["subnet"]?.stringValue, case .success(let subnet) = CIDR.parse(subnetText) else { return nil }
+            owed.append(Registration(owner: Owner(network: network, containerID: containerID, ifname: ifname),
+                                     pod: PodAddress(address: address, subnet: subnet)))
+        }
+        for entry in json["owedSubnets"]?.arrayValue ?? [] {
+            guard let text = entry.stringValue, case .success(let subnet) = CIDR.parse(text) else { return nil }
+            subnets.append(subnet)
+        }
+        return (owed, subnets)
     }
 
     init?(json: JSONValue) {
@@ -33,7 +71,9 @@ public struct AttachmentRecord: Equatable, Sendable {
             addresses.append(PodAddress(address: address, subnet: subnet))
         }
         let pod = PodIdentity.given(namespace: json["podNamespace"]?.stringValue, name: json["podName"]?.stringValue)
-        self.init(owner: Owner(network: network, containerID: containerID, ifname: ifname, pod: pod), addresses: addresses)
+        guard let (owed, owedSubnets) = Self.owed(from: json) else { return nil }
+        self.init(owner: Owner(network: network, containerID: containerID, ifname: ifname, pod: pod), addresses: addresses,
+                  owed: owed, owedSubnets: owedSubnets)
     }
 }
 
@@ -186,7 +226,7 @@ public struct StateStore: Sendable {
         return read
     }
 
-    func readRecord(_ key: NetworkKey, named file: String) throws(SystemError) -> RecordRead {
+    public func readRecord(_ key: NetworkKey, named file: String) throws(SystemError) -> RecordRead {
         guard let bytes = try Files.read(recordPath(key, file)) else { return .missing }
         guard let json = try? JSONValue.parse(bytes), let record = AttachmentRecord(json: json) else {
             return .damaged(bytes.isEmpty ? "the record is empty" : "the record is not readable (\(bytes.count) bytes)")
@@ -263,6 +303,35 @@ public struct StateStore: Sendable {
         try delete(ownersDirectory + "/\(address)")
     }
 
+    /// For an unreadable ownership entry: the attachment whose readable record lists `address` and was written last
+    /// (a taker's record is written after the record of the attachment it took the address from), nil when no record
+    /// lists it. A scan of every network's records: only for a damaged entry.
+    /// When no readable record lists it: a damaged record that is a member of a pod subnet holding the address.
+    public func latestRecordHolder(of address: IPAddress) throws(SystemError) -> AddressHolder? {
+        var best: (holder: AddressHolder, time: Int64)?, damaged: (holder: AddressHolder, time: Int64)?
+        for key in try networks() {
+            var subnets: [CIDR]?
+            for name in try Files.list(networkDirectory(key) + "/attachments") {
+                let time = Files.modificationTime(recordPath(key, name)) ?? 0
+                switch try readRecord(key, named: name) {
+                case .found(let record) where record.addresses.contains(where: { $0.address == address }):
+                    if best.map({ time > $0.time }) ?? true { best = (AddressHolder(key: key, file: name), time) }
+                case .damaged:
+                    if subnets == nil {
+                        subnets = try Files.list(networkDirectory(key) + "/subnets").compactMap { name -> CIDR? in
+                            try? CIDR.parse(String(name.map { $0 == "_" ? "/" : $0 })).get()
+                        }.filter { $0.contains(address) }
+                    }
+                    let member = subnets!.contains { Files.exists(subnetDirectory($0, in: key) + "/" + name) }
+                    if member, damaged.map({ time > $0.time }) ?? true { damaged = (AddressHolder(key: key, file: name), time) }
+                default:
+                    break
+                }
+            }
+        }
+        return best?.holder ?? damaged?.holder
+    }
+
     /// The addresses the index gives to `owner` (a scan of the index: only for a damaged record).
     public func addresses(heldBy owner: Owner) throws(SystemError) -> [IPAddress] {
         let wanted = Self.holder(owner).text
@@ -288,13 +357,18 @@ public struct StateStore: Sendable {
         try Files.touch(path)
     }
 
-    /// Removes `owner` from a pod subnet; true when no member is left (the subnet's element can go).
+    /// Removes `owner` from a pod subnet; true when no member is left (the subnet's element can go), also when
+    /// `owner` was no member any more (a verb killed after it left: its retry still removes the element).
     public func leave(_ subnet: CIDR, owner: Owner) throws(SystemError) -> Bool {
         let directory = subnetDirectory(subnet, in: NetworkKey(network: owner.network))
         let path = directory + "/" + Self.fileName(for: owner.attachment)
-        guard Files.exists(path) else { return false }
-        try delete(path)
+        if Files.exists(path) { try delete(path) }
         return try Files.removeDirectoryIfEmpty(directory)
+    }
+
+    /// Whether a pod subnet of a network has members (its element must stay).
+    public func hasMembers(_ subnet: CIDR, in key: NetworkKey) throws(SystemError) -> Bool {
+        !(try Files.list(subnetDirectory(subnet, in: key))).isEmpty
     }
 
     /// The pod subnets `owner` is a member of (a scan of the network's subnets: only for a damaged record).

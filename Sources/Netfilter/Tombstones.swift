@@ -21,6 +21,7 @@ extension StateStore {
         let directory = tombstoneDirectory
         let path = directory + "/\(address)"
         let bytes = Array("\(now.tv_sec) \(formerOwner)\n".utf8)
+        try journal?.note(path)  // a failed ADD's takeover leaves none behind
         do { try Files.writeAtomically(path, bytes) } catch where error.errno == ENOENT {
             try Files.makeDirectories(directory)
             try Files.writeAtomically(path, bytes)

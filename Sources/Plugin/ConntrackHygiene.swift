@@ -48,8 +48,12 @@ extension Session {
     /// deleted pod's entries last at most one resyncInterval. Few addresses: one kernel-filtered dump each; many:
     /// one dump of the family, matched here (the kernel walks its table once per dump either way).
     func sweepTombstones(after verb: String) {
-        let addresses: [IPAddress]
-        do throws(SystemError) { addresses = try store.tombstones() } catch {
+        var addresses: [IPAddress] = []
+        do throws(SystemError) {
+            // An address held again has the tombstone of an ADD that did not finish: its retry walks, and the
+            // holder's live connections are not broken here.
+            for address in try store.tombstones() where try store.holder(of: address) == nil { addresses.append(address) }
+        } catch {
             log.warning("conntrack: cannot read the tombstones: \(error)")
             return
         }

@@ -168,14 +168,15 @@ struct Invocation {
                                   recordedBackendWins: resolved.recordedBackendWins)
         try session.moveIfNeeded(policy: nil)
         var change = NetworkChange(network: netconf.name)
-        let stale = try session.records().filter { !valid.contains($0.owner.attachment) }
-        for record in stale { try session.unregister(record.owner, into: &change) }
+        // Damaged records too: their file names give the attachment, the ownership index and comments the rest.
+        let stale = try (session.records().map(\.owner) + session.damagedRecordOwners()).filter { !valid.contains($0.attachment) }
+        for owner in stale { try session.unregister(owner, into: &change) }
         guard !stale.isEmpty else { return }
         do { try session.apply(change, rebuildOnMissing: false) } catch where session.objectsMissing(error) {}
         session.noteReleased(change.remove, after: "GC")
         session.sweepTombstones(after: "GC")
-        for record in stale { try session.forget(record.owner) }
-        log.info("removed \(stale.count) stale attachment(s): \(stale.map(\.owner.tag).joined(separator: ", "))")
+        for owner in stale { try session.forget(owner) }
+        log.info("removed \(stale.count) stale attachment(s): \(stale.map(\.tag).joined(separator: ", "))")
     }
 
     // MARK: STATUS

@@ -33,6 +33,9 @@ final class Session {
     let journal = StateJournal()
     /// Entries of other networks to remove after this network's change: addresses this verb took over.
     private var foreign: [NetworkKey: [Registration]] = [:]
+    /// The attachment record to write once this verb's change is applied: the one `register` wrote, without the
+    /// removals it owed.
+    private var owedRecord: AttachmentRecord?
     /// The addresses this verb takes over from another network's attachments (their conntrack entries are stale).
     var takenOverFromOtherNetworks: Set<IPAddress> { Set(foreign.values.joined().map(\.pod.address)) }
     /// Another network whose name has this network's key (a hash collision) and whose state is here, if any.
@@ -164,6 +167,9 @@ final class Session {
         }
         try savePendingNetworkRecord()
         recordedElsewhere = nil
+        // The move wrote the policy in force, so no later step sees it change: entries the old rules decided and
+        // the new ones decide otherwise go now.
+        if let lastGood { forgetConnections(changedFrom: lastGood, to: policy) }
         log.info("moved network \(network) from \(Self.describe(backend: old.backend, mode: old.iptablesMode)) to \(placementDescription): "
                  + "\(registrations.count) pod entries of \(records.count + Set(damaged.map(\.owner)).count) attachment(s) rewritten, "
                  + (unremoved.isEmpty ? "the old rules and sets removed" : "the old rules and sets removed except in \(unremoved.joined(separator: ", ")) (not usable here)"))
@@ -207,6 +213,17 @@ final class Session {
                 result += addresses.map { Registration(owner: owner, pod: PodAddress(address: $0, subnet: CIDR(network: $0, prefix: $0.family.bitWidth))) }
             }
             return result
+        }
+    }
+
+    /// The attachments whose records are damaged, as their file names give them (a hashed name gives none).
+    func damagedRecordOwners() throws(CNIError) -> [Owner] {
+        try state { () throws(SystemError) in
+            try store.unreadableRecords(in: key).compactMap { file -> Owner? in
+                let parts = file.split(separator: "@", maxSplits: 1).map(String.init)
+                guard parts.count == 2, !file.hasPrefix("h-") else { return nil }
+                return Owner(network: network, containerID: parts[0], ifname: parts[1])
+            }
         }
     }
 
@@ -292,16 +309,23 @@ final class Session {
         return lastGood
     }
 
-    /// Whether `owner`, whose record lists `address`, holds it now: the ownership index names it, or names nobody.
-    /// A damaged index entry counts as the record's (logged), so that its element is not left behind.
+    /// Whether `owner`, whose record lists `address`, holds it now: the ownership index names it.
     func owns(_ owner: Owner, _ address: IPAddress) throws(SystemError) -> Bool {
+        try currentHolder(of: address) == StateStore.holder(owner)
+    }
+
+    /// Who holds `address` now: the ownership index's entry; nil when nobody (taken over, then released by its
+    /// taker). For a damaged entry, the attachment whose record lists it and was written last (a taker's record is
+    /// newer than its predecessor's), logged: any record listing it is not enough (a late holder's record still does).
+    func currentHolder(of address: IPAddress) throws(SystemError) -> AddressHolder? {
         switch try store.holder(of: address) {
-        case nil: return false  // nobody holds it: taken over, then released by its taker
-        case .success(let holder)?: return holder == StateStore.holder(owner)
+        case nil: return nil
+        case .success(let holder)?: return holder
         case .failure(let damage)?:
-            log.warning("the ownership entry of \(address) is damaged (\(damage.bytes) bytes); "
-                        + "taking it as \(owner.tag)'s, whose record lists it")
-            return true
+            let holder = try store.latestRecordHolder(of: address)
+            log.warning("the ownership entry of \(address) is damaged (\(damage.bytes) bytes); taking it as held by "
+                        + (holder.map { "\($0.key)/\($0.file), the newest record that lists it" } ?? "nobody (no record lists it)"))
+            return holder
         }
     }
 
@@ -312,9 +336,14 @@ final class Session {
             try state { () throws(SystemError) in
                 let me = AttachmentRecord(owner: owner, addresses: registrations.map(\.pod))
                 let newAddresses = Set(me.addresses)
+                // Released only once the record naming the removals is written: a verb killed before still finds
+                // them its own (`owns`), after, in the record's `owed`.
+                var releasing: [IPAddress] = []
                 switch try store.read(owner) {
                 case .found(let previous):
-                    // A repeated ADD with other addresses: drop the old ones this attachment still owns.
+                    // What a killed verb of this attachment still owed, then, for a repeated ADD with other
+                    // addresses, the old ones this attachment still owns.
+                    try queueOwed(previous, into: &change)
                     let kept = Set(me.addresses.map(\.address))
                     for pod in previous.addresses where !newAddresses.contains(pod) {
                         if kept.contains(pod.address) {
@@ -322,14 +351,14 @@ final class Session {
                             change.remove.append(Registration(owner: owner, pod: pod))
                         } else if try owns(owner, pod.address) {
                             change.remove.append(Registration(owner: owner, pod: pod))
-                            try store.release(pod.address)
+                            releasing.append(pod.address)
                         }
                     }
                     for subnet in Set(previous.addresses.map(\.subnet)).subtracting(me.addresses.map(\.subnet)) {
                         if try store.leave(subnet, owner: owner) { change.removeSubnets.append(subnet) }
                     }
                 case .damaged(let why):
-                    try removeDamaged(owner, why: why, into: &change, releasing: true)
+                    releasing = try removeDamaged(owner, why: why, into: &change)
                 case .other(let holder):
                     throw SystemError("the state file of \(owner.tag) holds the record of \(holder.tag) (their names hash alike)",
                                       errno: 17 /* EEXIST */)
@@ -339,10 +368,10 @@ final class Session {
                 for registration in registrations {
                     // An address another attachment still holds (IP reuse before its DEL): take it over.
                     let address = registration.pod.address
-                    guard case .success(let holder)? = try store.holder(of: address),
-                          holder != StateStore.holder(owner),
-                          let other = try store.record(in: holder.key, named: holder.file),
-                          let pod = other.addresses.first(where: { $0.address == address }) else { continue }
+                    guard let holder = try currentHolder(of: address), holder != StateStore.holder(owner),
+                          let (other, pod) = try heldEntry(address, by: holder) else { continue }
+                    // Write-ahead for the conntrack cleanup too: a retry after a kill, now the holder, still walks.
+                    if config.conntrackFlush { try store.writeTombstone(address, formerOwner: other.owner.tag) }
                     if holder.key == key {
                         change.remove.append(Registration(owner: other.owner, pod: pod))
                         log.info("\(address) moves from \(other.owner.tag) to \(owner.tag)")
@@ -352,7 +381,15 @@ final class Session {
                                     + "\(other.owner.network) (its DEL never came): its entry there goes")
                     }
                 }
-                try store.save(me)
+                // Write-ahead for the removals too: a verb killed before its change is applied leaves them in the
+                // record, and the attachment's retry applies them (cleared in `finish`).
+                var written = me
+                written.owed = change.remove + foreign.sorted { $0.key < $1.key }.flatMap(\.value)
+                written.owedSubnets = change.removeSubnets
+                try store.save(written)
+                owedRecord = written.owed.isEmpty && written.owedSubnets.isEmpty ? nil : me
+                let claimed = Set(me.addresses.map(\.address))
+                for address in releasing where !claimed.contains(address) { try store.release(address) }
                 for pod in me.addresses { try store.claim(pod.address, for: owner) }
                 for subnet in Set(me.addresses.map(\.subnet)).sorted() {
                     try store.join(subnet, owner: owner)
@@ -366,8 +403,67 @@ final class Session {
         }
     }
 
-    /// For a record that cannot be read: removes what the ownership index and the element comments give `owner`.
-    private func removeDamaged(_ owner: Owner, why: String, into change: inout NetworkChange, releasing: Bool) throws(SystemError) {
+    /// The owed removals of a record (a killed verb's) that still apply: the entries of addresses nobody else holds
+    /// now, and pod subnets still without members.
+    private func queueOwed(_ record: AttachmentRecord, into change: inout NetworkChange) throws(SystemError) {
+        let me = StateStore.holder(record.owner)
+        for entry in record.owed {
+            if let holder = try currentHolder(of: entry.pod.address), holder != me { continue }
+            let otherKey = NetworkKey(network: entry.owner.network)
+            if otherKey == key {
+                if !change.remove.contains(entry) { change.remove.append(entry) }
+            } else if !(foreign[otherKey]?.contains(entry) ?? false) {
+                foreign[otherKey, default: []].append(entry)
+            }
+        }
+        for subnet in record.owedSubnets where !change.removeSubnets.contains(subnet) {
+            if !(try store.hasMembers(subnet, in: key)) { change.removeSubnets.append(subnet) }
+        }
+        if !record.owed.isEmpty || !record.owedSubnets.isEmpty {
+            log.warning("an earlier verb of \(record.owner.tag) did not finish: applying the removals it owed "
+                        + "(\((record.owed.map { "\($0.pod.address) of \($0.owner.tag)" } + record.owedSubnets.map(\.description)).joined(separator: ", ")))")
+        }
+    }
+
+    /// The record and entry of `address` held by `holder`. A damaged record gives the attachment its file name names
+    /// (network from the network record), with the subnet its element comment or subnet membership gives.
+    private func heldEntry(_ address: IPAddress, by holder: AddressHolder) throws(SystemError) -> (AttachmentRecord, PodAddress)? {
+        switch try store.readRecord(holder.key, named: holder.file) {
+        case .found(let other):
+            return other.addresses.first(where: { $0.address == address }).map { (other, $0) }
+        case .damaged:
+            let parts = holder.file.split(separator: "@", maxSplits: 1).map(String.init)
+            let name = holder.key == key ? network : try store.networkRecord(holder.key)?.network
+            guard parts.count == 2, !holder.file.hasPrefix("h-"), let name else { return nil }
+            let other = Owner(network: name, containerID: parts[0], ifname: parts[1])
+            let target = holder.key == key ? backend : makeBackend(placedBackend(of: holder.key), placement(ofNetwork: holder.key))
+            var subnet = (try? target.entries(network: name, taggedWith: other.tag))?.first { $0.address == address }?.subnet
+            if subnet == nil { subnet = try store.subnets(joinedBy: other).filter { $0.contains(address) }.max { $0.prefix < $1.prefix } }
+            log.warning("the record of \(other.tag), which holds \(address), is damaged: taking the address over as its element says")
+            return (AttachmentRecord(owner: other, addresses: []),
+                    PodAddress(address: address, subnet: subnet ?? CIDR(network: address, prefix: address.family.bitWidth)))
+        case .missing, .other:
+            return nil
+        }
+    }
+
+    /// The backend another network is recorded in (this verb's when it has no record).
+    private func placedBackend(of otherKey: NetworkKey) -> BackendKind {
+        let kind = ((try? store.networkRecord(otherKey)) ?? nil)?.backend ?? backend.kind
+        return kind == .auto ? backend.kind : kind
+    }
+
+    /// The config another network's rules were written with, as its record says.
+    private func placement(ofNetwork otherKey: NetworkKey) -> MasqConfig {
+        guard let record = (try? store.networkRecord(otherKey)) ?? nil else { return config }
+        return Self.placement(of: record, over: config)
+    }
+
+    /// For a record that cannot be read: removes what the ownership index and the element comments give `owner`;
+    /// returns the addresses the index gives it (for the caller to release once its change is safe to replay).
+    @discardableResult
+    private func removeDamaged(_ owner: Owner, why: String, into change: inout NetworkChange) throws(SystemError) -> [IPAddress] {
+        var held: [IPAddress] = []
         var pods: [PodAddress] = []
         var notes: [String] = []
         do { pods = try backend.entries(network: network, taggedWith: owner.tag) } catch {
@@ -378,7 +474,7 @@ final class Session {
         }
         for pod in pods {
             change.remove.append(Registration(owner: owner, pod: pod))
-            if releasing, try store.holds(owner, pod.address) { try store.release(pod.address) }
+            if try store.holds(owner, pod.address) { held.append(pod.address) }
         }
         for subnet in try store.subnets(joinedBy: owner) where try store.leave(subnet, owner: owner) {
             change.removeSubnets.append(subnet)
@@ -386,6 +482,7 @@ final class Session {
         if pods.isEmpty { notes.append("no entry of it found in the ownership index or the element comments") }
         log.warning("the record of \(owner.tag) is damaged (\(why)): removing \(pods.isEmpty ? "nothing" : pods.map { "\($0.address)" }.joined(separator: ", "))"
                     + " as the ownership index and the element comments say" + (notes.isEmpty ? "" : "; " + notes.joined(separator: "; ")))
+        return held
     }
 
     /// Adds the removal of what `owner` still owns to the change (its record stays until `forget`).
@@ -393,6 +490,7 @@ final class Session {
         try state { () throws(SystemError) in
             switch try store.read(owner) {
             case .found(let record):
+                try queueOwed(record, into: &change)
                 for pod in record.addresses where try owns(owner, pod.address) {
                     change.remove.append(Registration(owner: owner, pod: pod))
                 }
@@ -400,7 +498,7 @@ final class Session {
                     change.removeSubnets.append(subnet)
                 }
             case .damaged(let why):
-                try removeDamaged(owner, why: why, into: &change, releasing: false)
+                try removeDamaged(owner, why: why, into: &change)
             case .other(let holder):
                 log.warning("the state file of \(owner.tag) holds the record of \(holder.tag) (their names hash alike): left alone")
             case .missing:
@@ -537,6 +635,10 @@ final class Session {
     /// policy is written, and the conntrack entries whose verdict the new policy changed are deleted.
     private func finish(_ change: NetworkChange) throws(CNIError) {
         applyForeignRemovals()
+        if let record = owedRecord {
+            owedRecord = nil
+            try state { () throws(SystemError) in try store.save(record) }
+        }
         try savePendingNetworkRecord()
         if let old = replacedPolicy, let new = change.policy {
             replacedPolicy = nil
@@ -548,10 +650,10 @@ final class Session {
     private func applyForeignRemovals() {
         for (otherKey, registrations) in foreign.sorted(by: { $0.key < $1.key }) {
             guard let name = registrations.first?.owner.network else { continue }
-            let kind = ((try? store.networkRecord(otherKey)) ?? nil)?.backend ?? backend.kind
             var removal = NetworkChange(network: name)
             removal.remove = registrations
-            do { try makeBackend(kind, config).apply(removal) } catch where error.kind == .missingObjects {
+            // Where the other network's record says its rules are (another backend or flavour after a switch).
+            do { try makeBackend(placedBackend(of: otherKey), placement(ofNetwork: otherKey)).apply(removal) } catch where error.kind == .missingObjects {
                 // The other network's objects are gone: nothing of it to remove.
             } catch {
                 log.warning("cannot remove \(registrations.map { "\($0.pod.address) of \($0.owner.tag)" }.joined(separator: ", ")) from network \(name): \(error)")

@@ -291,6 +291,35 @@ struct ConntrackTests {
         withExtendedLifetime((sender, server)) {}
     }
 
+    /// A backend move (the conflist names the other backend) that also changes the policy: the move rewrites the
+    /// network with the new policy, so the next verb sees no policy change, and the long-lived flow kept the old
+    /// backend's NAT (no conntrack cleanup at a move). Now the move deletes the entries whose verdict changed.
+    @Test(arguments: [(["backend": "nftables"], ["backend": "iptables", "iptablesMode": "nft"]),
+                      (["backend": "iptables", "iptablesMode": "nft"], ["backend": "nftables"])], [true, false])
+    func aBackendMoveWithAPolicyChangeReachesALongLivedFlow(backends: ([String: String], [String: String]), flush: Bool) throws {
+        let topology = try Topology(), scratch = ScratchDirectory()
+        func input(_ backend: [String: String], _ nonMasquerade: String, _ address: String) -> String {
+            var keys: [String: Any] = ["logLevel": "info", "nonMasqueradeCIDRs": [nonMasquerade], "conntrackFlush": flush]
+            for (key, value) in backend { keys[key] = value }
+            return netconf(scratch: scratch, extra: keys, addresses: [address])
+        }
+        let flow = try Background(in: topology.privateHost, Self.receiver(Topology.privateHost.v4), output: scratch.path + "/flow")
+        // 10.200.0.0/24 (the private host) keeps the pod's source at first.
+        try plugin(topology, "ADD", "a", input(backends.0, "10.0.0.0/8", "10.99.0.3/24"))
+        let sender = try Background(in: topology.pod, Self.sender(to: Topology.privateHost.v4), output: scratch.path + "/sender")
+        #expect(Self.currentSource(flow) == Topology.pod.v4)
+        // The conflist now names the other backend and masquerades 10.200.0.0/24: another pod's ADD moves the network.
+        let moved = try plugin(topology, "ADD", "b", input(backends.1, "172.16.0.0/12", "10.99.0.9/24"))
+        #expect(moved.stderr.contains("moved network testnet"), "\(moved.stderr)")
+        if flush {
+            #expect(Self.currentSource(flow) == "10.200.0.1", "the flow follows the policy the move installed")
+            #expect(moved.stderr.contains("conntrack: policy changed: deleted 1 entry"), "\(moved.stderr)")
+        } else {
+            #expect(Self.currentSource(flow) == Topology.pod.v4, "control: without the cleanup the old verdict sticks")
+        }
+        withExtendedLifetime(sender) {}
+    }
+
     // MARK: Item 6: the leak guard
 
     /// A pod's late RST (its connection's entry deleted first, as after expiry) towards the internet host: with the

@@ -220,9 +220,15 @@ indirect enum WalkOp: CustomStringConvertible {
     case agent(network: String)
     /// The operation started and killed with SIGKILL after `delay` microseconds, then run again.
     case killed(WalkOp, delay: Int)
+    /// The operation killed with SIGKILL on entry to its `count`th `syscall` (strace's fault injection: the call
+    /// does not happen), then run again: a deterministic kill between two state writes or before a netfilter commit.
+    case killedAt(WalkOp, syscall: String, count: Int)
     case damage(WalkAttachment, Damage)
     /// The network's conflist names another backend or iptables flavour (issue 12: the next verb moves the network).
     case setBackend(network: String, Flavour)
+    /// A conntrack entry from `address` (UDP to a masqueraded destination, inserted with `conntrack -I`): it must
+    /// survive what does not concern it and be gone once the address is reused (issue 12's conntrack hygiene).
+    case flow(String)
 
     enum Reload: String, CaseIterable {
         case nftFlushRuleset = "nft flush ruleset"
@@ -258,9 +264,10 @@ indirect enum WalkOp: CustomStringConvertible {
         case .setFile(_, let state): return state == .fifo ? "fifo" : "file"
         case .reload: return "reload"
         case .agent: return "agent"
-        case .killed: return "kill"
+        case .killed, .killedAt: return "kill"
         case .damage: return "damage"
         case .setBackend: return "switch"
+        case .flow: return "flow"
         }
     }
 
@@ -274,7 +281,7 @@ indirect enum WalkOp: CustomStringConvertible {
             let file = WalkVariants.file[index]
             return file.valid ? (file.label == "unknown key" ? ["file", "unknownkey"] : ["file"]) : ["file", "badfile"]
         case .status(_, let busy): return busy ? ["status", "busystatus"] : ["status"]
-        case .killed(let inner, _): return inner.features.union(["kill"])
+        case .killed(let inner, _), .killedAt(let inner, _, _): return inner.features.union(["kill"])
         case .damage(_, .garbageOwner): return ["damage", "damageowner"]
         default: return [kind]
         }
@@ -294,8 +301,10 @@ indirect enum WalkOp: CustomStringConvertible {
         case .reload(let reload): return "firewall reload: \(reload.rawValue)"
         case .agent(let network): return "agent --once \(network)"
         case .killed(let op, let delay): return "kill -9 after \(delay) µs of [\(op)], then run it again"
+        case .killedAt(let op, let call, let count): return "kill -9 at \(call) #\(count) of [\(op)], then run it again"
         case .damage(let who, let damage): return "damage \(who): \(damage)"
         case .setBackend(let network, let flavour): return "conflist of \(network) := backend \(flavour.rawValue)"
+        case .flow(let address): return "conntrack entry from \(address) inserted"
         }
     }
 }
@@ -358,6 +367,67 @@ struct WalkModel {
     var owner: [String: WalkAttachment] = [:]
     /// Addresses whose ownership record was damaged since it was last written.
     var damagedOwners: Set<String> = []
+
+    /// What must become of a conntrack entry from an address: still there, gone, or either.
+    enum FlowExpectation { case present, gone, either }
+    /// Conntrack entries the walk inserted, by source address.
+    var flows: [String: FlowExpectation] = [:]
+    /// Released addresses whose entries are stale (a DEL's tombstone): their next ADD or the agent's pass deletes
+    /// them; `uncertainTombstones`: released from a damaged record or ownership entry (the tombstone may be missing).
+    var tombstoned: Set<String> = []
+    var uncertainTombstones: Set<String> = []
+
+    /// The conntrack hygiene's contract (README, Conntrack hygiene) for the step `op` that led from `before` here.
+    mutating func updateFlows(_ op: WalkOp, before: WalkModel, outcome: ExpectedOutcome?) {
+        func damaged(_ who: WalkAttachment?) -> Bool { who.map { before.network[$0.network]!.damaged.contains($0) } ?? false }
+        // Addresses this step released (held before, nobody's now): tombstoned.
+        for (address, who) in before.owner where owner[address] == nil {
+            tombstoned.insert(address)
+            if damaged(who) || before.damagedOwners.contains(address) { uncertainTombstones.insert(address) }
+        }
+        switch op {
+        case .flow(let address): flows[address] = .present
+        case .killed(let inner, _), .killedAt(let inner, _, _): updateFlowsOfVerb(inner, before: before, outcome: outcome)
+        default: updateFlowsOfVerb(op, before: before, outcome: outcome)
+        }
+        // A policy change or a move: the network's pods' entries whose verdict changed go (any may).
+        for name in Self.networks {
+            let old = before.network[name]!, new = network[name]!
+            guard (old.applied != nil && old.applied != new.applied) || (old.placed != nil && old.placed != new.placed) else { continue }
+            let addresses = Set(old.attachments.values.joined().map(\.address)).union(new.attachments.values.joined().map(\.address))
+            for address in addresses where flows[address] == .present { flows[address] = .either }
+        }
+    }
+
+    private mutating func updateFlowsOfVerb(_ op: WalkOp, before: WalkModel, outcome: ExpectedOutcome?) {
+        func mark(_ address: String, _ expectation: FlowExpectation) { if flows[address] != nil { flows[address] = expectation } }
+        switch op {
+        case .add(let who, let ips, _) where outcome?.success == true:
+            for ip in ips {
+                let previous = before.owner[ip.address]
+                if previous != who && (previous != nil || before.tombstoned.contains(ip.address)) {
+                    let sure = !before.uncertainTombstones.contains(ip.address) && !before.damagedOwners.contains(ip.address)
+                        && !(previous.map { before.network[$0.network]!.damaged.contains($0) } ?? false)
+                    mark(ip.address, sure ? .gone : .either)
+                }
+                tombstoned.remove(ip.address)
+                uncertainTombstones.remove(ip.address)
+            }
+        case .gc(let name, _?):
+            // A GC that removed an attachment sweeps every tombstone.
+            if before.network[name]!.attachments.count != network[name]!.attachments.count {
+                for address in tombstoned { mark(address, .either) }
+                tombstoned = []
+                uncertainTombstones = []
+            }
+        case .agent where outcome?.success == true:
+            for address in tombstoned { mark(address, uncertainTombstones.contains(address) ? .either : .gone) }
+            tombstoned = []
+            uncertainTombstones = []
+        default:
+            break
+        }
+    }
 
     enum ConfigState {
         case refusedConflist

@@ -94,4 +94,139 @@ struct WalkRegressionTests {
         #expect(try PluginCall(netns: ns, command: "DEL", containerID: first.containerID)(stdin(first)).status == 0)
         #expect(try flavour.pods(ns, network: "rela").isEmpty)
     }
+
+    // MARK: walk replays (issue 11's skipped kinds: kill, damage, switch)
+
+    static func who(_ network: String, _ containerID: String, _ ifname: String = "eth0") -> WalkAttachment {
+        WalkAttachment(network: network, containerID: containerID, ifname: ifname)
+    }
+
+    /// Replays a prefix the walk found (fresh node, the model's checks after every step).
+    static func replay(_ ops: [WalkOp], flavour: Flavour, _ comment: String? = nil) throws {
+        var walk = Walk(flavour: flavour)
+        if let failure = try walk.execute(ops) {
+            let listing = ops.enumerated().map { "  \($0.offset): \($0.element)" }.joined(separator: "\n")
+            let prefix = comment.map { $0 + ": " } ?? ""
+            let report = prefix + "step \(failure.step) differs from the model:\n" + listing + "\n" + failure.problems.joined(separator: "\n")
+            Issue.record(Comment(rawValue: report))
+        }
+    }
+
+    /// Every deterministic kill point of a verb: its state writes and its first netlink requests.
+    static let killPoints = [("rename", 1), ("rename", 2), ("rename", 3), ("rename", 4), ("unlink", 1), ("unlink", 2),
+                             ("sendto", 1), ("sendto", 2), ("sendmsg", 1)]
+
+    /// A repeated ADD with other addresses, killed after it wrote its record (the old address released) and before
+    /// its netfilter change: the retry found the new record and no longer removed the old address's entry, which
+    /// stayed masqueraded for nobody (walk seeds 5, 11, 13).
+    @Test(arguments: Flavour.allCases)
+    func aKilledRepeatedAddsRetryRemovesTheDroppedAddress(flavour: Flavour) throws {
+        for (call, count) in Self.killPoints {
+            try Self.replay([.add(Self.who("walkb", "c1"), [PodIP("10.88.1.6/16"), PodIP("fd00:88::5/64")], hostAddress: false),
+                             .killedAt(.add(Self.who("walkb", "c1"), [PodIP("10.99.0.4/24")], hostAddress: false), syscall: call, count: count),
+                             .del(Self.who("walkb", "c1"), prevResult: nil, badArgs: false)],
+                            flavour: flavour, "killed at \(call) #\(count)")
+        }
+    }
+
+    /// An ADD taking an address over (in its network or another), killed after it claimed the address and before the
+    /// old holder's entry went: the retry, now the holder, no longer removed it.
+    @Test(arguments: Flavour.allCases)
+    func aKilledTakeoversRetryRemovesTheOldHoldersEntry(flavour: Flavour) throws {
+        for taker in [Self.who("walka", "c1", "net1"), Self.who("walkb", "c1")] {
+            for (call, count) in Self.killPoints {
+                try Self.replay([.add(Self.who("walka", "c0"), [PodIP("10.88.0.5/16")], hostAddress: false),
+                                 .killedAt(.add(taker, [PodIP("10.88.0.5/24")], hostAddress: false), syscall: call, count: count),
+                                 .del(Self.who("walka", "c0"), prevResult: nil, badArgs: false)],
+                                flavour: flavour, "\(taker) killed at \(call) #\(count)")
+            }
+        }
+    }
+
+    /// A DEL or GC killed after it left its pod subnet (the member file gone) and before the element went: the retry
+    /// found no membership to leave and kept the subnet exempted for nobody (iptables; walk seed 13).
+    @Test(arguments: Flavour.allCases)
+    func aKilledDelsRetryRemovesThePodSubnet(flavour: Flavour) throws {
+        for verb in [WalkOp.del(Self.who("walkb", "c1"), prevResult: nil, badArgs: false), .gc(network: "walkb", valid: [])] {
+            for (call, count) in Self.killPoints {
+                try Self.replay([.add(Self.who("walkb", "c1"), [PodIP("10.88.0.5/16"), PodIP("fd00:88::5/64")], hostAddress: false),
+                                 .add(Self.who("walkb", "c2"), [PodIP("10.99.0.3/24")], hostAddress: false),
+                                 .killedAt(verb, syscall: call, count: count)],
+                                flavour: flavour, "\(verb) killed at \(call) #\(count)")
+            }
+        }
+    }
+
+    /// GC ignored damaged records (it collected only readable ones): a stale attachment whose record was damaged kept
+    /// its pod subnets exempted, and its entries, forever (walk seed 4).
+    @Test(arguments: Flavour.allCases)
+    func gcCollectsADamagedStaleRecord(flavour: Flavour) throws {
+        try Self.replay([.add(Self.who("walkc", "c3"), [PodIP("10.88.2.5/24"), PodIP("fd00:88::5/48")], hostAddress: false),
+                         .add(Self.who("walkc", "c1", "net1"), [PodIP("10.99.0.4/24")], hostAddress: false),
+                         .damage(Self.who("walkc", "c3"), .garbageRecord),
+                         .gc(network: "walkc", valid: [Self.who("walkc", "c1", "net1")])],
+                        flavour: flavour)
+        try Self.replay([.add(Self.who("walkc", "c3"), [PodIP("10.88.2.5/24"), PodIP("fd00:88::5/48")], hostAddress: false),
+                         .add(Self.who("walkb", "c2", "net1"), [PodIP("10.88.2.5/24")], hostAddress: false),
+                         .add(Self.who("walka", "c0"), [PodIP("fd00:88::5/48")], hostAddress: false),
+                         .damage(Self.who("walkc", "c3"), .emptyRecord),
+                         .gc(network: "walkc", valid: [])],
+                        flavour: flavour, "both addresses taken over first")
+    }
+
+    /// The entries of a released IPv6 address survived the agent's pass and the ADD that reused the address: the
+    /// kernel's CTA_FILTER dump returned none of an IPv6 source (walk, conntrack entries kind, seeds 4, 11, 12).
+    @Test(arguments: Flavour.allCases)
+    func theEntriesOfAReleasedIPv6AddressAreDeleted(flavour: Flavour) throws {
+        let pod = Self.who("walkc", "c5"), ips = [PodIP("fd00:88:0:1::6/64"), PodIP("10.88.1.6/24")]
+        try Self.replay([.add(pod, ips, hostAddress: false), .flow("fd00:88:0:1::6"), .flow("10.88.1.6"),
+                         .del(pod, prevResult: ips, badArgs: false), .agent(network: "walkb")],
+                        flavour: flavour, "the agent's pass")
+        try Self.replay([.add(pod, ips, hostAddress: false), .flow("fd00:88:0:1::6"), .flow("10.88.1.6"),
+                         .del(pod, prevResult: ips, badArgs: false), .add(Self.who("walka", "c1"), ips, hostAddress: false)],
+                        flavour: flavour, "the ADD that reuses the address")
+    }
+
+    /// A garbage ownership entry was taken as the asker's: a repeated ADD of the address's earlier holder (whose record
+    /// still lists it) removed the entry of its real holder (walk seed 11).
+    @Test(arguments: Flavour.allCases)
+    func aDamagedOwnershipEntryIsNotTheAskers(flavour: Flavour) throws {
+        try Self.replay([.add(Self.who("walkb", "c0"), [PodIP("10.88.0.5/24")], hostAddress: false),
+                         .add(Self.who("walkb", "c5", "net1"), [PodIP("10.88.0.5/16")], hostAddress: false),
+                         .damage(Self.who("walkb", "c5", "net1"), .garbageOwner("10.88.0.5")),
+                         .add(Self.who("walkb", "c0"), [PodIP("10.88.1.7/24")], hostAddress: false),
+                         .agent(network: "walkb"),
+                         .del(Self.who("walkb", "c5", "net1"), prevResult: nil, badArgs: false)],
+                        flavour: flavour)
+    }
+
+    /// An ADD of an address whose ownership entry is damaged did not take it over: the holder's entry stayed, and on
+    /// nftables the ADD failed with "File exists" on the nested pod subnet (walk seed 5).
+    @Test(arguments: Flavour.allCases)
+    func anAddressWithADamagedOwnershipEntryIsTakenOver(flavour: Flavour) throws {
+        try Self.replay([.add(Self.who("walka", "c4", "net1"), [PodIP("10.88.1.6/16")], hostAddress: false),
+                         .damage(Self.who("walka", "c4", "net1"), .garbageOwner("10.88.1.6")),
+                         .add(Self.who("walka", "c3"), [PodIP("10.88.1.6/24")], hostAddress: false),
+                         .add(Self.who("walkb", "c3"), [PodIP("10.88.1.6/24")], hostAddress: false)],
+                        flavour: flavour)
+        // Both the ownership entry and the holder's record damaged: its pod subnet membership names it (walk seed 4).
+        try Self.replay([.add(Self.who("walkc", "c1", "net1"), [PodIP("10.88.1.6/24")], hostAddress: false),
+                         .damage(Self.who("walkc", "c1", "net1"), .garbageOwner("10.88.1.6")),
+                         .damage(Self.who("walkc", "c1", "net1"), .garbageRecord),
+                         .add(Self.who("walkb", "c2", "net1"), [PodIP("10.88.1.6/24")], hostAddress: false),
+                         .del(Self.who("walkc", "c1", "net1"), prevResult: nil, badArgs: false)],
+                        flavour: flavour, "owner entry and record damaged")
+    }
+
+    /// An address taken over from an attachment whose record is damaged kept its old element (walk seed 12).
+    @Test(arguments: Flavour.allCases)
+    func aTakeoverFromADamagedRecordRemovesTheOldElement(flavour: Flavour) throws {
+        for taker in [Self.who("walkb", "c2", "net1"), Self.who("walkc", "c2", "net1")] {
+            try Self.replay([.add(Self.who("walkb", "c3"), [PodIP("10.88.1.6/16")], hostAddress: false),
+                             .damage(Self.who("walkb", "c3"), .garbageRecord),
+                             .add(taker, [PodIP("10.88.1.6/24"), PodIP("fd00:99::3/64")], hostAddress: false),
+                             .del(Self.who("walkb", "c3"), prevResult: nil, badArgs: false)],
+                            flavour: flavour, "taken by \(taker)")
+        }
+    }
 }

@@ -11,7 +11,7 @@ import Glibc
 //   WALK_STEPS=300         random steps per seed (a drain follows: agent pass and DEL of everything)
 //   WALK_SECONDS=1800      soak: keep running new seeds (after WALK_SEEDS) until this many seconds passed
 //   WALK_FLAVOURS=nftables,iptables-nft,iptables-legacy
-//   WALK_SKIP=fifo,damage  operations left out by kind (add del check gc status conflist file fifo reload agent kill damage switch)
+//   WALK_SKIP=fifo,damage  operations left out by kind (add del check gc status conflist file fifo reload agent kill damage switch flow)
 //                          or feature (hostaddr badargs badconflist badfile unknownkey busystatus damageowner crossnet nested)
 //   WALK_SHRINK_SECONDS=120  time allowed to shrink a failing prefix
 
@@ -34,8 +34,8 @@ enum WalkSettings {
     static var steps: Int { environment["WALK_STEPS"].flatMap { Int($0) } ?? 300 }
     static var seconds: Double { environment["WALK_SECONDS"].flatMap { Double($0) } ?? 0 }
     static var shrinkSeconds: Double { environment["WALK_SHRINK_SECONDS"].flatMap { Double($0) } ?? 120 }
-    /// Left out unless WALK_SKIP says otherwise: the cases still failing on this branch (README, "The walk").
-    static let knownFailures: Set<String> = ["kill", "damage", "switch"]
+    /// Left out unless WALK_SKIP says otherwise (README, "The walk"): nothing; every kind runs.
+    static let knownFailures: Set<String> = []
     static var skipped: Set<String> {
         guard let list = environment["WALK_SKIP"] else { return knownFailures }
         return Set(list.split(separator: ",").map(String.init))
@@ -157,7 +157,13 @@ final class WalkNode {
             return Invocation(arguments: [ipProgram, "netns", "exec", ns.name, Host.pluginBinary, "agent", "--netconf", file, "--once"],
                               environment: ["PATH": path], stdin: "")
         case .killed(let inner, _): return invocation(inner, model: model)
-        case .setConflist, .setFile, .reload, .damage, .setBackend: return nil
+        case .killedAt(let inner, let call, let count):
+            guard var invocation = invocation(inner, model: model) else { return nil }
+            // strace between `ip netns exec NS` and the plugin: SIGKILL on entry to the count-th call.
+            invocation.arguments.insert(contentsOf: ["strace", "-f", "-qq", "-o", "/dev/null", "-e", "trace=\(call)",
+                                                     "-e", "inject=\(call):signal=KILL:when=\(count)"], at: 4)
+            return invocation
+        case .setConflist, .setFile, .reload, .damage, .setBackend, .flow: return nil
         }
     }
 
@@ -276,6 +282,8 @@ struct Observation {
     var listed: [String: ListedNetwork] = [:]
     var listProblem: String?
     var raw: String = ""
+    /// The source addresses of the conntrack entries the walk inserts (UDP to port 53).
+    var flows: Set<String> = []
 }
 
 extension WalkNode {
@@ -285,7 +293,8 @@ extension WalkNode {
         // Every backend, whatever the walk started with: a switch moves networks between them.
         let script = "nft -j list table inet ip_masq 2>/dev/null; echo @@@; "
             + ["nft", "legacy"].map { "iptables-\($0)-save -t nat 2>/dev/null; echo @@@; ip6tables-\($0)-save -t nat 2>/dev/null; echo @@@; " }.joined()
-            + "ipset save; echo @@@; \(list)"
+            + "ipset save; echo @@@; conntrack -L -f ipv4 -p udp --dport 53 2>/dev/null; conntrack -L -f ipv6 -p udp --dport 53 2>/dev/null; "
+            + "echo @@@; \(list)"
         let result = try ns.exec(["sh", "-c", script])
         let parts = result.stdout.components(separatedBy: "@@@\n")
         var observation = Observation(raw: result.stdout)
@@ -293,6 +302,10 @@ extension WalkNode {
             observation.networks[.nftables, default: [:]][network] = Self.parseNFT(parts[0], network: network)
             observation.networks[.iptablesNFT, default: [:]][network] = Self.parseIPTables(v4: parts[1], v6: parts[2], ipset: parts[5], network: network)
             observation.networks[.iptablesLegacy, default: [:]][network] = Self.parseIPTables(v4: parts[3], v6: parts[4], ipset: parts[5], network: network)
+        }
+        for line in parts[6].split(separator: "\n") {
+            guard let source = line.split(separator: " ").first(where: { $0.hasPrefix("src=") }) else { continue }
+            observation.flows.insert(WalkCIDR.canonicalAddress(String(source.dropFirst(4))))
         }
         let listing = parts.last ?? ""
         guard let document = (try? JSONSerialization.jsonObject(with: Data(listing.utf8))) as? [String: Any],
@@ -493,7 +506,7 @@ struct Walk {
         switch op {
         case .add(let who, let ips, _):
             if fromDamaged(who, ips) { features.insert("damagetakeover") }
-        case .killed(.add(let who, let ips, _), _):
+        case .killed(.add(let who, let ips, _), _), .killedAt(.add(let who, let ips, _), _, _):
             let previous = model.network[who.network]!.attachments[who].map { Set($0.map(\.address)) }
             if !takes(who, ips).isEmpty || (previous != nil && previous != Set(ips.map(\.address))) { features.insert("killtakeover") }
             if fromDamaged(who, ips) { features.insert("damagetakeover") }
@@ -501,6 +514,10 @@ struct Walk {
         }
         return features
     }
+
+    /// Where a deterministic kill strikes: the state writes (`rename`, `unlink`), netlink requests (`sendto`: the
+    /// element batches and conntrack; `sendmsg`: libnftables' transactions), each up to its count-th call.
+    static let killPoints: [(String, Int)] = [("rename", 6), ("unlink", 4), ("sendto", 3), ("sendmsg", 2)]
 
     static func drain(_ model: WalkModel) -> [WalkOp] {
         var ops: [WalkOp] = WalkModel.networks.filter { !WalkSettings.skipped.contains("agent") && model.network[$0]!.applied != nil }
@@ -552,7 +569,11 @@ struct Walk {
         case 28..<44:
             let who = someAttachment()
             return .del(who, prevResult: Bool.random(using: &rng) ? registered(who) : nil, badArgs: Int.random(in: 0..<100, using: &rng) < 15)
-        case 44..<58:
+        case 54..<58:
+            let held = model.owner.keys.sorted()
+            if !held.isEmpty && Int.random(in: 0..<100, using: &rng) < 70 { return .flow(held.randomElement(using: &rng)!) }
+            return .flow((WalkPools.v4 + WalkPools.v6).randomElement(using: &rng)!.address)
+        case 44..<54:
             let who = someAttachment(0.85)
             return .check(who, Int.random(in: 0..<100, using: &rng) < 85 ? registered(who) : addresses(for: who.network))
         case 58..<62:
@@ -578,12 +599,17 @@ struct Walk {
             return .setBackend(network: network, target)
         case 89..<95:
             let delay = Int.random(in: 0...15_000, using: &rng)
+            let inner: WalkOp
             switch Int.random(in: 0..<10, using: &rng) {
-            case 0..<5: let who = someAttachment(0.3); return .killed(.add(who, addresses(for: who.network), hostAddress: false), delay: delay)
-            case 5..<8: let who = someAttachment(0.9); return .killed(.del(who, prevResult: nil, badArgs: false), delay: delay)
-            case 8: return .killed(.agent(network: network), delay: delay)
-            default: return .killed(.gc(network: network, valid: []), delay: delay)
+            case 0..<5: let who = someAttachment(0.3); inner = .add(who, addresses(for: who.network), hostAddress: false)
+            case 5..<8: inner = .del(someAttachment(0.9), prevResult: nil, badArgs: false)
+            case 8: inner = .agent(network: network)
+            default: inner = .gc(network: network, valid: [])
             }
+            // Half the kills at a state write or a netfilter request (deterministic), half after a random delay.
+            guard Bool.random(using: &rng) else { return .killed(inner, delay: delay) }
+            let (call, most) = Walk.killPoints.randomElement(using: &rng)!
+            return .killedAt(inner, syscall: call, count: Int.random(in: 1...most, using: &rng))
         default:
             let intact = existing.filter { !model.network[$0.network]!.damaged.contains($0) }
             guard let who = intact.randomElement(using: &rng) else { return .agent(network: network) }
@@ -601,6 +627,14 @@ struct Walk {
     /// Applies an operation to the model; returns the verb's expected outcome and the addresses the step must leave
     /// installed whatever happened before (an ADD's own).
     static func apply(_ op: WalkOp, to model: inout WalkModel, observed: [Flavour: [String: ObservedNetwork]], flavour: Flavour)
+        -> (ExpectedOutcome?, Set<String>) {
+        let before = model
+        let result = applyVerb(op, to: &model, observed: observed, flavour: flavour)
+        model.updateFlows(op, before: before, outcome: result.0)
+        return result
+    }
+
+    static func applyVerb(_ op: WalkOp, to model: inout WalkModel, observed: [Flavour: [String: ObservedNetwork]], flavour: Flavour)
         -> (ExpectedOutcome?, Set<String>) {
         switch op {
         case .add(let who, let ips, _):
@@ -631,7 +665,8 @@ struct Walk {
         case .reload:
             for name in WalkModel.networks where model.network[name]!.applied != nil { model.network[name]!.degraded = true }
             return (nil, [])
-        case .killed(let inner, _): return apply(inner, to: &model, observed: observed, flavour: flavour)
+        case .killed(let inner, _), .killedAt(let inner, _, _): return applyVerb(inner, to: &model, observed: observed, flavour: flavour)
+        case .flow: return (nil, [])
         case .damage(let who, let damage):
             if case .garbageOwner(let address) = damage {
                 if model.owner[address] == who { model.damagedOwners.insert(address) }
@@ -733,6 +768,21 @@ struct Walk {
         return problems
     }
 
+    /// What differs between the conntrack entries and the model's expectations; forgets entries that are gone.
+    static func compareFlows(_ observation: Observation, _ model: inout WalkModel) -> [String] {
+        var problems: [String] = []
+        for (address, expectation) in model.flows.sorted(by: { $0.key < $1.key }) {
+            let present = observation.flows.contains(address)
+            switch expectation {
+            case .present where !present: problems.append("conntrack: the entry from \(address) is gone, expected it to survive")
+            case .gone where present: problems.append("conntrack: the entry from \(address) is still there, expected it deleted (the address was reused)")
+            default: break
+            }
+            if !present { model.flows[address] = nil }
+        }
+        return problems
+    }
+
     /// Whether the answer is the expected one.
     static func compareOutcome(_ answer: WalkAnswer, _ expected: ExpectedOutcome, op: WalkOp) -> [String] {
         if expected.success {
@@ -793,6 +843,13 @@ struct Walk {
             var answer: WalkAnswer?
             switch op {
             case .setConflist, .setBackend: break
+            case .flow(let address):
+                let destination = address.contains(":") ? "2001:db8::7" : "198.51.100.7"
+                let inserted = try node.ns.exec(["conntrack", "-I", "-p", "udp", "-s", address, "-d", destination, "--sport", "40000",
+                                                 "--dport", "53", "-t", "3600"])
+                if inserted.status != 0 && !inserted.stderr.contains("exists") {
+                    problems.append("conntrack -I from \(address) failed: \(inserted.stderr.prefix(200))")
+                }
             case .setFile(let network, let state): try node.setFile(network, state)
             case .reload(let reload): try node.reload(reload)
             case .damage(let who, let damage):
@@ -809,6 +866,11 @@ struct Walk {
                 let between = try node.observe()
                 problems += compareKernel(between, Self.either(model.expectedKernel(), next.expectedKernel())).map { "after the kill: " + $0 }
                 answer = try node.runToEnd(node.invocation(inner, model: model)!)
+            case .killedAt(let inner, _, _):
+                _ = try node.runToEnd(node.invocation(op, model: model)!)
+                let between = try node.observe()
+                problems += compareKernel(between, Self.either(model.expectedKernel(), next.expectedKernel())).map { "after the kill: " + $0 }
+                answer = try node.runToEnd(node.invocation(inner, model: model)!)
             default: answer = try node.runToEnd(node.invocation(op, model: model)!)
             }
             if var given = answer {
@@ -821,6 +883,7 @@ struct Walk {
             observation = try node.observe()
             problems += compareKernel(observation, next.expectedKernel(mustHave: mustHave))
             problems += compareList(observation, next)
+            problems += Self.compareFlows(observation, &next)
             if log { print("walk[\(flavour.rawValue)] \(index): \(op) -> \(answer?.summary.prefix(120) ?? "-")") }
             if !problems.isEmpty {
                 if let answer { problems.append("the verb answered: \(answer.summary)") }
