@@ -1,7 +1,8 @@
 import Foundation
 import MasqCore
-@testable import Netfilter
 import Testing
+
+@testable import Netfilter
 
 /// The failure kinds against the real kernel and tools, in a throwaway namespace: the errno the kernel answers over
 /// netlink, and what nft, ipset and iptables print, through the one parsing function of each tool.
@@ -58,7 +59,9 @@ struct FailureKindRootTests {
         #expect(nft?.kind == .missingObjects && nft?.errno == ENOENT, "\(String(describing: nft))")
         let iptables = IPTablesBackend(chain: "C", mode: .nft, runner: tool, netlink: .kernel)
         let ipset = try inside(ns) { () -> BackendError? in
-            do throws(BackendError) { _ = try iptables.ipset("add IPMASQ-NOSUCH 10.0.0.2 comment \"kinds/c/eth0\"\n") } catch { return error }
+            do throws(BackendError) {
+                _ = try iptables.ipset("add IPMASQ-NOSUCH 10.0.0.2 comment \"kinds/c/eth0\"\n")
+            } catch { return error }
             return nil
         }
         #expect(ipset?.kind == .missingObjects && ipset?.errno == ENOENT, "\(String(describing: ipset))")
@@ -79,12 +82,15 @@ struct FailureKindRootTests {
         #expect(ToolFailures.ipset(status: ipset.status, ipset.stderr).kind == .missingObjects, "\(ipset.stderr)")
         for program in ["iptables-nft", "iptables-legacy"] {
             let chain = try ns.exec([program, "-w", "5", "-t", "nat", "-A", "IPMASQ-NOSUCH", "-j", "ACCEPT"])
-            #expect(ToolFailures.iptables(status: chain.status, chain.stderr).kind == .missingObjects,
-                    "\(program): \(chain.status) \(chain.stderr)")
-            let restore = try ns.exec([program + "-restore", "-w", "5", "--noflush"],
-                                      input: "*nat\n-A POSTROUTING -j IPMASQ-NOSUCH\nCOMMIT\n")
-            #expect(ToolFailures.iptables(status: restore.status, restore.stderr).kind == .missingObjects,
-                    "\(program)-restore: \(restore.status) \(restore.stderr)")
+            #expect(
+                ToolFailures.iptables(status: chain.status, chain.stderr).kind == .missingObjects,
+                "\(program): \(chain.status) \(chain.stderr)")
+            let restore = try ns.exec(
+                [program + "-restore", "-w", "5", "--noflush"],
+                input: "*nat\n-A POSTROUTING -j IPMASQ-NOSUCH\nCOMMIT\n")
+            #expect(
+                ToolFailures.iptables(status: restore.status, restore.stderr).kind == .missingObjects,
+                "\(program)-restore: \(restore.status) \(restore.stderr)")
         }
     }
 }
