@@ -82,8 +82,10 @@ extension ElementBatch {
                 throw BackendError(errno: code, "nf_tables refused the element batch")
             }
             let command = commands[index]
-            throw BackendError(errno: code, "nf_tables refused \(command.add ? "adding" : "deleting") an element of "
-                               + "\(command.table) \(command.set)")
+            throw BackendError(
+                errno: code,
+                "nf_tables refused \(command.add ? "adding" : "deleting") an element of "
+                    + "\(command.table) \(command.set)")
         }
     }
 }
@@ -131,8 +133,10 @@ extension IPSetBatch {
     /// How many rules use a set: the header of its listing (IPSET_FLAG_LIST_HEADER), attribute IPSET_ATTR_REFERENCES.
     static func references(of set: String, through socket: any NetlinkConnection, sequence: UInt32) -> Listing {
         var request: [UInt8] = []
-        Netlink.appendMessage(&request, type: subsystem << 8 | list, flags: 0x1 | 0x100, sequence: sequence, family: 2,
-                              resource: 0) { body in
+        Netlink.appendMessage(
+            &request, type: subsystem << 8 | list, flags: 0x1 | 0x100, sequence: sequence, family: 2,
+            resource: 0
+        ) { body in
             Netlink.appendAttribute(&body, type: 1, [protocolVersion])
             Netlink.appendAttribute(&body, type: 2, Array(set.utf8) + [0])
             // IPSET_ATTR_FLAGS: LIST_HEADER

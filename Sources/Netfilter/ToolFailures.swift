@@ -1,7 +1,8 @@
+import MasqCore
+
 #if canImport(Glibc)
 import Glibc
 #endif
-import MasqCore
 
 extension NetfilterFailure {
     /// The kind of a kernel refusal (a positive errno, as netlink's NLMSG_ERROR carries it negated).
@@ -41,8 +42,10 @@ enum ToolFailures {
     }
 
     /// The errnos nft reports that the plugin acts on, and any other it may print.
-    static let reportedErrnos: [Int32] = [ENOENT, EEXIST, EBUSY, EAGAIN, EPERM, EACCES, EPROTONOSUPPORT, EAFNOSUPPORT,
-                                          EOPNOTSUPP, EINVAL, ENOBUFS, ENOSPC, ENOMEM, ERANGE, EMSGSIZE, E2BIG]
+    static let reportedErrnos: [Int32] = [
+        ENOENT, EEXIST, EBUSY, EAGAIN, EPERM, EACCES, EPROTONOSUPPORT, EAFNOSUPPORT,
+        EOPNOTSUPP, EINVAL, ENOBUFS, ENOSPC, ENOMEM, ERANGE, EMSGSIZE, E2BIG,
+    ]
 
     /// The errno whose text ends the first `Error:` line that names one.
     static func nftErrno(_ text: String) -> Int32? {
@@ -72,8 +75,10 @@ enum ToolFailures {
         if has(["Table does not exist", "can't initialize", words(EPROTONOSUPPORT)]) {
             return BackendError(.unavailable, message)
         }
-        if has(["does not exist", "doesn't exist", "Couldn't load target", "No chain/target/match by that name",
-                "Bad rule (does a matching rule exist"]) {
+        if has([
+            "does not exist", "doesn't exist", "Couldn't load target", "No chain/target/match by that name",
+            "Bad rule (does a matching rule exist",
+        ]) {
             return BackendError(.missingObjects, message)
         }
         return BackendError(status == 2 ? .invalid : .failed, message)
@@ -84,8 +89,10 @@ enum ToolFailures {
         func has(_ words: [String]) -> Bool { words.contains(where: message.contains) }
         if has([words(EAGAIN), words(EBUSY)]) { return BackendError(.transient, message) }
         if has(["Permission denied", words(EPERM)]) { return BackendError(.permission, message) }
-        if has(["Kernel support protocol", "Set type not supported", words(EPROTONOSUPPORT),
-                "Cannot open session to kernel"]) {
+        if has([
+            "Kernel support protocol", "Set type not supported", words(EPROTONOSUPPORT),
+            "Cannot open session to kernel",
+        ]) {
             return BackendError(.unavailable, message)
         }
         if has(["does not exist"]) { return BackendError(.missingObjects, message) }

@@ -1,8 +1,9 @@
 import Glibc
 import MasqCore
+import Testing
+
 @testable import Netfilter
 @testable import Plugin
-import Testing
 
 /// The kind of a netfilter failure comes from the kernel's errno where netlink answers, else from the tool's exit
 /// status and its one parsing function; the plugin branches on the kind only.
@@ -22,19 +23,26 @@ import Testing
     }
 
     @Test func nftWordsAnErrno() {
-        let missing = ToolFailures.nft(status: 1, """
+        let missing = ToolFailures.nft(
+            status: 1,
+            """
             Error: Could not process rule: No such file or directory
             add element inet ip_masq pods4_podnet { 10.244.0.5 comment "podnet/abc/eth0" }
                                      ^^^^^^^^^^^^
             """)
         #expect(missing.kind == .missingObjects && missing.errno == ENOENT)
         #expect(missing.message.hasPrefix("Error: Could not process rule: No such file or directory | add element"))
-        let noTable = ToolFailures.nft(status: 1, "Error: No such file or directory; did you mean table ‘ip_masq’ in family ip?\n")
+        let noTable = ToolFailures.nft(
+            status: 1, "Error: No such file or directory; did you mean table ‘ip_masq’ in family ip?\n")
         #expect(noTable.kind == .missingObjects)
         #expect(ToolFailures.nft(status: 1, "Error: Could not process rule: File exists\n").kind == .exists)
-        #expect(ToolFailures.nft(status: 1, "Error: Could not process rule: Device or resource busy\n").kind == .transient)
-        #expect(ToolFailures.nft(status: 1, "netlink: Error: Could not process rule: Operation not permitted\n").kind == .permission)
-        #expect(ToolFailures.nft(status: 1, "Error: Could not process rule: Protocol not supported\n").kind == .unavailable)
+        #expect(
+            ToolFailures.nft(status: 1, "Error: Could not process rule: Device or resource busy\n").kind == .transient)
+        #expect(
+            ToolFailures.nft(status: 1, "netlink: Error: Could not process rule: Operation not permitted\n").kind
+                == .permission)
+        #expect(
+            ToolFailures.nft(status: 1, "Error: Could not process rule: Protocol not supported\n").kind == .unavailable)
         #expect(ToolFailures.nft(status: 1, "Error: syntax error, unexpected junk\njunk\n^^^^\n").kind == .invalid)
         #expect(ToolFailures.nft(status: 3, "").kind == .unavailable, "NFT_EXIT_NONL: no netlink socket")
         #expect(ToolFailures.nft(status: 1, "Error: conflicting intervals specified\n").kind == .failed)
@@ -43,14 +51,33 @@ import Testing
     }
 
     @Test func iptablesAndIPSetAreTold() {
-        #expect(ToolFailures.ipset(status: 1, "ipset v7.17: Error in line 1: The set with the given name does not exist").kind == .missingObjects)
-        #expect(ToolFailures.ipset(status: 1, "ipset v7.17: Element cannot be added to the set: it's already added").kind == .exists)
-        #expect(ToolFailures.ipset(status: 1, "ipset v7.17: Kernel error received: Operation not permitted").kind == .permission)
-        #expect(ToolFailures.ipset(status: 1, "ipset v7.17: Set cannot be destroyed: it is in use by a kernel component").kind == .failed)
-        #expect(ToolFailures.iptables(status: 2, "iptables-restore v1.8.9 (legacy): Couldn't load target `IP-MASQ-AGENT':No such file or directory").kind == .missingObjects)
-        #expect(ToolFailures.iptables(status: 4, "Another app is currently holding the xtables lock. Stopped waiting after 5s.").kind == .transient)
+        #expect(
+            ToolFailures.ipset(status: 1, "ipset v7.17: Error in line 1: The set with the given name does not exist")
+                .kind == .missingObjects)
+        #expect(
+            ToolFailures.ipset(status: 1, "ipset v7.17: Element cannot be added to the set: it's already added").kind
+                == .exists)
+        #expect(
+            ToolFailures.ipset(status: 1, "ipset v7.17: Kernel error received: Operation not permitted").kind
+                == .permission)
+        #expect(
+            ToolFailures.ipset(status: 1, "ipset v7.17: Set cannot be destroyed: it is in use by a kernel component")
+                .kind == .failed)
+        #expect(
+            ToolFailures.iptables(
+                status: 2,
+                "iptables-restore v1.8.9 (legacy): Couldn't load target `IP-MASQ-AGENT':No such file or directory"
+            ).kind == .missingObjects)
+        #expect(
+            ToolFailures.iptables(
+                status: 4, "Another app is currently holding the xtables lock. Stopped waiting after 5s."
+            ).kind == .transient)
         #expect(ToolFailures.iptables(status: 4, "").kind == .transient, "RESOURCE_PROBLEM: the exit status alone")
-        #expect(ToolFailures.iptables(status: 3, "ip6tables v1.8.9 (legacy): can't initialize ip6tables table `nat': Table does not exist (do you need to insmod?)").kind == .unavailable)
+        #expect(
+            ToolFailures.iptables(
+                status: 3,
+                "ip6tables v1.8.9 (legacy): can't initialize ip6tables table `nat': Table does not exist (do you need to insmod?)"
+            ).kind == .unavailable)
         #expect(ToolFailures.iptables(status: 1, "iptables: Permission denied (you must be root).").kind == .permission)
         #expect(ToolFailures.iptables(status: 2, "iptables v1.8.9: unknown option \"--bogus\"").kind == .invalid)
         #expect(ToolFailures.iptables(status: 1, "iptables-restore: line 3 failed: something new").kind == .failed)
@@ -59,7 +86,8 @@ import Testing
     /// The backend's tool failures go through the parsing function of the tool that failed.
     @Test func theBackendAsksTheToolThatFailed() {
         let runner = ScriptedRunner()
-        runner.answers["ipset"] = ScriptedRunner.output("", status: 1, stderr: "ipset v7.17: Element cannot be added to the set: it's already added")
+        runner.answers["ipset"] = ScriptedRunner.output(
+            "", status: 1, stderr: "ipset v7.17: Element cannot be added to the set: it's already added")
         runner.answers["iptables-nft"] = ScriptedRunner.output("", status: 4, stderr: "")
         let backend = IPTablesBackend(chain: "C", mode: .nft, runner: runner)
         let add = IPSetScript([.add(set: "S", .address(IPAddress("10.0.0.1")!), comment: nil)])
@@ -70,7 +98,9 @@ import Testing
 
     @Test func aCNIErrorCarriesTheKindNotAWordingOfIt() {
         let missing = Session.cniError(BackendError(.missingObjects, "set pods4_x is gone"))
-        #expect(missing.cause == .missingObjects && missing.code == .netfilterFailure && missing.details == "set pods4_x is gone")
+        #expect(
+            missing.cause == .missingObjects && missing.code == .netfilterFailure
+                && missing.details == "set pods4_x is gone")
         #expect(Session.cniError(BackendError(.transient, "busy")).code == .tryAgainLater)
         #expect(Session.cniError(BackendError(.failed, "missing: not a kind")).cause == .failed)
     }
@@ -157,7 +187,8 @@ final class RecordingExecutor: NFTExecutor, @unchecked Sendable {
             Issue.record("a refusal must throw")
         } catch {
             #expect(error.kind == .missingObjects && error.errno == ENOENT)
-            #expect(error.message == "nf_tables refused adding an element of ip_masq pods4_n: No such file or directory")
+            #expect(
+                error.message == "nf_tables refused adding an element of ip_masq pods4_n: No such file or directory")
         }
         #expect(fallback.scripts.isEmpty)
         let overlap = ElementBatchExecutor(transport: ScriptedNetlink { _ in EEXIST }.transport) { fallback }
@@ -186,7 +217,8 @@ final class RecordingExecutor: NFTExecutor, @unchecked Sendable {
         }
         #expect(runner.calls.isEmpty, "the kernel's errno is the answer: no tool")
         // IPSET_ERR_TYPE_MISMATCH (4100+): only the tool words ipset's own codes.
-        let own = IPTablesBackend(chain: "C", mode: .nft, runner: runner, netlink: ScriptedNetlink { _ in 4103 }.transport)
+        let own = IPTablesBackend(
+            chain: "C", mode: .nft, runner: runner, netlink: ScriptedNetlink { _ in 4103 }.transport)
         _ = try own.ipset(input)
         #expect(runner.calls.map(\.arguments) == [["ipset", "-exist", "restore"]])
         // No transport injected: the tool does everything.
@@ -219,7 +251,10 @@ final class RecordingExecutor: NFTExecutor, @unchecked Sendable {
     }
 
     @Test func objectsAlreadyGoneLetTheRecordsGo() {
-        #expect(removalsAfterAFailedDel(BackendError(.missingObjects, "nf_tables refused: No such file or directory",
-                                                     errno: 2)) == 0)
+        #expect(
+            removalsAfterAFailedDel(
+                BackendError(
+                    .missingObjects, "nf_tables refused: No such file or directory",
+                    errno: 2)) == 0)
     }
 }
