@@ -150,3 +150,30 @@ extension NetworkPolicy {
     /// have ('/' is not allowed in one), so its key (a hashed `NetworkKey`) names objects of no real network.
     public static func slotNetwork(_ network: String, namespace: String) -> String { network + "/" + namespace }
 }
+
+extension NetworkPolicy {
+    /// What a namespace policy changes against the network's own, as text for the network's fingerprint: only the
+    /// properties that differ, so every ADD (which computes the fingerprint of the policy in force) pays for what the
+    /// namespace entries set, not for a whole decision list per namespace. Equal policies give equal text; a property
+    /// of NetworkPolicy must be listed here (NamespacePolicyUnitTests checks each one).
+    public func difference(from base: NetworkPolicy) -> String {
+        var text = ""
+        func note(_ name: String, _ differs: Bool, _ value: @autoclosure () -> String) {
+            if differs { text += name + "=" + value() + ";" }
+        }
+        note("nonMasquerade", nonMasquerade != base.nonMasquerade, nonMasquerade.map(\.description).joined(separator: ","))
+        note("masqueradeExceptions", masqueradeExceptions != base.masqueradeExceptions,
+             masqueradeExceptions.map(\.description).joined(separator: ","))
+        note("masqLinkLocal", masqLinkLocal != base.masqLinkLocal, "\(masqLinkLocal)")
+        note("masqLinkLocalIPv6", masqLinkLocalIPv6 != base.masqLinkLocalIPv6, "\(masqLinkLocalIPv6)")
+        note("exemptPodSubnet", exemptPodSubnet != base.exemptPodSubnet, "\(exemptPodSubnet)")
+        note("randomFully", randomFully != base.randomFully, "\(randomFully)")
+        note("toPorts", toPorts != base.toPorts, toPorts.map { "\($0.lowerBound)-\($0.upperBound)" }.joined(separator: ","))
+        note("dropInvalid", dropInvalid != base.dropInvalid, "\(dropInvalid)")
+        note("snatAddress", snatAddress != base.snatAddress, snatAddress?.description ?? "-")
+        note("snatAddressIPv6", snatAddressIPv6 != base.snatAddressIPv6, snatAddressIPv6?.description ?? "-")
+        note("egressInterfaces", egressInterfaces != base.egressInterfaces, egressInterfaces.joined(separator: ","))
+        note("namespaces", namespaces != base.namespaces, "\(namespaces.count)")
+        return text
+    }
+}
