@@ -8,7 +8,8 @@ import MasqCore
 /// applies, with the kernel's answers (measured against nft 1.0.6 on Linux 6.x, and checked again by the root
 /// tier's replay, NFTModelReplayTests): ENOENT for a missing table, chain, set or element and for a rule naming a
 /// missing set or chain; EBUSY for deleting a set or chain that a rule refers to; EEXIST for an interval element
-/// that overlaps another one (an identical element is a no-op, keeping its first comment, as `add element` is). A
+/// that overlaps another one (an identical element is a no-op, keeping its first comment, as `add element` is);
+/// a deletion from a concatenated interval set removes the element that holds the given key's first point. A
 /// transaction is atomic: a refused one changes nothing. `dump` prints what `nft list table` prints, counters at 0.
 ///
 /// It lives in the module (not a test target) so that both test targets, the unit tests' backends and the root
@@ -127,7 +128,15 @@ public final class NFTModel: @unchecked Sendable {
         case .deleteElements(let name, let elements):
             guard var set = table.sets[name] else { throw missing("set \(name)") }
             for element in elements {
-                guard let index = set.elements.firstIndex(where: { $0.key == element.key }) else {
+                // A concatenation (pipapo) deletes the element its first key falls in, as a lookup would find it
+                // (the replay showed it: `a/32 . s/24` deletes `a/32 . s/16`).
+                let start = element.key.map(\.address)
+                let index = set.type.concatenated
+                    ? set.elements.firstIndex { $0.key == element.key } ?? set.elements.firstIndex { existing in
+                        existing.key.count == start.count && zip(existing.key, start).allSatisfy { $0.contains($1) }
+                    }
+                    : set.elements.firstIndex { $0.key == element.key }
+                guard let index else {
                     throw missing("element \(element.keyText) in set \(name)")
                 }
                 set.elements.remove(at: index)

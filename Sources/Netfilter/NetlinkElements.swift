@@ -101,11 +101,7 @@ struct ElementBatch {
     }
 
     /// An address in network byte order.
-    static func bytes(_ address: IPAddress) -> [UInt8] {
-        let low = (0..<8).map { UInt8(truncatingIfNeeded: address.low >> (56 - 8 * UInt64($0))) }
-        guard address.family == .v6 else { return Array(low[4...]) }
-        return (0..<8).map { UInt8(truncatingIfNeeded: address.high >> (56 - 8 * UInt64($0))) } + low
-    }
+    static func bytes(_ address: IPAddress) -> [UInt8] { KernelConnectionTable.addressBytes(address) }
 
     /// The last address of a prefix.
     static func lastAddress(_ prefix: CIDR) -> IPAddress {
@@ -239,22 +235,22 @@ struct IPSetBatch {
         return (buffer, sequences)
     }
 
-    /// Runs the input; its output as the tool would print the parts the caller reads, or nil when the tool must run it.
-    func run() -> String? {
+    /// Runs the commands; the reference count of each tersely listed set, or nil when the tool must run them.
+    func run() -> [String: Int]? {
         guard let socket = Netlink.Socket() else { return nil }
         let elements = elementMessages(firstSequence: socket.firstSequence)
         if !elements.sequences.isEmpty {
             guard socket.send(elements.bytes), socket.awaitAcknowledgements(elements.sequences) else { return nil }
         }
-        var output = ""
+        var counts: [String: Int] = [:]
         for (index, command) in commands.enumerated() {
             guard case .references(let set) = command else { continue }
             guard let references = Self.references(of: set, through: socket, sequence: socket.firstSequence &+ UInt32(commands.count + index)) else {
                 return nil
             }
-            output += "Name: \(set)\nReferences: \(references)\n"
+            counts[set] = Int(references)
         }
-        return output
+        return counts
     }
 
     /// How many rules use a set: the header of its listing (IPSET_FLAG_LIST_HEADER), attribute IPSET_ATTR_REFERENCES.

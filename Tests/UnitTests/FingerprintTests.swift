@@ -23,7 +23,7 @@ import Testing
     ]
 
     static let backends: [any MasqBackend] = [
-        NFTablesBackend(executor: NFTBinaryExecutor()),
+        NFTablesBackend(executor: NFTModelExecutor()),
         IPTablesBackend(chain: "IP-MASQ-AGENT", mode: .nft),
     ]
 
