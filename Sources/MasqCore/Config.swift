@@ -190,8 +190,15 @@ extension MasqConfig {
         }
         // The whole entry at once: valid (the common case) means nothing to log. A refusal is then told key by key,
         // so that each problem is logged; one that no single key has is a limit across keys.
+        // Namespace entries are checked for their shape only (resolving each over the network is ADD's cost).
+        var withoutNamespaces = netconf
+        withoutNamespaces["namespaces"] = nil
         let whole: CNIError?
-        do { _ = try resolve(netconf: netconf, fileContents: nil); whole = nil } catch { whole = error }
+        do {
+            _ = try resolve(netconf: withoutNamespaces, fileContents: nil)
+            if let namespaces = netconf["namespaces"] { var scratch = MasqConfig(); _ = try scratch.readNamespaces(namespaces, source: .netconf) }
+            whole = nil
+        } catch { whole = error }
         guard let whole else { return (config, problems, invalidKeys) }
         let before = problems.count
         for (key, value) in netconf.members where !plumbingKeys.contains(key) {

@@ -29,7 +29,9 @@ extension MasqConfig {
     public static func isNamespaceName(_ name: String) -> Bool {
         let bytes = Array(name.utf8)
         func plain(_ byte: UInt8) -> Bool { (byte >= 97 && byte <= 122) || (byte >= 48 && byte <= 57) }
-        guard let first = bytes.first, let last = bytes.last, bytes.count <= 63, plain(first), plain(last) else { return false }
+        guard let first = bytes.first, let last = bytes.last, bytes.count <= 63, plain(first), plain(last) else {
+            return false
+        }
         return bytes.allSatisfy { plain($0) || $0 == UInt8(ascii: "-") }
     }
 
@@ -38,15 +40,20 @@ extension MasqConfig {
     /// key or a plumbing key is refused, anything else is ignored with a warning).
     mutating func readNamespaces(_ value: JSONValue, source: ConfigSource) throws(CNIError) -> [NamespaceOverride] {
         let reader = KeyReader(source: source)
-        guard case .object(let map) = value else { throw reader.wrongType("namespaces", value, "a mapping of namespace names to policies") }
+        guard case .object(let map) = value else {
+            throw reader.wrongType("namespaces", value, "a mapping of namespace names to policies")
+        }
         var result: [NamespaceOverride] = []
         for (name, entry) in map.members {
             let path = "namespaces.\(name)"
             guard Self.isNamespaceName(name) else {
                 throw CNIError(.invalidConfig, "invalid namespace name \(quoted(name)) in namespaces in \(source.label)",
-                               details: "expected a Kubernetes namespace name: 1-63 characters of a-z, 0-9 and '-', starting and ending with a letter or digit")
+                               details: "expected a Kubernetes namespace name: 1-63 characters of a-z, 0-9 and '-', "
+                                   + "starting and ending with a letter or digit")
             }
-            guard case .object(let object) = entry else { throw reader.wrongType(path, entry, "a mapping of policy keys") }
+            guard case .object(let object) = entry else {
+                throw reader.wrongType(path, entry, "a mapping of policy keys")
+            }
             var kept = JSONObject()
             for (key, keyValue) in object.members {
                 if Self.namespaceKeys.contains(key) { kept[key] = keyValue; continue }
@@ -55,11 +62,14 @@ extension MasqConfig {
                     // misspelt policy key is refused as a misspelt key is elsewhere (code 2).
                     let perNamespace = Self.namespaceKeys.contains(intended)
                     let why = perNamespace ? "did you mean \(quoted(intended))?"
-                        : "\(quoted(intended)) cannot be set per namespace; per-namespace keys: " + Self.namespaceKeys.sorted().joined(separator: ", ")
-                    throw CNIError(perNamespace ? .unsupportedField : .invalidConfig, "unsupported key \(quoted("\(path).\(key)")) in \(source.label)",
+                        : "\(quoted(intended)) cannot be set per namespace; per-namespace keys: "
+                            + Self.namespaceKeys.sorted().joined(separator: ", ")
+                    throw CNIError(perNamespace ? .unsupportedField : .invalidConfig,
+                                   "unsupported key \(quoted("\(path).\(key)")) in \(source.label)",
                                    details: "value \(abbreviated(keyValue)); \(why)")
                 }
-                warnings.append("unknown key \(quoted("\(path).\(key)")) in \(source.label) ignored; per-namespace keys: "
+                warnings.append("unknown key \(quoted("\(path).\(key)")) in \(source.label) ignored; "
+                                + "per-namespace keys: "
                                 + Self.namespaceKeys.sorted().joined(separator: ", "))
             }
             // The values are checked when the entry is resolved over the network's config (`resolveNamespaces`).
@@ -73,7 +83,10 @@ extension MasqConfig {
     static func mergeNamespaces(_ earlier: [NamespaceOverride], _ later: [NamespaceOverride]) -> [NamespaceOverride] {
         var merged = earlier
         for entry in later {
-            guard let index = merged.firstIndex(where: { $0.name == entry.name }) else { merged.append(entry); continue }
+            guard let index = merged.firstIndex(where: { $0.name == entry.name }) else {
+                merged.append(entry)
+                continue
+            }
             var keys = merged[index].keys
             for (key, value) in entry.keys.members {
                 switch (keys[key], value) {
@@ -98,13 +111,17 @@ extension MasqConfig {
         var resolved: [String: MasqConfig] = [:]
         for entry in namespaceOverrides {
             var config = base
-            try config.apply(entry.keys, source: entry.source, allowed: Self.namespaceKeys, path: "namespaces.\(entry.name).")
+            try config.apply(entry.keys, source: entry.source, allowed: Self.namespaceKeys,
+                             path: "namespaces.\(entry.name).")
             if recordingProvenance {
-                config.provenance.recordOverride(entry.keys, namespace: entry.name, source: entry.source, config: config)
+                config.provenance.recordOverride(entry.keys, namespace: entry.name, source: entry.source,
+                                                 config: config)
             }
             if config.effectiveNonMasqueradeCIDRs.count > config.cidrLimit {
-                throw CNIError(.invalidConfig, "namespaces.\(entry.name).nonMasqueradeCIDRs has \(config.effectiveNonMasqueradeCIDRs.count) entries, "
-                               + "more than cidrLimit \(config.cidrLimit) in \(entry.source.label)", details: "raise cidrLimit or shorten the list")
+                let count = config.effectiveNonMasqueradeCIDRs.count
+                throw CNIError(.invalidConfig, "namespaces.\(entry.name).nonMasqueradeCIDRs has \(count) entries, "
+                               + "more than cidrLimit \(config.cidrLimit) in \(entry.source.label)",
+                               details: "raise cidrLimit or shorten the list")
             }
             resolved[entry.name] = config
         }
@@ -149,4 +166,33 @@ extension NetworkPolicy {
     /// The name under which the backend keeps a namespace policy's set and chains: a network name no CNI network can
     /// have ('/' is not allowed in one), so its key (a hashed `NetworkKey`) names objects of no real network.
     public static func slotNetwork(_ network: String, namespace: String) -> String { network + "/" + namespace }
+}
+
+extension NetworkPolicy {
+    /// What a namespace policy changes against the network's own, as text for the network's fingerprint: only the
+    /// properties that differ, so every ADD (which computes the fingerprint of the policy in force) pays for what the
+    /// namespace entries set, not for a whole decision list per namespace. Equal policies give equal text; a property
+    /// of NetworkPolicy must be listed here (NamespacePolicyUnitTests checks each one).
+    public func difference(from base: NetworkPolicy) -> String {
+        var text = ""
+        func note(_ name: String, _ differs: Bool, _ value: @autoclosure () -> String) {
+            if differs { text += name + "=" + value() + ";" }
+        }
+        note("nonMasquerade", nonMasquerade != base.nonMasquerade,
+             nonMasquerade.map(\.description).joined(separator: ","))
+        note("masqueradeExceptions", masqueradeExceptions != base.masqueradeExceptions,
+             masqueradeExceptions.map(\.description).joined(separator: ","))
+        note("masqLinkLocal", masqLinkLocal != base.masqLinkLocal, "\(masqLinkLocal)")
+        note("masqLinkLocalIPv6", masqLinkLocalIPv6 != base.masqLinkLocalIPv6, "\(masqLinkLocalIPv6)")
+        note("exemptPodSubnet", exemptPodSubnet != base.exemptPodSubnet, "\(exemptPodSubnet)")
+        note("randomFully", randomFully != base.randomFully, "\(randomFully)")
+        note("toPorts", toPorts != base.toPorts,
+             toPorts.map { "\($0.lowerBound)-\($0.upperBound)" }.joined(separator: ","))
+        note("dropInvalid", dropInvalid != base.dropInvalid, "\(dropInvalid)")
+        note("snatAddress", snatAddress != base.snatAddress, snatAddress?.description ?? "-")
+        note("snatAddressIPv6", snatAddressIPv6 != base.snatAddressIPv6, snatAddressIPv6?.description ?? "-")
+        note("egressInterfaces", egressInterfaces != base.egressInterfaces, egressInterfaces.joined(separator: ","))
+        note("namespaces", namespaces != base.namespaces, "\(namespaces.count)")
+        return text
+    }
 }

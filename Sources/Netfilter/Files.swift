@@ -100,6 +100,9 @@ public enum Files {
     public static func removeDirectoryIfEmpty(_ path: String) throws(SystemError) -> Bool {
         if rmdir(path) == 0 || errno == ENOENT { return true }
         guard errno == ENOTEMPTY || errno == EEXIST else { throw SystemError("rmdir \(path)") }
+        // Most often a record is there (another pod of the subnet): stop at the first one, not after listing them
+        // all (a DEL's cost would grow with the pods of its subnet).
+        if try holdsRecord(path) { return false }
         let entries = try entries(path)
         guard !entries.isEmpty, entries.allSatisfy(isTemporary) else { return false }
         for name in entries where unlink(path + "/" + name) != 0 && errno != ENOENT { throw SystemError("unlink \(path)/\(name)") }
@@ -125,6 +128,20 @@ public enum Files {
     /// Record names in a directory: entries not starting with `.` (temporaries), sorted; empty when it does not exist.
     public static func list(_ path: String) throws(SystemError) -> [String] {
         try entries(path).filter { !isTemporary($0) }
+    }
+
+    /// Whether a directory holds an entry that is not a temporary, reading only until the first one.
+    static func holdsRecord(_ path: String) throws(SystemError) -> Bool {
+        guard let directory = opendir(path) else {
+            if errno == ENOENT || errno == ENOTDIR { return false }
+            throw SystemError("opendir \(path)")
+        }
+        defer { closedir(directory) }
+        while let entry = readdir(directory) {
+            let first = withUnsafeBytes(of: entry.pointee.d_name) { $0[0] }
+            if first != UInt8(ascii: ".") && first != 0 { return true }
+        }
+        return false
     }
 
     /// Every entry of a directory except `.` and `..`, sorted; empty when it does not exist.

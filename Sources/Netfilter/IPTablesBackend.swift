@@ -85,12 +85,16 @@ public struct IPTablesBackend: MasqBackend {
 
     /// Runs an `ipset` script (`-exist` makes repeated adds and deletes no-ops).
     func ipset(_ script: IPSetScript, options: [String] = ["-exist"]) throws(BackendError) -> String {
-        // A pod's element changes go straight through netlink (IPSetBatch, measured: the tool's process was most of an
-        // ADD); any other input, or one whose outcome netlink cannot tell, runs the tool.
-        if options == ["-exist"], let netlink, let output = try IPSetBatch(script: script)?.run(through: netlink) {
-            return output
-        }
-        return try execute(["ipset"] + options + ["restore"], input: script.text)
+        try execute(["ipset"] + options + ["restore"], input: script.text)
+    }
+
+    /// Applies set commands under `-exist`; the reference count of each set the script lists tersely. A pod's
+    /// element changes go straight through netlink (IPSetBatch, measured: the tool's process was most of an ADD),
+    /// answering with the counts themselves; any other script, or one whose outcome netlink cannot tell, runs the
+    /// tool, whose listing is read.
+    func applySets(_ script: IPSetScript) throws(BackendError) -> [String: Int] {
+        if let netlink, let references = try IPSetBatch(script: script)?.run(through: netlink) { return references }
+        return Self.references(in: try ipset(script))
     }
 
     /// Without the xtables wait: STATUS probes, and must not wait for a lock; a busy lock means the tools work.
@@ -126,13 +130,13 @@ public struct IPTablesBackend: MasqBackend {
         if let policy = change.policy { return try rewrite(change, policy: policy) }
         let script = renderer.setScript(for: change, verifying: !change.add.isEmpty)
         if script.isEmpty { return }
-        let output: String
-        do { output = try ipset(script) } catch where error.kind.refused && change.add.isEmpty {
+        let references: [String: Int]
+        do { references = try applySets(script) } catch where error.kind.refused && change.add.isEmpty {
             return try removeOneByOne(change)
         }
         // The jumps from nat POSTROUTING (and mangle POSTROUTING, the leak guard) are what reference a pod set: with
         // fewer references one was deleted (a firewall reload), and the caller restores the node-wide part.
-        for set in Self.unreferencedSets(in: output, expected: guardsInvalid ? 2 : 1) {
+        for (set, count) in references.sorted(by: { $0.key < $1.key }) where count < (guardsInvalid ? 2 : 1) {
             throw BackendError(.missingObjects, "fewer rules than expected match set \(set): a jump from nat or mangle POSTROUTING is gone")
         }
     }
@@ -142,24 +146,29 @@ public struct IPTablesBackend: MasqBackend {
     func removeOneByOne(_ change: NetworkChange) throws(BackendError) {
         var pods = change, subnets: [String] = []
         pods.removeSubnets = []
-        _ = try ipset(renderer.setScript(for: pods))
+        _ = try applySets(renderer.setScript(for: pods))
         for subnet in change.removeSubnets {
             var one = NetworkChange(network: change.network)
             one.removeSubnets = [subnet]
-            do { _ = try ipset(renderer.setScript(for: one)) } catch { subnets.append("\(subnet) (\(error.message))") }
+            do { _ = try applySets(renderer.setScript(for: one)) } catch { subnets.append("\(subnet) (\(error.message))") }
         }
         if !subnets.isEmpty { throw BackendError(.partial, "pod subnet entries left in \(IPTablesRenderer.subnetSet(change.key, .v4))/\(IPTablesRenderer.subnetSet(change.key, .v6)): " + subnets.joined(separator: "; ")) }
     }
 
-    /// Sets listed tersely with fewer than `expected` references.
-    static func unreferencedSets(in output: String, expected: Int = 1) -> [String] {
+    /// The reference counts of the tool's terse listings (`Name:` and `References:` lines).
+    static func references(in output: String) -> [String: Int] {
         var name: String?
-        var unreferenced: [String] = []
+        var references: [String: Int] = [:]
         for line in output.split(separator: "\n") {
             if line.hasPrefix("Name: ") { name = String(line.dropFirst(6)) }
-            if line.hasPrefix("References: "), let count = Int(line.dropFirst(12)), count < expected, let name { unreferenced.append(name) }
+            if line.hasPrefix("References: "), let count = Int(line.dropFirst(12)), let name { references[name] = count }
         }
-        return unreferenced
+        return references
+    }
+
+    /// Sets listed tersely with fewer than `expected` references.
+    static func unreferencedSets(in output: String, expected: Int = 1) -> [String] {
+        references(in: output).filter { $0.value < expected }.map(\.key).sorted()
     }
 
     /// Writes the network's sets, chain and jump (both families), then this change's elements.
@@ -186,11 +195,11 @@ public struct IPTablesBackend: MasqBackend {
         // All or nothing across the families: each family's input is first checked by the tool (`--test` commits
         // nothing), so a refusal of IPv6 cannot leave IPv4 rewritten. The sets must exist for the check (the tools
         // refuse a match of a missing set), so a refused first write destroys the sets it created.
-        _ = try ipset(renderer.setScript(for: change, creating: true))
+        _ = try applySets(renderer.setScript(for: change, creating: true))
         do {
             for (family, input) in inputs { try restore(family, input, testOnly: true) }
         } catch {
-            if firstWrite { _ = try? ipset(renderer.setRemovalScript(change.key)) }
+            if firstWrite { _ = try? applySets(renderer.setRemovalScript(change.key)) }
             throw error
         }
         for (family, input) in inputs { try restore(family, input) }
@@ -247,7 +256,7 @@ public struct IPTablesBackend: MasqBackend {
             let input = IPTRestore([renderer.removalTable(jumps: jumps, chains: chains), guardRemoval].compactMap { $0 })
             if !input.isEmpty { try restore(family, input) }
         }
-        if !keepingSets { _ = try ipset(renderer.setRemovalScript(key)) }
+        if !keepingSets { _ = try applySets(renderer.setRemovalScript(key)) }
     }
 
     public func inspect(network: String, policy: NetworkPolicy, registrations: [Registration], subnets: [CIDR]) throws(BackendError) -> Inspection {

@@ -104,11 +104,7 @@ struct ElementBatch {
     }
 
     /// An address in network byte order.
-    static func bytes(_ address: IPAddress) -> [UInt8] {
-        let low = (0..<8).map { UInt8(truncatingIfNeeded: address.low >> (56 - 8 * UInt64($0))) }
-        guard address.family == .v6 else { return Array(low[4...]) }
-        return (0..<8).map { UInt8(truncatingIfNeeded: address.high >> (56 - 8 * UInt64($0))) } + low
-    }
+    static func bytes(_ address: IPAddress) -> [UInt8] { KernelConnectionTable.addressBytes(address) }
 
     /// The last address of a prefix.
     static func lastAddress(_ prefix: CIDR) -> IPAddress {

@@ -91,10 +91,10 @@ extension ElementBatch {
 }
 
 extension IPSetBatch {
-    /// Runs the input; its output as the tool would print the parts the caller reads, or nil when the tool must run
-    /// it (no answer, or one of ipset's own error codes, which only the tool words). A refusal with a system errno
+    /// Runs the commands; the reference count of each tersely listed set, or nil when the tool must run them (no
+    /// answer, or one of ipset's own error codes, which only the tool words). A refusal with a system errno
     /// is thrown with the kind that errno has.
-    func run(through transport: NetlinkTransport) throws(BackendError) -> String? {
+    func run(through transport: NetlinkTransport) throws(BackendError) -> [String: Int]? {
         guard let socket = transport.open() else { return nil }
         let elements = elementMessages(firstSequence: socket.firstSequence)
         if !elements.sequences.isEmpty {
@@ -107,18 +107,18 @@ extension IPSetBatch {
                 throw BackendError(errno: code, "ipset: the kernel refused an element change")
             }
         }
-        var output = ""
+        var counts: [String: Int] = [:]
         for (index, command) in commands.enumerated() {
             guard case .references(let set) = command else { continue }
             let sequence = socket.firstSequence &+ UInt32(commands.count + index)
             switch Self.references(of: set, through: socket, sequence: sequence) {
-            case .count(let references): output += "Name: \(set)\nReferences: \(references)\n"
+            case .count(let references): counts[set] = Int(references)
             case .refused(let code) where code < Self.privateErrors:
                 throw BackendError(errno: code, "ipset: cannot list set \(set)")
             default: return nil
             }
         }
-        return output
+        return counts
     }
 
     /// IPSET_ERR_PRIVATE: errors from here on are ipset's own, not errnos.

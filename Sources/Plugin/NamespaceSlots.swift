@@ -11,7 +11,9 @@ import Netfilter
 extension Session {
     /// The namespaces whose slot is installed, as the network record says (its policy's `namespaces` keys).
     func installedNamespaces() -> Set<String> {
-        guard let record = (try? networkRecord()) ?? nil, let map = record.policy["namespaces"]?.objectValue else { return [] }
+        guard let record = (try? networkRecord()) ?? nil, let map = record.policy["namespaces"]?.objectValue else {
+            return []
+        }
         return Set(map.keys)
     }
 
@@ -44,7 +46,8 @@ extension Session {
             }
             edit(namespace) { slot in
                 slot.add.append(registration)
-                if !slot.addSubnets.contains(registration.pod.subnet) { slot.addSubnets.append(registration.pod.subnet) }
+                let subnet = registration.pod.subnet
+                if !slot.addSubnets.contains(subnet) { slot.addSubnets.append(subnet) }
             }
             if !installed.contains(namespace) && change.policy != nil { leaving.append(registration) }
         }
@@ -77,7 +80,8 @@ extension Session {
     func inspectRouted(policy: NetworkPolicy, registrations: [Registration], subnets: [CIDR],
                        whole: Bool) throws(BackendError) -> [String] {
         if policy.namespaces.isEmpty {
-            return try backend.inspect(network: network, policy: policy, registrations: registrations, subnets: subnets).problems
+            return try backend.inspect(network: network, policy: policy, registrations: registrations,
+                                       subnets: subnets).problems
         }
         var own: [Registration] = []
         var bySlot: [String: [Registration]] = [:]
@@ -88,7 +92,8 @@ extension Session {
                 own.append(registration)
             }
         }
-        var problems = try backend.inspect(network: network, policy: policy, registrations: own, subnets: subnets).problems
+        var problems = try backend.inspect(network: network, policy: policy, registrations: own,
+                                           subnets: subnets).problems
         let slots = whole ? policy.namespaces.keys.sorted() : bySlot.keys.sorted()
         for namespace in slots {
             let pods = bySlot[namespace] ?? []

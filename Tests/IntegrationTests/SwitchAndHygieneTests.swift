@@ -313,7 +313,7 @@ struct SwitchAndHygieneTests {
         let batch = try #require(ElementBatch(transaction: transaction))
         let ipsetBatch = try #require(IPSetBatch(script: ipsetScript))
         nonisolated(unsafe) var applied = false
-        nonisolated(unsafe) var ipsetOutput: String?
+        nonisolated(unsafe) var ipsetOutput: [String: Int]?
         nonisolated(unsafe) var entered = false
         // setns moves only the calling thread: a thread of its own, in the namespace, makes the sockets.
         let path = ns.path

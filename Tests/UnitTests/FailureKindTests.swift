@@ -210,7 +210,7 @@ final class RecordingExecutor: NFTExecutor, @unchecked Sendable {
         let runner = ScriptedRunner()
         let backend = IPTablesBackend(chain: "C", mode: .nft, runner: runner, netlink: missing.transport)
         do {
-            _ = try backend.ipset(input)
+            _ = try backend.applySets(input)
             Issue.record("a refusal must throw")
         } catch {
             #expect(error.kind == .missingObjects && error.errno == ENOENT)
@@ -219,10 +219,10 @@ final class RecordingExecutor: NFTExecutor, @unchecked Sendable {
         // IPSET_ERR_TYPE_MISMATCH (4100+): only the tool words ipset's own codes.
         let own = IPTablesBackend(
             chain: "C", mode: .nft, runner: runner, netlink: ScriptedNetlink { _ in 4103 }.transport)
-        _ = try own.ipset(input)
+        _ = try own.applySets(input)
         #expect(runner.calls.map(\.arguments) == [["ipset", "-exist", "restore"]])
         // No transport injected: the tool does everything.
-        _ = try IPTablesBackend(chain: "C", mode: .nft, runner: runner).ipset(input)
+        _ = try IPTablesBackend(chain: "C", mode: .nft, runner: runner).applySets(input)
         #expect(runner.calls.count == 2)
     }
 }

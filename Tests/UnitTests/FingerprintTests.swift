@@ -19,10 +19,11 @@ import Testing
         ("snatAddress", #"{"snatAddress":"203.0.113.9"}"#, "snatAddress"),
         ("snatAddressIPv6", #"{"snatAddressIPv6":"2001:db8::9"}"#, "snatAddressIPv6"),
         ("egressInterfaces", #"{"egressInterfaces":["eth0"]}"#, "egressInterfaces"),
+        ("namespaces", #"{"namespaces":{"payments":{"snatAddress":"203.0.113.9"}}}"#, "namespaces"),
     ]
 
     static let backends: [any MasqBackend] = [
-        NFTablesBackend(executor: NFTBinaryExecutor()),
+        NFTablesBackend(executor: NFTModelExecutor()),
         IPTablesBackend(chain: "IP-MASQ-AGENT", mode: .nft, runner: SpawnRunner()),
     ]
 

@@ -97,6 +97,23 @@ import Testing
         #expect(backend.fingerprint(of: plain) != backend.fingerprint(of: one))
     }
 
+    /// The fingerprint's per-namespace text names every property that differs (a property NetworkPolicy gains must be
+    /// added to `difference(from:)`: each of FingerprintTests' changes, made in a namespace entry, must show).
+    @Test func everyPropertyAChangeCanTouchShowsInTheDifference() throws {
+        let base = NetworkPolicy(config: try resolve("{}"))
+        let properties = Set(Mirror(reflecting: base).children.compactMap(\.label))
+        for change in FingerprintTests.changes where change.key != "namespaces" && change.key != "dropInvalid" {
+            let body = change.json.dropFirst().dropLast()
+            let policy = NetworkPolicy(config: try resolve(#"{"namespaces":{"ns":{"# + body + "}}}"))
+            let text = try #require(policy.namespaces["ns"]).difference(from: base)
+            #expect(text.hasPrefix(change.property + "="), "\(change.key): \(text)")
+        }
+        let listed = ["nonMasquerade", "masqueradeExceptions", "masqLinkLocal", "masqLinkLocalIPv6", "exemptPodSubnet", "randomFully",
+                      "toPorts", "dropInvalid", "snatAddress", "snatAddressIPv6", "egressInterfaces", "namespaces"]
+        #expect(properties == Set(listed), "a new NetworkPolicy property must be added to difference(from:)")
+        #expect(base.difference(from: base).isEmpty)
+    }
+
     /// A namespace policy's objects get names within every backend's limits, and of no real network.
     @Test func slotNamesFitTheLimits() {
         let name = NetworkPolicy.slotNetwork("a-rather-long-network-name", namespace: String(repeating: "n", count: 63))
