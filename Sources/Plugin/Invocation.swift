@@ -66,7 +66,9 @@ struct Invocation {
         let mine = Set(plan.addresses.map(\.address))
         session.noteReleased(change.remove.filter { !mine.contains($0.pod.address) }, after: "ADD")
         // Taken over in this network (a removal of another owner's entry) or from another network's record.
-        let takenOver = Set(change.remove.map(\.pod.address)).intersection(mine).union(takenOverElsewhere)
+        // (Its own entries it removed and re-adds, e.g. those of its damaged record, are not taken over.)
+        let others = change.remove.filter { StateStore.holder($0.owner) != StateStore.holder(plan.owner) }
+        let takenOver = Set(others.map(\.pod.address)).intersection(mine).union(takenOverElsewhere)
         session.forgetConnections(ofAdded: plan.addresses.map(\.address), takenOver: takenOver)
         if change.policy != nil { LintCommand.logFindings(netconf: netconf.object, config: resolved.config, podSubnets: plan.addresses.map(\.subnet), log: log) }
         let written = change.policy == nil ? "" : " (node-wide rules written)"

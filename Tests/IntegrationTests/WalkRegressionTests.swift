@@ -187,6 +187,16 @@ struct WalkRegressionTests {
                         flavour: flavour, "the ADD that reuses the address")
     }
 
+    /// A repeated ADD of an attachment whose record was damaged counted the removal of its own entry as a takeover
+    /// and deleted its own live conntrack entries (walk seed 5).
+    @Test(arguments: Flavour.allCases)
+    func aRepeatedAddOverADamagedRecordKeepsItsOwnConnections(flavour: Flavour) throws {
+        try Self.replay([.add(Self.who("walkb", "c1"), [PodIP("10.88.1.7/24")], hostAddress: false),
+                         .damage(Self.who("walkb", "c1"), .emptyRecord), .flow("10.88.1.7"),
+                         .add(Self.who("walkb", "c1"), [PodIP("10.88.1.7/24")], hostAddress: false)],
+                        flavour: flavour)
+    }
+
     /// A garbage ownership entry was taken as the asker's: a repeated ADD of the address's earlier holder (whose record
     /// still lists it) removed the entry of its real holder (walk seed 11).
     @Test(arguments: Flavour.allCases)
