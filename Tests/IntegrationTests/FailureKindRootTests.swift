@@ -8,26 +8,6 @@ import Testing
 /// netlink, and what nft, ipset and iptables print, through the one parsing function of each tool.
 @Suite(.enabled(if: Host.canRunRootTests, "needs root: network namespaces and netfilter"))
 struct FailureKindRootTests {
-    /// Runs `body` on a thread of its own inside the namespace (setns moves only the calling thread).
-    func inside<T>(_ ns: Netns, _ body: @escaping @Sendable () -> T) throws -> T {
-        nonisolated(unsafe) var result: T?
-        nonisolated(unsafe) var entered = false
-        let path = ns.path, done = DispatchSemaphore(value: 0)
-        Thread {
-            let fd = open(path, O_RDONLY)
-            // glibc declares setns only with _GNU_SOURCE: looked up at run time. 0x40000000 is CLONE_NEWNET.
-            typealias SetNS = @convention(c) (Int32, Int32) -> Int32
-            let setns = dlsym(UnsafeMutableRawPointer(bitPattern: 0), "setns").map { unsafeBitCast($0, to: SetNS.self) }
-            entered = fd >= 0 && setns?(fd, 0x4000_0000) == 0
-            if fd >= 0 { close(fd) }
-            if entered { result = body() }
-            done.signal()
-        }.start()
-        #expect(done.wait(timeout: .now() + 60) == .success)
-        try #require(entered, "entered the namespace")
-        return try #require(result)
-    }
-
     final class NoTool: NFTExecutor, CommandRunner, @unchecked Sendable {
         var used = 0
         func run(_ script: String, json: Bool) throws(BackendError) -> String {
@@ -52,13 +32,13 @@ struct FailureKindRootTests {
         let ns = try Netns("kinds")
         let tool = NoTool()
         let backend = NFTablesBackend(executor: ElementBatchExecutor(transport: .kernel) { tool }, netlink: .kernel)
-        let nft = try inside(ns) { () -> BackendError? in
+        let nft = try ns.inside { () -> BackendError? in
             do throws(BackendError) { try backend.apply(Self.pod("kinds")) } catch { return error }
             return nil
         }
         #expect(nft?.kind == .missingObjects && nft?.errno == ENOENT, "\(String(describing: nft))")
         let iptables = IPTablesBackend(chain: "C", mode: .nft, runner: tool, netlink: .kernel)
-        let ipset = try inside(ns) { () -> BackendError? in
+        let ipset = try ns.inside { () -> BackendError? in
             do throws(BackendError) {
                 _ = try iptables.applySets(IPSetScript([.add(set: "IPMASQ-NOSUCH", .address(IPAddress("10.0.0.2")!), comment: "kinds/c/eth0")]))
             } catch { return error }

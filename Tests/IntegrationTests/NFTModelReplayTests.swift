@@ -10,17 +10,7 @@ import Testing
 /// transaction the two must agree on whether it was refused (and why: missing, busy, exists) and on the listing.
 @Suite(.enabled(if: Host.canRunRootTests, "needs root: nftables in a network namespace"))
 struct NFTModelReplayTests {
-    /// SplitMix64: the same seed, the same sequence.
-    struct Generator: RandomNumberGenerator {
-        var state: UInt64
-        mutating func next() -> UInt64 {
-            state &+= 0x9E37_79B9_7F4A_7C15
-            var z = state
-            z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-            z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-            return z ^ (z >> 31)
-        }
-    }
+    typealias Generator = SeededGenerator
 
     static let policies = [
         #"{}"#,

@@ -375,7 +375,7 @@ struct OperatorTests {
         let rows = table.stdout.split(separator: "\n").filter { $0.hasPrefix("  storm-") }
         #expect(rows.count == 15)
         for (id, address) in expected {
-            #expect(rows.contains { $0.split(separator: " ", omittingEmptySubsequences: true) == [Substring(id), "eth0", "-", Substring(address + "/24")] }, "no CNI_ARGS: no pod")
+            #expect(rows.contains { $0.split(separator: " ", omittingEmptySubsequences: true) == [Substring(id), "eth0", "-", "network", Substring(address + "/24")] }, "no CNI_ARGS: no pod")
         }
         // The data plane agrees with the listing.
         let installed = try node.installed()

@@ -149,3 +149,26 @@ func netconf(name: String = "testnet", version: String = "1.0.0", scratch: Scrat
     let data = try! JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])
     return String(decoding: data, as: UTF8.self)
 }
+
+extension Netns {
+    /// Runs `body` on a thread of its own inside the namespace (setns moves only the calling thread), so sockets it
+    /// opens are the namespace's.
+    func inside<T>(_ body: @escaping @Sendable () -> T) throws -> T {
+        nonisolated(unsafe) var result: T?
+        nonisolated(unsafe) var entered = false
+        let path = self.path, done = DispatchSemaphore(value: 0)
+        Thread {
+            let fd = open(path, O_RDONLY)
+            // glibc declares setns only with _GNU_SOURCE: looked up at run time. 0x40000000 is CLONE_NEWNET.
+            typealias SetNS = @convention(c) (Int32, Int32) -> Int32
+            let setns = dlsym(UnsafeMutableRawPointer(bitPattern: 0), "setns").map { unsafeBitCast($0, to: SetNS.self) }
+            entered = fd >= 0 && setns?(fd, 0x4000_0000) == 0
+            if fd >= 0 { close(fd) }
+            if entered { result = body() }
+            done.signal()
+        }.start()
+        #expect(done.wait(timeout: .now() + 60) == .success)
+        try #require(entered, "entered the namespace")
+        return try #require(result)
+    }
+}

@@ -312,27 +312,9 @@ struct SwitchAndHygieneTests {
         })
         let batch = try #require(ElementBatch(transaction: transaction))
         let ipsetBatch = try #require(IPSetBatch(script: ipsetScript))
-        nonisolated(unsafe) var applied = false
-        nonisolated(unsafe) var ipsetOutput: [String: Int]?
-        nonisolated(unsafe) var entered = false
-        // setns moves only the calling thread: a thread of its own, in the namespace, makes the sockets.
-        let path = ns.path
-        let done = DispatchSemaphore(value: 0)
-        Thread {
-            let fd = open(path, O_RDONLY)
-            // glibc declares setns only with _GNU_SOURCE: looked up at run time. 0x40000000 is CLONE_NEWNET.
-            typealias SetNS = @convention(c) (Int32, Int32) -> Int32
-            let setns = dlsym(UnsafeMutableRawPointer(bitPattern: 0), "setns").map { unsafeBitCast($0, to: SetNS.self) }
-            entered = fd >= 0 && setns?(fd, 0x4000_0000) == 0
-            if fd >= 0 { close(fd) }
-            if entered {
-                applied = (try? batch.apply(through: .kernel)) == true
-                ipsetOutput = try? ipsetBatch.run(through: .kernel)
-            }
-            done.signal()
-        }.start()
-        #expect(done.wait(timeout: .now() + 60) == .success)
-        #expect(entered)
+        let (applied, ipsetOutput) = try ns.inside { () -> (Bool, [String: Int]?) in
+            ((try? batch.apply(through: .kernel)) == true, try? ipsetBatch.run(through: .kernel))
+        }
         #expect(applied, "the kernel's 500 acknowledgements all arrived")
         #expect(ipsetOutput != nil, "the ipset batch's acknowledgements all arrived")
         let listed = try ns.exec(["nft", "list", "set", "inet", "rcvbuf", "pods"], check: true).stdout
