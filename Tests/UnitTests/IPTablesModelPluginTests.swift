@@ -15,7 +15,10 @@ import Testing
 
         func run(_ command: String, container: String, address: String = "10.244.1.7/24", backend: String = "iptables",
                  extra: String = "") -> Outcome {
-            let stdin = #"{"cniVersion":"1.1.0","name":"podnet","type":"ip-masq","backend":"\#(backend)","conntrackFlush":false,"lockFile":"\#(directory)/lock","stateDir":"\#(directory)/state"\#(extra),"prevResult":{"cniVersion":"1.1.0","interfaces":[{"name":"eth0","sandbox":"/x"}],"ips":[{"interface":0,"address":"\#(address)"}]}}"#
+            let stdin = #"{"cniVersion":"1.1.0","name":"podnet","type":"ip-masq","backend":"\#(backend)","#
+                + #""conntrackFlush":false,"lockFile":"\#(directory)/lock","stateDir":"\#(directory)/state"\#(extra),"#
+                + #""prevResult":{"cniVersion":"1.1.0","interfaces":[{"name":"eth0","sandbox":"/x"}],"#
+                + #""ips":[{"interface":0,"address":"\#(address)"}]}}"#
             var environment = ["CNI_COMMAND": command, "CNI_CONTAINERID": container, "CNI_NETNS": "/var/run/netns/x",
                                "CNI_IFNAME": "eth0", "CNI_PATH": "/opt/cni/bin"]
             if command == "GC" { environment = ["CNI_COMMAND": command, "CNI_PATH": "/opt/cni/bin"] }
@@ -26,8 +29,8 @@ import Testing
             return CNIPlugin(environment: environment, stdin: { () throws(CNIError) -> [UInt8] in bytes },
                              makeBackend: { kind, config -> MasqBackend in
                                  kind == .iptables
-                                     ? IPTablesBackend(chain: config.masqChain, mode: config.iptablesMode, executor: iptables,
-                                                       guardsInvalid: config.dropInvalid)
+                                     ? IPTablesBackend(chain: config.masqChain, mode: config.iptablesMode,
+                                                       executor: iptables, guardsInvalid: config.dropInvalid)
                                      : NFTablesBackend(executor: nftables)
                              }, log: log).run()
         }
@@ -75,7 +78,8 @@ import Testing
         let harness = Harness()
         #expect(harness.run("ADD", container: "a").exitStatus == 0)
         #expect(harness.run("ADD", container: "b", address: "10.244.1.8/24").exitStatus == 0)
-        let gc = harness.run("GC", container: "", extra: #","cni.dev/valid-attachments":[{"containerID":"b","ifname":"eth0"}]"#)
+        let valid = #","cni.dev/valid-attachments":[{"containerID":"b","ifname":"eth0"}]"#
+        let gc = harness.run("GC", container: "", extra: valid)
         #expect(gc.exitStatus == 0, "\(gc.stdout)")
         let saved = harness.iptables.model.saved()
         #expect(!saved.contains("podnet/a/eth0") && saved.contains(harness.element("10.244.1.8", "b")), "\(saved)")
@@ -92,15 +96,17 @@ import Testing
         for family in IPFamily.allCases {
             let nat = NATListing(harness.iptables.model.listing(family))
             let jumps = nat.rules(in: "POSTROUTING").filter { $0.contains("-podnet ") }
-            try harness.iptables.model.restore(family, IPTRestore([IPTRestore.Table("nat",
-                jumps.map { .deleteListed(chain: "POSTROUTING", spec: $0) } + [.declareChain(chain), .deleteChain(chain)])]))
+            let removal = jumps.map { IPTOperation.deleteListed(chain: "POSTROUTING", spec: $0) }
+                + [.declareChain(chain), .deleteChain(chain)]
+            try harness.iptables.model.restore(family, IPTRestore([IPTRestore.Table("nat", removal)]))
         }
         #expect(!harness.nat4.contains(chain))
         #expect(harness.run("CHECK", container: "a").exitStatus == 1)
         #expect(harness.run("ADD", container: "b", address: "10.244.1.8/24").exitStatus == 0)
         #expect(harness.nat4 == written, "\(harness.nat4)")
         let saved = harness.iptables.model.saved()
-        #expect(saved.contains(harness.element("10.244.1.7", "a")) && saved.contains(harness.element("10.244.1.8", "b")))
+        #expect(saved.contains(harness.element("10.244.1.7", "a")))
+        #expect(saved.contains(harness.element("10.244.1.8", "b")))
         #expect(harness.run("CHECK", container: "a").exitStatus == 0)
         #expect(harness.run("CHECK", container: "b", address: "10.244.1.8/24").exitStatus == 0)
     }
@@ -118,7 +124,8 @@ import Testing
         #expect(harness.dump.isEmpty)
         #expect(harness.run("ADD", container: "b", address: "10.244.1.8/24").exitStatus == 0)
         let saved = harness.iptables.model.saved()
-        #expect(saved.contains(harness.element("10.244.1.7", "a")) && saved.contains(harness.element("10.244.1.8", "b")))
+        #expect(saved.contains(harness.element("10.244.1.7", "a")))
+        #expect(saved.contains(harness.element("10.244.1.8", "b")))
         let rules = { (text: String) in text.split(separator: "\n").filter { !$0.hasPrefix("add ") } }
         #expect(rules(harness.dump) == rules(written), "the node-wide part as the first ADD wrote it")
         #expect(harness.run("CHECK", container: "a").exitStatus == 0)
@@ -134,7 +141,8 @@ import Testing
         #expect(unchanged.count == 1, "an unchanged policy: one ipset script, \(unchanged)")
         #expect(unchanged.allSatisfy { if case .sets = $0 { true } else { false } })
         before = harness.iptables.log.count
-        #expect(harness.run("ADD", container: "c", address: "10.244.1.9/24", extra: #","masqLinkLocal":true"#).exitStatus == 0)
+        let linkLocal = #","masqLinkLocal":true"#
+        #expect(harness.run("ADD", container: "c", address: "10.244.1.9/24", extra: linkLocal).exitStatus == 0)
         let commits = harness.iptables.log[before...].compactMap { applied -> IPFamily? in
             if case .restore(let family, _, testOnly: false) = applied { family } else { nil }
         }
@@ -150,7 +158,8 @@ import Testing
         let harness = Harness()
         let pods = [("a", "10.244.1.7"), ("b", "10.244.1.8")]
         for (container, address) in pods {
-            #expect(harness.run("ADD", container: container, address: address + "/24", backend: "nftables").exitStatus == 0)
+            let add = harness.run("ADD", container: container, address: address + "/24", backend: "nftables")
+            #expect(add.exitStatus == 0, "\(add.stdout)")
         }
         #expect(harness.nftables.model.dump()?.contains("10.244.1.8 comment \"podnet/b/eth0\"") == true)
         #expect(harness.dump.isEmpty)
@@ -174,5 +183,39 @@ import Testing
             let check = harness.run("CHECK", container: container, address: address + "/24", backend: "nftables")
             #expect(check.exitStatus == 0, "\(check.stdout)")
         }
+    }
+}
+
+/// IPTablesBackend's inspections and removal on the model: what CHECK, DEL of a damaged record and `list` read.
+@Suite struct IPTablesModelBackendTests {
+    @Test func theBackendInspectsListsAndRemovesOnTheModel() throws {
+        let executor = IPTablesModelExecutor()
+        let backend = IPTablesBackend(chain: "IP-MASQ-AGENT", mode: .nft, executor: executor)
+        let change = try NFTModelTests.firstAdd()
+        try backend.apply(change)
+        let policy = change.policy!
+        #expect(try backend.inspect(network: "podnet", policy: policy, registrations: change.add, subnets: [])
+                == Inspection())
+        // A pod's element goes: only that pod is reported.
+        try executor.model.ipset(IPSetScript([.delete(set: "IPMASQ-P4-podnet", .address(IPAddress("10.244.1.7")!))]))
+        let lost = try backend.inspect(network: "podnet", policy: policy, registrations: change.add, subnets: [])
+        #expect(!lost.nodeWideBroken
+                && lost.problems == ["10.244.1.7 of podnet/0123abcd/eth0 is not in set IPMASQ-P4-podnet"],
+                "\(lost.problems)")
+        // A stale policy is a node-wide problem.
+        let other = NetworkPolicy(config: try resolve(#"{"masqLinkLocal":true}"#))
+        #expect(try backend.inspect(network: "podnet", policy: other, registrations: [], subnets: []).nodeWideBroken)
+        #expect(try backend.entries(network: "podnet", taggedWith: NFTModelTests.owner.tag)
+                == [PodAddress(address: IPAddress("fd00:10:244:1::7")!,
+                               subnet: try CIDR.parse("fd00:10:244:1::7/128").get())])
+        #expect(try backend.ruleCounters(network: "podnet") == RuleCounters())
+        let dump = backend.dump()
+        #expect(dump.contains("# iptables-nft -t nat\n-A POSTROUTING "), "\(dump)")
+        #expect(dump.contains("# ipset\ncreate IPMASQ-"), "\(dump)")
+        try backend.removeNetwork("podnet", registrations: [])
+        #expect(backend.dump().isEmpty && executor.model.saved().isEmpty, "\(backend.dump())")
+        #expect(IPFamily.allCases.allSatisfy {
+            executor.model.listing($0).isEmpty && executor.model.listing($0, table: "mangle").isEmpty
+        })
     }
 }
