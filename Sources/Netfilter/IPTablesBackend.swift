@@ -10,7 +10,7 @@ public struct IPTablesBackend: MasqBackend {
     public let kind = BackendKind.iptables
     public let chain: String
     public let mode: IPTablesMode
-    let runner: CommandRunner
+    let executor: IPTablesExecutor
     let renderer: IPTablesRenderer
 
     /// The xtables lock wait passed to every iptables program, in seconds.
@@ -20,17 +20,23 @@ public struct IPTablesBackend: MasqBackend {
     /// reference to each pod set, which the ADD path's reference count must expect.
     public let guardsInvalid: Bool
 
-    /// The ipset element fast path and the conntrack table's way in; nil: the `ipset` tool for everything.
+    /// The conntrack table's way in (and the tool executor's ipset element fast path).
     let netlink: NetlinkTransport?
     /// The file name a program found in PATH resolves to (`auto` mode without a process); nil: ask `iptables -V`.
     let resolveProgram: (@Sendable (String) -> String?)?
 
     public init(chain: String, mode: IPTablesMode, runner: CommandRunner, netlink: NetlinkTransport? = nil,
                 resolveProgram: (@Sendable (String) -> String?)? = nil, guardsInvalid: Bool = true) {
+        self.init(chain: chain, mode: mode, executor: IPTablesToolExecutor(runner: runner, netlink: netlink),
+                  netlink: netlink, resolveProgram: resolveProgram, guardsInvalid: guardsInvalid)
+    }
+
+    public init(chain: String, mode: IPTablesMode, executor: IPTablesExecutor, netlink: NetlinkTransport? = nil,
+                resolveProgram: (@Sendable (String) -> String?)? = nil, guardsInvalid: Bool = true) {
         self.guardsInvalid = guardsInvalid
         self.chain = chain
         self.mode = mode
-        self.runner = runner
+        self.executor = executor
         self.netlink = netlink
         self.resolveProgram = resolveProgram
         renderer = IPTablesRenderer(masqChain: chain)
@@ -58,55 +64,31 @@ public struct IPTablesBackend: MasqBackend {
         }
     }
 
-    /// Runs a program; a failure becomes a classified `BackendError`.
-    func execute(_ arguments: [String], input: String = "") throws(BackendError) -> String {
-        let output: ProcessOutput
-        do { output = try runner.run(arguments, input: Array(input.utf8)) } catch {
-            throw BackendError(.unavailable, "cannot run \(arguments[0]): \(error)")
-        }
-        guard output.succeeded else {
-            let text = OneLine.fold(output.stderrText, limit: OneLine.toolTextLimit)
-            let message = "\(arguments[0]): " + (text.isEmpty ? "exit status \(output.status)" : text)
-            throw arguments[0] == "ipset" ? ToolFailures.ipset(status: output.status, message)
-                : ToolFailures.iptables(status: output.status, message)
-        }
-        return output.stdoutText
-    }
-
     /// The nat table (or another) of one family as `iptables -S` prints it.
     func listing(_ family: IPFamily, table: String = "nat") throws(BackendError) -> NATListing {
-        NATListing(try execute([program(family)] + Self.wait + ["-t", table, "-S"]))
+        NATListing(try executor.list(family, program: program(family), table: table, chain: nil, counters: false,
+                                     wait: true))
     }
 
     /// Applies an `iptables-restore` input (nat, and the leak guard's mangle part) of one family, flushing nothing else.
     func restore(_ family: IPFamily, _ input: IPTRestore, testOnly: Bool = false) throws(BackendError) {
-        _ = try execute([program(family, "-restore")] + Self.wait + ["--noflush"] + (testOnly ? ["--test"] : []), input: input.text)
+        try executor.restore(family, program: program(family), input, testOnly: testOnly)
     }
 
-    /// Runs an `ipset` script (`-exist` makes repeated adds and deletes no-ops).
-    func ipset(_ script: IPSetScript, options: [String] = ["-exist"]) throws(BackendError) -> String {
-        try execute(["ipset"] + options + ["restore"], input: script.text)
-    }
-
-    /// Applies set commands under `-exist`; the reference count of each set the script lists tersely. A pod's
-    /// element changes go straight through netlink (IPSetBatch, measured: the tool's process was most of an ADD),
-    /// answering with the counts themselves; any other script, or one whose outcome netlink cannot tell, runs the
-    /// tool, whose listing is read.
-    func applySets(_ script: IPSetScript) throws(BackendError) -> [String: Int] {
-        if let netlink, let references = try IPSetBatch(script: script)?.run(through: netlink) { return references }
-        return Self.references(in: try ipset(script))
-    }
+    /// Applies set commands under `-exist`; the reference count of each set the script lists tersely.
+    func applySets(_ script: IPSetScript) throws(BackendError) -> [String: Int] { try executor.applySets(script) }
 
     /// Without the xtables wait: STATUS probes, and must not wait for a lock; a busy lock means the tools work.
     /// Listing a legacy nat table creates it: with none yet, only the tool is run (`-V`), so STATUS writes nothing.
     public func probe() -> String? {
         do {
             if resolvedMode() == .legacy && !Self.installedModes().contains(.legacy) {
-                _ = try execute([program(.v4), "-V"])
+                _ = try executor.version(program(.v4))
             } else {
-                _ = try execute([program(.v4), "-t", "nat", "-S", "POSTROUTING"])
+                _ = try executor.list(.v4, program: program(.v4), table: "nat", chain: "POSTROUTING", counters: false,
+                                      wait: false)
             }
-            _ = try execute(["ipset", "list", "-n"])
+            _ = try executor.setNames()
             return nil
         } catch where error.kind == .transient {
             return nil
@@ -218,7 +200,7 @@ public struct IPTablesBackend: MasqBackend {
             if name.contains("legacy") { return .legacy }
             if name.contains("nft") { return .nft }
         }
-        guard let version = try? execute([program(.v4), "-V"]) else { return .auto }
+        guard let version = try? executor.version(program(.v4)) else { return .auto }
         if version.contains("nf_tables") { return .nft }
         return version.contains("legacy") ? .legacy : .auto
     }
@@ -284,7 +266,7 @@ public struct IPTablesBackend: MasqBackend {
         }
         let sets = IPTablesRenderer.sets(key)
         let saved: String
-        do { saved = try ipset(IPSetScript(sets.map { .list($0) }), options: ["-o", "save"]) } catch {
+        do { saved = try executor.saved(sets) } catch {
             nodeWideProblem("the sets \(sets.joined(separator: ", ")) are not all there: \(error)")
             return inspection
         }
@@ -311,7 +293,7 @@ public struct IPTablesBackend: MasqBackend {
         let sets = IPFamily.allCases.map { IPTablesRenderer.podSet(key, $0) }
         var found: [PodAddress] = []
         for set in sets {
-            guard let saved = try? ipset(IPSetScript([.list(set)]), options: ["-o", "save"]) else { continue }
+            guard let saved = try? executor.saved([set]) else { continue }
             for (cidr, comment) in Self.elements(in: saved)[set] ?? [:] where Owner.comment(comment, names: tag) {
                 found.append(PodAddress(address: cidr.address, subnet: cidr))
             }
@@ -370,8 +352,8 @@ public struct IPTablesBackend: MasqBackend {
                 text += "-N \(chain)\n" + listing.rules(in: chain).map { "-A \(chain) \($0)\n" }.joined()
             }
         }
-        let names = ((try? execute(["ipset", "list", "-n"])) ?? "").split(separator: "\n").filter { $0.hasPrefix("IPMASQ-") }
-        if !names.isEmpty, let saved = try? ipset(IPSetScript(names.map { .list(String($0)) }), options: ["-o", "save"]) {
+        let names = ((try? executor.setNames()) ?? []).filter { $0.hasPrefix("IPMASQ-") }
+        if !names.isEmpty, let saved = try? executor.saved(names) {
             text += "# ipset\n" + saved
         }
         return text

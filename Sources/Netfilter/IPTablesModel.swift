@@ -144,10 +144,10 @@ public final class IPTablesModel: @unchecked Sendable {
         return lines.map { $0 + "\n" }.joined()
     }
 
-    /// `ipset save`'s `add` lines of every set, per set in creation order (entries in insertion order).
-    public func saved() -> String {
+    /// `ipset save`'s `add` lines of every set (or of `names`), per set in creation order, entries in insertion order.
+    public func saved(only names: Set<String>? = nil) -> String {
         var lines: [String] = []
-        for name in setOrder {
+        for name in setOrder where names?.contains(name) ?? true {
             let set = sets[name]!
             lines.append("create \(name) \(set.type.rawValue) family \(set.family == .v4 ? "inet" : "inet6")")
             lines += set.entries.map { "add \(name) \($0.entry)" + ($0.comment.map { " comment \"\($0)\"" } ?? "") }

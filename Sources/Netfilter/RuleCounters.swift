@@ -63,7 +63,8 @@ extension IPTablesBackend {
         for family in IPFamily.allCases {
             let listing = try listing(family)
             guard let chain = renderer.installedJumps(key, family, in: listing).compactMap(NATListing.target(of:)).first else { continue }
-            let verbose = try execute([program(family)] + Self.wait + ["-t", "nat", "-S", chain, "-v"])
+            let verbose = try executor.list(family, program: program(family), table: "nat", chain: chain,
+                                            counters: true, wait: true)
             Self.addCounters(in: verbose, to: &counters)
         }
         return counters

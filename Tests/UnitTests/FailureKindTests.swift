@@ -91,8 +91,8 @@ import Testing
         runner.answers["iptables-nft"] = ScriptedRunner.output("", status: 4, stderr: "")
         let backend = IPTablesBackend(chain: "C", mode: .nft, runner: runner)
         let add = IPSetScript([.add(set: "S", .address(IPAddress("10.0.0.1")!), comment: nil)])
-        #expect(throws: BackendError.self) { try backend.ipset(add) }
-        do { _ = try backend.ipset(add) } catch { #expect(error.kind == .exists && error.message.hasPrefix("ipset: ")) }
+        #expect(throws: BackendError.self) { try backend.applySets(add) }
+        do { _ = try backend.applySets(add) } catch { #expect(error.kind == .exists && error.message.hasPrefix("ipset: ")) }
         do { _ = try backend.listing(.v4) } catch { #expect(error.kind == .transient && error.message == "iptables-nft: exit status 4") }
     }
 
