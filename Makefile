@@ -29,7 +29,7 @@ unit:
 # Style as .swift-format says (120 columns); `swift format --in-place --recursive Sources Tests Package.swift` fixes
 # most of what it reports.
 lint:
-	swift format lint --recursive --strict Sources Tests Package.swift
+	bash .ci/lint
 
 demo:
 	bash .ci/demo

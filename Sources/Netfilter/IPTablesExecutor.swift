@@ -5,8 +5,10 @@ import MasqCore
 /// `program` is the flavour's tool (`iptables-nft`, `ip6tables-legacy`...), `family` the one it serves.
 public protocol IPTablesExecutor: Sendable {
     /// `PROGRAM -t TABLE -S [CHAIN] [-v]`: what the kernel holds, as the tool lists it. `wait`: the xtables lock.
-    func list(_ family: IPFamily, program: String, table: String, chain: String?, counters: Bool,
-              wait: Bool) throws(BackendError) -> String
+    func list(
+        _ family: IPFamily, program: String, table: String, chain: String?, counters: Bool,
+        wait: Bool
+    ) throws(BackendError) -> String
     /// `PROGRAM-restore --noflush [--test]` of one family's input.
     func restore(_ family: IPFamily, program: String, _ input: IPTRestore, testOnly: Bool) throws(BackendError)
     /// `ipset -exist restore`; the reference count of each set the script lists tersely.
@@ -39,21 +41,26 @@ public struct IPTablesToolExecutor: IPTablesExecutor {
         guard output.succeeded else {
             let text = OneLine.fold(output.stderrText, limit: OneLine.toolTextLimit)
             let message = "\(arguments[0]): " + (text.isEmpty ? "exit status \(output.status)" : text)
-            throw arguments[0] == "ipset" ? ToolFailures.ipset(status: output.status, message)
+            throw arguments[0] == "ipset"
+                ? ToolFailures.ipset(status: output.status, message)
                 : ToolFailures.iptables(status: output.status, message)
         }
         return output.stdoutText
     }
 
-    public func list(_ family: IPFamily, program: String, table: String, chain: String?, counters: Bool,
-                     wait: Bool) throws(BackendError) -> String {
-        try execute([program] + (wait ? IPTablesBackend.wait : []) + ["-t", table, "-S"] + (chain.map { [$0] } ?? [])
-                    + (counters ? ["-v"] : []))
+    public func list(
+        _ family: IPFamily, program: String, table: String, chain: String?, counters: Bool,
+        wait: Bool
+    ) throws(BackendError) -> String {
+        try execute(
+            [program] + (wait ? IPTablesBackend.wait : []) + ["-t", table, "-S"] + (chain.map { [$0] } ?? [])
+                + (counters ? ["-v"] : []))
     }
 
     public func restore(_ family: IPFamily, program: String, _ input: IPTRestore, testOnly: Bool) throws(BackendError) {
-        _ = try execute([program + "-restore"] + IPTablesBackend.wait + ["--noflush"] + (testOnly ? ["--test"] : []),
-                        input: input.text)
+        _ = try execute(
+            [program + "-restore"] + IPTablesBackend.wait + ["--noflush"] + (testOnly ? ["--test"] : []),
+            input: input.text)
     }
 
     /// A pod's element changes go straight through netlink (IPSetBatch, measured: the tool's process was most of an
@@ -93,8 +100,10 @@ public final class IPTablesModelExecutor: IPTablesExecutor, @unchecked Sendable 
         BackendError(errno: failure.errno, failure.message)
     }
 
-    public func list(_ family: IPFamily, program: String, table: String, chain: String?, counters: Bool,
-                     wait: Bool) throws(BackendError) -> String {
+    public func list(
+        _ family: IPFamily, program: String, table: String, chain: String?, counters: Bool,
+        wait: Bool
+    ) throws(BackendError) -> String {
         let lines = model.listing(family, table: table).split(separator: "\n").filter { line in
             chain.map { line.hasPrefix("-A \($0) ") || line == "-N \($0)" } ?? true
         }

@@ -1,8 +1,9 @@
 import Foundation
 import MasqCore
-@testable import Netfilter
 import Plugin
 import Testing
+
+@testable import Netfilter
 
 /// The CNI verbs in-process against the iptables/ipset model (IPTablesBackend over IPTablesModelExecutor), and
 /// backend moves between the nftables model and the iptables model, without root.
@@ -13,26 +14,34 @@ import Testing
         let directory = NSTemporaryDirectory() + "ipmasq-iptmodel-" + UUID().uuidString
         deinit { try? FileManager.default.removeItem(atPath: directory) }
 
-        func run(_ command: String, container: String, address: String = "10.244.1.7/24", backend: String = "iptables",
-                 extra: String = "") -> Outcome {
-            let stdin = #"{"cniVersion":"1.1.0","name":"podnet","type":"ip-masq","backend":"\#(backend)","#
+        func run(
+            _ command: String, container: String, address: String = "10.244.1.7/24", backend: String = "iptables",
+            extra: String = ""
+        ) -> Outcome {
+            let stdin =
+                #"{"cniVersion":"1.1.0","name":"podnet","type":"ip-masq","backend":"\#(backend)","#
                 + #""conntrackFlush":false,"lockFile":"\#(directory)/lock","stateDir":"\#(directory)/state"\#(extra),"#
                 + #""prevResult":{"cniVersion":"1.1.0","interfaces":[{"name":"eth0","sandbox":"/x"}],"#
                 + #""ips":[{"interface":0,"address":"\#(address)"}]}}"#
-            var environment = ["CNI_COMMAND": command, "CNI_CONTAINERID": container, "CNI_NETNS": "/var/run/netns/x",
-                               "CNI_IFNAME": "eth0", "CNI_PATH": "/opt/cni/bin"]
+            var environment = [
+                "CNI_COMMAND": command, "CNI_CONTAINERID": container, "CNI_NETNS": "/var/run/netns/x",
+                "CNI_IFNAME": "eth0", "CNI_PATH": "/opt/cni/bin",
+            ]
             if command == "GC" { environment = ["CNI_COMMAND": command, "CNI_PATH": "/opt/cni/bin"] }
             let iptables = self.iptables, nftables = self.nftables
             let log = Log(level: .error)
             log.redirect(to: "/dev/null")
             let bytes = Array(stdin.utf8)
-            return CNIPlugin(environment: environment, stdin: { () throws(CNIError) -> [UInt8] in bytes },
-                             makeBackend: { kind, config -> MasqBackend in
-                                 kind == .iptables
-                                     ? IPTablesBackend(chain: config.masqChain, mode: config.iptablesMode,
-                                                       executor: iptables, guardsInvalid: config.dropInvalid)
-                                     : NFTablesBackend(executor: nftables)
-                             }, log: log).run()
+            return CNIPlugin(
+                environment: environment, stdin: { () throws(CNIError) -> [UInt8] in bytes },
+                makeBackend: { kind, config -> MasqBackend in
+                    kind == .iptables
+                        ? IPTablesBackend(
+                            chain: config.masqChain, mode: config.iptablesMode,
+                            executor: iptables, guardsInvalid: config.dropInvalid)
+                        : NFTablesBackend(executor: nftables)
+                }, log: log
+            ).run()
         }
 
         /// Both families' nat and mangle tables as `iptables -S` lists them, then `ipset save`.
@@ -59,7 +68,8 @@ import Testing
         let add = harness.run("ADD", container: "a")
         #expect(add.exitStatus == 0, "\(add.stdout)")
         let chain = try #require(harness.chain, "\(harness.dump)")
-        #expect(harness.nat4.split(separator: "\n").last?.hasPrefix("-A \(chain) ") == true
+        #expect(
+            harness.nat4.split(separator: "\n").last?.hasPrefix("-A \(chain) ") == true
                 && harness.nat4.hasSuffix("-j MASQUERADE --random-fully\n"), "\(harness.nat4)")
         #expect(harness.iptables.model.saved().contains(harness.element("10.244.1.7", "a")), "\(harness.dump)")
         #expect(harness.iptables.model.listing(.v4, table: "mangle").contains("IPMASQ-P4-podnet"), "the leak guard")
@@ -96,7 +106,8 @@ import Testing
         for family in IPFamily.allCases {
             let nat = NATListing(harness.iptables.model.listing(family))
             let jumps = nat.rules(in: "POSTROUTING").filter { $0.contains("-podnet ") }
-            let removal = jumps.map { IPTOperation.deleteListed(chain: "POSTROUTING", spec: $0) }
+            let removal =
+                jumps.map { IPTOperation.deleteListed(chain: "POSTROUTING", spec: $0) }
                 + [.declareChain(chain), .deleteChain(chain)]
             try harness.iptables.model.restore(family, IPTRestore([IPTRestore.Table("nat", removal)]))
         }
@@ -194,28 +205,35 @@ import Testing
         let change = try NFTModelTests.firstAdd()
         try backend.apply(change)
         let policy = change.policy!
-        #expect(try backend.inspect(network: "podnet", policy: policy, registrations: change.add, subnets: [])
+        #expect(
+            try backend.inspect(network: "podnet", policy: policy, registrations: change.add, subnets: [])
                 == Inspection())
         // A pod's element goes: only that pod is reported.
         try executor.model.ipset(IPSetScript([.delete(set: "IPMASQ-P4-podnet", .address(IPAddress("10.244.1.7")!))]))
         let lost = try backend.inspect(network: "podnet", policy: policy, registrations: change.add, subnets: [])
-        #expect(!lost.nodeWideBroken
+        #expect(
+            !lost.nodeWideBroken
                 && lost.problems == ["10.244.1.7 of podnet/0123abcd/eth0 is not in set IPMASQ-P4-podnet"],
-                "\(lost.problems)")
+            "\(lost.problems)")
         // A stale policy is a node-wide problem.
         let other = NetworkPolicy(config: try resolve(#"{"masqLinkLocal":true}"#))
         #expect(try backend.inspect(network: "podnet", policy: other, registrations: [], subnets: []).nodeWideBroken)
-        #expect(try backend.entries(network: "podnet", taggedWith: NFTModelTests.owner.tag)
-                == [PodAddress(address: IPAddress("fd00:10:244:1::7")!,
-                               subnet: try CIDR.parse("fd00:10:244:1::7/128").get())])
+        #expect(
+            try backend.entries(network: "podnet", taggedWith: NFTModelTests.owner.tag)
+                == [
+                    PodAddress(
+                        address: IPAddress("fd00:10:244:1::7")!,
+                        subnet: try CIDR.parse("fd00:10:244:1::7/128").get())
+                ])
         #expect(try backend.ruleCounters(network: "podnet") == RuleCounters())
         let dump = backend.dump()
         #expect(dump.contains("# iptables-nft -t nat\n-A POSTROUTING "), "\(dump)")
         #expect(dump.contains("# ipset\ncreate IPMASQ-"), "\(dump)")
         try backend.removeNetwork("podnet", registrations: [])
         #expect(backend.dump().isEmpty && executor.model.saved().isEmpty, "\(backend.dump())")
-        #expect(IPFamily.allCases.allSatisfy {
-            executor.model.listing($0).isEmpty && executor.model.listing($0, table: "mangle").isEmpty
-        })
+        #expect(
+            IPFamily.allCases.allSatisfy {
+                executor.model.listing($0).isEmpty && executor.model.listing($0, table: "mangle").isEmpty
+            })
     }
 }
