@@ -473,7 +473,8 @@ extension NetworkPolicy {
             ("randomFully", .bool(randomFully)),
             ("toPorts", .string(toPorts.map { $0.lowerBound == $0.upperBound ? "\($0.lowerBound)" : "\($0.lowerBound)-\($0.upperBound)" }.joined(separator: ","))),
             ("dropInvalid", .bool(dropInvalid)),
-        ] + egressMembers + namespaceMembers))
+        ] + egressMembers + namespaceMembers
+          + (namespacesDigest.isEmpty ? [] : [("namespacesDigest", .string(namespacesDigest))])))
     }
 
     /// `namespaces` (issue 15): each namespace policy as the keys whose value differs from the network's own (read
@@ -516,7 +517,11 @@ extension NetworkPolicy {
             count = max(count, entry["nonMasqueradeCIDRs"]?.arrayValue?.count ?? 0)
         }
         object["cidrLimit"] = .int(Int64(max(count, 1)))
+        // The digest the policy was fingerprinted with (the entries as configured, which the record does not keep).
+        let digest = object["namespacesDigest"]?.stringValue
+        object["namespacesDigest"] = nil
         guard let config = try? MasqConfig.resolve(netconf: object, fileContents: nil) else { return nil }
         self.init(config: config)
+        if let digest { namespacesDigest = digest }
     }
 }

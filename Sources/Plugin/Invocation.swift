@@ -13,7 +13,7 @@ struct Invocation {
     var log: Log { plugin.log }
 
     func run() throws(CNIError) -> String {
-        let resolved = try ResolvedConfig(netconf: netconf, command: env.command)
+        let resolved = try ResolvedConfig(netconf: netconf, command: env.command, deferringNamespaces: env.command == .add)
         if let logFile = resolved.config.logFile, !plugin.log.redirect(to: logFile) {
             plugin.log.warning("logFile \(quoted(logFile)) cannot be opened or is standard output: logging to stderr")
         }
@@ -56,9 +56,19 @@ struct Invocation {
         var plan = AttachmentPlan(config: resolved.config, network: netconf.name, attachment: owner.attachment, prevResult: prevResult)
         plan.owner.pod = owner.pod
         let session = try Session(config: resolved.config, network: netconf.name, plugin: plugin)
-        let policy = resolved.policy // computed once: with `namespaces` it resolves each namespace's policy
+        var resolved = resolved
+        var policy = resolved.policy // computed once
+        // The namespace policies are resolved only when the network is (re)written (NamespaceSlots.swift).
+        var current: String?
+        if resolved.config.namespacesDeferred {
+            current = try session.currentFingerprint(policy, resolved.fileProblem)
+            if current == nil {
+                resolved.config = try resolved.config.resolvingNamespaces()
+                policy = resolved.policy
+            }
+        }
         try session.moveIfNeeded(policy: resolved.fileProblem == nil ? policy : nil)
-        var change = try session.networkChange(policy: policy, fileProblem: resolved.fileProblem)
+        var change = try session.networkChange(policy: policy, fileProblem: resolved.fileProblem, fingerprint: current)
         let registrations = plan.addresses.map { Registration(owner: plan.owner, pod: $0) }
         try session.register(registrations, owner: plan.owner, into: &change)
         let takenOverElsewhere = session.takenOverFromOtherNetworks
@@ -227,7 +237,8 @@ struct ResolvedConfig {
     /// ADD and CHECK: conflist keys must be valid, and a broken config file is tolerated when a last good policy
     /// exists (decided under the lock, by `Session`). DEL, GC and STATUS read only the node plumbing (no policy,
     /// no config file): they must work whatever the policy keys say.
-    init(netconf: NetConf, command: CNICommand, recordingProvenance: Bool = false) throws(CNIError) {
+    init(netconf: NetConf, command: CNICommand, recordingProvenance: Bool = false,
+         deferringNamespaces: Bool = false) throws(CNIError) {
         if command == .del || command == .gc || command == .status {
             let plumbing = try MasqConfig.resolvePlumbing(netconf: netconf.object)
             config = plumbing.config
@@ -235,7 +246,10 @@ struct ResolvedConfig {
             recordedBackendWins = !plumbing.invalidKeys.isDisjoint(with: ["backend", "iptablesMode", "masqChain"])
             return
         }
-        let base = try MasqConfig.resolve(netconf: netconf.object, files: [], recordingProvenance: recordingProvenance)
+        // ADD resolves the namespace entries only when it rewrites the network (`Invocation.add`).
+        let deferring = deferringNamespaces
+        let base = try MasqConfig.resolve(netconf: netconf.object, files: [], recordingProvenance: recordingProvenance,
+                                          deferringNamespaces: deferring)
         guard let path = base.configFile else {
             config = base
             return
@@ -245,7 +259,8 @@ struct ResolvedConfig {
             do { files = try ConfigDirectory.read(path) } catch {
                 throw CNIError(.ioFailure, "cannot read configFile \(quoted(path))", details: "\(error)")
             }
-            config = try MasqConfig.resolve(netconf: netconf.object, files: files, recordingProvenance: recordingProvenance)
+            config = try MasqConfig.resolve(netconf: netconf.object, files: files, recordingProvenance: recordingProvenance,
+                                            deferringNamespaces: deferring)
         } catch {
             // Unreadable or invalid: DEL and GC go on without it; ADD and CHECK decide under the lock.
             config = base

@@ -112,3 +112,16 @@ extension Session {
         }
     }
 }
+
+extension Session {
+    /// For an ADD with deferred namespace entries: the policy's fingerprint when it is the one applied, so nothing
+    /// reads the namespace policies (the record's slots route the pod); nil when they must be resolved: the network
+    /// is (re)written or moved (its fingerprint, which digests the entries unresolved, differs from the record's, or
+    /// there is none), or the config file is refused (the conflist's entries are then checked as before).
+    func currentFingerprint(_ policy: NetworkPolicy, _ fileProblem: CNIError?) throws(CNIError) -> String? {
+        if fileProblem != nil || recordedElsewhere != nil { return nil }
+        guard let record = try networkRecord(), record.backend == backend.kind else { return nil }
+        let fingerprint = backend.fingerprint(of: policy)
+        return record.fingerprint == fingerprint ? fingerprint : nil
+    }
+}

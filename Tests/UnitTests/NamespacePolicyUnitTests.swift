@@ -109,7 +109,8 @@ import Testing
             #expect(text.hasPrefix(change.property + "="), "\(change.key): \(text)")
         }
         let listed = ["nonMasquerade", "masqueradeExceptions", "masqLinkLocal", "masqLinkLocalIPv6", "exemptPodSubnet", "randomFully",
-                      "toPorts", "dropInvalid", "snatAddress", "snatAddressIPv6", "egressInterfaces", "namespaces"]
+                      "toPorts", "dropInvalid", "snatAddress", "snatAddressIPv6", "egressInterfaces", "namespaces",
+                      "namespacesDigest"]
         #expect(properties == Set(listed), "a new NetworkPolicy property must be added to difference(from:)")
         #expect(base.difference(from: base).isEmpty)
     }
