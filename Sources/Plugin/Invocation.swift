@@ -53,11 +53,11 @@ struct Invocation {
 
     func add(_ resolved: ResolvedConfig) throws(CNIError) -> String {
         let (rawResult, prevResult) = try prevResult()
-        var plan = AttachmentPlan(config: resolved.config, network: netconf.name, attachment: owner.attachment, prevResult: prevResult)
-        plan.owner.pod = owner.pod
+        var policy = resolved.policy // computed once (the plan's too)
+        let addresses = prevResult.podAddresses(ifname: owner.ifname).map { PodAddress(address: $0.address, subnet: $0.subnet) }
+        let plan = AttachmentPlan(owner: owner, addresses: addresses, policy: policy)
         let session = try Session(config: resolved.config, network: netconf.name, plugin: plugin)
         var resolved = resolved
-        var policy = resolved.policy // computed once
         // The namespace policies are resolved only when the network is (re)written (NamespaceSlots.swift).
         var current: String?
         if resolved.config.namespacesDeferred {
