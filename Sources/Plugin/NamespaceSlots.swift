@@ -11,10 +11,8 @@ import Netfilter
 extension Session {
     /// The namespaces whose slot is installed, as the network record says (its policy's `namespaces` keys).
     func installedNamespaces() -> Set<String> {
-        guard let record = (try? networkRecord()) ?? nil, let map = record.policy["namespaces"]?.objectValue else {
-            return []
-        }
-        return Set(map.keys)
+        guard let record = (try? networkRecord()) ?? nil else { return [] }
+        return Set(record.namespaceNames)
     }
 
     /// The backend name of a namespace's slot.
