@@ -157,9 +157,10 @@ extension NetworkPolicy {
     /// The policy a pod of `namespace` is judged by (its namespace's, else the network's own, without the map).
     public func forNamespace(_ namespace: String?) -> NetworkPolicy {
         if let namespace, let policy = namespaces[namespace] { return policy }
-        guard !namespaces.isEmpty else { return self }
+        guard !namespaces.isEmpty || !namespacesDigest.isEmpty else { return self }
         var own = self
         own.namespaces = [:]
+        own.namespacesDigest = ""
         return own
     }
 

@@ -539,8 +539,8 @@ extension NetworkPolicy {
             ("randomFully", .bool(randomFully)),
             ("toPorts", .string(toPorts.map { $0.lowerBound == $0.upperBound ? "\($0.lowerBound)" : "\($0.lowerBound)-\($0.upperBound)" }.joined(separator: ","))),
             ("dropInvalid", .bool(dropInvalid)),
-        ] + egressMembers + namespaceMembers
-          + (namespacesDigest.isEmpty ? [] : [("namespacesDigest", .string(namespacesDigest))])))
+        ] + egressMembers + (namespacesDigest.isEmpty ? [] : [("namespacesDigest", .string(namespacesDigest))])
+          + namespaceMembers))
     }
 
     /// `namespaces` (issue 15): each namespace policy as the keys whose value differs from the network's own (read
