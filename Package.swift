@@ -5,7 +5,7 @@ import PackageDescription
 // targets deliberately have no `pkgConfig`, which would make SwiftPM add `-ljansson` and pull in
 // the shared library. The release binary then needs nothing beyond glibc on a node.
 let staticCLibraries: [LinkerSetting] = [
-    .unsafeFlags(["-Xlinker", "-l:libjansson.a", "-Xlinker", "-l:libyaml.a"]),
+    .unsafeFlags(["-Xlinker", "-l:libjansson.a", "-Xlinker", "-l:libyaml.a"])
 ]
 
 // The start-up tricks, each measured once with callgrind (instructions) or perf (faults) and documented only here;
@@ -27,21 +27,22 @@ let staticCLibraries: [LinkerSetting] = [
 // fresh scratch path.
 let linkDirectory = Context.packageDirectory + "/Sources/ip-masq/Link"
 let startupLinking: [LinkerSetting] = [
-    .unsafeFlags(["-L" + linkDirectory, "-Xlinker", "--section-ordering-file=" + linkDirectory + "/hot-functions.txt"],
-                 .when(configuration: .release)),
+    .unsafeFlags(
+        ["-L" + linkDirectory, "-Xlinker", "--section-ordering-file=" + linkDirectory + "/hot-functions.txt"],
+        .when(configuration: .release))
 ]
 
 // Concrete generic types (`[String: String]`, `Set<IPAddress>`, ...) get their metadata through direct accessor calls
 // instead of mangled names that the runtime demangles and checks against every protocol conformance of the binary at
 // first use (trick 3 above).
 let directMetadataAccess: [SwiftSetting] = [
-    .unsafeFlags(["-Xfrontend", "-disable-concrete-type-metadata-mangled-name-accessors"]),
+    .unsafeFlags(["-Xfrontend", "-disable-concrete-type-metadata-mangled-name-accessors"])
 ]
 
 let package = Package(
     name: "ip-masq-cni",
     products: [
-        .executable(name: "ip-masq", targets: ["ip-masq"]),
+        .executable(name: "ip-masq", targets: ["ip-masq"])
     ],
     targets: [
         .systemLibrary(name: "CJansson", providers: [.apt(["libjansson-dev"])]),
@@ -56,11 +57,13 @@ let package = Package(
         .target(name: "Plugin", dependencies: ["MasqCore", "Netfilter", "JSON"], swiftSettings: directMetadataAccess),
         // main.swift's top-level code is the only main-actor code, so the run-time isolation check at entry can go
         // (trick 4 above).
-        .executableTarget(name: "ip-masq", dependencies: ["Plugin"], exclude: ["Link"],
-                          swiftSettings: directMetadataAccess + [.unsafeFlags(["-disable-dynamic-actor-isolation"])],
-                          linkerSettings: startupLinking + staticCLibraries),
-        .testTarget(name: "UnitTests", dependencies: ["Plugin", "MasqCore", "Netfilter", "JSON"],
-                    linkerSettings: staticCLibraries),
+        .executableTarget(
+            name: "ip-masq", dependencies: ["Plugin"], exclude: ["Link"],
+            swiftSettings: directMetadataAccess + [.unsafeFlags(["-disable-dynamic-actor-isolation"])],
+            linkerSettings: startupLinking + staticCLibraries),
+        .testTarget(
+            name: "UnitTests", dependencies: ["Plugin", "MasqCore", "Netfilter", "JSON"],
+            linkerSettings: staticCLibraries),
         .testTarget(name: "IntegrationTests", dependencies: ["ip-masq", "MasqCore", "Netfilter"]),
     ],
     swiftLanguageModes: [.v6]

@@ -48,9 +48,10 @@ extension JSONValue {
             self = .array((0..<count).map { JSONValue(jansson: json_array_get(node, $0)) })
         case JSON_STRING:
             let length = json_string_length(node)
-            self = .string(json_string_value(node)!.withMemoryRebound(to: UInt8.self, capacity: length) {
-                String(decoding: UnsafeBufferPointer(start: $0, count: length), as: UTF8.self)
-            })
+            self = .string(
+                json_string_value(node)!.withMemoryRebound(to: UInt8.self, capacity: length) {
+                    String(decoding: UnsafeBufferPointer(start: $0, count: length), as: UTF8.self)
+                })
         case JSON_INTEGER: self = .int(Int64(json_integer_value(node)))
         case JSON_REAL: self = .double(json_real_value(node))
         case JSON_TRUE: self = .bool(true)

@@ -60,10 +60,12 @@ private struct YAMLEventReader {
                 let keyEvent = try next()
                 if case .mappingEnd = keyEvent.kind { return .object(object) }
                 guard case .scalar(let key, _) = keyEvent.kind else {
-                    throw JSONParseError(reason: "mapping keys must be scalars", line: keyEvent.line, column: keyEvent.column)
+                    throw JSONParseError(
+                        reason: "mapping keys must be scalars", line: keyEvent.line, column: keyEvent.column)
                 }
                 if object[key] != nil {
-                    throw JSONParseError(reason: "duplicate key \"\(key)\"", line: keyEvent.line, column: keyEvent.column)
+                    throw JSONParseError(
+                        reason: "duplicate key \"\(key)\"", line: keyEvent.line, column: keyEvent.column)
                 }
                 object[key] = try value(startingWith: try next())
             }
@@ -77,7 +79,8 @@ private struct YAMLEventReader {
     private mutating func enter(_ event: Event) throws(JSONParseError) {
         depth += 1
         if depth > Self.maximumDepth {
-            throw JSONParseError(reason: "nesting deeper than \(Self.maximumDepth)", line: event.line, column: event.column)
+            throw JSONParseError(
+                reason: "nesting deeper than \(Self.maximumDepth)", line: event.line, column: event.column)
         }
     }
 
@@ -92,8 +95,10 @@ private struct YAMLEventReader {
         if let integer = Int64(text) { return .int(integer) }
         if text.hasPrefix("0x"), let integer = Int64(text.dropFirst(2), radix: 16) { return .int(integer) }
         let first = text.utf8.first!
-        if first == UInt8(ascii: "-") || first == UInt8(ascii: "+") || first == UInt8(ascii: ".") || (first >= 48 && first <= 57),
-           let number = Double(text), number.isFinite {
+        if first == UInt8(ascii: "-") || first == UInt8(ascii: "+") || first == UInt8(ascii: ".")
+            || (first >= 48 && first <= 57),
+            let number = Double(text), number.isFinite
+        {
             // Out-of-range (`1e999`) and `inf`/`nan` spellings stay strings: JSON has no value for them.
             return .double(number)
         }
@@ -116,8 +121,9 @@ private struct YAMLEventReader {
         var raw = yaml_event_t()
         guard yaml_parser_parse(parser, &raw) != 0 else {
             let reason = parser.pointee.problem.map { String(cString: $0) } ?? "invalid YAML"
-            throw JSONParseError(reason: reason, line: Int(parser.pointee.problem_mark.line) + 1,
-                                 column: Int(parser.pointee.problem_mark.column) + 1)
+            throw JSONParseError(
+                reason: reason, line: Int(parser.pointee.problem_mark.line) + 1,
+                column: Int(parser.pointee.problem_mark.column) + 1)
         }
         defer { yaml_event_delete(&raw) }
         let line = Int(raw.start_mark.line) + 1

@@ -21,7 +21,9 @@ public struct PodIdentity: Hashable, Sendable, CustomStringConvertible {
 }
 
 extension Owner {
-    public static func == (lhs: Owner, rhs: Owner) -> Bool { lhs.network == rhs.network && lhs.attachment == rhs.attachment }
+    public static func == (lhs: Owner, rhs: Owner) -> Bool {
+        lhs.network == rhs.network && lhs.attachment == rhs.attachment
+    }
     public func hash(into hasher: inout Hasher) {
         hasher.combine(network)
         hasher.combine(attachment)
@@ -35,10 +37,13 @@ extension Owner {
         let tag = self.tag
         let room = 128 - tag.utf8.count - 1
         let bytes = Array(pod.description.utf8)
-        let kept = bytes.map { Names.isAlphanumeric($0) || $0 == 0x2D || $0 == 0x2E || $0 == 0x5F || $0 == 0x2F ? $0 : UInt8(ascii: "_") }
+        let kept = bytes.map {
+            Names.isAlphanumeric($0) || $0 == 0x2D || $0 == 0x2E || $0 == 0x5F || $0 == 0x2F ? $0 : UInt8(ascii: "_")
+        }
         if kept.count <= room { return String(decoding: kept, as: UTF8.self) + " " + tag }
         guard room >= 10 else { return tag }
-        return String(decoding: kept.prefix(room - 9), as: UTF8.self) + "~" + hex(fnv1a64(pod.description), digits: 8) + " " + tag
+        return String(decoding: kept.prefix(room - 9), as: UTF8.self) + "~" + hex(fnv1a64(pod.description), digits: 8)
+            + " " + tag
     }
 
     /// Whether an element comment names the owner `tag`: the tag alone, or `namespace/pod tag` (see `comment`).

@@ -17,7 +17,12 @@ public enum CNIVersion: String, Sendable, CaseIterable, Comparable {
 
 /// The verb a runtime invokes the plugin with (`CNI_COMMAND`).
 public enum CNICommand: String, Sendable {
-    case add = "ADD", del = "DEL", check = "CHECK", gc = "GC", status = "STATUS", version = "VERSION"
+    case add = "ADD"
+    case del = "DEL"
+    case check = "CHECK"
+    case gc = "GC"
+    case status = "STATUS"
+    case version = "VERSION"
 
     /// The oldest config version that allows this verb (the Go skel's gates).
     var minimumVersion: CNIVersion {
@@ -112,8 +117,9 @@ public struct CNIEnvironment: Sendable, Equatable {
             throw CNIError(.invalidEnvironment, "required env variable CNI_COMMAND missing")
         }
         guard let command = CNICommand(rawValue: commandText) else {
-            throw CNIError(.invalidEnvironment, "unknown CNI_COMMAND \(quoted(commandText))",
-                           details: "expected ADD, DEL, CHECK, GC, STATUS or VERSION")
+            throw CNIError(
+                .invalidEnvironment, "unknown CNI_COMMAND \(quoted(commandText))",
+                details: "expected ADD, DEL, CHECK, GC, STATUS or VERSION")
         }
         self.command = command
         containerID = value("CNI_CONTAINERID")
@@ -159,20 +165,26 @@ public struct CNIEnvironment: Sendable, Equatable {
     /// CNI's container ID rule: `^[a-zA-Z0-9][a-zA-Z0-9_.\-]*$`, at most 1024 bytes.
     static func validateContainerID(_ id: String) throws(CNIError) {
         guard Names.isCNIName(id), id.utf8.count <= 1024 else {
-            throw CNIError(.invalidEnvironment, "invalid CNI_CONTAINERID \(quoted(id))",
-                           details: "must match ^[a-zA-Z0-9][a-zA-Z0-9_.\\-]*$")
+            throw CNIError(
+                .invalidEnvironment, "invalid CNI_CONTAINERID \(quoted(id))",
+                details: "must match ^[a-zA-Z0-9][a-zA-Z0-9_.\\-]*$")
         }
     }
 
-    /// CNI's interface name rule: 1–15 bytes, not `.`/`..`, no `/`, `:` or whitespace (we also refuse quotes and control characters).
+    /// CNI's interface name rule: 1–15 bytes, not `.`/`..`, no `/`, `:` or whitespace (we also refuse quotes and
+    /// control characters).
     static func validateInterfaceName(_ name: String) throws(CNIError) {
         let bytes = Array(name.utf8)
-        let forbidden: Set<UInt8> = [UInt8(ascii: "/"), UInt8(ascii: ":"), UInt8(ascii: "\""), UInt8(ascii: "'"),
-                                     UInt8(ascii: ";"), UInt8(ascii: "\\")]
+        let forbidden: Set<UInt8> = [
+            UInt8(ascii: "/"), UInt8(ascii: ":"), UInt8(ascii: "\""), UInt8(ascii: "'"),
+            UInt8(ascii: ";"), UInt8(ascii: "\\"),
+        ]
         guard !bytes.isEmpty, bytes.count <= 15, name != ".", name != "..",
-              bytes.allSatisfy({ $0 > 0x20 && $0 < 0x7F && !forbidden.contains($0) }) else {
-            throw CNIError(.invalidEnvironment, "invalid CNI_IFNAME \(quoted(name))",
-                           details: "must be 1-15 printable characters without '/', ':', quotes, ';' or whitespace")
+            bytes.allSatisfy({ $0 > 0x20 && $0 < 0x7F && !forbidden.contains($0) })
+        else {
+            throw CNIError(
+                .invalidEnvironment, "invalid CNI_IFNAME \(quoted(name))",
+                details: "must be 1-15 printable characters without '/', ':', quotes, ';' or whitespace")
         }
     }
 }
@@ -183,7 +195,9 @@ public enum Names {
     public static func isCNIName(_ text: String) -> Bool {
         let bytes = Array(text.utf8)
         guard let first = bytes.first, isAlphanumeric(first) else { return false }
-        return bytes.allSatisfy { isAlphanumeric($0) || $0 == UInt8(ascii: "_") || $0 == UInt8(ascii: ".") || $0 == UInt8(ascii: "-") }
+        return bytes.allSatisfy {
+            isAlphanumeric($0) || $0 == UInt8(ascii: "_") || $0 == UInt8(ascii: ".") || $0 == UInt8(ascii: "-")
+        }
     }
 
     static func isAlphanumeric(_ byte: UInt8) -> Bool {

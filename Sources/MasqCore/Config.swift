@@ -54,7 +54,8 @@ public struct MasqConfig: Equatable, Sendable {
     public private(set) var logLevelGiven = false
     /// Delete the conntrack entries a verb makes stale (a pod's at DEL and ADD, changed verdicts at a policy change).
     public var conntrackFlush = true
-    /// Drop registered pods' packets in conntrack state INVALID that would leave unmasqueraded where the policy masquerades.
+    /// Drop registered pods' packets in conntrack state INVALID that would leave unmasqueraded where the policy
+    /// masquerades.
     public var dropInvalid = true
     /// SNAT to this source instead of MASQUERADE, per family; nil: the outgoing interface's address.
     public var snatAddress: SNATTarget? = nil
@@ -130,7 +131,8 @@ extension MasqConfig {
     ///   - fileContents: the bytes of `configFile` when it exists, nil when it is absent or not configured.
     public static func resolve(netconf: JSONObject, fileContents: [UInt8]?) throws(CNIError) -> MasqConfig {
         let path = configFilePath(in: netconf) ?? ""
-        return try resolve(netconf: netconf, files: fileContents.map { [ConfigFileContents(path: path, bytes: $0)] } ?? [])
+        return try resolve(
+            netconf: netconf, files: fileContents.map { [ConfigFileContents(path: path, bytes: $0)] } ?? [])
     }
 
     /// Resolves with the files `configFile` names (one file, or a directory's files in lexical order, merged as
@@ -138,17 +140,23 @@ extension MasqConfig {
     /// `recordingProvenance` (explain, lint) notes where each key came from; the CNI verbs skip that cost.
     /// `deferringNamespaces` (ADD): the `namespaces` entries are kept as read, not resolved (`resolvingNamespaces()`
     /// does it when the network is rewritten; NetworkPolicy.namespacesDigest stands for them in the fingerprint).
-    public static func resolve(netconf: JSONObject, files: [ConfigFileContents], recordingProvenance: Bool = false,
-                               deferringNamespaces: Bool = false) throws(CNIError) -> MasqConfig {
+    public static func resolve(
+        netconf: JSONObject, files: [ConfigFileContents], recordingProvenance: Bool = false,
+        deferringNamespaces: Bool = false
+    ) throws(CNIError) -> MasqConfig {
         var config = MasqConfig()
         try config.apply(netconf, source: .netconf, allowed: netconfKeys)
-        if recordingProvenance { config.provenance.record(netconf, source: .netconf, allowed: netconfKeys, config: config, merging: false) }
+        if recordingProvenance {
+            config.provenance.record(netconf, source: .netconf, allowed: netconfKeys, config: config, merging: false)
+        }
         var keysFromFiles = Set<String>()
         if config.configFile != nil {
             for (index, file) in files.enumerated() {
                 let document: JSONValue
                 do { document = try JSONValue.parseYAML(file.bytes) } catch {
-                    throw CNIError(.invalidConfig, "configFile \(quoted(file.path)) is not valid YAML or JSON", details: error.description)
+                    throw CNIError(
+                        .invalidConfig, "configFile \(quoted(file.path)) is not valid YAML or JSON",
+                        details: error.description)
                 }
                 switch document {
                 case .null: break // an empty file means defaults, as ip-masq-agent treats it
@@ -158,10 +166,13 @@ extension MasqConfig {
                     if index > 0 { config.mergeLayer(object, over: before, keysFromFiles: keysFromFiles) }
                     if files.count > 1 { for (key, _) in object.members { keysFromFiles.insert(key) } }
                     if recordingProvenance {
-                        config.provenance.record(object, source: .file(file.path), allowed: fileKeys, config: config, merging: index > 0)
+                        config.provenance.record(
+                            object, source: .file(file.path), allowed: fileKeys, config: config, merging: index > 0)
                     }
                 default:
-                    throw CNIError(.invalidConfig, "configFile \(quoted(file.path)) must hold a mapping of keys, found a \(document.kindName)")
+                    throw CNIError(
+                        .invalidConfig,
+                        "configFile \(quoted(file.path)) must hold a mapping of keys, found a \(document.kindName)")
                 }
             }
         }
@@ -174,14 +185,18 @@ extension MasqConfig {
 
     /// The keys DEL, GC and STATUS need: where the records and the lock are, which backend, logging, and the conntrack
     /// and leak-guard switches (conflist-only keys that change what DEL does).
-    static let plumbingKeys = ["stateDir", "lockFile", "lockTimeout", "backend", "iptablesMode", "masqChain", "logFile", "logLevel",
-                               "conntrackFlush", "dropInvalid"]
+    static let plumbingKeys = [
+        "stateDir", "lockFile", "lockTimeout", "backend", "iptablesMode", "masqChain", "logFile", "logLevel",
+        "conntrackFlush", "dropInvalid",
+    ]
 
     /// The node plumbing only, for DEL, GC and STATUS, which must work whatever the policy keys say (a typo in the
     /// conflist must not leave every pod stuck terminating). Only an unusable `stateDir` or `lockFile` is refused;
     /// any other problem (an invalid policy or plumbing value, a mis-cased key) is returned for the log, and an
     /// invalid plumbing value falls back to its default (listed in `invalidKeys`). The config file is not read.
-    public static func resolvePlumbing(netconf: JSONObject) throws(CNIError) -> (config: MasqConfig, problems: [String], invalidKeys: Set<String>) {
+    public static func resolvePlumbing(netconf: JSONObject) throws(CNIError) -> (
+        config: MasqConfig, problems: [String], invalidKeys: Set<String>
+    ) {
         var config = MasqConfig()
         var problems: [String] = []
         var invalidKeys = Set<String>()
@@ -201,7 +216,9 @@ extension MasqConfig {
         let whole: CNIError?
         do {
             _ = try resolve(netconf: withoutNamespaces, fileContents: nil)
-            if let namespaces = netconf["namespaces"] { var scratch = MasqConfig(); _ = try scratch.readNamespaces(namespaces, source: .netconf) }
+            if let namespaces = netconf["namespaces"] {
+                var scratch = MasqConfig(); _ = try scratch.readNamespaces(namespaces, source: .netconf)
+            }
             whole = nil
         } catch { whole = error }
         guard let whole else { return (config, problems, invalidKeys) }
@@ -221,7 +238,9 @@ extension MasqConfig {
         netconf["configFile"]?.stringValue.flatMap { $0.isEmpty ? nil : $0 }
     }
 
-    mutating func apply(_ object: JSONObject, source: ConfigSource, allowed: Set<String>, path: String = "") throws(CNIError) {
+    mutating func apply(_ object: JSONObject, source: ConfigSource, allowed: Set<String>, path: String = "")
+        throws(CNIError)
+    {
         var sawNonMasq = false
         let reader = KeyReader(source: source, path: path)
         for (key, value) in object.members {
@@ -230,20 +249,25 @@ extension MasqConfig {
                     // ip-masq-agent ignores keys it does not know, so a ConfigMap it accepts is accepted here too;
                     // but a near miss of one of our keys, or node plumbing (conflist only), is a mistake to refuse.
                     if let intended = Self.netconfKeys.first(where: { Self.nearMiss($0, key) }) {
-                        let why = allowed.contains(intended) ? "did you mean \(quoted(intended))?"
+                        let why =
+                            allowed.contains(intended)
+                            ? "did you mean \(quoted(intended))?"
                             : "\(quoted(intended)) is node plumbing, accepted only in the conflist entry"
-                        throw CNIError(.unsupportedField, "unsupported key \(quoted(key)) in \(source.label)",
-                                       details: "value \(abbreviated(value)); \(why)")
+                        throw CNIError(
+                            .unsupportedField, "unsupported key \(quoted(key)) in \(source.label)",
+                            details: "value \(abbreviated(value)); \(why)")
                     }
-                    warnings.append("unknown key \(quoted(key)) in \(source.label) ignored (as ip-masq-agent does); known keys: "
-                                    + allowed.sorted().joined(separator: ", "))
+                    warnings.append(
+                        "unknown key \(quoted(key)) in \(source.label) ignored (as ip-masq-agent does); known keys: "
+                            + allowed.sorted().joined(separator: ", "))
                     continue
                 }
                 // Conflist entries carry runtime keys (name, type, prevResult, capabilities...): ignore those,
                 // but refuse a mis-cased spelling of one of ours, which would otherwise be silently ignored.
                 if let intended = allowed.first(where: { $0.lowercased() == key.lowercased() }) {
-                    throw CNIError(.unsupportedField, "unsupported key \(quoted(key)) = \(abbreviated(value)) in \(source.label)",
-                                   details: "did you mean \(quoted(intended))?")
+                    throw CNIError(
+                        .unsupportedField, "unsupported key \(quoted(key)) = \(abbreviated(value)) in \(source.label)",
+                        details: "did you mean \(quoted(intended))?")
                 }
                 continue
             }
@@ -259,13 +283,16 @@ extension MasqConfig {
             case "toPorts":
                 let text = try reader.string(key, value)
                 guard let ranges = ValueSyntax.parsePortRanges(text) else {
-                    throw reader.invalid(key, value, "expected ascending, disjoint port ranges such as \"1024-29999,32768-65535\" within 1-65535")
+                    throw reader.invalid(
+                        key, value,
+                        "expected ascending, disjoint port ranges such as \"1024-29999,32768-65535\" within 1-65535")
                 }
                 toPorts = ranges
             case "resyncInterval", "lockTimeout":
                 let text = try reader.string(key, value)
                 guard let nanoseconds = ValueSyntax.parseDuration(text), nanoseconds > 0 else {
-                    throw reader.invalid(key, value, "expected a positive Go duration such as \"60s\", \"1m30s\" or \"500ms\"")
+                    throw reader.invalid(
+                        key, value, "expected a positive Go duration such as \"60s\", \"1m30s\" or \"500ms\"")
                 }
                 if key == "resyncInterval" { resyncInterval = nanoseconds } else { lockTimeout = nanoseconds }
             case "configFile": configFile = try reader.path(key, value, optional: true)
@@ -274,10 +301,17 @@ extension MasqConfig {
             case "masqChain":
                 let name = try reader.string(key, value)
                 guard Self.isValidChainName(name) else {
-                    throw reader.invalid(key, value, "expected 1-28 characters of A-Z, a-z, 0-9, '-' or '_', not starting with '-'")
+                    throw reader.invalid(
+                        key, value, "expected 1-28 characters of A-Z, a-z, 0-9, '-' or '_', not starting with '-'")
                 }
                 guard !Self.builtInIPTablesNames.contains(name) else {
-                    throw reader.invalid(key, value, "a built-in chain or target of iptables, which cannot be a chain of ours; use e.g. \"IP-MASQ-AGENT\"")
+                    throw reader.invalid(
+                        key, value,
+                        """
+                        a built-in chain or target of iptables, which cannot be a chain of ours; use e.g. \
+                        \"IP-MASQ-AGENT\"
+                        """
+                    )
                 }
                 masqChain = name
             case "lockFile": lockFile = try reader.path(key, value, optional: false)!
@@ -286,7 +320,8 @@ extension MasqConfig {
                 // Checked before it is taken: an invalid logFile leaves the default (DEL, GC and STATUS go on).
                 let path = try reader.path(key, value, optional: true)
                 if let path, Self.standardOutputPaths.contains(path) {
-                    throw reader.invalid(key, value, "standard output carries the CNI result; log to stderr (unset logFile) or a file")
+                    throw reader.invalid(
+                        key, value, "standard output carries the CNI result; log to stderr (unset logFile) or a file")
                 }
                 logFile = path
             case "logLevel":
@@ -307,8 +342,10 @@ extension MasqConfig {
 
     private func validate() throws(CNIError) {
         if effectiveNonMasqueradeCIDRs.count > cidrLimit {
-            throw CNIError(.invalidConfig, "nonMasqueradeCIDRs has \(effectiveNonMasqueradeCIDRs.count) entries, more than cidrLimit \(cidrLimit)",
-                           details: "raise cidrLimit or shorten the list")
+            throw CNIError(
+                .invalidConfig,
+                "nonMasqueradeCIDRs has \(effectiveNonMasqueradeCIDRs.count) entries, more than cidrLimit \(cidrLimit)",
+                details: "raise cidrLimit or shorten the list")
         }
     }
 
@@ -318,7 +355,9 @@ extension MasqConfig {
     }
 
     /// Spellings of standard output (a `logFile` there would corrupt the result; `Log` also refuses the same file).
-    static let standardOutputPaths: Set<String> = ["/dev/stdout", "/dev/fd/1", "/proc/self/fd/1", "/proc/thread-self/fd/1"]
+    static let standardOutputPaths: Set<String> = [
+        "/dev/stdout", "/dev/fd/1", "/proc/self/fd/1", "/proc/thread-self/fd/1",
+    ]
 
     /// Built-in chains and targets of the xtables tools: a user chain of that name is refused by one family or
     /// the other (or means something else), so it would half-apply a change.
@@ -357,12 +396,16 @@ struct KeyReader {
     /// Put before each key in messages: `namespaces.NS.` inside a namespace entry.
     var path = ""
 
-    func invalid(_ key: String, _ value: JSONValue, _ expectation: String, code: CNIError.Code = .invalidConfig) -> CNIError {
+    func invalid(_ key: String, _ value: JSONValue, _ expectation: String, code: CNIError.Code = .invalidConfig)
+        -> CNIError
+    {
         CNIError(code, "invalid \(path)\(key) \(abbreviated(value)) in \(source.label)", details: expectation)
     }
 
     func wrongType(_ key: String, _ value: JSONValue, _ expected: String) -> CNIError {
-        CNIError(.decodeFailure, "\(path)\(key) must be \(expected), got \(value.kindName) \(abbreviated(value)) in \(source.label)")
+        CNIError(
+            .decodeFailure,
+            "\(path)\(key) must be \(expected), got \(value.kindName) \(abbreviated(value)) in \(source.label)")
     }
 
     func bool(_ key: String, _ value: JSONValue) throws(CNIError) -> Bool {
@@ -377,7 +420,9 @@ struct KeyReader {
         case .double(let real) where real.rounded() == real && abs(real) < 1e15: number = Int(real)
         default: throw wrongType(key, value, "an integer")
         }
-        guard range.contains(number) else { throw invalid(key, value, "expected an integer in \(range.lowerBound)...\(range.upperBound)") }
+        guard range.contains(number) else {
+            throw invalid(key, value, "expected an integer in \(range.lowerBound)...\(range.upperBound)")
+        }
         return number
     }
 
@@ -386,11 +431,14 @@ struct KeyReader {
         return text
     }
 
-    func choice<T: RawRepresentable & CaseIterable>(_ key: String, _ value: JSONValue, _ type: T.Type) throws(CNIError) -> T
+    func choice<T: RawRepresentable & CaseIterable>(_ key: String, _ value: JSONValue, _ type: T.Type) throws(CNIError)
+        -> T
     where T.RawValue == String {
         let text = try string(key, value)
         guard let choice = T(rawValue: text) else {
-            throw invalid(key, value, "supported values: \(T.allCases.map { $0.rawValue }.joined(separator: ", "))", code: .unsupportedField)
+            throw invalid(
+                key, value, "supported values: \(T.allCases.map { $0.rawValue }.joined(separator: ", "))",
+                code: .unsupportedField)
         }
         return choice
     }
@@ -411,8 +459,12 @@ struct KeyReader {
         if text.isEmpty { return nil }
         let name = family == .v4 ? "IPv4" : "IPv6"
         guard let target = SNATTarget.parse(text), target.family == family else {
-            throw invalid(key, value, "expected an \(name) address or an inclusive range such as "
-                          + (family == .v4 ? "\"203.0.113.9\" or \"203.0.113.9-203.0.113.12\"" : "\"2001:db8::9\" or \"2001:db8::9-2001:db8::c\""))
+            throw invalid(
+                key, value,
+                "expected an \(name) address or an inclusive range such as "
+                    + (family == .v4
+                        ? "\"203.0.113.9\" or \"203.0.113.9-203.0.113.12\""
+                        : "\"2001:db8::9\" or \"2001:db8::9-2001:db8::c\""))
         }
         return target
     }
@@ -422,9 +474,17 @@ struct KeyReader {
         guard case .array(let elements) = value else { throw wrongType(key, value, "an array of interface names") }
         var result: [String] = []
         for (index, element) in elements.enumerated() {
-            guard case .string(let text) = element else { throw wrongType("\(key)[\(index)]", element, "an interface name string") }
+            guard case .string(let text) = element else {
+                throw wrongType("\(key)[\(index)]", element, "an interface name string")
+            }
             guard InterfacePattern.isValid(text) else {
-                throw invalid("\(key)[\(index)]", element, "expected an interface name of 1-15 characters (no space, '/', ':', quote or '*'), optionally ending in the '+' wildcard, such as \"eth0\" or \"wg+\"")
+                throw invalid(
+                    "\(key)[\(index)]", element,
+                    """
+                    expected an interface name of 1-15 characters (no space, '/', ':', quote or '*'), optionally \
+                    ending in the '+' wildcard, such as \"eth0\" or \"wg+\"
+                    """
+                )
             }
             if !result.contains(text) { result.append(text) }
         }
@@ -436,13 +496,16 @@ struct KeyReader {
         guard case .array(let elements) = value else { throw wrongType(key, value, "an array of CIDR strings") }
         var result: [CIDR] = []
         for (index, element) in elements.enumerated() {
-            guard case .string(let text) = element else { throw wrongType("\(key)[\(index)]", element, "a CIDR string") }
+            guard case .string(let text) = element else {
+                throw wrongType("\(key)[\(index)]", element, "a CIDR string")
+            }
             switch CIDR.parse(text) {
             case .success(let cidr): result.append(cidr)
             case .failure(.malformed):
                 throw invalid("\(key)[\(index)]", element, "expected a CIDR such as \"10.0.0.0/8\" or \"fd00::/8\"")
             case .failure(.notAligned(let aligned)):
-                throw invalid("\(key)[\(index)]", element, "host bits are set past the prefix; did you mean \"\(aligned)\"?")
+                throw invalid(
+                    "\(key)[\(index)]", element, "host bits are set past the prefix; did you mean \"\(aligned)\"?")
             }
         }
         return result

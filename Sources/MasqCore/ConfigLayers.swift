@@ -30,7 +30,9 @@ public struct Provenance: Sendable, Equatable {
     public func source(of key: String, range: CIDR) -> ConfigSource { ranges[key]?[range] ?? source(of: key) }
 
     /// Notes the keys one layer set; when `merging`, ranges already contributed by earlier files keep their source.
-    mutating func record(_ object: JSONObject, source: ConfigSource, allowed: Set<String>, config: MasqConfig, merging: Bool) {
+    mutating func record(
+        _ object: JSONObject, source: ConfigSource, allowed: Set<String>, config: MasqConfig, merging: Bool
+    ) {
         for (key, _) in object.members where allowed.contains(key) {
             keys[key] = source
             let list: [CIDR]
@@ -60,12 +62,15 @@ extension MasqConfig {
             case "nonMasqueradeCIDRs":
                 nonMasqueradeCIDRs = union(before.nonMasqueradeCIDRs, nonMasqueradeCIDRs)
             case "masqueradeCIDRs": masqueradeCIDRs = union(before.masqueradeCIDRs, masqueradeCIDRs)
-            case "nomasqAllReservedRanges": nomasqAllReservedRanges = nomasqAllReservedRanges || before.nomasqAllReservedRanges
+            case "nomasqAllReservedRanges":
+                nomasqAllReservedRanges = nomasqAllReservedRanges || before.nomasqAllReservedRanges
             case "masqLinkLocal": masqLinkLocal = masqLinkLocal || before.masqLinkLocal
             case "masqLinkLocalIPv6": masqLinkLocalIPv6 = masqLinkLocalIPv6 || before.masqLinkLocalIPv6
             case "exemptPodSubnet": exemptPodSubnet = exemptPodSubnet || before.exemptPodSubnet
             case "randomFully": randomFully = randomFully || before.randomFully
-            case "egressInterfaces": egressInterfaces = before.egressInterfaces + egressInterfaces.filter { !before.egressInterfaces.contains($0) }
+            case "egressInterfaces":
+                egressInterfaces =
+                    before.egressInterfaces + egressInterfaces.filter { !before.egressInterfaces.contains($0) }
             case "namespaces": namespaceOverrides = Self.mergeNamespaces(before.namespaceOverrides, namespaceOverrides)
             default: continue
             }

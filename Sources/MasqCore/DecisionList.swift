@@ -69,8 +69,10 @@ public struct DecisionList: Equatable, Sendable {
         public var snatAddressIPv6: SNATTarget?
         public var egressInterfaces: [String]
 
-        public init(randomFully: Bool, toPorts: [ClosedRange<Int>], snatAddress: SNATTarget? = nil,
-                    snatAddressIPv6: SNATTarget? = nil, egressInterfaces: [String] = []) {
+        public init(
+            randomFully: Bool, toPorts: [ClosedRange<Int>], snatAddress: SNATTarget? = nil,
+            snatAddressIPv6: SNATTarget? = nil, egressInterfaces: [String] = []
+        ) {
             self.randomFully = randomFully
             self.toPorts = toPorts
             self.snatAddress = snatAddress
@@ -108,19 +110,28 @@ public struct DecisionList: Equatable, Sendable {
     static let linkLocalV6 = MasqConfig.literal("fe80::/10")
 
     public init(policy: NetworkPolicy) {
-        var rules = [Rule(step: .local, match: .localDestination, action: .keepSource),
-                     Rule(step: .multicast, match: .destination(Self.multicastRanges), action: .keepSource),
-                     Rule(step: .exceptions, match: .destination(policy.masqueradeExceptions), action: .masquerade,
-                          set: .exceptions)]
-        let linkLocal = (policy.masqLinkLocal ? [] : [Self.linkLocalV4]) + (policy.masqLinkLocalIPv6 ? [] : [Self.linkLocalV6])
-        if !linkLocal.isEmpty { rules.append(Rule(step: .linkLocal, match: .destination(linkLocal), action: .keepSource)) }
-        rules.append(Rule(step: .nonMasquerade, match: .destination(policy.nonMasquerade), action: .keepSource,
-                          set: .nonMasquerade))
+        var rules = [
+            Rule(step: .local, match: .localDestination, action: .keepSource),
+            Rule(step: .multicast, match: .destination(Self.multicastRanges), action: .keepSource),
+            Rule(
+                step: .exceptions, match: .destination(policy.masqueradeExceptions), action: .masquerade,
+                set: .exceptions),
+        ]
+        let linkLocal =
+            (policy.masqLinkLocal ? [] : [Self.linkLocalV4]) + (policy.masqLinkLocalIPv6 ? [] : [Self.linkLocalV6])
+        if !linkLocal.isEmpty {
+            rules.append(Rule(step: .linkLocal, match: .destination(linkLocal), action: .keepSource))
+        }
+        rules.append(
+            Rule(
+                step: .nonMasquerade, match: .destination(policy.nonMasquerade), action: .keepSource,
+                set: .nonMasquerade))
         if policy.exemptPodSubnet { rules.append(Rule(step: .podSubnet, match: .podSubnet, action: .keepSource)) }
         rules.append(Rule(step: .masquerade, match: .any, action: .masquerade))
         self.rules = rules
-        options = MasqueradeOptions(randomFully: policy.randomFully, toPorts: policy.toPorts, snatAddress: policy.snatAddress,
-                                    snatAddressIPv6: policy.snatAddressIPv6, egressInterfaces: policy.egressInterfaces)
+        options = MasqueradeOptions(
+            randomFully: policy.randomFully, toPorts: policy.toPorts, snatAddress: policy.snatAddress,
+            snatAddressIPv6: policy.snatAddressIPv6, egressInterfaces: policy.egressInterfaces)
         leakGuard = policy.dropInvalid
     }
 
@@ -159,9 +170,12 @@ public struct DecisionList: Equatable, Sendable {
     ///   - destinationIsLocal: whether the destination is an address of the node (step 1); only the kernel knows.
     ///   - outputInterface: the interface the packet leaves through (routing decides), nil when unknown; with
     ///     `egressInterfaces`, a masquerading step keeps the source of a packet leaving through another interface.
-    public func verdict(destination: IPAddress, podSubnet: CIDR?, destinationIsLocal: Bool = false,
-                        outputInterface: String? = nil) -> (verdict: Verdict, step: Step) {
-        for rule in rules where matches(rule.match, destination: destination, podSubnet: podSubnet, local: destinationIsLocal) {
+    public func verdict(
+        destination: IPAddress, podSubnet: CIDR?, destinationIsLocal: Bool = false,
+        outputInterface: String? = nil
+    ) -> (verdict: Verdict, step: Step) {
+        for rule in rules
+        where matches(rule.match, destination: destination, podSubnet: podSubnet, local: destinationIsLocal) {
             let masquerades = rule.action == .masquerade && options.applies(leavingThrough: outputInterface)
             return (masquerades ? .masquerade(options) : .keepSource, rule.step)
         }

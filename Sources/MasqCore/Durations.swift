@@ -7,11 +7,14 @@ public enum ValueSyntax {
         if rest.first == "-" || rest.first == "+" { negative = rest.first == "-"; rest = rest.dropFirst() }
         if rest == "0" { return 0 }
         guard !rest.isEmpty else { return nil }
-        let units: [(String, Double)] = [("ns", 1), ("us", 1e3), ("µs", 1e3), ("μs", 1e3), ("ms", 1e6), ("s", 1e9), ("m", 60e9), ("h", 3600e9)]
+        let units: [(String, Double)] = [
+            ("ns", 1), ("us", 1e3), ("µs", 1e3), ("μs", 1e3), ("ms", 1e6), ("s", 1e9), ("m", 60e9), ("h", 3600e9),
+        ]
         var total = 0.0
         while !rest.isEmpty {
             let number = rest.prefix(while: { $0.isASCII && ($0.isNumber || $0 == ".") })
-            guard !number.isEmpty, number != ".", number.filter({ $0 == "." }).count <= 1, let value = Double(number) else { return nil }
+            guard !number.isEmpty, number != ".", number.filter({ $0 == "." }).count <= 1, let value = Double(number)
+            else { return nil }
             rest = rest.dropFirst(number.count)
             let unitText = rest.prefix(while: { !($0.isASCII && ($0.isNumber || $0 == ".")) })
             guard let unit = units.first(where: { $0.0 == unitText }) else { return nil }
@@ -43,8 +46,9 @@ public enum ValueSyntax {
         for part in text.split(separator: ",", omittingEmptySubsequences: false) {
             let bounds = part.split(separator: "-", maxSplits: 1, omittingEmptySubsequences: false)
             guard bounds.allSatisfy({ !$0.isEmpty && $0.count <= 5 && $0.allSatisfy { $0.isASCII && $0.isNumber } }),
-                  let low = Int(bounds[0]), let high = Int(bounds.last!),
-                  low >= 1, high <= 65535, low <= high else { return nil }
+                let low = Int(bounds[0]), let high = Int(bounds.last!),
+                low >= 1, high <= 65535, low <= high
+            else { return nil }
             if let previous = ranges.last, previous.upperBound >= low { return nil }
             ranges.append(low...high)
         }

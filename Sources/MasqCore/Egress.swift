@@ -16,7 +16,8 @@ public struct SNATTarget: Hashable, Sendable, CustomStringConvertible {
     public static func parse(_ text: String) -> SNATTarget? {
         let parts = text.split(separator: "-", maxSplits: 1, omittingEmptySubsequences: false)
         guard let first = IPAddress(parts[0]), let last = parts.count == 2 ? IPAddress(parts[1]) : first,
-              first.family == last.family, first <= last else { return nil }
+            first.family == last.family, first <= last
+        else { return nil }
         return SNATTarget(first: first, last: last)
     }
 
@@ -24,7 +25,9 @@ public struct SNATTarget: Hashable, Sendable, CustomStringConvertible {
     public var description: String { first == last ? "\(first)" : "\(first)-\(last)" }
 
     /// Whether `address` is one of the target's addresses.
-    public func contains(_ address: IPAddress) -> Bool { address.family == family && first <= address && address <= last }
+    public func contains(_ address: IPAddress) -> Bool {
+        address.family == family && first <= address && address <= last
+    }
 }
 
 /// Interface names for `egressInterfaces`: a Linux interface name (1–15 bytes, no '/', ':', space or control
@@ -32,11 +35,13 @@ public struct SNATTarget: Hashable, Sendable, CustomStringConvertible {
 public enum InterfacePattern {
     public static func isValid(_ pattern: String) -> Bool {
         var bytes = Array(pattern.utf8)
-        if bytes.last == UInt8(ascii: "+") { bytes.removeLast() }
-        else if bytes.isEmpty { return false }
+        if bytes.last == UInt8(ascii: "+") { bytes.removeLast() } else if bytes.isEmpty { return false }
         guard bytes.count <= 15 else { return false }
-        return bytes.allSatisfy { $0 > 0x20 && $0 < 0x7F && $0 != UInt8(ascii: "/") && $0 != UInt8(ascii: ":")
-            && $0 != UInt8(ascii: "\"") && $0 != UInt8(ascii: "\\") && $0 != UInt8(ascii: "+") && $0 != UInt8(ascii: "*") }
+        return bytes.allSatisfy {
+            $0 > 0x20 && $0 < 0x7F && $0 != UInt8(ascii: "/") && $0 != UInt8(ascii: ":")
+                && $0 != UInt8(ascii: "\"") && $0 != UInt8(ascii: "\\") && $0 != UInt8(ascii: "+")
+                && $0 != UInt8(ascii: "*")
+        }
     }
 
     /// Whether interface `name` matches `pattern`.

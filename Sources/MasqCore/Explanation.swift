@@ -19,11 +19,14 @@ public struct Explanation: Equatable, Sendable {
 
     /// Explains `destination` for a pod in `podSubnet` (nil when unknown), under `policy`, whose keys came from
     /// `provenance` (`reservedRanges`: the non-masquerade list is `nomasqAllReservedRanges`' list).
-    public init(destination: IPAddress, policy: NetworkPolicy, provenance: Provenance, reservedRanges: Bool = false,
-                podSubnet: CIDR?, destinationIsLocal: Bool, outputInterface: String? = nil) {
+    public init(
+        destination: IPAddress, policy: NetworkPolicy, provenance: Provenance, reservedRanges: Bool = false,
+        podSubnet: CIDR?, destinationIsLocal: Bool, outputInterface: String? = nil
+    ) {
         let list = DecisionList(policy: policy)
-        let (verdict, step) = list.verdict(destination: destination, podSubnet: podSubnet, destinationIsLocal: destinationIsLocal,
-                                           outputInterface: outputInterface)
+        let (verdict, step) = list.verdict(
+            destination: destination, podSubnet: podSubnet, destinationIsLocal: destinationIsLocal,
+            outputInterface: outputInterface)
         self.destination = destination
         self.verdict = verdict
         self.step = step
@@ -70,9 +73,14 @@ public struct Explanation: Equatable, Sendable {
         let masqueradingStep = list.rules.first { $0.step == step }?.action == .masquerade
         let interfaces = list.options.egressInterfaces
         if masqueradingStep && !interfaces.isEmpty {
-            let listed = "egressInterfaces [\(interfaces.joined(separator: ", "))], from \(Self.label(provenance.source(of: "egressInterfaces")))"
+            let listed =
+                """
+                egressInterfaces [\(interfaces.joined(separator: ", "))], from \
+                \(Self.label(provenance.source(of: "egressInterfaces")))
+                """
             if !verdict.masquerades {
-                qualifiers.append("but \(listed) does not list \(outputInterface ?? "?"), the interface it leaves through")
+                qualifiers.append(
+                    "but \(listed) does not list \(outputInterface ?? "?"), the interface it leaves through")
             } else if let outputInterface {
                 qualifiers.append("leaves through \(outputInterface), listed in \(listed)")
             } else {

@@ -22,7 +22,8 @@ public struct IPAddress: Hashable, Sendable, Comparable, CustomStringConvertible
         self.low = family == .v4 ? low & 0xFFFF_FFFF : low
     }
 
-    /// Parses dotted-quad IPv4 or RFC 4291 IPv6 text (no zone, no embedded IPv4 in IPv6 except the `::ffff:a.b.c.d` tail form).
+    /// Parses dotted-quad IPv4 or RFC 4291 IPv6 text (no zone, no embedded IPv4 in IPv6 except the `::ffff:a.b.c.d`
+    /// tail form).
     public init?(_ text: some StringProtocol) {
         let bytes = Array(text.utf8)
         if bytes.contains(UInt8(ascii: ":")) {
@@ -96,8 +97,7 @@ public struct IPAddress: Hashable, Sendable, Comparable, CustomStringConvertible
         var groups: [UInt16] = []
         var compressAt: Int? = nil
         var index = 0
-        if bytes.starts(with: [58, 58]) { compressAt = 0; index = 2 }
-        else if bytes.first == 58 { return nil }
+        if bytes.starts(with: [58, 58]) { compressAt = 0; index = 2 } else if bytes.first == 58 { return nil }
         while index < bytes.count {
             var end = index
             while end < bytes.count && bytes[end] != 58 { end += 1 }
@@ -108,8 +108,10 @@ public struct IPAddress: Hashable, Sendable, Comparable, CustomStringConvertible
                 index = end
                 break
             }
-            guard !piece.isEmpty, piece.count <= 4, let group = UInt16(String(decoding: piece, as: UTF8.self), radix: 16),
-                  piece.allSatisfy({ ($0 >= 48 && $0 <= 57) || ($0 | 0x20 >= 97 && $0 | 0x20 <= 102) }) else { return nil }
+            guard !piece.isEmpty, piece.count <= 4,
+                let group = UInt16(String(decoding: piece, as: UTF8.self), radix: 16),
+                piece.allSatisfy({ ($0 >= 48 && $0 <= 57) || ($0 | 0x20 >= 97 && $0 | 0x20 <= 102) })
+            else { return nil }
             groups.append(group)
             if end == bytes.count { index = end; break }
             // At a colon: a second colon marks the compression point.
@@ -155,11 +157,14 @@ public struct CIDR: Hashable, Sendable, Comparable, CustomStringConvertible {
 
     /// Parses `address/prefix`, refusing host bits set past the prefix.
     public static func parse(_ text: some StringProtocol) -> Result<CIDR, ParseFailure> {
-        guard let slash = text.firstIndex(of: "/"), let address = IPAddress(text[..<slash]) else { return .failure(.malformed) }
+        guard let slash = text.firstIndex(of: "/"), let address = IPAddress(text[..<slash]) else {
+            return .failure(.malformed)
+        }
         let digits = text[text.index(after: slash)...]
         guard !digits.isEmpty, digits.count <= 3, digits.allSatisfy(\.isASCII), digits.allSatisfy(\.isNumber),
-              let prefix = Int(digits), prefix <= address.family.bitWidth,
-              digits.count == 1 || digits.first != "0" else { return .failure(.malformed) }
+            let prefix = Int(digits), prefix <= address.family.bitWidth,
+            digits.count == 1 || digits.first != "0"
+        else { return .failure(.malformed) }
         let network = CIDR(network: address, prefix: prefix)
         return network.address == address ? .success(network) : .failure(.notAligned(aligned: network))
     }
@@ -167,7 +172,8 @@ public struct CIDR: Hashable, Sendable, Comparable, CustomStringConvertible {
     /// Parses an interface address such as `10.1.0.5/24` (host bits allowed): the address and its subnet.
     public static func parseInterfaceAddress(_ text: some StringProtocol) -> (IPAddress, CIDR)? {
         guard let slash = text.firstIndex(of: "/"), let address = IPAddress(text[..<slash]),
-              let prefix = Int(text[text.index(after: slash)...]), prefix >= 0, prefix <= address.family.bitWidth else { return nil }
+            let prefix = Int(text[text.index(after: slash)...]), prefix >= 0, prefix <= address.family.bitWidth
+        else { return nil }
         return (address, CIDR(network: address, prefix: prefix))
     }
 

@@ -47,9 +47,10 @@ extension MasqConfig {
         for (name, entry) in map.members {
             let path = "namespaces.\(name)"
             guard Self.isNamespaceName(name) else {
-                throw CNIError(.invalidConfig, "invalid namespace name \(quoted(name)) in namespaces in \(source.label)",
-                               details: "expected a Kubernetes namespace name: 1-63 characters of a-z, 0-9 and '-', "
-                                   + "starting and ending with a letter or digit")
+                throw CNIError(
+                    .invalidConfig, "invalid namespace name \(quoted(name)) in namespaces in \(source.label)",
+                    details: "expected a Kubernetes namespace name: 1-63 characters of a-z, 0-9 and '-', "
+                        + "starting and ending with a letter or digit")
             }
             guard case .object(let object) = entry else {
                 throw reader.wrongType(path, entry, "a mapping of policy keys")
@@ -61,16 +62,20 @@ extension MasqConfig {
                     // A key of the network that is not per namespace is a mistake in the value's place (code 7); a
                     // misspelt policy key is refused as a misspelt key is elsewhere (code 2).
                     let perNamespace = Self.namespaceKeys.contains(intended)
-                    let why = perNamespace ? "did you mean \(quoted(intended))?"
+                    let why =
+                        perNamespace
+                        ? "did you mean \(quoted(intended))?"
                         : "\(quoted(intended)) cannot be set per namespace; per-namespace keys: "
                             + Self.namespaceKeys.sorted().joined(separator: ", ")
-                    throw CNIError(perNamespace ? .unsupportedField : .invalidConfig,
-                                   "unsupported key \(quoted("\(path).\(key)")) in \(source.label)",
-                                   details: "value \(abbreviated(keyValue)); \(why)")
+                    throw CNIError(
+                        perNamespace ? .unsupportedField : .invalidConfig,
+                        "unsupported key \(quoted("\(path).\(key)")) in \(source.label)",
+                        details: "value \(abbreviated(keyValue)); \(why)")
                 }
-                warnings.append("unknown key \(quoted("\(path).\(key)")) in \(source.label) ignored; "
-                                + "per-namespace keys: "
-                                + Self.namespaceKeys.sorted().joined(separator: ", "))
+                warnings.append(
+                    "unknown key \(quoted("\(path).\(key)")) in \(source.label) ignored; "
+                        + "per-namespace keys: "
+                        + Self.namespaceKeys.sorted().joined(separator: ", "))
             }
             // The values are checked when the entry is resolved over the network's config (`resolveNamespaces`).
             result.append(NamespaceOverride(name: name, keys: kept, source: source))
@@ -111,17 +116,21 @@ extension MasqConfig {
         var resolved: [String: MasqConfig] = [:]
         for entry in namespaceOverrides {
             var config = base
-            try config.apply(entry.keys, source: entry.source, allowed: Self.namespaceKeys,
-                             path: "namespaces.\(entry.name).")
+            try config.apply(
+                entry.keys, source: entry.source, allowed: Self.namespaceKeys,
+                path: "namespaces.\(entry.name).")
             if recordingProvenance {
-                config.provenance.recordOverride(entry.keys, namespace: entry.name, source: entry.source,
-                                                 config: config)
+                config.provenance.recordOverride(
+                    entry.keys, namespace: entry.name, source: entry.source,
+                    config: config)
             }
             if config.effectiveNonMasqueradeCIDRs.count > config.cidrLimit {
                 let count = config.effectiveNonMasqueradeCIDRs.count
-                throw CNIError(.invalidConfig, "namespaces.\(entry.name).nonMasqueradeCIDRs has \(count) entries, "
-                               + "more than cidrLimit \(config.cidrLimit) in \(entry.source.label)",
-                               details: "raise cidrLimit or shorten the list")
+                throw CNIError(
+                    .invalidConfig,
+                    "namespaces.\(entry.name).nonMasqueradeCIDRs has \(count) entries, "
+                        + "more than cidrLimit \(config.cidrLimit) in \(entry.source.label)",
+                    details: "raise cidrLimit or shorten the list")
             }
             resolved[entry.name] = config
         }
@@ -138,8 +147,9 @@ extension MasqConfig {
 extension Provenance {
     /// Notes the keys a namespace entry set, as coming from the override (`namespaces.NS in SOURCE`).
     mutating func recordOverride(_ object: JSONObject, namespace: String, source: ConfigSource, config: MasqConfig) {
-        record(object, source: .namespaceOverride(namespace, source), allowed: MasqConfig.namespaceKeys,
-               config: config, merging: false)
+        record(
+            object, source: .namespaceOverride(namespace, source), allowed: MasqConfig.namespaceKeys,
+            config: config, merging: false)
     }
 }
 
@@ -179,16 +189,19 @@ extension NetworkPolicy {
         func note(_ name: String, _ differs: Bool, _ value: @autoclosure () -> String) {
             if differs { text += name + "=" + value() + ";" }
         }
-        note("nonMasquerade", nonMasquerade != base.nonMasquerade,
-             nonMasquerade.map(\.description).joined(separator: ","))
-        note("masqueradeExceptions", masqueradeExceptions != base.masqueradeExceptions,
-             masqueradeExceptions.map(\.description).joined(separator: ","))
+        note(
+            "nonMasquerade", nonMasquerade != base.nonMasquerade,
+            nonMasquerade.map(\.description).joined(separator: ","))
+        note(
+            "masqueradeExceptions", masqueradeExceptions != base.masqueradeExceptions,
+            masqueradeExceptions.map(\.description).joined(separator: ","))
         note("masqLinkLocal", masqLinkLocal != base.masqLinkLocal, "\(masqLinkLocal)")
         note("masqLinkLocalIPv6", masqLinkLocalIPv6 != base.masqLinkLocalIPv6, "\(masqLinkLocalIPv6)")
         note("exemptPodSubnet", exemptPodSubnet != base.exemptPodSubnet, "\(exemptPodSubnet)")
         note("randomFully", randomFully != base.randomFully, "\(randomFully)")
-        note("toPorts", toPorts != base.toPorts,
-             toPorts.map { "\($0.lowerBound)-\($0.upperBound)" }.joined(separator: ","))
+        note(
+            "toPorts", toPorts != base.toPorts,
+            toPorts.map { "\($0.lowerBound)-\($0.upperBound)" }.joined(separator: ","))
         note("dropInvalid", dropInvalid != base.dropInvalid, "\(dropInvalid)")
         note("snatAddress", snatAddress != base.snatAddress, snatAddress?.description ?? "-")
         note("snatAddressIPv6", snatAddressIPv6 != base.snatAddressIPv6, snatAddressIPv6?.description ?? "-")
@@ -218,8 +231,10 @@ extension MasqConfig {
     var namespacesDigest: String {
         var digest = Digest()
         digest.add(nonMasqueradeCIDRs)
-        digest.add([nonMasqueradeCIDRsGiven, nomasqAllReservedRanges, masqLinkLocal, masqLinkLocalIPv6, exemptPodSubnet,
-                    randomFully, dropInvalid])
+        digest.add([
+            nonMasqueradeCIDRsGiven, nomasqAllReservedRanges, masqLinkLocal, masqLinkLocalIPv6, exemptPodSubnet,
+            randomFully, dropInvalid,
+        ])
         digest.add(UInt64(cidrLimit))
         digest.add(masqueradeCIDRs)
         digest.add(UInt64(toPorts.count))

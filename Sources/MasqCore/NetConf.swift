@@ -24,13 +24,16 @@ public struct NetConf: Sendable {
     public init(object: JSONObject) throws(CNIError) {
         self.object = object
         cniVersion = try Self.version(of: object)
-        guard let nameValue = object["name"] else { throw CNIError(.invalidConfig, "missing network name (key \"name\")") }
+        guard let nameValue = object["name"] else {
+            throw CNIError(.invalidConfig, "missing network name (key \"name\")")
+        }
         guard case .string(let name) = nameValue else {
             throw CNIError(.decodeFailure, "name must be a string, got \(nameValue.kindName) \(abbreviated(nameValue))")
         }
         guard Names.isCNIName(name), name.utf8.count <= 253 else {
-            throw CNIError(.invalidConfig, "invalid network name \(quoted(name))",
-                           details: "must match ^[a-zA-Z0-9][a-zA-Z0-9_.\\-]*$ and be at most 253 bytes")
+            throw CNIError(
+                .invalidConfig, "invalid network name \(quoted(name))",
+                details: "must match ^[a-zA-Z0-9][a-zA-Z0-9_.\\-]*$ and be at most 253 bytes")
         }
         self.name = name
         if let type = object["type"], type.stringValue == nil {
@@ -41,15 +44,17 @@ public struct NetConf: Sendable {
     /// The config's `cniVersion`, refused with code 1 unless supported (absent means 0.1.0, as in Go).
     static func version(of object: JSONObject) throws(CNIError) -> CNIVersion {
         guard let value = object["cniVersion"] else {
-            throw CNIError(.incompatibleVersion, "incompatible CNI versions",
-                           details: "config has no cniVersion (meaning \"0.1.0\"), plugin supports \(CNIVersion.supportedList)")
+            throw CNIError(
+                .incompatibleVersion, "incompatible CNI versions",
+                details: "config has no cniVersion (meaning \"0.1.0\"), plugin supports \(CNIVersion.supportedList)")
         }
         guard case .string(let text) = value else {
             throw CNIError(.decodeFailure, "cniVersion must be a string, got \(value.kindName) \(abbreviated(value))")
         }
         guard let version = CNIVersion(rawValue: text) else {
-            throw CNIError(.incompatibleVersion, "incompatible CNI versions",
-                           details: "config is \(quoted(text)), plugin supports \(CNIVersion.supportedList)")
+            throw CNIError(
+                .incompatibleVersion, "incompatible CNI versions",
+                details: "config is \(quoted(text)), plugin supports \(CNIVersion.supportedList)")
         }
         return version
     }
@@ -57,12 +62,19 @@ public struct NetConf: Sendable {
     /// Refuses a verb the config's version does not allow (CHECK < 0.4.0, GC/STATUS < 1.1.0), with code 1.
     public func checkAllows(_ command: CNICommand) throws(CNIError) {
         guard cniVersion >= command.minimumVersion else {
-            throw CNIError(.incompatibleVersion, "config version does not allow \(command.rawValue)",
-                           details: "config is \"\(cniVersion.rawValue)\", \(command.rawValue) needs \"\(command.minimumVersion.rawValue)\" or later")
+            throw CNIError(
+                .incompatibleVersion, "config version does not allow \(command.rawValue)",
+                details:
+                    """
+                    config is \"\(cniVersion.rawValue)\", \(command.rawValue) needs \
+                    \"\(command.minimumVersion.rawValue)\" or later
+                    """
+            )
         }
     }
 
-    /// The attachments GC must keep: `cni.dev/valid-attachments`, else `cni.dev/attachments`; nil when neither is present.
+    /// The attachments GC must keep: `cni.dev/valid-attachments`, else `cni.dev/attachments`; nil when neither is
+    /// present.
     public func validAttachments() throws(CNIError) -> Set<AttachmentKey>? {
         for key in ["cni.dev/valid-attachments", "cni.dev/attachments"] {
             guard let value = object[key] else { continue }
@@ -71,8 +83,15 @@ public struct NetConf: Sendable {
             }
             var result = Set<AttachmentKey>()
             for (index, entry) in entries.enumerated() {
-                guard let containerID = entry["containerID"]?.stringValue, let ifname = entry["ifname"]?.stringValue else {
-                    throw CNIError(.decodeFailure, "\(key)[\(index)] must be an object with string containerID and ifname, got \(abbreviated(entry))")
+                guard let containerID = entry["containerID"]?.stringValue, let ifname = entry["ifname"]?.stringValue
+                else {
+                    throw CNIError(
+                        .decodeFailure,
+                        """
+                        \(key)[\(index)] must be an object with string containerID and ifname, got \
+                        \(abbreviated(entry))
+                        """
+                    )
                 }
                 result.insert(AttachmentKey(containerID: containerID, ifname: ifname))
             }

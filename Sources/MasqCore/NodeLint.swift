@@ -23,16 +23,30 @@ extension Lint {
             guard let target, let missing = firstMissing(target, among: node.addresses) else { continue }
             let origin = Explanation.label(provenance.source(of: key))
             let what = target.first == target.last ? "is" : "includes \(missing), which is"
-            findings.append(LintFinding(.warning, "snat-address-not-local",
-                "\(key) \(target) (from \(origin)) \(what) on no interface of the node: fine if the cloud routes it to the node (an egress address), otherwise replies to the SNATed traffic do not come back here",
-                source: origin))
+            findings.append(
+                LintFinding(
+                    .warning, "snat-address-not-local",
+                    """
+                    \(key) \(target) (from \(origin)) \(what) on no interface of the node: fine if the cloud \
+                    routes it to the node (an egress address), otherwise replies to the SNATed traffic do not \
+                    come back here
+                    """,
+                    source: origin))
         }
-        for pattern in config.egressInterfaces where !node.names.contains(where: { InterfacePattern.matches(pattern, $0) }) {
+        for pattern in config.egressInterfaces
+        where !node.names.contains(where: { InterfacePattern.matches(pattern, $0) }) {
             let origin = Explanation.label(provenance.source(of: "egressInterfaces"))
-            let kind = pattern.hasSuffix("+") ? "matches no interface of the node (prefix \(pattern.dropLast()))" : "names no interface of the node"
-            findings.append(LintFinding(.warning, "egress-interface-missing",
-                "egressInterfaces \(quoted(pattern)) (from \(origin)) \(kind): no traffic is masqueraded through it until such an interface exists",
-                source: origin))
+            let kind =
+                pattern.hasSuffix("+")
+                ? "matches no interface of the node (prefix \(pattern.dropLast()))" : "names no interface of the node"
+            findings.append(
+                LintFinding(
+                    .warning, "egress-interface-missing",
+                    """
+                    egressInterfaces \(quoted(pattern)) (from \(origin)) \(kind): no traffic is masqueraded \
+                    through it until such an interface exists
+                    """,
+                    source: origin))
         }
         return findings
     }

@@ -26,7 +26,8 @@ public struct NetworkKey: Hashable, Sendable, CustomStringConvertible, Comparabl
         if Self.isPlain(bytes) {
             rawValue = network
         } else {
-            let sanitized = String(decoding: bytes.prefix(11).map { Names.isAlphanumeric($0) ? $0 : UInt8(ascii: "_") }, as: UTF8.self)
+            let sanitized = String(
+                decoding: bytes.prefix(11).map { Names.isAlphanumeric($0) ? $0 : UInt8(ascii: "_") }, as: UTF8.self)
             rawValue = sanitized + "-" + hex(fnv1a64(network), digits: 8)
         }
     }
@@ -40,8 +41,9 @@ public struct NetworkKey: Hashable, Sendable, CustomStringConvertible, Comparabl
         let bytes = Array(rawValue.utf8)
         if !Self.isPlain(bytes) {
             guard let dash = bytes.firstIndex(of: UInt8(ascii: "-")), dash >= 1, dash <= 11, bytes.count == dash + 9,
-                  Self.isPlain(Array(bytes[..<dash])),
-                  bytes[(dash + 1)...].allSatisfy({ ($0 >= 48 && $0 <= 57) || ($0 >= 97 && $0 <= 102) }) else { return nil }
+                Self.isPlain(Array(bytes[..<dash])),
+                bytes[(dash + 1)...].allSatisfy({ ($0 >= 48 && $0 <= 57) || ($0 >= 97 && $0 <= 102) })
+            else { return nil }
         }
         self.rawValue = rawValue
     }
@@ -71,14 +73,18 @@ public struct Owner: Hashable, Sendable, Comparable {
     public var tag: String {
         func clean(_ text: String, limit: Int) -> String {
             let bytes = Array(text.utf8)
-            let kept = bytes.map { Names.isAlphanumeric($0) || $0 == 0x2D || $0 == 0x2E || $0 == 0x5F ? $0 : UInt8(ascii: "_") }
+            let kept = bytes.map {
+                Names.isAlphanumeric($0) || $0 == 0x2D || $0 == 0x2E || $0 == 0x5F ? $0 : UInt8(ascii: "_")
+            }
             if kept.count <= limit && kept == bytes { return text }
             return String(decoding: kept.prefix(limit - 9), as: UTF8.self) + "~" + hex(fnv1a64(text), digits: 8)
         }
         return clean(network, limit: 40) + "/" + clean(containerID, limit: 64) + "/" + clean(ifname, limit: 20)
     }
 
-    public static func < (lhs: Owner, rhs: Owner) -> Bool { (lhs.network, lhs.attachment) < (rhs.network, rhs.attachment) }
+    public static func < (lhs: Owner, rhs: Owner) -> Bool {
+        (lhs.network, lhs.attachment) < (rhs.network, rhs.attachment)
+    }
 }
 
 /// One registered pod address and the subnet its interface is on.
@@ -91,7 +97,9 @@ public struct PodAddress: Hashable, Sendable, Comparable {
         self.subnet = subnet
     }
 
-    public static func < (lhs: PodAddress, rhs: PodAddress) -> Bool { (lhs.address, lhs.subnet) < (rhs.address, rhs.subnet) }
+    public static func < (lhs: PodAddress, rhs: PodAddress) -> Bool {
+        (lhs.address, lhs.subnet) < (rhs.address, rhs.subnet)
+    }
 }
 
 /// The node-wide part of one network: what every registered pod's traffic is judged against.
@@ -139,7 +147,9 @@ public struct NetworkPolicy: Equatable, Sendable {
 
     /// The ranges of one family.
     public func nonMasquerade(_ family: IPFamily) -> [CIDR] { nonMasquerade.filter { $0.family == family } }
-    public func masqueradeExceptions(_ family: IPFamily) -> [CIDR] { masqueradeExceptions.filter { $0.family == family } }
+    public func masqueradeExceptions(_ family: IPFamily) -> [CIDR] {
+        masqueradeExceptions.filter { $0.family == family }
+    }
 
     /// Sorted, without duplicates and without prefixes inside another one of the list (interval sets refuse overlaps).
     static func fold(_ cidrs: [CIDR]) -> [CIDR] {
@@ -163,7 +173,9 @@ public struct AttachmentPlan: Equatable, Sendable {
     public init(config: MasqConfig, network: String, attachment: AttachmentKey, prevResult: PrevResult) {
         owner = Owner(network: network, containerID: attachment.containerID, ifname: attachment.ifname)
         networkKey = NetworkKey(network: network)
-        addresses = prevResult.podAddresses(ifname: attachment.ifname).map { PodAddress(address: $0.address, subnet: $0.subnet) }
+        addresses = prevResult.podAddresses(ifname: attachment.ifname).map {
+            PodAddress(address: $0.address, subnet: $0.subnet)
+        }
         policy = NetworkPolicy(config: config)
     }
 

@@ -25,10 +25,14 @@ public struct PrevResult: Sendable, Equatable {
         }
         interfaces = []
         if let list = object["interfaces"] {
-            guard case .array(let entries) = list else { throw CNIError(.decodeFailure, "prevResult.interfaces must be an array, got \(list.kindName)") }
+            guard case .array(let entries) = list else {
+                throw CNIError(.decodeFailure, "prevResult.interfaces must be an array, got \(list.kindName)")
+            }
             for (index, entry) in entries.enumerated() {
                 guard case .string(let name) = entry["name"] ?? .null else {
-                    throw CNIError(.decodeFailure, "prevResult.interfaces[\(index)].name must be a string, got \(abbreviated(entry))")
+                    throw CNIError(
+                        .decodeFailure,
+                        "prevResult.interfaces[\(index)].name must be a string, got \(abbreviated(entry))")
                 }
                 let sandbox = entry["sandbox"]?.stringValue
                 interfaces.append(Interface(name: name, sandbox: sandbox?.isEmpty == true ? nil : sandbox))
@@ -36,26 +40,35 @@ public struct PrevResult: Sendable, Equatable {
         }
         ips = []
         if let list = object["ips"] {
-            guard case .array(let entries) = list else { throw CNIError(.decodeFailure, "prevResult.ips must be an array, got \(list.kindName)") }
+            guard case .array(let entries) = list else {
+                throw CNIError(.decodeFailure, "prevResult.ips must be an array, got \(list.kindName)")
+            }
             for (index, entry) in entries.enumerated() {
                 let path = "prevResult.ips[\(index)]"
                 guard case .string(let text) = entry["address"] ?? .null else {
-                    throw CNIError(.decodeFailure, "\(path).address must be a string, got \(entry["address"].map(abbreviated) ?? "nothing")")
+                    throw CNIError(
+                        .decodeFailure,
+                        "\(path).address must be a string, got \(entry["address"].map(abbreviated) ?? "nothing")")
                 }
                 guard let (address, subnet) = CIDR.parseInterfaceAddress(text) else {
-                    throw CNIError(.decodeFailure, "invalid \(path).address \(quoted(text))", details: "expected an address with prefix such as \"10.1.0.5/24\"")
+                    throw CNIError(
+                        .decodeFailure, "invalid \(path).address \(quoted(text))",
+                        details: "expected an address with prefix such as \"10.1.0.5/24\"")
                 }
                 if let version = entry["version"] {
                     guard version == .string(address.family.rawValue) else {
-                        throw CNIError(.decodeFailure, "invalid \(path).version \(abbreviated(version)) for address \(quoted(text))",
-                                       details: "expected \"\(address.family.rawValue)\"")
+                        throw CNIError(
+                            .decodeFailure,
+                            "invalid \(path).version \(abbreviated(version)) for address \(quoted(text))",
+                            details: "expected \"\(address.family.rawValue)\"")
                     }
                 }
                 var interface: Int? = nil
                 switch entry["interface"] {
                 case .int(let i)?: interface = i >= 0 && i < interfaces.count ? Int(i) : nil
                 case nil, .null?: break
-                case let other?: throw CNIError(.decodeFailure, "\(path).interface must be an integer, got \(abbreviated(other))")
+                case let other?:
+                    throw CNIError(.decodeFailure, "\(path).interface must be an integer, got \(abbreviated(other))")
                 }
                 ips.append(IPConfig(address: address, subnet: subnet, interface: interface))
             }
@@ -75,7 +88,8 @@ public struct PrevResult: Sendable, Equatable {
         }
     }
 
-    /// The prevResult to print: unchanged but for `cniVersion` and the `ips[].version` key of the target version's shape.
+    /// The prevResult to print: unchanged but for `cniVersion` and the `ips[].version` key of the target version's
+    /// shape.
     public static func echo(_ value: JSONValue, as version: CNIVersion) -> JSONValue {
         guard case .object(var object) = value else { return value }
         if object["cniVersion"] == nil {
@@ -84,17 +98,21 @@ public struct PrevResult: Sendable, Equatable {
             object["cniVersion"] = .string(version.rawValue)
         }
         if case .array(let entries)? = object["ips"] {
-            object["ips"] = .array(entries.map { entry in
-                guard case .object(var ip) = entry else { return entry }
-                if version.resultHasIPVersion {
-                    if ip["version"] == nil, let text = ip["address"]?.stringValue, let (address, _) = CIDR.parseInterfaceAddress(text) {
-                        ip = JSONObject([("version", .string(address.family.rawValue))] + ip.members.map { ($0.key, $0.value) })
+            object["ips"] = .array(
+                entries.map { entry in
+                    guard case .object(var ip) = entry else { return entry }
+                    if version.resultHasIPVersion {
+                        if ip["version"] == nil, let text = ip["address"]?.stringValue,
+                            let (address, _) = CIDR.parseInterfaceAddress(text)
+                        {
+                            ip = JSONObject(
+                                [("version", .string(address.family.rawValue))] + ip.members.map { ($0.key, $0.value) })
+                        }
+                    } else {
+                        ip["version"] = nil
                     }
-                } else {
-                    ip["version"] = nil
-                }
-                return .object(ip)
-            })
+                    return .object(ip)
+                })
         }
         return .object(object)
     }

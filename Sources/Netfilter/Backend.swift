@@ -29,7 +29,9 @@ public struct NetworkChange: Sendable {
         self.policy = policy
     }
 
-    public var isEmpty: Bool { policy == nil && add.isEmpty && remove.isEmpty && addSubnets.isEmpty && removeSubnets.isEmpty }
+    public var isEmpty: Bool {
+        policy == nil && add.isEmpty && remove.isEmpty && addSubnets.isEmpty && removeSubnets.isEmpty
+    }
 }
 
 /// Why a backend could not do what was asked. The kind comes from an errno where the kernel answered (netlink), else
@@ -74,7 +76,8 @@ public protocol MasqBackend: Sendable {
     /// Applies a change in one transaction.
     func apply(_ change: NetworkChange) throws(BackendError)
     /// Compares what is installed with the policy and the expected registrations and subnets.
-    func inspect(network: String, policy: NetworkPolicy, registrations: [Registration], subnets: [CIDR]) throws(BackendError) -> Inspection
+    func inspect(network: String, policy: NetworkPolicy, registrations: [Registration], subnets: [CIDR])
+        throws(BackendError) -> Inspection
     /// Removes every object of a network (registrations as recorded are given for backends that need them).
     func removeNetwork(_ network: String, registrations: [Registration]) throws(BackendError)
     /// A human-readable listing of what the backend installed (demo and `list`).
@@ -97,7 +100,8 @@ public protocol MasqBackend: Sendable {
 
 extension MasqBackend {
     /// Backends whose sets belong to them alone remove everything.
-    public func removeNetwork(_ network: String, registrations: [Registration], keepingSets: Bool) throws(BackendError) {
+    public func removeNetwork(_ network: String, registrations: [Registration], keepingSets: Bool) throws(BackendError)
+    {
         try removeNetwork(network, registrations: registrations)
     }
     public func entries(network: String, taggedWith tag: String) throws(BackendError) -> [PodAddress] { [] }

@@ -1,7 +1,8 @@
+import MasqCore
+
 #if canImport(Glibc)
 import Glibc
 #endif
-import MasqCore
 
 /// One conntrack entry: its original direction's addresses, and what identifies it to the kernel for deletion.
 public struct ConnectionEntry: Sendable, Equatable {
@@ -15,7 +16,10 @@ public struct ConnectionEntry: Sendable, Equatable {
     /// this entry goes (a newer entry with the same tuple has another ID).
     var identity: [UInt8]
 
-    public init(source: IPAddress, destination: IPAddress, protocolNumber: UInt8, sourceNATed: Bool = false, identity: [UInt8] = []) {
+    public init(
+        source: IPAddress, destination: IPAddress, protocolNumber: UInt8, sourceNATed: Bool = false,
+        identity: [UInt8] = []
+    ) {
         self.source = source
         self.destination = destination
         self.protocolNumber = protocolNumber
@@ -94,8 +98,10 @@ public struct KernelConnectionTable: ConnectionTable {
     /// The dump request: entries of `family`, with a source-address filter when `source` is set.
     static func dumpRequest(family: IPFamily, source: IPAddress?, sequence: UInt32) -> [UInt8] {
         var buffer: [UInt8] = []
-        Netlink.appendMessage(&buffer, type: subsystem << 8 | getEntry, flags: 0x1 | 0x300, // NLM_F_REQUEST | NLM_F_DUMP
-                              sequence: sequence, family: familyNumber(family), resource: 0) { body in
+        Netlink.appendMessage(
+            &buffer, type: subsystem << 8 | getEntry, flags: 0x1 | 0x300, // NLM_F_REQUEST | NLM_F_DUMP
+            sequence: sequence, family: familyNumber(family), resource: 0
+        ) { body in
             guard let source else { return }
             Netlink.appendNested(&body, type: tupleOriginal) { tuple in
                 Netlink.appendNested(&tuple, type: tupleIP) { // CTA_IP_V4_SRC (1) or CTA_IP_V6_SRC (3)
@@ -115,7 +121,9 @@ public struct KernelConnectionTable: ConnectionTable {
 
     /// An address in network byte order.
     static func addressBytes(_ address: IPAddress) -> [UInt8] {
-        if address.family == .v4 { return (0..<4).map { UInt8(truncatingIfNeeded: address.low >> (24 - 8 * UInt64($0))) } }
+        if address.family == .v4 {
+            return (0..<4).map { UInt8(truncatingIfNeeded: address.low >> (24 - 8 * UInt64($0))) }
+        }
         return (0..<8).map { UInt8(truncatingIfNeeded: address.high >> (56 - 8 * UInt64($0))) }
             + (0..<8).map { UInt8(truncatingIfNeeded: address.low >> (56 - 8 * UInt64($0))) }
     }
@@ -125,8 +133,10 @@ public struct KernelConnectionTable: ConnectionTable {
         let value = Array(bytes)
         switch value.count {
         case 4: return IPAddress(family: .v4, high: 0, low: value.reduce(0) { $0 << 8 | UInt64($1) })
-        case 16: return IPAddress(family: .v6, high: value[0..<8].reduce(0) { $0 << 8 | UInt64($1) },
-                                  low: value[8..<16].reduce(0) { $0 << 8 | UInt64($1) })
+        case 16:
+            return IPAddress(
+                family: .v6, high: value[0..<8].reduce(0) { $0 << 8 | UInt64($1) },
+                low: value[8..<16].reduce(0) { $0 << 8 | UInt64($1) })
         default: return nil
         }
     }
@@ -147,7 +157,8 @@ public struct KernelConnectionTable: ConnectionTable {
                             if ip.type == 2 || ip.type == 4 { destination = address(ip.value) }
                         }
                     } else if part.type == tupleProtocol {
-                        for field in Netlink.attributes(part.value) where field.type == protocolNumber && field.value.count == 1 {
+                        for field in Netlink.attributes(part.value)
+                        where field.type == protocolNumber && field.value.count == 1 {
                             proto = field.value.first!
                         }
                     }
@@ -160,7 +171,8 @@ public struct KernelConnectionTable: ConnectionTable {
             }
         }
         guard let source, let destination else { return nil }
-        return ConnectionEntry(source: source, destination: destination, protocolNumber: proto, sourceNATed: natted, identity: identity)
+        return ConnectionEntry(
+            source: source, destination: destination, protocolNumber: proto, sourceNATed: natted, identity: identity)
     }
 
     static func errorCode(_ message: ArraySlice<UInt8>) -> Int32 { Netlink.errorCode(message) }
@@ -168,10 +180,12 @@ public struct KernelConnectionTable: ConnectionTable {
     public func entries(family: IPFamily, source: IPAddress?) throws(ConntrackError) -> [ConnectionEntry] {
         // The kernel's source filter matches no IPv6 entry (seen on 6.18: the dump answers none for an address
         // `conntrack -L -f ipv6` shows): IPv6 sources are matched here. The kernel walks its table either way.
-        if let source, source.family == .v6 { return try dump(family: family, source: nil).filter { $0.source == source } }
+        if let source, source.family == .v6 {
+            return try dump(family: family, source: nil).filter { $0.source == source }
+        }
         do {
             return try dump(family: family, source: source)
-        } catch where source != nil && (error.refusal == EOPNOTSUPP || error.refusal == EINVAL) {
+        } catch  where source != nil && (error.refusal == EOPNOTSUPP || error.refusal == EINVAL) {
             // A kernel without CTA_FILTER (before 5.8): the family's entries, filtered here.
             return try dump(family: family, source: nil).filter { $0.source == source }
         }
@@ -179,7 +193,9 @@ public struct KernelConnectionTable: ConnectionTable {
 
     /// One dump request and its replies.
     func dump(family: IPFamily, source: IPAddress?) throws(ConntrackError) -> [ConnectionEntry] {
-        guard let socket = transport.open() else { throw ConntrackError("cannot open a netfilter netlink socket (errno \(errno))") }
+        guard let socket = transport.open() else {
+            throw ConntrackError("cannot open a netfilter netlink socket (errno \(errno))")
+        }
         let sequence = socket.firstSequence
         guard socket.send(Self.dumpRequest(family: family, source: source, sequence: sequence)) else {
             throw ConntrackError("cannot send the conntrack dump request (errno \(errno))")
@@ -196,20 +212,26 @@ public struct KernelConnectionTable: ConnectionTable {
                 failure = Self.errorCode(message)
                 return false
             case Self.subsystem << 8 | Self.newEntry:
-                if let entry = Self.entry(from: message), source == nil || entry.source == source { found.append(entry) }
+                if let entry = Self.entry(from: message), source == nil || entry.source == source {
+                    found.append(entry)
+                }
                 return true
             default:
                 return true
             }
         }
         guard received else { throw ConntrackError("reading the conntrack dump failed (errno \(errno))") }
-        if failure != 0 { throw ConntrackError("the conntrack dump failed: \(String(cString: strerror(-failure)))", refusal: -failure) }
+        if failure != 0 {
+            throw ConntrackError("the conntrack dump failed: \(String(cString: strerror(-failure)))", refusal: -failure)
+        }
         return found
     }
 
     public func delete(_ entries: [ConnectionEntry]) throws(ConntrackError) -> Int {
         guard !entries.isEmpty else { return 0 }
-        guard let socket = transport.open() else { throw ConntrackError("cannot open a netfilter netlink socket (errno \(errno))") }
+        guard let socket = transport.open() else {
+            throw ConntrackError("cannot open a netfilter netlink socket (errno \(errno))")
+        }
         var deleted = 0
         var refusals: [Int32] = []
         var start = 0
@@ -220,12 +242,16 @@ public struct KernelConnectionTable: ConnectionTable {
             for (offset, entry) in chunk.enumerated() {
                 let sequence = socket.firstSequence &+ UInt32(start + offset)
                 pending.insert(sequence)
-                Netlink.appendMessage(&buffer, type: Self.subsystem << 8 | Self.deleteEntry, flags: 0x1 | 0x4, // REQUEST | ACK
-                                      sequence: sequence, family: Self.familyNumber(entry.source.family), resource: 0) {
+                Netlink.appendMessage(
+                    &buffer, type: Self.subsystem << 8 | Self.deleteEntry, flags: 0x1 | 0x4, // REQUEST | ACK
+                    sequence: sequence, family: Self.familyNumber(entry.source.family), resource: 0
+                ) {
                     $0 += entry.identity
                 }
             }
-            guard socket.send(buffer) else { throw ConntrackError("cannot send conntrack delete requests (errno \(errno))") }
+            guard socket.send(buffer) else {
+                throw ConntrackError("cannot send conntrack delete requests (errno \(errno))")
+            }
             let received = socket.receive { type, sequence, message in
                 guard type == 2, pending.remove(sequence) != nil else { return true }
                 switch Self.errorCode(message) {
@@ -235,13 +261,17 @@ public struct KernelConnectionTable: ConnectionTable {
                 }
                 return !pending.isEmpty
             }
-            guard received else { throw ConntrackError("reading conntrack delete acknowledgements failed after \(deleted) deletion(s) (errno \(errno))") }
+            guard received else {
+                throw ConntrackError(
+                    "reading conntrack delete acknowledgements failed after \(deleted) deletion(s) (errno \(errno))")
+            }
             start += chunk.count
         }
         if let code = refusals.first {
             let words = String(cString: strerror(-code))
-            throw ConntrackError("deleted \(deleted) conntrack entries; the kernel refused \(refusals.count): \(words)",
-                                 refusal: -code)
+            throw ConntrackError(
+                "deleted \(deleted) conntrack entries; the kernel refused \(refusals.count): \(words)",
+                refusal: -code)
         }
         return deleted
     }

@@ -17,7 +17,8 @@ public enum Files {
         guard fstat(fd, &info) == 0 else { throw SystemError("fstat \(path)") }
         guard info.st_mode & S_IFMT == S_IFREG else {
             // EISDIR lets a caller that accepts directories (a configFile of layers) tell them apart.
-            throw SystemError("\(path) is not a regular file", errno: info.st_mode & S_IFMT == S_IFDIR ? EISDIR : EINVAL)
+            throw SystemError(
+                "\(path) is not a regular file", errno: info.st_mode & S_IFMT == S_IFDIR ? EISDIR : EINVAL)
         }
         var result: [UInt8] = []
         var chunk = [UInt8](repeating: 0, count: 16384)
@@ -105,7 +106,9 @@ public enum Files {
         if try holdsRecord(path) { return false }
         let entries = try entries(path)
         guard !entries.isEmpty, entries.allSatisfy(isTemporary) else { return false }
-        for name in entries where unlink(path + "/" + name) != 0 && errno != ENOENT { throw SystemError("unlink \(path)/\(name)") }
+        for name in entries where unlink(path + "/" + name) != 0 && errno != ENOENT {
+            throw SystemError("unlink \(path)/\(name)")
+        }
         if rmdir(path) == 0 || errno == ENOENT { return true }
         if errno == ENOTEMPTY || errno == EEXIST { return false }
         throw SystemError("rmdir \(path)")
@@ -116,7 +119,11 @@ public enum Files {
         for name in try entries(path) {
             let child = path + "/" + name
             if unlink(child) != 0 {
-                if errno == EISDIR || errno == EPERM { try removeTree(child) } else if errno != ENOENT { throw SystemError("unlink \(child)") }
+                if errno == EISDIR || errno == EPERM {
+                    try removeTree(child)
+                } else if errno != ENOENT {
+                    throw SystemError("unlink \(child)")
+                }
             }
         }
         if rmdir(path) != 0 && errno != ENOENT { throw SystemError("rmdir \(path)") }

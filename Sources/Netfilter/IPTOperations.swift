@@ -46,9 +46,12 @@ public struct IPTRule: Equatable, Sendable {
         if let matchSet { words.append("-m set --match-set \(matchSet.name) \(matchSet.direction.rawValue)") }
         if invalidState { words.append("-m conntrack --ctstate INVALID") }
         if let comment { words.append(Self.comment(comment)) }
-        if let localDestination { words.append(localDestination ? "-m addrtype --dst-type LOCAL" : "-m addrtype ! --dst-type LOCAL") }
+        if let localDestination {
+            words.append(localDestination ? "-m addrtype --dst-type LOCAL" : "-m addrtype ! --dst-type LOCAL")
+        }
         if let probability {
-            words.append("-m statistic --mode random --probability \(Self.probability(probability.part, of: probability.whole))")
+            words.append(
+                "-m statistic --mode random --probability \(Self.probability(probability.part, of: probability.whole))")
         }
         words.append(targetText)
         return words.joined(separator: " ")
@@ -60,9 +63,14 @@ public struct IPTRule: Equatable, Sendable {
         case .drop: return "-j DROP"
         case .jump(let chain): return "-j \(chain)"
         case .masquerade(let ports, let randomFully):
-            return "-j MASQUERADE" + (ports.map { " --to-ports \(NFTStatement.ports($0))" } ?? "") + (randomFully ? " --random-fully" : "")
+            return "-j MASQUERADE" + (ports.map { " --to-ports \(NFTStatement.ports($0))" } ?? "")
+                + (randomFully ? " --random-fully" : "")
         case .snat(let target, let ports, let randomFully):
-            let source = ports.map { target.family == .v4 ? "\(target):\(NFTStatement.ports($0))" : "[\(target)]:\(NFTStatement.ports($0))" }
+            let source =
+                ports.map {
+                    target.family == .v4
+                        ? "\(target):\(NFTStatement.ports($0))" : "[\(target)]:\(NFTStatement.ports($0))"
+                }
                 ?? "\(target)"
             return "-j SNAT --to-source \(source)" + (randomFully ? " --random-fully" : "")
         }
@@ -71,7 +79,8 @@ public struct IPTRule: Equatable, Sendable {
     /// A comment match; the text is restricted to characters that need no escaping inside the quotes.
     static func comment(_ text: String) -> String {
         let safe = text.map { character -> Character in
-            character.isASCII && (character.isLetter || character.isNumber || " :/._-()@~,".contains(character)) ? character : "_"
+            character.isASCII && (character.isLetter || character.isNumber || " :/._-()@~,".contains(character))
+                ? character : "_"
         }
         return "-m comment --comment \"\(String(safe))\""
     }
@@ -173,7 +182,8 @@ public enum IPSetOperation: Equatable, Sendable {
         switch self {
         case .create(let name, let type, let family):
             return "create \(name) \(type.rawValue) family \(family == .v4 ? "inet" : "inet6") comment"
-        case .add(let set, let entry, let comment): return "add \(set) \(entry)" + (comment.map { " comment \"\($0)\"" } ?? "")
+        case .add(let set, let entry, let comment):
+            return "add \(set) \(entry)" + (comment.map { " comment \"\($0)\"" } ?? "")
         case .delete(let set, let entry): return "del \(set) \(entry)"
         case .destroy(let name): return "destroy \(name)"
         case .listTerse(let name): return "list \(name) -terse"

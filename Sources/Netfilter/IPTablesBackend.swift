@@ -1,7 +1,8 @@
+import MasqCore
+
 #if canImport(Glibc)
 import Glibc
 #endif
-import MasqCore
 
 /// The iptables backend: the layout is `IPTablesRenderer`'s. A verb that only registers or removes pods
 /// is one `ipset -exist restore`; a node-wide (re)write reads the two nat POSTROUTING chains, then applies one
@@ -25,8 +26,10 @@ public struct IPTablesBackend: MasqBackend {
     /// The file name a program found in PATH resolves to (`auto` mode without a process); nil: ask `iptables -V`.
     let resolveProgram: (@Sendable (String) -> String?)?
 
-    public init(chain: String, mode: IPTablesMode, runner: CommandRunner, netlink: NetlinkTransport? = nil,
-                resolveProgram: (@Sendable (String) -> String?)? = nil, guardsInvalid: Bool = true) {
+    public init(
+        chain: String, mode: IPTablesMode, runner: CommandRunner, netlink: NetlinkTransport? = nil,
+        resolveProgram: (@Sendable (String) -> String?)? = nil, guardsInvalid: Bool = true
+    ) {
         self.guardsInvalid = guardsInvalid
         self.chain = chain
         self.mode = mode
@@ -38,8 +41,9 @@ public struct IPTablesBackend: MasqBackend {
 
     /// The node's tools, its netlink socket and its PATH.
     public static func system(chain: String, mode: IPTablesMode, guardsInvalid: Bool) -> IPTablesBackend {
-        IPTablesBackend(chain: chain, mode: mode, runner: SpawnRunner(), netlink: .kernel,
-                        resolveProgram: IPTablesBackend.resolvedName(of:), guardsInvalid: guardsInvalid)
+        IPTablesBackend(
+            chain: chain, mode: mode, runner: SpawnRunner(), netlink: .kernel,
+            resolveProgram: IPTablesBackend.resolvedName(of:), guardsInvalid: guardsInvalid)
     }
 
     public var iptablesMode: IPTablesMode? { mode }
@@ -67,7 +71,8 @@ public struct IPTablesBackend: MasqBackend {
         guard output.succeeded else {
             let text = OneLine.fold(output.stderrText, limit: OneLine.toolTextLimit)
             let message = "\(arguments[0]): " + (text.isEmpty ? "exit status \(output.status)" : text)
-            throw arguments[0] == "ipset" ? ToolFailures.ipset(status: output.status, message)
+            throw arguments[0] == "ipset"
+                ? ToolFailures.ipset(status: output.status, message)
                 : ToolFailures.iptables(status: output.status, message)
         }
         return output.stdoutText
@@ -78,9 +83,11 @@ public struct IPTablesBackend: MasqBackend {
         NATListing(try execute([program(family)] + Self.wait + ["-t", table, "-S"]))
     }
 
-    /// Applies an `iptables-restore` input (nat, and the leak guard's mangle part) of one family, flushing nothing else.
+    /// Applies an `iptables-restore` input (nat, and the leak guard's mangle part) of one family, flushing nothing
+    /// else.
     func restore(_ family: IPFamily, _ input: IPTRestore, testOnly: Bool = false) throws(BackendError) {
-        _ = try execute([program(family, "-restore")] + Self.wait + ["--noflush"] + (testOnly ? ["--test"] : []), input: input.text)
+        _ = try execute(
+            [program(family, "-restore")] + Self.wait + ["--noflush"] + (testOnly ? ["--test"] : []), input: input.text)
     }
 
     /// Runs an `ipset` script (`-exist` makes repeated adds and deletes no-ops).
@@ -108,7 +115,7 @@ public struct IPTablesBackend: MasqBackend {
             }
             _ = try execute(["ipset", "list", "-n"])
             return nil
-        } catch where error.kind == .transient {
+        } catch  where error.kind == .transient {
             return nil
         } catch {
             return "the iptables backend is not usable: \(error)"
@@ -119,7 +126,9 @@ public struct IPTablesBackend: MasqBackend {
     func listings(needing needed: Set<IPFamily>) throws(BackendError) -> [(IPFamily, NATListing)] {
         var result: [(IPFamily, NATListing)] = []
         for family in IPFamily.allCases {
-            do { result.append((family, try listing(family))) } catch where error.kind.unusable && family == .v6 && !needed.contains(.v6) {
+            do { result.append((family, try listing(family))) } catch
+                where error.kind.unusable && family == .v6 && !needed.contains(.v6)
+            {
                 continue
             }
         }
@@ -131,13 +140,15 @@ public struct IPTablesBackend: MasqBackend {
         let script = renderer.setScript(for: change, verifying: !change.add.isEmpty)
         if script.isEmpty { return }
         let references: [String: Int]
-        do { references = try applySets(script) } catch where error.kind.refused && change.add.isEmpty {
+        do { references = try applySets(script) } catch  where error.kind.refused && change.add.isEmpty {
             return try removeOneByOne(change)
         }
         // The jumps from nat POSTROUTING (and mangle POSTROUTING, the leak guard) are what reference a pod set: with
         // fewer references one was deleted (a firewall reload), and the caller restores the node-wide part.
         for (set, count) in references.sorted(by: { $0.key < $1.key }) where count < (guardsInvalid ? 2 : 1) {
-            throw BackendError(.missingObjects, "fewer rules than expected match set \(set): a jump from nat or mangle POSTROUTING is gone")
+            throw BackendError(
+                .missingObjects,
+                "fewer rules than expected match set \(set): a jump from nat or mangle POSTROUTING is gone")
         }
     }
 
@@ -150,9 +161,19 @@ public struct IPTablesBackend: MasqBackend {
         for subnet in change.removeSubnets {
             var one = NetworkChange(network: change.network)
             one.removeSubnets = [subnet]
-            do { _ = try applySets(renderer.setScript(for: one)) } catch { subnets.append("\(subnet) (\(error.message))") }
+            do { _ = try applySets(renderer.setScript(for: one)) } catch {
+                subnets.append("\(subnet) (\(error.message))")
+            }
         }
-        if !subnets.isEmpty { throw BackendError(.partial, "pod subnet entries left in \(IPTablesRenderer.subnetSet(change.key, .v4))/\(IPTablesRenderer.subnetSet(change.key, .v6)): " + subnets.joined(separator: "; ")) }
+        if !subnets.isEmpty {
+            throw BackendError(
+                .partial,
+                """
+                pod subnet entries left in \
+                \(IPTablesRenderer.subnetSet(change.key, .v4))/\(IPTablesRenderer.subnetSet(change.key, .v6)): 
+                """
+                    + subnets.joined(separator: "; "))
+        }
     }
 
     /// The reference counts of the tool's terse listings (`Name:` and `References:` lines).
@@ -161,7 +182,9 @@ public struct IPTablesBackend: MasqBackend {
         var references: [String: Int] = [:]
         for line in output.split(separator: "\n") {
             if line.hasPrefix("Name: ") { name = String(line.dropFirst(6)) }
-            if line.hasPrefix("References: "), let count = Int(line.dropFirst(12)), let name { references[name] = count }
+            if line.hasPrefix("References: "), let count = Int(line.dropFirst(12)), let name {
+                references[name] = count
+            }
         }
         return references
     }
@@ -179,7 +202,14 @@ public struct IPTablesBackend: MasqBackend {
         for (family, listing) in try listings(needing: Set(change.add.map(\.pod.address.family))) {
             if !renderer.installedJumps(change.key, family, in: listing).isEmpty { firstWrite = false }
             guard let layout = renderer.layout(change.key, family, in: listing) else {
-                throw BackendError(.failed, "chains \(renderer.candidateChains(change.key).joined(separator: " and ")) of the \(family == .v4 ? "iptables" : "ip6tables") nat table are used by other rules; set masqChain to a free name")
+                throw BackendError(
+                    .failed,
+                    """
+                    chains \(renderer.candidateChains(change.key).joined(separator: " and ")) of the \
+                    \(family == .v4 ? "iptables" : "ip6tables") nat table are used by other rules; set masqChain \
+                    to a free name
+                    """
+                )
             }
             plans.append((family, layout))
         }
@@ -189,8 +219,12 @@ public struct IPTablesBackend: MasqBackend {
             guards[family] = renderer.guardTable(list, change.key, family, mangle: try listing(family, table: "mangle"))
         }
         let inputs = plans.map { family, layout in
-            (family, IPTRestore([renderer.nodeWideTable(list, change.key, family, chain: layout.chain, cleanup: layout.cleanup)]
-                                + (guards[family].map { [$0] } ?? [])))
+            (
+                family,
+                IPTRestore(
+                    [renderer.nodeWideTable(list, change.key, family, chain: layout.chain, cleanup: layout.cleanup)]
+                        + (guards[family].map { [$0] } ?? []))
+            )
         }
         // All or nothing across the families: each family's input is first checked by the tool (`--test` commits
         // nothing), so a refusal of IPv6 cannot leave IPv4 rewritten. The sets must exist for the check (the tools
@@ -239,12 +273,15 @@ public struct IPTablesBackend: MasqBackend {
     /// table in this network namespace (listing it would otherwise create one, a trace of its own).
     public static func installedModes() -> [IPTablesMode] {
         let legacy = ["/proc/net/ip_tables_names", "/proc/net/ip6_tables_names"].contains { path in
-            ((try? Files.read(path)) ?? nil).map { String(decoding: $0, as: UTF8.self).split(separator: "\n").contains("nat") } ?? false
+            ((try? Files.read(path)) ?? nil).map {
+                String(decoding: $0, as: UTF8.self).split(separator: "\n").contains("nat")
+            } ?? false
         }
         return legacy ? [.nft, .legacy] : [.nft]
     }
 
-    public func removeNetwork(_ network: String, registrations: [Registration], keepingSets: Bool) throws(BackendError) {
+    public func removeNetwork(_ network: String, registrations: [Registration], keepingSets: Bool) throws(BackendError)
+    {
         let key = NetworkKey(network: network)
         for (family, listing) in try listings(needing: []) {
             let jumps = renderer.installedJumps(key, family, in: listing)
@@ -253,13 +290,16 @@ public struct IPTablesBackend: MasqBackend {
                 listing.references(to: chain).allSatisfy { $0.chain == "POSTROUTING" && jumps.contains($0.spec) }
             }
             let guardRemoval = renderer.guardRemoval(key, family, mangle: try self.listing(family, table: "mangle"))
-            let input = IPTRestore([renderer.removalTable(jumps: jumps, chains: chains), guardRemoval].compactMap { $0 })
+            let input = IPTRestore(
+                [renderer.removalTable(jumps: jumps, chains: chains), guardRemoval].compactMap { $0 })
             if !input.isEmpty { try restore(family, input) }
         }
         if !keepingSets { _ = try applySets(renderer.setRemovalScript(key)) }
     }
 
-    public func inspect(network: String, policy: NetworkPolicy, registrations: [Registration], subnets: [CIDR]) throws(BackendError) -> Inspection {
+    public func inspect(network: String, policy: NetworkPolicy, registrations: [Registration], subnets: [CIDR])
+        throws(BackendError) -> Inspection
+    {
         let key = NetworkKey(network: network)
         var inspection = Inspection()
         func nodeWideProblem(_ text: String) {
@@ -270,15 +310,31 @@ public struct IPTablesBackend: MasqBackend {
         for (family, listing) in try listings(needing: needed) {
             let tool = program(family)
             let jumps = renderer.installedJumps(key, family, in: listing)
-            guard jumps.count == 1, let chain = NATListing.target(of: jumps[0]), renderer.candidateChains(key).contains(chain),
-                  jumps[0] == renderer.jumpRule(key, family, chain: chain) else {
-                nodeWideProblem("\(tool): nat POSTROUTING holds \(jumps.count) jumps for set \(IPTablesRenderer.podSet(key, family)), expected 1 to \(renderer.candidateChains(key).joined(separator: " or "))")
+            guard jumps.count == 1, let chain = NATListing.target(of: jumps[0]),
+                renderer.candidateChains(key).contains(chain),
+                jumps[0] == renderer.jumpRule(key, family, chain: chain)
+            else {
+                nodeWideProblem(
+                    """
+                    \(tool): nat POSTROUTING holds \(jumps.count) jumps for set \
+                    \(IPTablesRenderer.podSet(key, family)), expected 1 to \
+                    \(renderer.candidateChains(key).joined(separator: " or "))
+                    """
+                )
                 continue
             }
             let installed = listing.rules(in: chain), expected = renderer.chainRules(policy, key, family)
             if installed != expected {
-                let difference = zip(installed, expected).first { $0 != $1 }.map { "; first difference: installed \($0.0), config \($0.1)" } ?? ""
-                nodeWideProblem("\(tool): chain \(chain) holds \(installed.count) rules, the config gives \(expected.count)\(difference)")
+                let difference =
+                    zip(installed, expected).first { $0 != $1 }.map {
+                        "; first difference: installed \($0.0), config \($0.1)"
+                    } ?? ""
+                nodeWideProblem(
+                    """
+                    \(tool): chain \(chain) holds \(installed.count) rules, the config gives \
+                    \(expected.count)\(difference)
+                    """
+                )
             }
             inspectGuard(policy, key, family, tool: tool, problem: nodeWideProblem)
         }
@@ -294,13 +350,18 @@ public struct IPTablesBackend: MasqBackend {
             let address = CIDR(network: registration.pod.address, prefix: registration.pod.address.family.bitWidth)
             switch elements[set]?[address] {
             case registration.owner.comment?: continue
-            case let other?: inspection.problems.append("\(registration.pod.address) is in set \(set) for \(other), not \(registration.owner.tag)")
-            case nil: inspection.problems.append("\(registration.pod.address) of \(registration.owner.tag) is not in set \(set)")
+            case let other?:
+                inspection.problems.append(
+                    "\(registration.pod.address) is in set \(set) for \(other), not \(registration.owner.tag)")
+            case nil:
+                inspection.problems.append(
+                    "\(registration.pod.address) of \(registration.owner.tag) is not in set \(set)")
             }
         }
         if policy.exemptPodSubnet {
             for subnet in subnets where elements[IPTablesRenderer.subnetSet(key, subnet.family)]?[subnet] == nil {
-                inspection.problems.append("pod subnet \(subnet) is not in set \(IPTablesRenderer.subnetSet(key, subnet.family))")
+                inspection.problems.append(
+                    "pod subnet \(subnet) is not in set \(IPTablesRenderer.subnetSet(key, subnet.family))")
             }
         }
         return inspection
@@ -319,19 +380,36 @@ public struct IPTablesBackend: MasqBackend {
         return found.sorted()
     }
 
-    /// Compares the leak guard in the mangle table with the policy (present and equal, or absent when `dropInvalid` is off).
-    func inspectGuard(_ policy: NetworkPolicy, _ key: NetworkKey, _ family: IPFamily, tool: String, problem: (String) -> Void) {
-        guard let mangle = try? listing(family, table: "mangle") else { return problem("\(tool): the mangle table cannot be listed") }
+    /// Compares the leak guard in the mangle table with the policy (present and equal, or absent when `dropInvalid` is
+    /// off).
+    func inspectGuard(
+        _ policy: NetworkPolicy, _ key: NetworkKey, _ family: IPFamily, tool: String, problem: (String) -> Void
+    ) {
+        guard let mangle = try? listing(family, table: "mangle") else {
+            return problem("\(tool): the mangle table cannot be listed")
+        }
         let chain = IPTablesRenderer.guardChain(key)
         let jumps = renderer.installedJumps(key, family, in: mangle)
         guard policy.dropInvalid else {
-            if !jumps.isEmpty || mangle.chains.contains(chain) { problem("\(tool): mangle chain \(chain) or its jump exists although dropInvalid is off") }
+            if !jumps.isEmpty || mangle.chains.contains(chain) {
+                problem("\(tool): mangle chain \(chain) or its jump exists although dropInvalid is off")
+            }
             return
         }
         if jumps != [renderer.guardJumpRule(key, family)] {
-            problem("\(tool): mangle POSTROUTING holds \(jumps.count) leak-guard jumps for set \(IPTablesRenderer.podSet(key, family)), expected 1 to \(chain)")
+            problem(
+                """
+                \(tool): mangle POSTROUTING holds \(jumps.count) leak-guard jumps for set \
+                \(IPTablesRenderer.podSet(key, family)), expected 1 to \(chain)
+                """
+            )
         } else if mangle.rules(in: chain) != renderer.guardRules(policy, key, family) {
-            problem("\(tool): mangle chain \(chain) holds \(mangle.rules(in: chain).count) rules, the config gives \(renderer.guardRules(policy, key, family).count)")
+            problem(
+                """
+                \(tool): mangle chain \(chain) holds \(mangle.rules(in: chain).count) rules, the config gives \
+                \(renderer.guardRules(policy, key, family).count)
+                """
+            )
         }
     }
 
@@ -370,8 +448,12 @@ public struct IPTablesBackend: MasqBackend {
                 text += "-N \(chain)\n" + listing.rules(in: chain).map { "-A \(chain) \($0)\n" }.joined()
             }
         }
-        let names = ((try? execute(["ipset", "list", "-n"])) ?? "").split(separator: "\n").filter { $0.hasPrefix("IPMASQ-") }
-        if !names.isEmpty, let saved = try? ipset(IPSetScript(names.map { .list(String($0)) }), options: ["-o", "save"]) {
+        let names = ((try? execute(["ipset", "list", "-n"])) ?? "").split(separator: "\n").filter {
+            $0.hasPrefix("IPMASQ-")
+        }
+        if !names.isEmpty,
+            let saved = try? ipset(IPSetScript(names.map { .list(String($0)) }), options: ["-o", "save"])
+        {
             text += "# ipset\n" + saved
         }
         return text

@@ -1,7 +1,8 @@
+import MasqCore
+
 #if canImport(Glibc)
 import Glibc
 #endif
-import MasqCore
 
 /// An in-memory iptables (one family's nat and mangle tables) and ipset, changed only by the typed operations the
 /// iptables renderer produces, with the tools' answers: `iptables-restore --noflush` commits each table section
@@ -37,8 +38,10 @@ public final class IPTablesModel: @unchecked Sendable {
 
     public init() {
         for family in IPFamily.allCases {
-            tables[family] = ["nat": Table(chainOrder: ["POSTROUTING"], rules: ["POSTROUTING": []]),
-                              "mangle": Table(chainOrder: ["POSTROUTING"], rules: ["POSTROUTING": []])]
+            tables[family] = [
+                "nat": Table(chainOrder: ["POSTROUTING"], rules: ["POSTROUTING": []]),
+                "mangle": Table(chainOrder: ["POSTROUTING"], rules: ["POSTROUTING": []]),
+            ]
         }
     }
 
@@ -56,7 +59,9 @@ public final class IPTablesModel: @unchecked Sendable {
                     table.rules[chain] = []
                 case .append(let chain, let rule):
                     guard table.rules[chain] != nil else { throw NFTModel.missing("chain \(chain)") }
-                    if case .jump(let target) = rule.target, table.rules[target] == nil { throw NFTModel.missing("chain \(target)") }
+                    if case .jump(let target) = rule.target, table.rules[target] == nil {
+                        throw NFTModel.missing("chain \(target)")
+                    }
                     if let set = rule.matchSet?.name, sets[set] == nil { throw NFTModel.missing("set \(set)") }
                     table.rules[chain]!.append(rule)
                 case .deleteListed(let chain, let spec):
@@ -65,7 +70,9 @@ public final class IPTablesModel: @unchecked Sendable {
                     }
                     table.rules[chain]!.remove(at: index)
                 case .deleteChain(let chain):
-                    guard let rules = table.rules[chain], !Self.builtIn.contains(chain) else { throw NFTModel.missing("chain \(chain)") }
+                    guard let rules = table.rules[chain], !Self.builtIn.contains(chain) else {
+                        throw NFTModel.missing("chain \(chain)")
+                    }
                     let referenced = table.rules.values.contains { $0.contains { $0.target == .jump(chain) } }
                     if !rules.isEmpty || referenced { throw NFTModel.busy("chain \(chain)") }
                     table.rules[chain] = nil
@@ -80,9 +87,10 @@ public final class IPTablesModel: @unchecked Sendable {
     /// How many rules (of every family and table) match a set.
     public func references(_ set: String) -> Int {
         tables.values.reduce(0) { total, family in
-            total + family.values.reduce(0) { sum, table in
-                sum + table.rules.values.reduce(0) { $0 + $1.filter { $0.matchSet?.name == set }.count }
-            }
+            total
+                + family.values.reduce(0) { sum, table in
+                    sum + table.rules.values.reduce(0) { $0 + $1.filter { $0.matchSet?.name == set }.count }
+                }
         }
     }
 

@@ -43,11 +43,17 @@ public struct IPTablesRenderer: Sendable {
     }
 
     /// The ipset holding a network's pod addresses of one family.
-    public static func podSet(_ key: NetworkKey, _ family: IPFamily) -> String { "IPMASQ-P\(family.rawValue)-\(key.rawValue)" }
+    public static func podSet(_ key: NetworkKey, _ family: IPFamily) -> String {
+        "IPMASQ-P\(family.rawValue)-\(key.rawValue)"
+    }
     /// The ipset holding a network's pod subnets of one family.
-    public static func subnetSet(_ key: NetworkKey, _ family: IPFamily) -> String { "IPMASQ-S\(family.rawValue)-\(key.rawValue)" }
+    public static func subnetSet(_ key: NetworkKey, _ family: IPFamily) -> String {
+        "IPMASQ-S\(family.rawValue)-\(key.rawValue)"
+    }
     /// Every ipset of a network.
-    public static func sets(_ key: NetworkKey) -> [String] { IPFamily.allCases.flatMap { [podSet(key, $0), subnetSet(key, $0)] } }
+    public static func sets(_ key: NetworkKey) -> [String] {
+        IPFamily.allCases.flatMap { [podSet(key, $0), subnetSet(key, $0)] }
+    }
 
     /// The chain a network gets when `masqChain` belongs to someone else.
     public func derivedChain(_ key: NetworkKey) -> String {
@@ -76,7 +82,9 @@ public struct IPTablesRenderer: Sendable {
     }
 
     /// `jump` as `iptables -S` prints it.
-    public func jumpRule(_ key: NetworkKey, _ family: IPFamily, chain: String) -> String { jump(key, family, chain: chain).spec }
+    public func jumpRule(_ key: NetworkKey, _ family: IPFamily, chain: String) -> String {
+        jump(key, family, chain: chain).spec
+    }
 
     /// The chain's rules for one family, from the decision list in its order: step 1 is the addrtype match on every
     /// rule and step 2 the jump's multicast exclusion; then exceptions, link-local, non-masquerade ranges, the pod
@@ -101,7 +109,9 @@ public struct IPTablesRenderer: Sendable {
                     var rule = IPTRule(target: .return)
                     rule.destination = destination
                     if podSubnet { rule.matchSet = (Self.subnetSet(key, family), .dst) }
-                    rule.comment = step.step == .linkLocal ? Comment.linkLocal
+                    rule.comment =
+                        step.step == .linkLocal
+                        ? Comment.linkLocal
                         : step.step == .podSubnet ? Comment.podSubnet : Comment.nonMasquerade
                     rule.localDestination = false
                     rules.append(rule)
@@ -139,7 +149,11 @@ public struct IPTablesRenderer: Sendable {
                     rule.destination = destination
                     rule.outputInterface = interface
                     rule.proto = proto
-                    rule.comment = "ip-masq-agent: \(traffic) \(proto) traffic is subject to \(verb) to ports \(NFTStatement.ports(range))"
+                    rule.comment =
+                        """
+                        ip-masq-agent: \(traffic) \(proto) traffic is subject to \(verb) to ports \
+                        \(NFTStatement.ports(range))
+                        """
                     rule.localDestination = false
                     if index != options.toPorts.count - 1 { rule.probability = (range.count, remaining) }
                     rules.append(rule)
@@ -149,7 +163,9 @@ public struct IPTablesRenderer: Sendable {
             var rule = IPTRule(target: target(ports: nil))
             rule.destination = destination
             rule.outputInterface = interface
-            rule.comment = source == nil ? (destination == nil ? Comment.outbound : Comment.exception)
+            rule.comment =
+                source == nil
+                ? (destination == nil ? Comment.outbound : Comment.exception)
                 : (destination == nil ? Comment.outboundSNAT : Comment.exceptionSNAT)
             rule.localDestination = false
             rules.append(rule)
@@ -164,7 +180,9 @@ public struct IPTablesRenderer: Sendable {
 
     /// The mangle chain of a network's leak guard: INVALID packets of registered pods (which no nat chain sees) are
     /// dropped where the decision list would masquerade them.
-    public static func guardChain(_ key: NetworkKey) -> String { "IPMASQ-INVALID-" + hex(fnv1a64(key.rawValue), digits: 8) }
+    public static func guardChain(_ key: NetworkKey) -> String {
+        "IPMASQ-INVALID-" + hex(fnv1a64(key.rawValue), digits: 8)
+    }
 
     /// The guard's jump from mangle POSTROUTING for one family.
     public func guardJump(_ key: NetworkKey, _ family: IPFamily) -> IPTRule {
@@ -220,7 +238,9 @@ public struct IPTablesRenderer: Sendable {
 
     /// The mangle table's part of a rewrite: the guard chain and its single jump, or their removal when
     /// `dropInvalid` is off; nil when there is nothing to do. `mangle` is the installed mangle listing.
-    public func guardTable(_ list: DecisionList, _ key: NetworkKey, _ family: IPFamily, mangle: NATListing) -> IPTRestore.Table? {
+    public func guardTable(_ list: DecisionList, _ key: NetworkKey, _ family: IPFamily, mangle: NATListing)
+        -> IPTRestore.Table?
+    {
         let chain = Self.guardChain(key)
         let jumps = installedJumps(key, family, in: mangle)
         let exists = mangle.chains.contains(chain)
@@ -231,7 +251,11 @@ public struct IPTablesRenderer: Sendable {
             let expected = guardJump(key, family)
             var kept = false
             for jump in jumps {
-                if jump == expected.spec && !kept { kept = true } else { operations.append(.deleteListed(chain: "POSTROUTING", spec: jump)) }
+                if jump == expected.spec && !kept {
+                    kept = true
+                } else {
+                    operations.append(.deleteListed(chain: "POSTROUTING", spec: jump))
+                }
             }
             if !kept { operations.append(.append(chain: "POSTROUTING", expected)) }
         } else {
@@ -244,7 +268,9 @@ public struct IPTablesRenderer: Sendable {
     }
 
     /// `guardTable` as `iptables-restore` input.
-    public func guardInput(_ policy: NetworkPolicy, _ key: NetworkKey, _ family: IPFamily, mangle: NATListing) -> String? {
+    public func guardInput(_ policy: NetworkPolicy, _ key: NetworkKey, _ family: IPFamily, mangle: NATListing)
+        -> String?
+    {
         guardTable(DecisionList(policy: policy), key, family, mangle: mangle).map { IPTRestore([$0]).text }
     }
 
@@ -278,8 +304,10 @@ public struct IPTablesRenderer: Sendable {
     }
 
     /// Writes a network's chain (declaring it flushes it) and ensures its single jump, in one transaction.
-    public func nodeWideTable(_ list: DecisionList, _ key: NetworkKey, _ family: IPFamily, chain: String,
-                              cleanup: Cleanup = Cleanup()) -> IPTRestore.Table {
+    public func nodeWideTable(
+        _ list: DecisionList, _ key: NetworkKey, _ family: IPFamily, chain: String,
+        cleanup: Cleanup = Cleanup()
+    ) -> IPTRestore.Table {
         var operations: [IPTOperation] = [.declareChain(chain)]
         operations += cleanup.chains.map { .declareChain($0) }
         operations += self.chain(list, key, family).map { .append(chain: chain, $0) }
@@ -290,7 +318,9 @@ public struct IPTablesRenderer: Sendable {
     }
 
     /// `nodeWideTable` as `iptables-restore` input.
-    public func nodeWideInput(_ policy: NetworkPolicy, _ key: NetworkKey, _ family: IPFamily, chain: String, cleanup: Cleanup = Cleanup()) -> String {
+    public func nodeWideInput(
+        _ policy: NetworkPolicy, _ key: NetworkKey, _ family: IPFamily, chain: String, cleanup: Cleanup = Cleanup()
+    ) -> String {
         IPTRestore([nodeWideTable(DecisionList(policy: policy), key, family, chain: chain, cleanup: cleanup)]).text
     }
 
@@ -312,7 +342,10 @@ public struct IPTablesRenderer: Sendable {
     /// `create` commands for a network's sets (with `-exist`, a no-op for sets that exist).
     public func setDeclarations(_ key: NetworkKey) -> [IPSetOperation] {
         IPFamily.allCases.flatMap { family -> [IPSetOperation] in
-            [.create(Self.podSet(key, family), .hashIP, family), .create(Self.subnetSet(key, family), .hashNet, family)]
+            [
+                .create(Self.podSet(key, family), .hashIP, family),
+                .create(Self.subnetSet(key, family), .hashNet, family),
+            ]
         }
     }
 
@@ -323,7 +356,9 @@ public struct IPTablesRenderer: Sendable {
     public func setScript(for change: NetworkChange, creating: Bool = false, verifying: Bool = false) -> IPSetScript {
         var operations = creating ? setDeclarations(change.key) : []
         for registration in change.remove {
-            operations.append(.delete(set: Self.podSet(change.key, registration.pod.address.family), .address(registration.pod.address)))
+            operations.append(
+                .delete(
+                    set: Self.podSet(change.key, registration.pod.address.family), .address(registration.pod.address)))
         }
         for subnet in change.removeSubnets {
             operations.append(.delete(set: Self.subnetSet(change.key, subnet.family), .net(subnet)))
@@ -332,8 +367,10 @@ public struct IPTablesRenderer: Sendable {
             operations.append(.add(set: Self.subnetSet(change.key, subnet.family), .net(subnet), comment: "pod subnet"))
         }
         for registration in change.add {
-            operations.append(.add(set: Self.podSet(change.key, registration.pod.address.family),
-                                   .address(registration.pod.address), comment: registration.owner.comment))
+            operations.append(
+                .add(
+                    set: Self.podSet(change.key, registration.pod.address.family),
+                    .address(registration.pod.address), comment: registration.owner.comment))
         }
         if verifying {
             for family in Set(change.add.map(\.pod.address.family)).sorted() {
@@ -385,7 +422,9 @@ public struct NATListing: Equatable, Sendable {
     /// The chain a rule jumps or goes to, if any.
     public static func target(of spec: String) -> String? {
         let words = spec.split(separator: " ")
-        guard let index = words.lastIndex(where: { $0 == "-j" || $0 == "-g" }), index + 1 < words.count else { return nil }
+        guard let index = words.lastIndex(where: { $0 == "-j" || $0 == "-g" }), index + 1 < words.count else {
+            return nil
+        }
         return String(words[index + 1])
     }
 
@@ -410,7 +449,9 @@ extension IPTablesRenderer {
     public func ownedChains(_ key: NetworkKey, _ family: IPFamily, in listing: NATListing) -> [String] {
         var owned = installedJumps(key, family, in: listing).compactMap(NATListing.target(of:))
         let subnetMatch = "--match-set \(Self.subnetSet(key, family)) "
-        for rule in listing.rules where rule.spec.contains(subnetMatch) && !owned.contains(rule.chain) { owned.append(rule.chain) }
+        for rule in listing.rules where rule.spec.contains(subnetMatch) && !owned.contains(rule.chain) {
+            owned.append(rule.chain)
+        }
         return owned.filter { $0 != "POSTROUTING" && listing.chains.contains($0) }
     }
 
@@ -436,4 +477,3 @@ extension IPTablesRenderer {
         return Layout(chain: chain, cleanup: cleanup)
     }
 }
-

@@ -1,8 +1,9 @@
+import JSON
+import MasqCore
+
 #if canImport(Glibc)
 import Glibc
 #endif
-import JSON
-import MasqCore
 
 /// An in-memory nf_tables: tables, chains, sets and elements, changed only by the typed operations every executor
 /// applies, with the kernel's answers (measured against nft 1.0.6 on Linux 6.x, and checked again by the root
@@ -119,7 +120,9 @@ public final class NFTModel: @unchecked Sendable {
             guard var set = table.sets[name] else { throw missing("set \(name)") }
             for element in elements {
                 if set.elements.contains(where: { $0.key == element.key }) { continue }
-                if set.type.interval, set.elements.contains(where: { overlaps($0, element, concatenated: set.type.concatenated) }) {
+                if set.type.interval,
+                    set.elements.contains(where: { overlaps($0, element, concatenated: set.type.concatenated) })
+                {
                     throw exists("element \(element.keyText) overlaps in set \(name)")
                 }
                 set.elements.append(element)
@@ -131,10 +134,12 @@ public final class NFTModel: @unchecked Sendable {
                 // A concatenation (pipapo) deletes the element its first key falls in, as a lookup would find it
                 // (the replay showed it: `a/32 . s/24` deletes `a/32 . s/16`).
                 let start = element.key.map(\.address)
-                let index = set.type.concatenated
-                    ? set.elements.firstIndex { $0.key == element.key } ?? set.elements.firstIndex { existing in
-                        existing.key.count == start.count && zip(existing.key, start).allSatisfy { $0.contains($1) }
-                    }
+                let index =
+                    set.type.concatenated
+                    ? set.elements.firstIndex { $0.key == element.key }
+                        ?? set.elements.firstIndex { existing in
+                            existing.key.count == start.count && zip(existing.key, start).allSatisfy { $0.contains($1) }
+                        }
                     : set.elements.firstIndex { $0.key == element.key }
                 guard let index else {
                     throw missing("element \(element.keyText) in set \(name)")
@@ -190,7 +195,8 @@ public final class NFTModel: @unchecked Sendable {
             var block = "\tset \(setName) {\n\t\ttype \(set.type.concatenated ? "\(type) . \(type)" : type)\n"
             if set.type.interval { block += "\t\tflags interval\n" }
             if !set.elements.isEmpty {
-                let elements = set.type.interval ? set.elements.sorted { $0.key.lexicographicallyPrecedes($1.key) } : set.elements
+                let elements =
+                    set.type.interval ? set.elements.sorted { $0.key.lexicographicallyPrecedes($1.key) } : set.elements
                 block += "\t\telements = { " + elements.map(Self.listed).joined(separator: ", ") + " }\n"
             }
             blocks.append(block + "\t}\n")
@@ -210,7 +216,8 @@ public final class NFTModel: @unchecked Sendable {
 
     /// An element as nft lists it: a full-length prefix is a bare address.
     static func listed(_ element: NFTElement) -> String {
-        let key = element.key.map { $0.prefix == $0.family.bitWidth ? "\($0.address)" : "\($0)" }.joined(separator: " . ")
+        let key = element.key.map { $0.prefix == $0.family.bitWidth ? "\($0.address)" : "\($0)" }.joined(
+            separator: " . ")
         return key + (element.comment.map { " comment \"\($0)\"" } ?? "")
     }
 
@@ -224,31 +231,53 @@ public final class NFTModel: @unchecked Sendable {
 
     /// The JSON listing `nft -j` gives for a query (the parts the backend reads).
     func json(_ query: NFTQuery, family: String, table name: String) throws(Failure) -> String {
-        var items: [JSONValue] = [.object(JSONObject([("metainfo", .object(JSONObject([("json_schema_version", .int(1))])))]))]
+        var items: [JSONValue] = [
+            .object(JSONObject([("metainfo", .object(JSONObject([("json_schema_version", .int(1))])))]))
+        ]
         if case .tables = query {
             for table in tableOrder {
                 let parts = table.split(separator: " ")
-                items.append(.object(JSONObject([("table", .object(JSONObject([("family", .string(String(parts[0]))),
-                                                                              ("name", .string(String(parts[1])))])))])))
+                items.append(
+                    .object(
+                        JSONObject([
+                            (
+                                "table",
+                                .object(
+                                    JSONObject([
+                                        ("family", .string(String(parts[0]))),
+                                        ("name", .string(String(parts[1]))),
+                                    ]))
+                            )
+                        ])))
             }
             return JSONValue.object(JSONObject([("nftables", .array(items))])).serialized()
         }
         guard let table = tables["\(family) \(name)"] else { throw Self.missing("table \(family) \(name)") }
         func setItem(_ setName: String) -> JSONValue {
             let set = table.sets[setName]!
-            var members: [(String, JSONValue)] = [("family", .string(family)), ("name", .string(setName)), ("table", .string(name))]
+            var members: [(String, JSONValue)] = [
+                ("family", .string(family)), ("name", .string(setName)), ("table", .string(name)),
+            ]
             if !set.elements.isEmpty { members.append(("elem", .array(set.elements.map(Self.json)))) }
             return .object(JSONObject([("set", .object(JSONObject(members)))]))
         }
         func chainItems(_ chainName: String) -> [JSONValue] {
             let chain = table.chains[chainName]!
-            var result: [JSONValue] = [.object(JSONObject([("chain", .object(JSONObject([("name", .string(chainName))])))]))]
+            var result: [JSONValue] = [
+                .object(JSONObject([("chain", .object(JSONObject([("name", .string(chainName))])))]))
+            ]
             for rule in chain.rules {
                 var expressions: [JSONValue] = []
-                if rule.counter { expressions.append(.object(JSONObject([("counter", .object(JSONObject([("packets", .int(0)), ("bytes", .int(0))])))]))) }
+                if rule.counter {
+                    expressions.append(
+                        .object(
+                            JSONObject([("counter", .object(JSONObject([("packets", .int(0)), ("bytes", .int(0))])))])))
+                }
                 switch rule.statement {
                 case .return: expressions.append(.object(JSONObject([("return", .null)])))
-                case .goto(let target): expressions.append(.object(JSONObject([("goto", .object(JSONObject([("target", .string(target))])))])))
+                case .goto(let target):
+                    expressions.append(
+                        .object(JSONObject([("goto", .object(JSONObject([("target", .string(target))])))])))
                 default: break
                 }
                 var members: [(String, JSONValue)] = [("chain", .string(chainName)), ("expr", .array(expressions))]
@@ -275,10 +304,20 @@ public final class NFTModel: @unchecked Sendable {
 
     static func json(_ element: NFTElement) -> JSONValue {
         func field(_ cidr: CIDR) -> JSONValue {
-            cidr.prefix == cidr.family.bitWidth ? .string("\(cidr.address)")
-                : .object(JSONObject([("prefix", .object(JSONObject([("addr", .string("\(cidr.address)")), ("len", .int(Int64(cidr.prefix)))])))]))
+            cidr.prefix == cidr.family.bitWidth
+                ? .string("\(cidr.address)")
+                : .object(
+                    JSONObject([
+                        (
+                            "prefix",
+                            .object(
+                                JSONObject([("addr", .string("\(cidr.address)")), ("len", .int(Int64(cidr.prefix)))]))
+                        )
+                    ]))
         }
-        let value: JSONValue = element.key.count == 1 ? field(element.key[0]) : .object(JSONObject([("concat", .array(element.key.map(field)))]))
+        let value: JSONValue =
+            element.key.count == 1
+            ? field(element.key[0]) : .object(JSONObject([("concat", .array(element.key.map(field)))]))
         guard let comment = element.comment else { return value }
         return .object(JSONObject([("elem", .object(JSONObject([("val", value), ("comment", .string(comment))])))]))
     }

@@ -24,12 +24,13 @@ public struct NFTTransaction: Equatable, Sendable {
 
     /// Whether every operation is a single-element addition or deletion (what `ElementBatch` sends over netlink).
     public var isElementsOnly: Bool {
-        !operations.isEmpty && operations.allSatisfy {
-            switch $0 {
-            case .addElements(_, let elements), .deleteElements(_, let elements): return elements.count == 1
-            default: return false
+        !operations.isEmpty
+            && operations.allSatisfy {
+                switch $0 {
+                case .addElements(_, let elements), .deleteElements(_, let elements): return elements.count == 1
+                default: return false
+                }
             }
-        }
     }
 
     /// The nft script, one command per line.
@@ -172,7 +173,9 @@ public enum NFTStatement: Equatable, Sendable {
         case .snat(let family, let target, let ports, let fullyRandom):
             var text = "snat \(NFTMatch.keyword(family)) to "
             if let ports {
-                let address = family == .v4 ? "\(target)"
+                let address =
+                    family == .v4
+                    ? "\(target)"
                     : target.first == target.last ? "[\(target.first)]" : "[\(target.first)]-[\(target.last)]"
                 text += "\(address):\(Self.ports(ports))"
             } else {
@@ -233,7 +236,8 @@ public enum NFTOperation: Equatable, Sendable {
         switch self {
         case .addTable: return "add table \(table)"
         case .deleteTable: return "delete table \(table)"
-        case .addChain(let chain, let hook): return "add chain \(table) \(chain)" + (hook.map { " " + $0.declaration } ?? "")
+        case .addChain(let chain, let hook):
+            return "add chain \(table) \(chain)" + (hook.map { " " + $0.declaration } ?? "")
         case .flushChain(let chain): return "flush chain \(table) \(chain)"
         case .deleteChain(let chain): return "delete chain \(table) \(chain)"
         case .addSet(let set, let type): return "add set \(table) \(set) \(type.text)"

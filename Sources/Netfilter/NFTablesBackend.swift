@@ -1,8 +1,9 @@
+import JSON
+import MasqCore
+
 #if canImport(Glibc)
 import Glibc
 #endif
-import JSON
-import MasqCore
 
 /// Runs nft scripts: through libnftables loaded at run time when present, else the `nft` binary.
 public protocol NFTExecutor: Sendable {
@@ -52,14 +53,15 @@ public final class LibNFTablesExecutor: NFTExecutor, @unchecked Sendable {
             dlsym(handle, name).map { unsafeBitCast($0, to: type) }
         }
         guard let newContext = symbol("nft_ctx_new", NewContext.self),
-              let bufferOutput = symbol("nft_ctx_buffer_output", ContextCall.self),
-              let bufferError = symbol("nft_ctx_buffer_error", ContextCall.self),
-              let runBuffer = symbol("nft_run_cmd_from_buffer", RunBuffer.self),
-              let outputBuffer = symbol("nft_ctx_get_output_buffer", GetBuffer.self),
-              let errorBuffer = symbol("nft_ctx_get_error_buffer", GetBuffer.self),
-              let setOutputFlags = symbol("nft_ctx_output_set_flags", SetFlags.self),
-              let freeContext = symbol("nft_ctx_free", FreeContext.self),
-              let context = newContext(0) else { return nil }
+            let bufferOutput = symbol("nft_ctx_buffer_output", ContextCall.self),
+            let bufferError = symbol("nft_ctx_buffer_error", ContextCall.self),
+            let runBuffer = symbol("nft_run_cmd_from_buffer", RunBuffer.self),
+            let outputBuffer = symbol("nft_ctx_get_output_buffer", GetBuffer.self),
+            let errorBuffer = symbol("nft_ctx_get_error_buffer", GetBuffer.self),
+            let setOutputFlags = symbol("nft_ctx_output_set_flags", SetFlags.self),
+            let freeContext = symbol("nft_ctx_free", FreeContext.self),
+            let context = newContext(0)
+        else { return nil }
         _ = bufferOutput(context)
         _ = bufferError(context)
         self.context = context
@@ -78,7 +80,9 @@ public final class LibNFTablesExecutor: NFTExecutor, @unchecked Sendable {
         // Reading a buffer also resets it for the next command.
         let output = outputBuffer(context).map { String(cString: $0) } ?? ""
         let errors = errorBuffer(context).map { String(cString: $0) } ?? ""
-        guard status == 0 else { throw ToolFailures.nft(status: status, errors.isEmpty ? "nft failed with status \(status)" : errors) }
+        guard status == 0 else {
+            throw ToolFailures.nft(status: status, errors.isEmpty ? "nft failed with status \(status)" : errors)
+        }
         return output
     }
 }
@@ -141,7 +145,9 @@ public struct NFTablesBackend: MasqBackend {
     public func apply(_ change: NetworkChange) throws(BackendError) {
         let transaction = renderer.transaction(for: change, fingerprint: change.policy.map(fingerprint(of:)) ?? "")
         if transaction.isEmpty { return }
-        do { try executor.apply(transaction) } catch where error.kind.refused && change.policy == nil && change.add.isEmpty {
+        do { try executor.apply(transaction) } catch
+            where error.kind.refused && change.policy == nil && change.add.isEmpty
+        {
             try removeOneByOne(change)
         }
     }
@@ -154,11 +160,19 @@ public struct NFTablesBackend: MasqBackend {
         var refused: [String] = []
         for registration in change.remove {
             try executor.apply(NFTTransaction(operations: renderer.podRemoval(registration, names: names)))
-            do { try executor.apply(NFTTransaction(operations: renderer.podnetRemoval(registration, names: names))) } catch {
-                refused.append("\(NFTablesRenderer.podnet(registration.pod)) of \(registration.owner.tag) (\(error.message))")
+            do {
+                try executor.apply(NFTTransaction(operations: renderer.podnetRemoval(registration, names: names)))
+            } catch {
+                refused.append(
+                    "\(NFTablesRenderer.podnet(registration.pod)) of \(registration.owner.tag) (\(error.message))")
             }
         }
-        if !refused.isEmpty { throw BackendError(.partial, "pod subnet elements left in \(names.podnets(.v4))/\(names.podnets(.v6)): " + refused.joined(separator: "; ")) }
+        if !refused.isEmpty {
+            throw BackendError(
+                .partial,
+                "pod subnet elements left in \(names.podnets(.v4))/\(names.podnets(.v6)): "
+                    + refused.joined(separator: "; "))
+        }
     }
 
     public func removeNetwork(_ network: String, registrations: [Registration]) throws(BackendError) {
@@ -167,16 +181,20 @@ public struct NFTablesBackend: MasqBackend {
 
     public func removeTableIfEmpty() throws(BackendError) -> [String] {
         let items: [JSONValue]
-        do { items = try list(.table) } catch where error.kind == .missingObjects { return [] }
+        do { items = try list(.table) } catch  where error.kind == .missingObjects { return [] }
         let remaining = items.compactMap { item -> String? in
-            guard let (kind, body) = item.objectValue?.members.first, kind != "metainfo", kind != "table" else { return nil }
+            guard let (kind, body) = item.objectValue?.members.first, kind != "metainfo", kind != "table" else {
+                return nil
+            }
             return "\(kind) \(body["name"]?.stringValue ?? "")"
         }
         if remaining.isEmpty { try executor.apply(NFTTransaction(operations: [.deleteTable])) }
         return remaining
     }
 
-    public func inspect(network: String, policy: NetworkPolicy, registrations: [Registration], subnets: [CIDR]) throws(BackendError) -> Inspection {
+    public func inspect(network: String, policy: NetworkPolicy, registrations: [Registration], subnets: [CIDR])
+        throws(BackendError) -> Inspection
+    {
         let names = NFTablesRenderer.Names(key: NetworkKey(network: network).rawValue)
         let expectedComment = "ip-masq " + fingerprint(of: policy)
         var inspection = Inspection()
@@ -208,51 +226,81 @@ public struct NFTablesBackend: MasqBackend {
             }
             let comments = items.compactMap { $0["rule"] }.map { $0["comment"]?.stringValue ?? "" }
             if comments.count != expectedCounts[chain] || comments.contains(where: { $0 != expectedComment }) {
-                nodeWideProblem("chain \(chain) holds \(comments.count) rules, expected \(expectedCounts[chain]!) rules of the current config (\(expectedComment))")
+                nodeWideProblem(
+                    """
+                    chain \(chain) holds \(comments.count) rules, expected \(expectedCounts[chain]!) rules of the \
+                    current config (\(expectedComment))
+                    """
+                )
             }
         }
         for family in IPFamily.allCases {
-            for (set, expected) in [(names.nonMasquerade(family), policy.nonMasquerade(family)),
-                                    (names.exceptions(family), policy.masqueradeExceptions(family))] {
+            for (set, expected) in [
+                (names.nonMasquerade(family), policy.nonMasquerade(family)),
+                (names.exceptions(family), policy.masqueradeExceptions(family)),
+            ] {
                 guard let items = try? list(.set(set)) else {
                     nodeWideProblem("set \(set) is missing")
                     continue
                 }
                 let found = Self.elements(of: items).compactMap { Self.cidr(from: $0) }
                 if Set(found) != Set(expected) {
-                    nodeWideProblem("set \(set) holds [\(found.sorted().map(\.description).joined(separator: ", "))], config says [\(expected.map(\.description).joined(separator: ", "))]")
+                    nodeWideProblem(
+                        """
+                        set \(set) holds [\(found.sorted().map(\.description).joined(separator: ", "))], config \
+                        says [\(expected.map(\.description).joined(separator: ", "))]
+                        """
+                    )
                 }
             }
         }
         // A few pods (CHECK): one lookup each. Many (the agent): one listing per family, whose cost does not
         // multiply with the number of pods.
         // An element counts only with its owner's comment: after a takeover the address is another attachment's.
-        let listed: [IPAddress: String]? = registrations.count <= 4 ? nil : Dictionary(IPFamily.allCases.flatMap { family in
-            let items = (try? list(.set(names.pods(family)))) ?? []
-            return Self.elements(of: items).compactMap { element in
-                Self.cidr(from: element).map { ($0.address, element["elem"]?["comment"]?.stringValue ?? "") }
-            }
-        }) { first, _ in first }
+        let listed: [IPAddress: String]? =
+            registrations.count <= 4
+            ? nil
+            : Dictionary(
+                IPFamily.allCases.flatMap { family in
+                    let items = (try? list(.set(names.pods(family)))) ?? []
+                    return Self.elements(of: items).compactMap { element in
+                        Self.cidr(from: element).map { ($0.address, element["elem"]?["comment"]?.stringValue ?? "") }
+                    }
+                }
+            ) { first, _ in first }
         for registration in registrations {
             let address = registration.pod.address
             let set = names.pods(address.family)
             // The comment the element was written with: the owner tag, after `namespace/pod` when attributed.
             let comment = registration.owner.comment
-            let present = listed.map { $0[address] == comment }
+            let present =
+                listed.map { $0[address] == comment }
                 ?? ((try? executor.query(.element(set: set, NFTElement(address: address)), json: false))?
                     .contains("comment \"\(comment)\"") == true)
-            if !present { inspection.problems.append("\(address) of \(registration.owner.tag) is not in set \(set) with its owner") }
+            if !present {
+                inspection.problems.append(
+                    "\(address) of \(registration.owner.tag) is not in set \(set) with its owner")
+            }
         }
         if policy.exemptPodSubnet {
-            let listedNets: [IPFamily: Set<PodAddress>]? = registrations.count <= 4 ? nil : Dictionary(uniqueKeysWithValues: IPFamily.allCases.map { family in
-                let items = (try? list(.set(names.podnets(family)))) ?? []
-                return (family, Set(Self.elements(of: items).compactMap { Self.podnet(from: $0)?.pod }))
-            })
+            let listedNets: [IPFamily: Set<PodAddress>]? =
+                registrations.count <= 4
+                ? nil
+                : Dictionary(
+                    uniqueKeysWithValues: IPFamily.allCases.map { family in
+                        let items = (try? list(.set(names.podnets(family)))) ?? []
+                        return (family, Set(Self.elements(of: items).compactMap { Self.podnet(from: $0)?.pod }))
+                    })
             for registration in registrations {
                 let set = names.podnets(registration.pod.address.family)
-                let present = listedNets.map { $0[registration.pod.address.family]!.contains(registration.pod) }
-                    ?? ((try? executor.query(.element(set: set, NFTablesRenderer.podnetElement(registration.pod)), json: false)) != nil)
-                if !present { inspection.problems.append("pod subnet \(registration.pod.subnet) of \(registration.pod.address) is not in set \(set)") }
+                let present =
+                    listedNets.map { $0[registration.pod.address.family]!.contains(registration.pod) }
+                    ?? ((try? executor.query(
+                        .element(set: set, NFTablesRenderer.podnetElement(registration.pod)), json: false)) != nil)
+                if !present {
+                    inspection.problems.append(
+                        "pod subnet \(registration.pod.subnet) of \(registration.pod.address) is not in set \(set)")
+                }
             }
         }
         return inspection
@@ -264,22 +312,29 @@ public struct NFTablesBackend: MasqBackend {
         for family in IPFamily.allCases {
             let nets = (try? list(.set(names.podnets(family)))) ?? []
             for element in Self.elements(of: nets) {
-                if let (pod, comment) = Self.podnet(from: element), Owner.comment(comment, names: tag) { found.append(pod) }
+                if let (pod, comment) = Self.podnet(from: element), Owner.comment(comment, names: tag) {
+                    found.append(pod)
+                }
             }
             let pods = (try? list(.set(names.pods(family)))) ?? []
-            for element in Self.elements(of: pods) where Owner.comment(element["elem"]?["comment"]?.stringValue, names: tag) {
-                guard let address = Self.cidr(from: element)?.address, !found.contains(where: { $0.address == address }) else { continue }
-                found.append(PodAddress(address: address, subnet: CIDR(network: address, prefix: address.family.bitWidth)))
+            for element in Self.elements(of: pods)
+            where Owner.comment(element["elem"]?["comment"]?.stringValue, names: tag) {
+                guard let address = Self.cidr(from: element)?.address, !found.contains(where: { $0.address == address })
+                else { continue }
+                found.append(
+                    PodAddress(address: address, subnet: CIDR(network: address, prefix: address.family.bitWidth)))
             }
         }
         return found
     }
 
-    /// A `podnets` element as nft prints it in JSON: `{"elem": {"val": {"concat": [ADDRESS, PREFIX]}, "comment": ...}}`.
+    /// A `podnets` element as nft prints it in JSON: `{"elem": {"val": {"concat": [ADDRESS, PREFIX]}, "comment":
+    /// ...}}`.
     static func podnet(from element: JSONValue) -> (pod: PodAddress, comment: String)? {
         let value = element["elem"]?["val"] ?? element
         guard let parts = value["concat"]?.arrayValue, parts.count == 2,
-              let address = cidr(from: parts[0])?.address, let subnet = cidr(from: parts[1]) else { return nil }
+            let address = cidr(from: parts[0])?.address, let subnet = cidr(from: parts[1])
+        else { return nil }
         return (PodAddress(address: address, subnet: subnet), element["elem"]?["comment"]?.stringValue ?? "")
     }
 
@@ -298,14 +353,16 @@ public struct NFTablesBackend: MasqBackend {
         items.compactMap { $0["set"] }.first?["elem"]?.arrayValue ?? []
     }
 
-    /// A set element as nft prints it in JSON: `"10.0.0.1"`, `{"prefix": {...}}`, `{"range": [...]}` or `{"elem": {"val": ...}}`.
+    /// A set element as nft prints it in JSON: `"10.0.0.1"`, `{"prefix": {...}}`, `{"range": [...]}` or `{"elem":
+    /// {"val": ...}}`.
     static func cidr(from element: JSONValue) -> CIDR? {
         if let inner = element["elem"]?["val"] { return cidr(from: inner) }
         if let text = element.stringValue, let address = IPAddress(text) {
             return CIDR(network: address, prefix: address.family.bitWidth)
         }
         if let prefix = element["prefix"], let text = prefix["addr"]?.stringValue, let address = IPAddress(text),
-           case .int(let length)? = prefix["len"] {
+            case .int(let length)? = prefix["len"]
+        {
             return CIDR(network: address, prefix: Int(length))
         }
         return nil
@@ -317,7 +374,8 @@ extension String {
     func trimmingWhitespace() -> String {
         let scalars = unicodeScalars
         guard let first = scalars.firstIndex(where: { !$0.properties.isWhitespace }),
-              let last = scalars.lastIndex(where: { !$0.properties.isWhitespace }) else { return "" }
+            let last = scalars.lastIndex(where: { !$0.properties.isWhitespace })
+        else { return "" }
         return String(scalars[first...last])
     }
 }

@@ -54,15 +54,20 @@ public struct NFTablesRenderer: Sendable {
     public func transaction(for change: NetworkChange, fingerprint: String) -> NFTTransaction {
         let names = Names(key: change.key.rawValue)
         var transaction = NFTTransaction()
-        if let policy = change.policy { transaction += nodeWide(DecisionList(policy: policy), names: names, fingerprint: fingerprint) }
+        if let policy = change.policy {
+            transaction += nodeWide(DecisionList(policy: policy), names: names, fingerprint: fingerprint)
+        }
         // Removals first, each as add+delete so that an element already gone is not an error.
         for registration in change.remove { transaction += podRemoval(registration, names: names) }
         for registration in change.remove { transaction += podnetRemoval(registration, names: names) }
         for registration in change.add {
             let family = registration.pod.address.family
             let comment = registration.owner.comment
-            transaction.append(.addElement(set: names.podnets(family), key: Self.podnetElement(registration.pod, comment: comment)))
-            transaction.append(.addElement(set: names.pods(family), key: NFTElement(address: registration.pod.address, comment: comment)))
+            transaction.append(
+                .addElement(set: names.podnets(family), key: Self.podnetElement(registration.pod, comment: comment)))
+            transaction.append(
+                .addElement(
+                    set: names.pods(family), key: NFTElement(address: registration.pod.address, comment: comment)))
         }
         return transaction
     }
@@ -83,7 +88,9 @@ public struct NFTablesRenderer: Sendable {
 
     /// A pod's `podnets` element: its address (as a full-length prefix) and its subnet.
     static func podnetElement(_ pod: PodAddress, comment: String? = nil) -> NFTElement {
-        NFTElement(concatenation: [CIDR(network: pod.address, prefix: pod.address.family.bitWidth), pod.subnet], comment: comment)
+        NFTElement(
+            concatenation: [CIDR(network: pod.address, prefix: pod.address.family.bitWidth), pod.subnet],
+            comment: comment)
     }
 
     /// A pod's `podnets` element as nft writes its key.
@@ -101,7 +108,8 @@ public struct NFTablesRenderer: Sendable {
             for set in [DecisionList.PolicySet.nonMasquerade, .exceptions] {
                 let ranges = list.elements(of: set, family)
                 if !ranges.isEmpty {
-                    operations.append(.addElements(set: names.policySet(set, family), ranges.map { NFTElement(prefix: $0) }))
+                    operations.append(
+                        .addElements(set: names.policySet(set, family), ranges.map { NFTElement(prefix: $0) }))
                 }
             }
         }
@@ -124,7 +132,9 @@ public struct NFTablesRenderer: Sendable {
     /// they exist). Conntrack sends no INVALID packet through a nat chain, so without it a late RST or FIN of an
     /// expired connection leaves with the pod's own address (containernetworking/plugins issue #816).
     func leakGuard(_ list: DecisionList, names: Names, comment: String) -> [NFTOperation] {
-        var operations: [NFTOperation] = [.addChain(names.guardChain, hook: .filterPostrouting), .addChain(names.drop, hook: nil)]
+        var operations: [NFTOperation] = [
+            .addChain(names.guardChain, hook: .filterPostrouting), .addChain(names.drop, hook: nil),
+        ]
         for chain in [names.guardChain, names.drop] { operations.append(.flushChain(chain)) }
         guard list.leakGuard else {
             return operations + [names.guardChain, names.drop].map { .deleteChain($0) }
@@ -148,10 +158,12 @@ public struct NFTablesRenderer: Sendable {
     /// `add set` for each of a network's sets (a no-op for sets that exist).
     func setDeclarations(_ names: Names) -> [NFTOperation] {
         IPFamily.allCases.flatMap { family -> [NFTOperation] in
-            [.addSet(names.pods(family), NFTSetType(family: family, interval: false)),
-             .addSet(names.podnets(family), NFTSetType(family: family, concatenated: true, interval: true)),
-             .addSet(names.nonMasquerade(family), NFTSetType(family: family, interval: true)),
-             .addSet(names.exceptions(family), NFTSetType(family: family, interval: true))]
+            [
+                .addSet(names.pods(family), NFTSetType(family: family, interval: false)),
+                .addSet(names.podnets(family), NFTSetType(family: family, concatenated: true, interval: true)),
+                .addSet(names.nonMasquerade(family), NFTSetType(family: family, interval: true)),
+                .addSet(names.exceptions(family), NFTSetType(family: family, interval: true)),
+            ]
         }
     }
 
@@ -160,8 +172,10 @@ public struct NFTablesRenderer: Sendable {
     /// a deletion would cost every first ADD the kernel's delete wait).
     func retiredSetRemoval(_ names: Names) -> [NFTOperation] {
         IPFamily.allCases.flatMap { family -> [NFTOperation] in
-            [.addSet(names.retired(family), NFTSetType(family: family, concatenated: true, interval: true)),
-             .deleteSet(names.retired(family))]
+            [
+                .addSet(names.retired(family), NFTSetType(family: family, concatenated: true, interval: true)),
+                .deleteSet(names.retired(family)),
+            ]
         }
     }
 
@@ -173,7 +187,9 @@ public struct NFTablesRenderer: Sendable {
     /// source anyway).
     func decisionRules(_ list: DecisionList, names: Names, dropping: Bool = false) -> [NFTRule] {
         let interfaces = list.options.egressInterfaces
-        let masquerading: [(matches: [NFTMatch], statement: NFTStatement)] = !dropping ? [([], .goto(names.snat))]
+        let masquerading: [(matches: [NFTMatch], statement: NFTStatement)] =
+            !dropping
+            ? [([], .goto(names.snat))]
             : interfaces.isEmpty ? [([], .drop)] : interfaces.map { ([.outputInterface($0)], .drop) }
         var rules: [NFTRule] = []
         for step in list.rules {
@@ -193,7 +209,9 @@ public struct NFTablesRenderer: Sendable {
                 switch step.action {
                 case .keepSource: rules.append(NFTRule(test, counter: !dropping, .return))
                 case .masquerade:
-                    for action in masquerading { rules.append(NFTRule(test + action.matches, counter: !dropping, action.statement)) }
+                    for action in masquerading {
+                        rules.append(NFTRule(test + action.matches, counter: !dropping, action.statement))
+                    }
                 }
             }
         }
@@ -205,9 +223,11 @@ public struct NFTablesRenderer: Sendable {
     /// with `egressInterfaces`, each rule is repeated per interface and a packet leaving elsewhere falls off the
     /// chain's end with its source kept.
     func masqueradeRules(_ options: DecisionList.MasqueradeOptions) -> [NFTRule] {
-        let interfaces: [[NFTMatch]] = options.egressInterfaces.isEmpty ? [[]] : options.egressInterfaces.map { [.outputInterface($0)] }
+        let interfaces: [[NFTMatch]] =
+            options.egressInterfaces.isEmpty ? [[]] : options.egressInterfaces.map { [.outputInterface($0)] }
         // Without a SNAT source one family-neutral group, as before; otherwise one group per family.
-        let groups: [IPFamily?] = options.snatAddress == nil && options.snatAddressIPv6 == nil ? [nil] : IPFamily.allCases
+        let groups: [IPFamily?] =
+            options.snatAddress == nil && options.snatAddressIPv6 == nil ? [nil] : IPFamily.allCases
         func action(_ family: IPFamily?, ports: ClosedRange<Int>?) -> NFTStatement {
             guard let family, let target = options.snatTarget(family) else {
                 return .masquerade(ports: ports, fullyRandom: options.randomFully)
@@ -220,7 +240,8 @@ public struct NFTablesRenderer: Sendable {
                 let group: [NFTMatch] = interface + (family.map { [.protocolFamily($0)] } ?? [])
                 var remaining = options.toPorts.reduce(0) { $0 + $1.count }
                 for (index, range) in options.toPorts.enumerated() {
-                    let pick: [NFTMatch] = index == options.toPorts.count - 1 ? [] : [.randomBelow(modulus: remaining, bound: range.count)]
+                    let pick: [NFTMatch] =
+                        index == options.toPorts.count - 1 ? [] : [.randomBelow(modulus: remaining, bound: range.count)]
                     rules.append(NFTRule(group + [.portProtocols] + pick, action(family, ports: range)))
                     remaining -= range.count
                 }

@@ -1,7 +1,8 @@
+import MasqCore
+
 #if canImport(Glibc)
 import Glibc
 #endif
-import MasqCore
 
 /// Applies the transactions of a pod's ADD and DEL (set-element additions and deletions only) as one nf_tables
 /// netlink batch, encoded from the typed operations, without loading libnftables; every other transaction, and any
@@ -64,7 +65,8 @@ struct ElementBatch {
     /// set (two kernel elements, start and end) too.
     init?(transaction: NFTTransaction) {
         guard transaction.isElementsOnly, transaction.operations.count <= 500,
-              let family = Self.familyNumber(transaction.family) else { return nil }
+            let family = Self.familyNumber(transaction.family)
+        else { return nil }
         var commands: [Command] = []
         for operation in transaction.operations {
             let add: Bool, set: String, element: NFTElement
@@ -87,8 +89,10 @@ struct ElementBatch {
             } else {
                 return nil
             }
-            commands.append(Command(add: add, family: family, table: transaction.table, set: set, key: key,
-                                    keyEnd: keyEnd, comment: add ? element.comment : nil))
+            commands.append(
+                Command(
+                    add: add, family: family, table: transaction.table, set: set, key: key,
+                    keyEnd: keyEnd, comment: add ? element.comment : nil))
         }
         self.commands = commands
     }
@@ -111,7 +115,8 @@ struct ElementBatch {
         let hostBits = prefix.family.bitWidth - prefix.prefix
         func ones(_ bits: Int) -> UInt64 { bits <= 0 ? 0 : bits >= 64 ? UInt64.max : (1 << UInt64(bits)) - 1 }
         let address = prefix.address
-        return IPAddress(family: prefix.family, high: address.high | ones(hostBits - 64), low: address.low | ones(hostBits))
+        return IPAddress(
+            family: prefix.family, high: address.high | ones(hostBits - 64), low: address.low | ones(hostBits))
     }
 
     // MARK: Netlink
@@ -125,19 +130,25 @@ struct ElementBatch {
     func messages(firstSequence: UInt32) -> [UInt8] {
         var buffer: [UInt8] = []
         var sequence = firstSequence
-        Netlink.appendMessage(&buffer, type: Self.batchBegin, flags: Self.request, sequence: sequence, family: 0, resource: Self.subsystem) { _ in }
+        Netlink.appendMessage(
+            &buffer, type: Self.batchBegin, flags: Self.request, sequence: sequence, family: 0, resource: Self.subsystem
+        ) { _ in }
         for command in commands {
             sequence += 1
             let type = Self.subsystem << 8 | (command.add ? Self.newElement : Self.deleteElement)
             let flags = Self.request | Self.acknowledge | (command.add ? Self.create : 0)
-            Netlink.appendMessage(&buffer, type: type, flags: flags, sequence: sequence, family: command.family, resource: 0) { body in
+            Netlink.appendMessage(
+                &buffer, type: type, flags: flags, sequence: sequence, family: command.family, resource: 0
+            ) { body in
                 Netlink.appendAttribute(&body, type: 1, Array(command.table.utf8) + [0]) // NFTA_SET_ELEM_LIST_TABLE
                 Netlink.appendAttribute(&body, type: 2, Array(command.set.utf8) + [0]) // NFTA_SET_ELEM_LIST_SET
                 Netlink.appendNested(&body, type: 3) { list in // NFTA_SET_ELEM_LIST_ELEMENTS
                     Netlink.appendNested(&list, type: 1) { element in // NFTA_LIST_ELEM
-                        Netlink.appendNested(&element, type: 1) { Netlink.appendAttribute(&$0, type: 1, command.key) } // KEY { VALUE }
+                        // KEY { VALUE }
+                        Netlink.appendNested(&element, type: 1) { Netlink.appendAttribute(&$0, type: 1, command.key) }
                         if let end = command.keyEnd {
-                            Netlink.appendNested(&element, type: 10) { Netlink.appendAttribute(&$0, type: 1, end) } // KEY_END { VALUE }
+                            // KEY_END { VALUE }
+                            Netlink.appendNested(&element, type: 10) { Netlink.appendAttribute(&$0, type: 1, end) }
                         }
                         if command.add, let comment = command.comment {
                             // nftnl user data: NFTNL_UDATA_SET_ELEM_COMMENT, length with the NUL, text, NUL.
@@ -149,7 +160,9 @@ struct ElementBatch {
             }
         }
         sequence += 1
-        Netlink.appendMessage(&buffer, type: Self.batchEnd, flags: Self.request, sequence: sequence, family: 0, resource: Self.subsystem) { _ in }
+        Netlink.appendMessage(
+            &buffer, type: Self.batchEnd, flags: Self.request, sequence: sequence, family: 0, resource: Self.subsystem
+        ) { _ in }
         return buffer
     }
 
@@ -197,7 +210,9 @@ struct IPSetBatch {
         case .address(let address):
             return .element(add: add, set: set, address: ElementBatch.bytes(address), prefix: nil, comment: comment)
         case .net(let cidr):
-            return .element(add: add, set: set, address: ElementBatch.bytes(cidr.address), prefix: UInt8(cidr.prefix), comment: comment)
+            return .element(
+                add: add, set: set, address: ElementBatch.bytes(cidr.address), prefix: UInt8(cidr.prefix),
+                comment: comment)
         }
     }
 
@@ -213,17 +228,22 @@ struct IPSetBatch {
             guard case .element(let add, let set, let address, let prefix, let comment) = command else { continue }
             let sequence = first &+ UInt32(index)
             sequences.insert(sequence)
-            Netlink.appendMessage(&buffer, type: Self.subsystem << 8 | (add ? Self.add : Self.delete), flags: 0x1 | 0x4,
-                                  sequence: sequence, family: 2, resource: 0) { body in
+            Netlink.appendMessage(
+                &buffer, type: Self.subsystem << 8 | (add ? Self.add : Self.delete), flags: 0x1 | 0x4,
+                sequence: sequence, family: 2, resource: 0
+            ) { body in
                 Netlink.appendAttribute(&body, type: 1, [Self.protocolVersion]) // IPSET_ATTR_PROTOCOL
                 Netlink.appendAttribute(&body, type: 2, Array(set.utf8) + [0]) // IPSET_ATTR_SETNAME
                 Netlink.appendNested(&body, type: 7) { data in // IPSET_ATTR_DATA
                     Netlink.appendNested(&data, type: 1) { // IPSET_ATTR_IP { IPADDR_IPV4 | IPADDR_IPV6 }
-                        Netlink.appendAttribute(&$0, type: (address.count == 4 ? 1 : 2) | Netlink.networkByteOrder, address)
+                        Netlink.appendAttribute(
+                            &$0, type: (address.count == 4 ? 1 : 2) | Netlink.networkByteOrder, address)
                     }
                     if let prefix { Netlink.appendAttribute(&data, type: 3, [prefix]) } // IPSET_ATTR_CIDR
-                    if let comment { Netlink.appendAttribute(&data, type: 26, Array(comment.utf8) + [0]) } // IPSET_ATTR_COMMENT
-                    Netlink.appendAttribute(&data, type: 9 | Netlink.networkByteOrder, [0, 0, 0, 0]) // IPSET_ATTR_LINENO, as the tool
+                    // IPSET_ATTR_COMMENT
+                    if let comment { Netlink.appendAttribute(&data, type: 26, Array(comment.utf8) + [0]) }
+                    // IPSET_ATTR_LINENO, as the tool
+                    Netlink.appendAttribute(&data, type: 9 | Netlink.networkByteOrder, [0, 0, 0, 0])
                 }
             }
         }
@@ -237,8 +257,10 @@ enum Netlink {
     static let networkByteOrder: UInt16 = 0x4000 // NLA_F_NET_BYTEORDER
 
     /// Appends one message: header, nfgenmsg (family, version 0, `resource` as res_id), then what `body` appends.
-    static func appendMessage(_ buffer: inout [UInt8], type: UInt16, flags: UInt16, sequence: UInt32, family: UInt8,
-                              resource: UInt16, body: (inout [UInt8]) -> Void) {
+    static func appendMessage(
+        _ buffer: inout [UInt8], type: UInt16, flags: UInt16, sequence: UInt32, family: UInt8,
+        resource: UInt16, body: (inout [UInt8]) -> Void
+    ) {
         var payload: [UInt8] = [family, 0, UInt8(resource >> 8), UInt8(resource & 0xFF)] // nfgenmsg, res_id big-endian
         body(&payload)
         let length = UInt32(16 + payload.count)
@@ -328,9 +350,11 @@ enum Netlink {
                 var offset = 0
                 while offset + 16 <= count {
                     let (length, type, sequence) = buffer.withUnsafeBytes { raw in
-                        (raw.loadUnaligned(fromByteOffset: offset, as: UInt32.self),
-                         raw.loadUnaligned(fromByteOffset: offset + 4, as: UInt16.self),
-                         raw.loadUnaligned(fromByteOffset: offset + 8, as: UInt32.self))
+                        (
+                            raw.loadUnaligned(fromByteOffset: offset, as: UInt32.self),
+                            raw.loadUnaligned(fromByteOffset: offset + 4, as: UInt16.self),
+                            raw.loadUnaligned(fromByteOffset: offset + 8, as: UInt32.self)
+                        )
                     }
                     guard length >= 16, offset + Int(length) <= count else { return false }
                     if !handle(type, sequence, buffer[offset..<(offset + Int(length))]) { return true }

@@ -112,7 +112,11 @@ public struct SpawnRunner: CommandRunner {
                 }
                 let count = buffer.withUnsafeMutableBytes { read(entry.fd, $0.baseAddress, $0.count) }
                 if count > 0 {
-                    if entry.fd == outPipe[0] { output.stdout += buffer[0..<count] } else { output.stderr += buffer[0..<count] }
+                    if entry.fd == outPipe[0] {
+                        output.stdout += buffer[0..<count]
+                    } else {
+                        output.stderr += buffer[0..<count]
+                    }
                 } else if count == 0 || errno != EINTR {
                     close(entry.fd)
                     open.removeAll { $0 == entry.fd }

@@ -44,7 +44,8 @@ extension NFTablesBackend {
         for rule in items.compactMap({ $0["rule"] }) {
             let expressions = rule["expr"]?.arrayValue ?? []
             guard let counter = expressions.lazy.compactMap({ $0["counter"] }).first,
-                  case .int(let packets)? = counter["packets"], case .int(let bytes)? = counter["bytes"] else { continue }
+                case .int(let packets)? = counter["packets"], case .int(let bytes)? = counter["bytes"]
+            else { continue }
             if expressions.contains(where: { $0["goto"] != nil }) {
                 counters.masquerade.add(packets: UInt64(packets), bytes: UInt64(bytes))
             } else if expressions.contains(where: { $0.objectValue?.members.first?.key == "return" }) {
@@ -62,7 +63,8 @@ extension IPTablesBackend {
         var counters = RuleCounters()
         for family in IPFamily.allCases {
             let listing = try listing(family)
-            guard let chain = renderer.installedJumps(key, family, in: listing).compactMap(NATListing.target(of:)).first else { continue }
+            guard let chain = renderer.installedJumps(key, family, in: listing).compactMap(NATListing.target(of:)).first
+            else { continue }
             let verbose = try execute([program(family)] + Self.wait + ["-t", "nat", "-S", chain, "-v"])
             Self.addCounters(in: verbose, to: &counters)
         }
@@ -74,8 +76,9 @@ extension IPTablesBackend {
         for line in text.split(separator: "\n") where line.hasPrefix("-A ") {
             let words = line.split(separator: " ")
             guard let index = words.firstIndex(of: "-c"), index + 2 < words.count,
-                  let packets = UInt64(words[index + 1]), let bytes = UInt64(words[index + 2]),
-                  let jump = words.firstIndex(of: "-j"), jump + 1 < words.count else { continue }
+                let packets = UInt64(words[index + 1]), let bytes = UInt64(words[index + 2]),
+                let jump = words.firstIndex(of: "-j"), jump + 1 < words.count
+            else { continue }
             switch words[jump + 1] {
             case "RETURN": counters.keep.add(packets: packets, bytes: bytes)
             case "MASQUERADE": counters.masquerade.add(packets: packets, bytes: bytes)

@@ -22,24 +22,48 @@ public struct AttachmentRecord: Equatable, Sendable {
     public var fileName: String { StateStore.fileName(for: owner.attachment) }
 
     var json: JSONValue {
-        .object(JSONObject([
-            ("network", .string(owner.network)),
-            ("containerID", .string(owner.containerID)),
-            ("ifname", .string(owner.ifname)),
-            ("addresses", .array(addresses.map { .object(JSONObject([("address", .string("\($0.address)")), ("subnet", .string("\($0.subnet)"))])) })),
-        ] + (owner.pod.map { [("podNamespace", JSONValue.string($0.namespace)), ("podName", .string($0.name))] } ?? [])
-          + owedMembers))
+        .object(
+            JSONObject(
+                [
+                    ("network", .string(owner.network)),
+                    ("containerID", .string(owner.containerID)),
+                    ("ifname", .string(owner.ifname)),
+                    (
+                        "addresses",
+                        .array(
+                            addresses.map {
+                                .object(
+                                    JSONObject([
+                                        ("address", .string("\($0.address)")), ("subnet", .string("\($0.subnet)")),
+                                    ]))
+                            })
+                    ),
+                ]
+                    + (owner.pod.map {
+                        [("podNamespace", JSONValue.string($0.namespace)), ("podName", .string($0.name))]
+                    } ?? [])
+                    + owedMembers))
     }
 
     /// `owed` and `owedSubnets`, present only when non-empty (a record with nothing owed reads as before).
     var owedMembers: [(String, JSONValue)] {
         var members: [(String, JSONValue)] = []
         if !owed.isEmpty {
-            members.append(("owed", .array(owed.map { entry in
-                .object(JSONObject([("network", .string(entry.owner.network)), ("containerID", .string(entry.owner.containerID)),
-                                    ("ifname", .string(entry.owner.ifname)), ("address", .string("\(entry.pod.address)")),
-                                    ("subnet", .string("\(entry.pod.subnet)"))]))
-            })))
+            members.append(
+                (
+                    "owed",
+                    .array(
+                        owed.map { entry in
+                            .object(
+                                JSONObject([
+                                    ("network", .string(entry.owner.network)),
+                                    ("containerID", .string(entry.owner.containerID)),
+                                    ("ifname", .string(entry.owner.ifname)),
+                                    ("address", .string("\(entry.pod.address)")),
+                                    ("subnet", .string("\(entry.pod.subnet)")),
+                                ]))
+                        })
+                ))
         }
         if !owedSubnets.isEmpty { members.append(("owedSubnets", .array(owedSubnets.map { .string("\($0)") }))) }
         return members
@@ -49,10 +73,14 @@ public struct AttachmentRecord: Equatable, Sendable {
         var owed: [Registration] = [], subnets: [CIDR] = []
         for entry in json["owed"]?.arrayValue ?? [] {
             guard let network = entry["network"]?.stringValue, let containerID = entry["containerID"]?.stringValue,
-                  let ifname = entry["ifname"]?.stringValue, let text = entry["address"]?.stringValue, let address = IPAddress(text),
-                  let subnetText = entry["subnet"]?.stringValue, case .success(let subnet) = CIDR.parse(subnetText) else { return nil }
-            owed.append(Registration(owner: Owner(network: network, containerID: containerID, ifname: ifname),
-                                     pod: PodAddress(address: address, subnet: subnet)))
+                let ifname = entry["ifname"]?.stringValue, let text = entry["address"]?.stringValue,
+                let address = IPAddress(text),
+                let subnetText = entry["subnet"]?.stringValue, case .success(let subnet) = CIDR.parse(subnetText)
+            else { return nil }
+            owed.append(
+                Registration(
+                    owner: Owner(network: network, containerID: containerID, ifname: ifname),
+                    pod: PodAddress(address: address, subnet: subnet)))
         }
         for entry in json["owedSubnets"]?.arrayValue ?? [] {
             guard let text = entry.stringValue, case .success(let subnet) = CIDR.parse(text) else { return nil }
@@ -63,17 +91,20 @@ public struct AttachmentRecord: Equatable, Sendable {
 
     init?(json: JSONValue) {
         guard let network = json["network"]?.stringValue, let containerID = json["containerID"]?.stringValue,
-              let ifname = json["ifname"]?.stringValue, let list = json["addresses"]?.arrayValue else { return nil }
+            let ifname = json["ifname"]?.stringValue, let list = json["addresses"]?.arrayValue
+        else { return nil }
         var addresses: [PodAddress] = []
         for entry in list {
             guard let text = entry["address"]?.stringValue, let address = IPAddress(text),
-                  let subnetText = entry["subnet"]?.stringValue, case .success(let subnet) = CIDR.parse(subnetText) else { return nil }
+                let subnetText = entry["subnet"]?.stringValue, case .success(let subnet) = CIDR.parse(subnetText)
+            else { return nil }
             addresses.append(PodAddress(address: address, subnet: subnet))
         }
         let pod = PodIdentity.given(namespace: json["podNamespace"]?.stringValue, name: json["podName"]?.stringValue)
         guard let (owed, owedSubnets) = Self.owed(from: json) else { return nil }
-        self.init(owner: Owner(network: network, containerID: containerID, ifname: ifname, pod: pod), addresses: addresses,
-                  owed: owed, owedSubnets: owedSubnets)
+        self.init(
+            owner: Owner(network: network, containerID: containerID, ifname: ifname, pod: pod), addresses: addresses,
+            owed: owed, owedSubnets: owedSubnets)
     }
 }
 
@@ -89,7 +120,8 @@ public struct NetworkRecord: Equatable, Sendable {
     public var policy: JSONValue {
         get {
             guard case .object(var object) = ownPolicy, let text = namespacesText ?? storedNamespacesText(),
-                  let namespaces = try? JSONValue.parse(Array(text.utf8)) else { return ownPolicy }
+                let namespaces = try? JSONValue.parse(Array(text.utf8))
+            else { return ownPolicy }
             object["namespaces"] = namespaces
             return .object(object)
         }
@@ -118,8 +150,10 @@ public struct NetworkRecord: Equatable, Sendable {
     public var iptablesMode: IPTablesMode?
     public var masqChain: String?
 
-    public init(network: String, backend: BackendKind, fingerprint: String, policy: JSONValue,
-                iptablesMode: IPTablesMode? = nil, masqChain: String? = nil) {
+    public init(
+        network: String, backend: BackendKind, fingerprint: String, policy: JSONValue,
+        iptablesMode: IPTablesMode? = nil, masqChain: String? = nil
+    ) {
         self.network = network
         self.backend = backend
         self.fingerprint = fingerprint
@@ -129,10 +163,13 @@ public struct NetworkRecord: Equatable, Sendable {
     }
 
     /// A record as stored: the policy's `namespaces` in `file`, with the names of its keys.
-    init(network: String, backend: BackendKind, fingerprint: String, ownPolicy: JSONValue, namespacesFile: String,
-         namespacesHash: String, namespaceNames: [String], iptablesMode: IPTablesMode?, masqChain: String?) {
-        self.init(network: network, backend: backend, fingerprint: fingerprint, policy: ownPolicy,
-                  iptablesMode: iptablesMode, masqChain: masqChain)
+    init(
+        network: String, backend: BackendKind, fingerprint: String, ownPolicy: JSONValue, namespacesFile: String,
+        namespacesHash: String, namespaceNames: [String], iptablesMode: IPTablesMode?, masqChain: String?
+    ) {
+        self.init(
+            network: network, backend: backend, fingerprint: fingerprint, policy: ownPolicy,
+            iptablesMode: iptablesMode, masqChain: masqChain)
         self.namespacesFile = namespacesFile
         self.namespacesHash = namespacesHash
         self.namespaceNames = namespaceNames
@@ -183,7 +220,9 @@ public struct AddressHolder: Equatable, Sendable {
     var text: String { key.rawValue + "/" + file }
 
     init?(text: String) {
-        guard let slash = text.firstIndex(of: "/"), let key = NetworkKey(rawValue: String(text[..<slash])) else { return nil }
+        guard let slash = text.firstIndex(of: "/"), let key = NetworkKey(rawValue: String(text[..<slash])) else {
+            return nil
+        }
         let file = String(text[text.index(after: slash)...])
         guard !file.isEmpty, !file.hasPrefix("."), !file.contains("/") else { return nil }
         self.init(key: key, file: file)
@@ -244,7 +283,11 @@ public struct StateStore: Sendable {
         let relative = lockFile.dropFirst(root.count + 1)
         let first = relative.prefix { $0 != "/" }
         return Self.nodeWideNames.contains(String(first))
-            ? "lockFile \(lockFile) is inside the state directory's \(first) entry; put it elsewhere (e.g. \(root)/lock)" : nil
+            ? """
+            lockFile \(lockFile) is inside the state directory's \(first) entry; put it elsewhere (e.g. \
+            \(root)/lock)
+            """
+            : nil
     }
 
     static func fileName(for attachment: AttachmentKey) -> String {
@@ -290,7 +333,9 @@ public struct StateStore: Sendable {
 
     /// Writes (or replaces) an attachment's record.
     public func save(_ record: AttachmentRecord) throws(SystemError) {
-        try write(recordPath(NetworkKey(network: record.owner.network), record.fileName), Array(record.json.serialized().utf8))
+        try write(
+            recordPath(NetworkKey(network: record.owner.network), record.fileName), Array(record.json.serialized().utf8)
+        )
     }
 
     /// Forgets an attachment's record.
@@ -303,7 +348,8 @@ public struct StateStore: Sendable {
         var result: [AttachmentRecord] = []
         for name in try Files.list(networkDirectory(key) + "/attachments") {
             if let record = try readRecord(key, named: name).record, NetworkKey(network: record.owner.network) == key,
-               record.fileName == name {
+                record.fileName == name
+            {
                 result.append(record)
             }
         }
@@ -316,7 +362,10 @@ public struct StateStore: Sendable {
         var result: [String] = []
         for name in try Files.list(directory) where !name.hasPrefix(".") {
             let bytes = try? Files.read(directory + "/" + name)
-            if bytes.flatMap({ $0 }).flatMap({ try? JSONValue.parse($0) }).flatMap(AttachmentRecord.init(json:)) == nil { result.append(name) }
+            if bytes.flatMap({ $0 }).flatMap({ try? JSONValue.parse($0) }).flatMap(AttachmentRecord.init(json:)) == nil
+            {
+                result.append(name)
+            }
         }
         return result.sorted()
     }
@@ -331,7 +380,9 @@ public struct StateStore: Sendable {
     /// What the ownership index holds for `address`: nil when nobody, `.failure` text when the entry is unreadable.
     public func holder(of address: IPAddress) throws(SystemError) -> Result<AddressHolder, OwnerFileDamage>? {
         guard let bytes = try Files.read(ownersDirectory + "/\(address)") else { return nil }
-        guard let holder = AddressHolder(text: String(decoding: bytes, as: UTF8.self)) else { return .failure(OwnerFileDamage(bytes: bytes.count)) }
+        guard let holder = AddressHolder(text: String(decoding: bytes, as: UTF8.self)) else {
+            return .failure(OwnerFileDamage(bytes: bytes.count))
+        }
         return .success(holder)
     }
 
@@ -377,7 +428,9 @@ public struct StateStore: Sendable {
                         }.filter { $0.contains(address) }
                     }
                     let member = subnets!.contains { Files.exists(subnetDirectory($0, in: key) + "/" + name) }
-                    if member, damaged.map({ time > $0.time }) ?? true { damaged = (AddressHolder(key: key, file: name), time) }
+                    if member, damaged.map({ time > $0.time }) ?? true {
+                        damaged = (AddressHolder(key: key, file: name), time)
+                    }
                 default:
                     break
                 }
@@ -391,7 +444,9 @@ public struct StateStore: Sendable {
         let wanted = Self.holder(owner).text
         var found: [IPAddress] = []
         for name in try Files.list(ownersDirectory) {
-            guard let address = IPAddress(name), let bytes = try Files.read(ownersDirectory + "/" + name) else { continue }
+            guard let address = IPAddress(name), let bytes = try Files.read(ownersDirectory + "/" + name) else {
+                continue
+            }
             if String(decoding: bytes, as: UTF8.self) == wanted { found.append(address) }
         }
         return found
@@ -405,7 +460,8 @@ public struct StateStore: Sendable {
 
     /// Adds `owner` to the members of a pod subnet.
     public func join(_ subnet: CIDR, owner: Owner) throws(SystemError) {
-        let path = subnetDirectory(subnet, in: NetworkKey(network: owner.network)) + "/" + Self.fileName(for: owner.attachment)
+        let path =
+            subnetDirectory(subnet, in: NetworkKey(network: owner.network)) + "/" + Self.fileName(for: owner.attachment)
         try journal?.note(path)
         try Files.makeDirectories(Files.parentDirectory(of: path))
         try Files.touch(path)
@@ -443,34 +499,47 @@ public struct StateStore: Sendable {
 
     /// What was last applied for a network.
     public func networkRecord(_ key: NetworkKey) throws(SystemError) -> NetworkRecord? {
-        guard let bytes = try Files.read(networkDirectory(key) + "/network.json"), let json = try? JSONValue.parse(bytes),
-              let network = json["network"]?.stringValue, let backendText = json["backend"]?.stringValue,
-              let backend = BackendKind(rawValue: backendText), let fingerprint = json["fingerprint"]?.stringValue else { return nil }
+        guard let bytes = try Files.read(networkDirectory(key) + "/network.json"),
+            let json = try? JSONValue.parse(bytes),
+            let network = json["network"]?.stringValue, let backendText = json["backend"]?.stringValue,
+            let backend = BackendKind(rawValue: backendText), let fingerprint = json["fingerprint"]?.stringValue
+        else { return nil }
         let mode = json["iptablesMode"]?.stringValue.flatMap(IPTablesMode.init(rawValue:))
         if let hash = json["namespacesHash"]?.stringValue, let names = json["namespaceSlots"]?.stringValue {
-            return NetworkRecord(network: network, backend: backend, fingerprint: fingerprint,
-                                 ownPolicy: json["policy"] ?? .null, namespacesFile: networkDirectory(key) + "/namespaces.json",
-                                 namespacesHash: hash, namespaceNames: names.split(separator: " ").map(String.init),
-                                 iptablesMode: mode, masqChain: json["masqChain"]?.stringValue)
+            return NetworkRecord(
+                network: network, backend: backend, fingerprint: fingerprint,
+                ownPolicy: json["policy"] ?? .null, namespacesFile: networkDirectory(key) + "/namespaces.json",
+                namespacesHash: hash, namespaceNames: names.split(separator: " ").map(String.init),
+                iptablesMode: mode, masqChain: json["masqChain"]?.stringValue)
         }
-        return NetworkRecord(network: network, backend: backend, fingerprint: fingerprint, policy: json["policy"] ?? .null,
-                             iptablesMode: mode, masqChain: json["masqChain"]?.stringValue)
+        return NetworkRecord(
+            network: network, backend: backend, fingerprint: fingerprint, policy: json["policy"] ?? .null,
+            iptablesMode: mode, masqChain: json["masqChain"]?.stringValue)
     }
 
     /// Remembers what was applied for a network.
     public func save(_ record: NetworkRecord) throws(SystemError) {
         // The namespace policies first, in their own file (NetworkRecord.policy): network.json names their hash.
         let directory = networkDirectory(NetworkKey(network: record.network))
-        let namespaces = record.namespacesText ?? (record.namespacesFile == nil ? nil : record.policy["namespaces"]?.serialized())
+        let namespaces =
+            record.namespacesText ?? (record.namespacesFile == nil ? nil : record.policy["namespaces"]?.serialized())
         if let namespaces { try write(directory + "/namespaces.json", Array(namespaces.utf8)) }
-        let json = JSONValue.object(JSONObject([
-            ("network", .string(record.network)), ("backend", .string(record.backend.rawValue)),
-            ("fingerprint", .string(record.fingerprint)), ("policy", record.ownPolicy),
-        ] + (namespaces.map { [("namespacesHash", JSONValue.string(NetworkRecord.hash($0))),
-                               ("namespaceSlots", .string(record.namespaceNames.joined(separator: " ")))] } ?? [])
-          + (record.iptablesMode.map { [("iptablesMode", JSONValue.string($0.rawValue))] } ?? [])
-          + (record.masqChain.map { [("masqChain", JSONValue.string($0))] } ?? [])))
-        try write(networkDirectory(NetworkKey(network: record.network)) + "/network.json", Array(json.serialized().utf8))
+        let json = JSONValue.object(
+            JSONObject(
+                [
+                    ("network", .string(record.network)), ("backend", .string(record.backend.rawValue)),
+                    ("fingerprint", .string(record.fingerprint)), ("policy", record.ownPolicy),
+                ]
+                    + (namespaces.map {
+                        [
+                            ("namespacesHash", JSONValue.string(NetworkRecord.hash($0))),
+                            ("namespaceSlots", .string(record.namespaceNames.joined(separator: " "))),
+                        ]
+                    } ?? [])
+                    + (record.iptablesMode.map { [("iptablesMode", JSONValue.string($0.rawValue))] } ?? [])
+                    + (record.masqChain.map { [("masqChain", JSONValue.string($0))] } ?? [])))
+        try write(
+            networkDirectory(NetworkKey(network: record.network)) + "/network.json", Array(json.serialized().utf8))
     }
 
     /// The directory of a network's records in the previous layout (`<root>/<network>/`), when one is there: this
@@ -487,7 +556,9 @@ public struct StateStore: Sendable {
         try Files.removeTree(networkDirectory(key))
         let prefix = key.rawValue + "/"
         for name in try Files.list(ownersDirectory) {
-            if let bytes = try Files.read(ownersDirectory + "/" + name), String(decoding: bytes, as: UTF8.self).hasPrefix(prefix) {
+            if let bytes = try Files.read(ownersDirectory + "/" + name),
+                String(decoding: bytes, as: UTF8.self).hasPrefix(prefix)
+            {
                 try Files.remove(ownersDirectory + "/" + name)
             }
         }
@@ -530,17 +601,26 @@ extension String {
 extension NetworkPolicy {
     /// The policy as JSON, in config-key terms (for records, `list` and fingerprints).
     public var json: JSONValue {
-        .object(JSONObject([
-            ("nonMasqueradeCIDRs", .array(nonMasquerade.map { .string("\($0)") })),
-            ("masqueradeCIDRs", .array(masqueradeExceptions.map { .string("\($0)") })),
-            ("masqLinkLocal", .bool(masqLinkLocal)),
-            ("masqLinkLocalIPv6", .bool(masqLinkLocalIPv6)),
-            ("exemptPodSubnet", .bool(exemptPodSubnet)),
-            ("randomFully", .bool(randomFully)),
-            ("toPorts", .string(toPorts.map { $0.lowerBound == $0.upperBound ? "\($0.lowerBound)" : "\($0.lowerBound)-\($0.upperBound)" }.joined(separator: ","))),
-            ("dropInvalid", .bool(dropInvalid)),
-        ] + egressMembers + (namespacesDigest.isEmpty ? [] : [("namespacesDigest", .string(namespacesDigest))])
-          + namespaceMembers))
+        .object(
+            JSONObject(
+                [
+                    ("nonMasqueradeCIDRs", .array(nonMasquerade.map { .string("\($0)") })),
+                    ("masqueradeCIDRs", .array(masqueradeExceptions.map { .string("\($0)") })),
+                    ("masqLinkLocal", .bool(masqLinkLocal)),
+                    ("masqLinkLocalIPv6", .bool(masqLinkLocalIPv6)),
+                    ("exemptPodSubnet", .bool(exemptPodSubnet)),
+                    ("randomFully", .bool(randomFully)),
+                    (
+                        "toPorts",
+                        .string(
+                            toPorts.map {
+                                $0.lowerBound == $0.upperBound
+                                    ? "\($0.lowerBound)" : "\($0.lowerBound)-\($0.upperBound)"
+                            }.joined(separator: ","))
+                    ),
+                    ("dropInvalid", .bool(dropInvalid)),
+                ] + egressMembers + (namespacesDigest.isEmpty ? [] : [("namespacesDigest", .string(namespacesDigest))])
+                    + namespaceMembers))
     }
 
     /// `namespaces` (issue 15): each namespace policy as the keys whose value differs from the network's own (read
@@ -552,14 +632,25 @@ extension NetworkPolicy {
         var own = self
         own.namespaces = [:]
         let base = own.json.objectValue ?? JSONObject()
-        return [("namespaces", .object(JSONObject(namespaces.sorted { $0.key < $1.key }.map { name, policy in
-            let object = policy.json.objectValue ?? JSONObject()
-            var members = object.members.filter { $0.key != "dropInvalid" && base[$0.key] != $0.value }.map { ($0.key, $0.value) }
-            // A key of the network's the namespace unsets (written only when set): its unset value.
-            for (key, unset) in [("snatAddress", JSONValue.string("")), ("snatAddressIPv6", .string("")), ("egressInterfaces", .array([]))]
-            where base[key] != nil && object[key] == nil { members.append((key, unset)) }
-            return (name, .object(JSONObject(members)))
-        })))]
+        return [
+            (
+                "namespaces",
+                .object(
+                    JSONObject(
+                        namespaces.sorted { $0.key < $1.key }.map { name, policy in
+                            let object = policy.json.objectValue ?? JSONObject()
+                            var members = object.members.filter { $0.key != "dropInvalid" && base[$0.key] != $0.value }
+                                .map { ($0.key, $0.value) }
+                            // A key of the network's the namespace unsets (written only when set): its unset value.
+                            for (key, unset) in [
+                                ("snatAddress", JSONValue.string("")), ("snatAddressIPv6", .string("")),
+                                ("egressInterfaces", .array([])),
+                            ]
+                            where base[key] != nil && object[key] == nil { members.append((key, unset)) }
+                            return (name, .object(JSONObject(members)))
+                        }))
+            )
+        ]
     }
 
     /// The egress keys (SNAT sources, egress interfaces), present only when set, so the records and fingerprints of
@@ -568,7 +659,9 @@ extension NetworkPolicy {
         var members: [(String, JSONValue)] = []
         if let snatAddress { members.append(("snatAddress", .string(snatAddress.description))) }
         if let snatAddressIPv6 { members.append(("snatAddressIPv6", .string(snatAddressIPv6.description))) }
-        if !egressInterfaces.isEmpty { members.append(("egressInterfaces", .array(egressInterfaces.map { .string($0) }))) }
+        if !egressInterfaces.isEmpty {
+            members.append(("egressInterfaces", .array(egressInterfaces.map { .string($0) })))
+        }
         return members
     }
 }

@@ -1,7 +1,8 @@
+import MasqCore
+
 #if canImport(Glibc)
 import Glibc
 #endif
-import MasqCore
 
 /// Conntrack tombstones: addresses a DEL released whose conntrack entries may still be in the kernel's table.
 ///
@@ -21,8 +22,8 @@ extension StateStore {
         let directory = tombstoneDirectory
         let path = directory + "/\(address)"
         let bytes = Array("\(now.tv_sec) \(formerOwner)\n".utf8)
-        try journal?.note(path)  // a failed ADD's takeover leaves none behind
-        do { try Files.writeAtomically(path, bytes) } catch where error.errno == ENOENT {
+        try journal?.note(path) // a failed ADD's takeover leaves none behind
+        do { try Files.writeAtomically(path, bytes) } catch  where error.errno == ENOENT {
             try Files.makeDirectories(directory)
             try Files.writeAtomically(path, bytes)
         }

@@ -1,58 +1,59 @@
-#if canImport(Glibc)
-import Glibc
-#endif
 import JSON
 import MasqCore
 import Netfilter
 import Synchronization
 
+#if canImport(Glibc)
+import Glibc
+#endif
+
 /// `ip-masq agent`: the reconcile loop a DaemonSet runs beside the plugin.
 enum AgentCommand {
     /// `ip-masq agent --help`.
     static let help = """
-    Usage: ip-masq agent --netconf FILE [--once] [--plugin-type TYPE]
-                         [--sync-config-from SRC --sync-config-to DST] [--heartbeat HB]
-                         [--metrics-address ADDR:PORT]
-           ip-masq agent --healthcheck --heartbeat HB
+        Usage: ip-masq agent --netconf FILE [--once] [--plugin-type TYPE]
+                             [--sync-config-from SRC --sync-config-to DST] [--heartbeat HB]
+                             [--metrics-address ADDR:PORT]
+               ip-masq agent --healthcheck --heartbeat HB
 
-    Keeps one network's masquerade rules in line with its config, for a DaemonSet on every node.
-    FILE is the network's conflist (the entry of type "ip-masq" is used, with the list's name and
-    cniVersion, as a runtime would pass it) or a single-plugin conf. Its keys are honoured:
-    configFile, backend, masqChain, lockFile, stateDir, logFile, logLevel, ...
+        Keeps one network's masquerade rules in line with its config, for a DaemonSet on every node.
+        FILE is the network's conflist (the entry of type "ip-masq" is used, with the list's name and
+        cniVersion, as a runtime would pass it) or a single-plugin conf. Its keys are honoured:
+        configFile, backend, masqChain, lockFile, stateDir, logFile, logLevel, ...
 
-    Every resyncInterval (from the config file, default 60s), under the plugin's lock:
-      - FILE and its configFile are read again; a changed policy rewrites the node-wide rules;
-      - the network's rules are inspected; when anything is missing (a firewall reload flushed or
-        deleted them) the node-wide rules and every registered pod's entry are restored from the
-        records in stateDir;
-      - an invalid FILE or configFile is logged and the last good config stays in force.
-    Pods' entries are never removed (DEL and GC do that). One log line per change; SIGTERM or SIGINT
-    stops the loop within a second.
+        Every resyncInterval (from the config file, default 60s), under the plugin's lock:
+          - FILE and its configFile are read again; a changed policy rewrites the node-wide rules;
+          - the network's rules are inspected; when anything is missing (a firewall reload flushed or
+            deleted them) the node-wide rules and every registered pod's entry are restored from the
+            records in stateDir;
+          - an invalid FILE or configFile is logged and the last good config stays in force.
+        Pods' entries are never removed (DEL and GC do that). One log line per change; SIGTERM or SIGINT
+        stops the loop within a second.
 
-    Options:
-      --netconf FILE          the network's conflist or conf, an absolute path (required)
-      --once                  run one reconcile pass and exit
-      --plugin-type TYPE      the plugin entry to use in a conflist (default "ip-masq")
-      --sync-config-from SRC  before each pass, copy SRC (a mounted ConfigMap file) ...
-      --sync-config-to DST    ... to DST (the plugin's configFile on the host) when it changed,
-                              atomically; when SRC is absent, DST is removed (defaults apply)
-      --heartbeat HB          after every successful pass, write the time to HB (atomically)
-      --healthcheck           check HB instead (a liveness probe): exit 0 when the last successful
-                              pass ended at most 2 x resyncInterval + 10s ago, else 1
-      --metrics-address ADDR:PORT
-                              serve Prometheus metrics at /metrics, and /healthz (the loop is
-                              alive) and /readyz (the last pass succeeded within two intervals);
-                              e.g. 127.0.0.1:9797, [::1]:9797, :9797 (off by default)
-      --help                  this text
+        Options:
+          --netconf FILE          the network's conflist or conf, an absolute path (required)
+          --once                  run one reconcile pass and exit
+          --plugin-type TYPE      the plugin entry to use in a conflist (default "ip-masq")
+          --sync-config-from SRC  before each pass, copy SRC (a mounted ConfigMap file) ...
+          --sync-config-to DST    ... to DST (the plugin's configFile on the host) when it changed,
+                                  atomically; when SRC is absent, DST is removed (defaults apply)
+          --heartbeat HB          after every successful pass, write the time to HB (atomically)
+          --healthcheck           check HB instead (a liveness probe): exit 0 when the last successful
+                                  pass ended at most 2 x resyncInterval + 10s ago, else 1
+          --metrics-address ADDR:PORT
+                                  serve Prometheus metrics at /metrics, and /healthz (the loop is
+                                  alive) and /readyz (the last pass succeeded within two intervals);
+                                  e.g. 127.0.0.1:9797, [::1]:9797, :9797 (off by default)
+          --help                  this text
 
-    Exit status:
-      0  stopped by SIGTERM or SIGINT; with --once: the network matches the policy in force
-         (the config, or the last good one while the config file is invalid)
-      1  with --once: FILE is unusable, the lock was not taken, or the rules could not be
-         written or repaired (the loop logs these and tries again at the next resync)
-      2  usage error; nothing was done
+        Exit status:
+          0  stopped by SIGTERM or SIGINT; with --once: the network matches the policy in force
+             (the config, or the last good one while the config file is invalid)
+          1  with --once: FILE is unusable, the lock was not taken, or the rules could not be
+             written or repaired (the loop logs these and tries again at the next resync)
+          2  usage error; nothing was done
 
-    """
+        """
 
     /// Parses the options, then runs one pass (`--once`) or the loop until SIGTERM/SIGINT.
     static func run(arguments: [String]) -> Outcome {
@@ -60,9 +61,13 @@ enum AgentCommand {
         let sync: ConfigSync?
         let heartbeat: String?
         do throws(Arguments.UsageError) {
-            options = try Arguments(arguments, valued: ["--netconf", "--plugin-type", "--sync-config-from", "--sync-config-to", "--heartbeat",
-                                                            "--metrics-address"],
-                                    flags: ["--once", "--healthcheck"])
+            options = try Arguments(
+                arguments,
+                valued: [
+                    "--netconf", "--plugin-type", "--sync-config-from", "--sync-config-to", "--heartbeat",
+                    "--metrics-address",
+                ],
+                flags: ["--once", "--healthcheck"])
             if options.wantsHelp { return CommandExit.help(help) }
             if options.has("--healthcheck") { return try healthcheck(options) }
             guard options["--netconf"] != nil else { throw Arguments.UsageError(message: "--netconf FILE is required") }
@@ -76,11 +81,15 @@ enum AgentCommand {
         } catch {
             return CommandExit.usageError("agent", error)
         }
-        let agent = Agent(netconfPath: options["--netconf"]!, pluginType: options["--plugin-type"] ?? "ip-masq", sync: sync,
-                          heartbeat: heartbeat)
+        let agent = Agent(
+            netconfPath: options["--netconf"]!, pluginType: options["--plugin-type"] ?? "ip-masq", sync: sync,
+            heartbeat: heartbeat)
         if let text = options["--metrics-address"] {
             guard let address = MetricsServer.Address.parse(text) else {
-                return CommandExit.usageError("agent", Arguments.UsageError(message: "--metrics-address \(quoted(text)): expected HOST:PORT, [IPV6]:PORT or :PORT"))
+                return CommandExit.usageError(
+                    "agent",
+                    Arguments.UsageError(
+                        message: "--metrics-address \(quoted(text)): expected HOST:PORT, [IPV6]:PORT or :PORT"))
             }
             do { agent.metrics = try AgentMetrics.serve(at: address) } catch {
                 agent.log.error("\(error)")
@@ -91,8 +100,9 @@ enum AgentCommand {
             return Outcome(stdout: "", exitStatus: agent.pass() ? CommandExit.ok : CommandExit.failure)
         }
         StopSignal.install()
-        agent.log.info("agent started (pid \(getpid())): netconf \(agent.netconfPath)"
-                       + (sync.map { ", syncing \($0.source) to \($0.destination)" } ?? ""))
+        agent.log.info(
+            "agent started (pid \(getpid())): netconf \(agent.netconfPath)"
+                + (sync.map { ", syncing \($0.source) to \($0.destination)" } ?? ""))
         while StopSignal.received == 0 {
             // Passes start every interval (not an interval after the previous pass ended).
             let start = FileLock.now()
@@ -107,7 +117,9 @@ enum AgentCommand {
 
     /// `--healthcheck --heartbeat HB`: the verdict on HB's age, one line on stdout.
     static func healthcheck(_ options: Arguments) throws(Arguments.UsageError) -> Outcome {
-        guard let path = try options.path("--heartbeat") else { throw Arguments.UsageError(message: "--healthcheck needs --heartbeat HB") }
+        guard let path = try options.path("--heartbeat") else {
+            throw Arguments.UsageError(message: "--healthcheck needs --heartbeat HB")
+        }
         guard options["--netconf"] == nil, options["--sync-config-from"] == nil, !options.has("--once") else {
             throw Arguments.UsageError(message: "--healthcheck takes only --heartbeat")
         }
@@ -116,7 +128,8 @@ enum AgentCommand {
             return CommandExit.failed("agent", "cannot read the heartbeat: \(error)")
         }
         let verdict = Heartbeat.verdict(contents, path: path, now: Heartbeat.now())
-        return Outcome(stdout: verdict.message + "\n", exitStatus: verdict.healthy ? CommandExit.ok : CommandExit.failure)
+        return Outcome(
+            stdout: verdict.message + "\n", exitStatus: verdict.healthy ? CommandExit.ok : CommandExit.failure)
     }
 }
 
@@ -185,12 +198,16 @@ enum NetconfFile {
             throw CNIError(.decodeFailure, "the netconf file \(quoted(path)) is not valid JSON", details: "\(error)")
         }
         guard let object = document.objectValue else {
-            throw CNIError(.decodeFailure, "the netconf file \(quoted(path)) must hold a JSON object, found a \(document.kindName)")
+            throw CNIError(
+                .decodeFailure, "the netconf file \(quoted(path)) must hold a JSON object, found a \(document.kindName)"
+            )
         }
         guard let plugins = object["plugins"] else {
             guard object["type"]?.stringValue == pluginType else {
-                throw CNIError(.invalidConfig, "the netconf file \(quoted(path)) is neither a conflist nor a conf of type \(quoted(pluginType))",
-                               details: "type is \(object["type"]?.serialized() ?? "missing")")
+                throw CNIError(
+                    .invalidConfig,
+                    "the netconf file \(quoted(path)) is neither a conflist nor a conf of type \(quoted(pluginType))",
+                    details: "type is \(object["type"]?.serialized() ?? "missing")")
             }
             return try NetConf(object: object)
         }
@@ -199,8 +216,10 @@ enum NetconfFile {
         }
         let entries = list.compactMap(\.objectValue).filter { $0["type"]?.stringValue == pluginType }
         guard entries.count == 1, var entry = entries.first else {
-            throw CNIError(.invalidConfig, "the conflist \(quoted(path)) has \(entries.count) plugins of type \(quoted(pluginType)), expected one",
-                           details: "types found: \(list.map { $0["type"]?.serialized() ?? "none" }.joined(separator: ", "))")
+            throw CNIError(
+                .invalidConfig,
+                "the conflist \(quoted(path)) has \(entries.count) plugins of type \(quoted(pluginType)), expected one",
+                details: "types found: \(list.map { $0["type"]?.serialized() ?? "none" }.joined(separator: ", "))")
         }
         entry["name"] = object["name"]
         entry["cniVersion"] = object["cniVersion"]
@@ -237,8 +256,10 @@ final class Agent {
     /// The exported metrics, when `--metrics-address` is given (Metrics.swift).
     var metrics: AgentMetrics?
 
-    init(netconfPath: String, pluginType: String = "ip-masq", sync: ConfigSync? = nil, heartbeat: String? = nil,
-         makeBackend: @escaping BackendFactory = systemBackends, log: Log = Log()) {
+    init(
+        netconfPath: String, pluginType: String = "ip-masq", sync: ConfigSync? = nil, heartbeat: String? = nil,
+        makeBackend: @escaping BackendFactory = systemBackends, log: Log = Log()
+    ) {
         self.netconfPath = netconfPath
         self.pluginType = pluginType
         self.sync = sync
@@ -288,7 +309,11 @@ final class Agent {
     /// Logs a problem once per change of its text (an error line), and its end (an info line).
     private func report(_ topic: String, _ problem: String?, recovered: String? = nil, asWarning: Bool = false) {
         guard reported[topic] != problem else { return }
-        if let problem { if asWarning { log.warning(problem) } else { log.error(problem) } } else if let recovered { log.info(recovered) }
+        if let problem {
+            if asWarning { log.warning(problem) } else { log.error(problem) }
+        } else if let recovered {
+            log.info(recovered)
+        }
         reported[topic] = problem
     }
 
@@ -315,7 +340,8 @@ final class Agent {
         }
     }
 
-    /// FILE and its configFile; when FILE or its plugin keys turned unusable, the last good FILE with its configFile read again.
+    /// FILE and its configFile; when FILE or its plugin keys turned unusable, the last good FILE with its configFile
+    /// read again.
     private func loadConfig() -> (NetConf, ResolvedConfig)? {
         var netconf: NetConf
         var resolved: ResolvedConfig
@@ -338,7 +364,8 @@ final class Agent {
             }
         }
         adopt(netconf: netconf, resolved: resolved)
-        metrics?.configRead(ok: resolved.fileProblem == nil && !fellBack, interval: interval, lockTimeout: resolved.config.lockTimeout)
+        metrics?.configRead(
+            ok: resolved.fileProblem == nil && !fellBack, interval: interval, lockTimeout: resolved.config.lockTimeout)
         lastGoodNetconf = netconf
         return (netconf, resolved)
     }
@@ -354,24 +381,49 @@ final class Agent {
         log.level = config.logLevelGiven ? config.logLevel : .info
         log.context = "agent \(netconf.name)"
         if lastGoodNetconf?.name != netconf.name || adopted?.configFile != config.configFile
-            || adopted?.backend != config.backend || adopted?.stateDir != config.stateDir || adopted?.lockFile != config.lockFile {
-            log.info("serving network \(netconf.name): configFile \(config.configFile ?? "none"), backend \(config.backend.rawValue), "
-                     + "stateDir \(config.stateDir), lockFile \(config.lockFile), resync \(ValueSyntax.formatDuration(config.resyncInterval))")
+            || adopted?.backend != config.backend || adopted?.stateDir != config.stateDir
+            || adopted?.lockFile != config.lockFile
+        {
+            log.info(
+                """
+                serving network \(netconf.name): configFile \(config.configFile ?? "none"), backend \
+                \(config.backend.rawValue), 
+                """
+                    + """
+                    stateDir \(config.stateDir), lockFile \(config.lockFile), resync \
+                    \(ValueSyntax.formatDuration(config.resyncInterval))
+                    """
+            )
         }
         let firstConfig = adopted == nil
         adopted = config
         if let sync, config.configFile != sync.destination {
-            report("sync-target", "the network's configFile is \(config.configFile.map(quoted) ?? "unset"), not the sync destination \(quoted(sync.destination)): the plugin will not see the synced file")
+            report(
+                "sync-target",
+                """
+                the network's configFile is \(config.configFile.map(quoted) ?? "unset"), not the sync destination \
+                \(quoted(sync.destination)): the plugin will not see the synced file
+                """
+            )
         } else {
             report("sync-target", nil)
         }
         report("fileKeys", config.warnings.isEmpty ? nil : config.warnings.joined(separator: "; "), asWarning: true)
         if let problem = resolved.fileProblem {
-            report("configFile", "config file \(config.configFile ?? "") is invalid, keeping the last good rules: \(problem)")
+            report(
+                "configFile",
+                "config file \(config.configFile ?? "") is invalid, keeping the last good rules: \(problem)")
         } else {
             report("configFile", nil, recovered: "config file \(config.configFile ?? "") is valid again")
             if config.resyncInterval != interval {
-                if !firstConfig { log.info("resync interval \(ValueSyntax.formatDuration(interval)) -> \(ValueSyntax.formatDuration(config.resyncInterval))") }
+                if !firstConfig {
+                    log.info(
+                        """
+                        resync interval \(ValueSyntax.formatDuration(interval)) -> \
+                        \(ValueSyntax.formatDuration(config.resyncInterval))
+                        """
+                    )
+                }
                 interval = config.resyncInterval
             }
         }
@@ -381,7 +433,8 @@ final class Agent {
     private func reconcile(netconf: NetConf, resolved: ResolvedConfig) throws(CNIError) {
         let session = try openSession(config: resolved.config, network: netconf.name)
         if backendInUse != session.backend.kind {
-            log.info("backend in use: \(session.backend.kind.rawValue)\(resolved.config.backend == .auto ? " (auto)" : "")")
+            log.info(
+                "backend in use: \(session.backend.kind.rawValue)\(resolved.config.backend == .auto ? " (auto)" : "")")
             backendInUse = session.backend.kind
         }
         // A backend or iptables flavour switch: the network and every pod move at once, the old objects go.
@@ -389,20 +442,31 @@ final class Agent {
         let previous = try session.networkRecord()
         let change: NetworkChange
         do { change = try session.networkChange(policy: resolved.policy, fileProblem: resolved.fileProblem) } catch {
-            throw CNIError(error.code, "no rules exist yet and the config file is invalid, nothing to keep", details: error.description)
+            throw CNIError(
+                error.code, "no rules exist yet and the config file is invalid, nothing to keep",
+                details: error.description)
         }
         if let policy = change.policy {
-            LintCommand.logFindings(netconf: netconf.object, config: resolved.config, podSubnets: ((try? session.records()) ?? []).flatMap { $0.addresses.map(\.subnet) }, log: log)
+            LintCommand.logFindings(
+                netconf: netconf.object, config: resolved.config,
+                podSubnets: ((try? session.records()) ?? []).flatMap { $0.addresses.map(\.subnet) }, log: log)
             try session.apply(change)
             if let previous {
-                log.info("config changed (\(Self.difference(from: previous.policy, to: policy.json))): node-wide rules rewritten")
+                log.info(
+                    """
+                    config changed (\(Self.difference(from: previous.policy, to: policy.json))): node-wide rules \
+                    rewritten
+                    """
+                )
             } else {
                 log.info("node-wide rules written (\(session.backend.kind.rawValue)): \(policy.json.serialized())")
             }
         }
         var inForce = resolved.policy
         if resolved.fileProblem != nil {
-            guard let lastGood = try session.lastGoodPolicy() else { throw CNIError(.stateFailure, "the network record holds no readable policy") }
+            guard let lastGood = try session.lastGoodPolicy() else {
+                throw CNIError(.stateFailure, "the network record holds no readable policy")
+            }
             inForce = lastGood
         }
         let policy = inForce
@@ -412,12 +476,20 @@ final class Agent {
             metrics?.repaired(network: netconf.name, problems: problems)
             try session.restoreAll(policy: policy)
             let entries = records.reduce(0) { $0 + $1.addresses.count }
-            log.warning("repaired after \(problems.count) problem(s) (\(problems[0])\(problems.count > 1 ? "; ..." : "")): "
-                        + "node-wide rules and \(entries) pod entries of \(records.count) attachment(s) restored from the records")
+            log.warning(
+                "repaired after \(problems.count) problem(s) (\(problems[0])\(problems.count > 1 ? "; ..." : "")): "
+                    + """
+                    node-wide rules and \(entries) pod entries of \(records.count) attachment(s) restored from \
+                    the records
+                    """
+            )
             // A record the restore skipped (logged there) does not fail the pass of the whole network.
-            let remaining = try session.inspect(policy: policy, records: records.filter { !session.skipped.contains($0.owner) })
+            let remaining = try session.inspect(
+                policy: policy, records: records.filter { !session.skipped.contains($0.owner) })
             if !remaining.isEmpty {
-                throw CNIError(.netfilterFailure, "the network's rules are still wrong after restoring them", details: remaining.joined(separator: "; "))
+                throw CNIError(
+                    .netfilterFailure, "the network's rules are still wrong after restoring them",
+                    details: remaining.joined(separator: "; "))
             }
         }
         // Before the metrics see the session: the sweep's deletions count in ip_masq_conntrack_deleted_total.
@@ -433,7 +505,9 @@ final class Agent {
         slice.lockTimeout = min(config.lockTimeout, 200_000_000)
         while true {
             do { return try Session(config: slice, network: network, plugin: plugin) } catch {
-                guard error.code == .tryAgainLater, FileLock.now() < deadline, StopSignal.received == 0 else { throw error }
+                guard error.code == .tryAgainLater, FileLock.now() < deadline, StopSignal.received == 0 else {
+                    throw error
+                }
             }
         }
     }

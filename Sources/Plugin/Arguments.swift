@@ -69,7 +69,9 @@ struct Arguments: Equatable {
     /// An absolute path option (relative paths would depend on where the operator stood), or nil when absent.
     func path(_ name: String) throws(UsageError) -> String? {
         guard let value = values[name] else { return nil }
-        guard value.hasPrefix("/") else { throw UsageError(message: "option \(name) needs an absolute path, got \(quoted(value))") }
+        guard value.hasPrefix("/") else {
+            throw UsageError(message: "option \(name) needs an absolute path, got \(quoted(value))")
+        }
         return value
     }
 }

@@ -23,7 +23,8 @@ public typealias BackendFactory = @Sendable (BackendKind, MasqConfig) -> MasqBac
 public let systemBackends: BackendFactory = { kind, config in
     switch kind {
     case .iptables:
-        return IPTablesBackend.system(chain: config.masqChain, mode: config.iptablesMode, guardsInvalid: config.dropInvalid)
+        return IPTablesBackend.system(
+            chain: config.masqChain, mode: config.iptablesMode, guardsInvalid: config.dropInvalid)
     default: return NFTablesBackend.makeDefault()
     }
 }
@@ -35,8 +36,10 @@ public struct CNIPlugin {
     public var makeBackend: BackendFactory
     public var log: Log
 
-    public init(environment: [String: String], stdin: @escaping () throws(CNIError) -> [UInt8],
-                makeBackend: @escaping BackendFactory = systemBackends, log: Log = Log()) {
+    public init(
+        environment: [String: String], stdin: @escaping () throws(CNIError) -> [UInt8],
+        makeBackend: @escaping BackendFactory = systemBackends, log: Log = Log()
+    ) {
         self.environment = environment
         self.stdin = stdin
         self.makeBackend = makeBackend
@@ -51,8 +54,11 @@ public struct CNIPlugin {
         var counted: (CNICommand, String)? // the verb and stateDir, once known, for the invocation record
         var deletedBefore = 0
         func record(_ code: Int) -> InvocationRecord? {
-            counted.flatMap { InvocationRecord(stateDir: $0.1, verb: $0.0, code: code, nanoseconds: FileLock.now() - start,
-                                                 deletedConnections: InvocationTally.deletedConnections - deletedBefore) }
+            counted.flatMap {
+                InvocationRecord(
+                    stateDir: $0.1, verb: $0.0, code: code, nanoseconds: FileLock.now() - start,
+                    deletedConnections: InvocationTally.deletedConnections - deletedBefore)
+            }
         }
         do throws(CNIError) {
             // stdin first, so that even an environment error is reported in the config's cniVersion.
@@ -69,30 +75,35 @@ public struct CNIPlugin {
         } catch {
             if let reportedVersion = Self.reportableVersion(input) { version = reportedVersion }
             log.error("\(error.code.rawValue) \(error)")
-            let object = JSONValue.object(JSONObject([
-                ("cniVersion", .string(version)),
-                ("code", .int(Int64(error.code.rawValue))),
-                ("msg", .string(error.msg)),
-                ("details", .string(error.details)),
-            ]))
-            return Outcome(stdout: object.serialized(pretty: true) + "\n", exitStatus: 1, invocationRecord: record(error.code.rawValue))
+            let object = JSONValue.object(
+                JSONObject([
+                    ("cniVersion", .string(version)),
+                    ("code", .int(Int64(error.code.rawValue))),
+                    ("msg", .string(error.msg)),
+                    ("details", .string(error.details)),
+                ]))
+            return Outcome(
+                stdout: object.serialized(pretty: true) + "\n", exitStatus: 1,
+                invocationRecord: record(error.code.rawValue))
         }
     }
 
     /// The config's cniVersion when it is a supported one (errors are reported in it), else nil.
     static func reportableVersion(_ input: [UInt8]) -> String? {
         guard let document = try? JSONValue.parse(input),
-              let text = document["cniVersion"]?.stringValue, CNIVersion(rawValue: text) != nil else { return nil }
+            let text = document["cniVersion"]?.stringValue, CNIVersion(rawValue: text) != nil
+        else { return nil }
         return text
     }
 
     /// VERSION: the runtime's version echoed (1.1.0 when stdin has none) and the supported list.
     static func versionReply(_ input: [UInt8]) -> String {
         let requested = (try? JSONValue.parse(input))?["cniVersion"]?.stringValue ?? "1.1.0"
-        let object = JSONValue.object(JSONObject([
-            ("cniVersion", .string(requested)),
-            ("supportedVersions", .array(CNIVersion.allCases.map { .string($0.rawValue) })),
-        ]))
+        let object = JSONValue.object(
+            JSONObject([
+                ("cniVersion", .string(requested)),
+                ("supportedVersions", .array(CNIVersion.allCases.map { .string($0.rawValue) })),
+            ]))
         return object.serialized() + "\n"
     }
 }

@@ -1,8 +1,9 @@
+import MasqCore
+import Netfilter
+
 #if canImport(Glibc)
 import Glibc
 #endif
-import MasqCore
-import Netfilter
 
 /// Reads what `configFile` names: a file, or a directory of layers (a projected volume of several ConfigMaps).
 enum ConfigDirectory {
@@ -14,7 +15,7 @@ enum ConfigDirectory {
         do {
             guard let bytes = try Files.read(path) else { return [] }
             return [ConfigFileContents(path: path, bytes: bytes)]
-        } catch where error.errno == EISDIR {
+        } catch  where error.errno == EISDIR {
             var layers: [ConfigFileContents] = []
             for name in try Files.list(path) where MasqConfig.isLayerFileName(name) {
                 let file = path.hasSuffix("/") ? path + name : path + "/" + name

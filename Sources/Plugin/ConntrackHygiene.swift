@@ -11,9 +11,16 @@ extension Session {
     func noteReleased(_ released: [Registration], after verb: String) {
         guard config.conntrackFlush, !released.isEmpty else { return }
         do throws(SystemError) {
-            for registration in released { try store.writeTombstone(registration.pod.address, formerOwner: registration.owner.tag) }
+            for registration in released {
+                try store.writeTombstone(registration.pod.address, formerOwner: registration.owner.tag)
+            }
         } catch {
-            log.warning("conntrack: cannot note the stale entries of \(released.map { "\($0.pod.address)" }.joined(separator: ", ")) after \(verb): \(error)")
+            log.warning(
+                """
+                conntrack: cannot note the stale entries of \
+                \(released.map { "\($0.pod.address)" }.joined(separator: ", ")) after \(verb): \(error)
+                """
+            )
         }
     }
 
@@ -35,12 +42,22 @@ extension Session {
                 _ = try? store.removeTombstone(address)
             }
         } catch {
-            log.warning("conntrack: cannot delete the entries of \(stale.map(\.description).joined(separator: ", ")) after ADD: \(error)")
+            log.warning(
+                """
+                conntrack: cannot delete the entries of \(stale.map(\.description).joined(separator: ", ")) after \
+                ADD: \(error)
+                """
+            )
             return
         }
         deletedConnections += deleted
         if deleted > 0 {
-            log.info("conntrack: deleted \(deleted) entr\(deleted == 1 ? "y" : "ies") from \(stale.map(\.description).joined(separator: ", ")) after ADD")
+            log.info(
+                """
+                conntrack: deleted \(deleted) entr\(deleted == 1 ? "y" : "ies") from \
+                \(stale.map(\.description).joined(separator: ", ")) after ADD
+                """
+            )
         }
     }
 
@@ -52,14 +69,18 @@ extension Session {
         do throws(SystemError) {
             // An address held again has the tombstone of an ADD that did not finish: its retry walks, and the
             // holder's live connections are not broken here.
-            for address in try store.tombstones() where try store.holder(of: address) == nil { addresses.append(address) }
+            for address in try store.tombstones() where try store.holder(of: address) == nil {
+                addresses.append(address)
+            }
         } catch {
             log.warning("conntrack: cannot read the tombstones: \(error)")
             return
         }
         if addresses.isEmpty { return }
         guard config.conntrackFlush else {
-            do throws(SystemError) { try store.removeTombstones() } catch { log.warning("conntrack: cannot remove the tombstones: \(error)") }
+            do throws(SystemError) { try store.removeTombstones() } catch {
+                log.warning("conntrack: cannot remove the tombstones: \(error)")
+            }
             return
         }
         let table = backend.connections
@@ -72,17 +93,28 @@ extension Session {
                     for source in sources { deleted += try table.delete(table.entries(family: family, source: source)) }
                 } else {
                     let wanted = Set(sources)
-                    deleted += try table.delete(table.entries(family: family, source: nil).filter { wanted.contains($0.source) })
+                    deleted += try table.delete(
+                        table.entries(family: family, source: nil).filter { wanted.contains($0.source) })
                 }
             } catch {
-                log.warning("conntrack: cannot delete the stale entries of \(sources.count) released address(es) after \(verb): \(error)")
+                log.warning(
+                    """
+                    conntrack: cannot delete the stale entries of \(sources.count) released address(es) after \
+                    \(verb): \(error)
+                    """
+                )
                 continue
             }
             for source in sources { if (try? store.removeTombstone(source)) == true { cleared += 1 } }
         }
         deletedConnections += deleted
         if cleared > 0 {
-            log.info("conntrack: deleted \(deleted) entr\(deleted == 1 ? "y" : "ies") of \(cleared) released address(es) after \(verb)")
+            log.info(
+                """
+                conntrack: deleted \(deleted) entr\(deleted == 1 ? "y" : "ies") of \(cleared) released \
+                address(es) after \(verb)
+                """
+            )
         }
     }
 
@@ -95,11 +127,15 @@ extension Session {
         var lists: [String?: (before: DecisionList, after: DecisionList)] = [:]
         func decisionLists(_ namespace: String?) -> (before: DecisionList, after: DecisionList) {
             if let known = lists[namespace] { return known }
-            let pair = (DecisionList(policy: old.forNamespace(namespace)), DecisionList(policy: new.forNamespace(namespace)))
+            let pair = (
+                DecisionList(policy: old.forNamespace(namespace)), DecisionList(policy: new.forNamespace(namespace))
+            )
             lists[namespace] = pair
             return pair
         }
-        if old.namespaces.isEmpty && new.namespaces.isEmpty && decisionLists(nil).before == decisionLists(nil).after { return }
+        if old.namespaces.isEmpty && new.namespaces.isEmpty && decisionLists(nil).before == decisionLists(nil).after {
+            return
+        }
         let table = backend.connections
         var deleted = 0, pods = 0
         do throws(CNIError) {
@@ -141,6 +177,11 @@ extension Session {
             return
         }
         deletedConnections += deleted
-        log.info("conntrack: policy changed: deleted \(deleted) entr\(deleted == 1 ? "y" : "ies") of \(pods) pod address(es) whose destination now gets another verdict")
+        log.info(
+            """
+            conntrack: policy changed: deleted \(deleted) entr\(deleted == 1 ? "y" : "ies") of \(pods) pod \
+            address(es) whose destination now gets another verdict
+            """
+        )
     }
 }

@@ -1,7 +1,8 @@
+import MasqCore
+
 #if canImport(Glibc)
 import Glibc
 #endif
-import MasqCore
 
 /// The process's side of things: environment, stdin and stdout, read and written with raw syscalls.
 public enum ProcessIO {

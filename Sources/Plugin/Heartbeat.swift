@@ -1,8 +1,9 @@
+import MasqCore
+import Netfilter
+
 #if canImport(Glibc)
 import Glibc
 #endif
-import MasqCore
-import Netfilter
 
 /// The agent's liveness record (`ip-masq agent --heartbeat FILE`): written after every successful pass, read by
 /// `ip-masq agent --healthcheck --heartbeat FILE` (the DaemonSet's liveness probe, run in the same container).
@@ -38,7 +39,8 @@ struct Heartbeat: Equatable {
     init?(line: String) {
         let words = line.split(whereSeparator: { $0 == " " || $0 == "\n" })
         guard words.count == 4, words[0] == "ip-masq-heartbeat", words[1] == "1",
-              let ended = Int64(words[2]), let interval = Int64(words[3]), interval > 0 else { return nil }
+            let ended = Int64(words[2]), let interval = Int64(words[3]), interval > 0
+        else { return nil }
         self.init(passEnded: ended, interval: interval)
     }
 
@@ -59,9 +61,15 @@ struct Heartbeat: Equatable {
         let unit: Int64 = age >= 1_000_000_000 ? 1_000_000_000 : 1_000_000
         let ageText = ValueSyntax.formatDuration(age / unit * unit)
         if age > limit {
-            return (false, "the agent's last successful pass ended \(ageText) ago, more than 2 × resync "
-                    + "\(ValueSyntax.formatDuration(beat.interval)) + \(ValueSyntax.formatDuration(slack))")
+            return (
+                false,
+                "the agent's last successful pass ended \(ageText) ago, more than 2 × resync "
+                    + "\(ValueSyntax.formatDuration(beat.interval)) + \(ValueSyntax.formatDuration(slack))"
+            )
         }
-        return (true, "ok: the last successful pass ended \(ageText) ago (resync \(ValueSyntax.formatDuration(beat.interval)))")
+        return (
+            true,
+            "ok: the last successful pass ended \(ageText) ago (resync \(ValueSyntax.formatDuration(beat.interval)))"
+        )
     }
 }

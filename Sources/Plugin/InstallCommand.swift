@@ -1,71 +1,77 @@
-#if canImport(Glibc)
-import Glibc
-#endif
 import JSON
 import MasqCore
 import Netfilter
+
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// `ip-masq install`: puts this binary into the node's CNI bin dir and the plugin into the node's
 /// network config, the way cluster network add-ons install themselves.
 enum InstallCommand {
     /// The text of `ip-masq install --help`.
     static let help = """
-    Usage: ip-masq install --cni-bin-dir DIR --cni-conf-dir DIR [--conflist FILE]
-                           [--config-file PATH [--host-config-file PATH]] [--agent-netconf PATH]
-                           [--backend B] [--iptables-mode M] [--uninstall] [--dry-run]
+        Usage: ip-masq install --cni-bin-dir DIR --cni-conf-dir DIR [--conflist FILE]
+                               [--config-file PATH [--host-config-file PATH]] [--agent-netconf PATH]
+                               [--backend B] [--iptables-mode M] [--uninstall] [--dry-run]
 
-    Installs ip-masq on a node:
-      1. copies this binary to DIR/ip-masq (atomically: a temporary file renamed over it, mode 0755);
-      2. with --config-file: copies that ip-masq-agent config (e.g. the mounted ConfigMap) to the
-         --host-config-file path and names that path as "configFile" (without --host-config-file,
-         --config-file itself is named: it must then be a path on the node);
-      3. adds {"type": "ip-masq", ...} at the end of the node's network config: FILE, or else the
-         file a runtime loads, the first *.conf, *.conflist or *.json of the conf dir in lexical
-         order. An existing ip-masq entry is updated in place (twice is the same as once); the
-         original is kept once as FILE.ip-masq.bak; a single-plugin .conf/.json becomes a .conflist
-         (the original moves to its backup, so the runtime loads the new list);
-      4. with --agent-netconf: writes the plugin's entry as the runtime passes it (with the list's
-         name and cniVersion) to PATH, for 'ip-masq agent --netconf PATH' in another container.
-    A plugin of the list with "ipMasq": true is reported on stderr: its MASQUERADE lives in another
-    table, where ip-masq's RETURN for non-masquerade ranges cannot stop it.
+        Installs ip-masq on a node:
+          1. copies this binary to DIR/ip-masq (atomically: a temporary file renamed over it, mode 0755);
+          2. with --config-file: copies that ip-masq-agent config (e.g. the mounted ConfigMap) to the
+             --host-config-file path and names that path as "configFile" (without --host-config-file,
+             --config-file itself is named: it must then be a path on the node);
+          3. adds {"type": "ip-masq", ...} at the end of the node's network config: FILE, or else the
+             file a runtime loads, the first *.conf, *.conflist or *.json of the conf dir in lexical
+             order. An existing ip-masq entry is updated in place (twice is the same as once); the
+             original is kept once as FILE.ip-masq.bak; a single-plugin .conf/.json becomes a .conflist
+             (the original moves to its backup, so the runtime loads the new list);
+          4. with --agent-netconf: writes the plugin's entry as the runtime passes it (with the list's
+             name and cniVersion) to PATH, for 'ip-masq agent --netconf PATH' in another container.
+        A plugin of the list with "ipMasq": true is reported on stderr: its MASQUERADE lives in another
+        table, where ip-masq's RETURN for non-masquerade ranges cannot stop it.
 
-    Paths are as this process sees them. In a container, mount the directory of --host-config-file
-    and --agent-netconf from the node at the same path, so the plugin on the node and the agent in
-    its container read the same file. Refuses network configs older than CNI 0.3.0 (no prevResult).
+        Paths are as this process sees them. In a container, mount the directory of --host-config-file
+        and --agent-netconf from the node at the same path, so the plugin on the node and the agent in
+        its container read the same file. Refuses network configs older than CNI 0.3.0 (no prevResult).
 
-    Options:
-      --cni-bin-dir DIR        where the runtime looks for plugins (the node's /opt/cni/bin)
-      --cni-conf-dir DIR       the runtime's network config dir (the node's /etc/cni/net.d)
-      --conflist FILE          the config to edit (a name in DIR, or a path); default: the first one
-      --config-file PATH       an ip-masq-agent config file (YAML or JSON)
-      --host-config-file PATH  where to copy it on the node; this path is written as configFile
-      --agent-netconf PATH     also write the plugin's netconf here, for the agent
-      --backend B              write "backend": B into the entry (auto, nftables, iptables)
-      --iptables-mode M        write "iptablesMode": M into the entry (auto, nft, legacy)
-      --uninstall              take the entry out again: the backup comes back when nothing else
-                               changed, else only the entry is removed; removes the files of 2. and 4.
-                               The binary stays: run 'ip-masq reset' to remove the rules, then delete it
-      --dry-run                print what would change and the resulting config; change nothing
-      --help                   this text
+        Options:
+          --cni-bin-dir DIR        where the runtime looks for plugins (the node's /opt/cni/bin)
+          --cni-conf-dir DIR       the runtime's network config dir (the node's /etc/cni/net.d)
+          --conflist FILE          the config to edit (a name in DIR, or a path); default: the first one
+          --config-file PATH       an ip-masq-agent config file (YAML or JSON)
+          --host-config-file PATH  where to copy it on the node; this path is written as configFile
+          --agent-netconf PATH     also write the plugin's netconf here, for the agent
+          --backend B              write "backend": B into the entry (auto, nftables, iptables)
+          --iptables-mode M        write "iptablesMode": M into the entry (auto, nft, legacy)
+          --uninstall              take the entry out again: the backup comes back when nothing else
+                                   changed, else only the entry is removed; removes the files of 2. and 4.
+                                   The binary stays: run 'ip-masq reset' to remove the rules, then delete it
+          --dry-run                print what would change and the resulting config; change nothing
+          --help                   this text
 
-    Exit status: 0 installed (or uninstalled, or nothing to do); 1 failure (no network config in
-    the conf dir yet, unreadable or unsupported config, I/O error); 2 usage error.
+        Exit status: 0 installed (or uninstalled, or nothing to do); 1 failure (no network config in
+        the conf dir yet, unreadable or unsupported config, I/O error); 2 usage error.
 
-    """
+        """
 
     /// Parses the command line and installs or uninstalls; the report goes to stdout, warnings to stderr.
     static func run(arguments: [String]) -> Outcome {
         let options: InstallOptions
         do throws(Arguments.UsageError) {
-            let parsed = try Arguments(arguments, valued: ["--cni-bin-dir", "--cni-conf-dir", "--conflist", "--config-file",
-                                                           "--host-config-file", "--agent-netconf", "--backend", "--iptables-mode"],
-                                       flags: ["--uninstall", "--dry-run"])
+            let parsed = try Arguments(
+                arguments,
+                valued: [
+                    "--cni-bin-dir", "--cni-conf-dir", "--conflist", "--config-file",
+                    "--host-config-file", "--agent-netconf", "--backend", "--iptables-mode",
+                ],
+                flags: ["--uninstall", "--dry-run"])
             if parsed.wantsHelp { return CommandExit.help(help) }
             options = try InstallOptions(parsed)
         } catch {
             return CommandExit.usageError("install", error)
         }
-        let installer = Installer(options: options, warn: { ProcessIO.write("ip-masq install: warning: \($0)\n", to: 2) })
+        let installer = Installer(
+            options: options, warn: { ProcessIO.write("ip-masq install: warning: \($0)\n", to: 2) })
         do throws(InstallError) {
             let report = options.uninstall ? try installer.uninstall() : try installer.install()
             return Outcome(stdout: report.map { $0 + "\n" }.joined(), exitStatus: CommandExit.ok)
@@ -99,9 +105,11 @@ struct InstallOptions: Equatable {
     var binarySource = "/proc/self/exe"
 
     /// Options with everything spelled out (tests, and the command-line initialiser).
-    init(binDirectory: String, confDirectory: String, conflist: String? = nil, configFile: String? = nil,
-         hostConfigFile: String? = nil, agentNetconf: String? = nil, uninstall: Bool = false, dryRun: Bool = false,
-         binarySource: String = "/proc/self/exe") {
+    init(
+        binDirectory: String, confDirectory: String, conflist: String? = nil, configFile: String? = nil,
+        hostConfigFile: String? = nil, agentNetconf: String? = nil, uninstall: Bool = false, dryRun: Bool = false,
+        binarySource: String = "/proc/self/exe"
+    ) {
         self.binDirectory = binDirectory
         self.confDirectory = confDirectory
         self.conflist = conflist
@@ -115,17 +123,25 @@ struct InstallOptions: Equatable {
 
     /// Options from a parsed command line; the two directories are required, paths must be absolute.
     init(_ arguments: Arguments) throws(Arguments.UsageError) {
-        guard let bin = try arguments.path("--cni-bin-dir") else { throw Arguments.UsageError(message: "--cni-bin-dir DIR is required") }
-        guard let conf = try arguments.path("--cni-conf-dir") else { throw Arguments.UsageError(message: "--cni-conf-dir DIR is required") }
-        self.init(binDirectory: bin, confDirectory: conf, conflist: arguments["--conflist"],
-                  configFile: try arguments.path("--config-file"), hostConfigFile: try arguments.path("--host-config-file"),
-                  agentNetconf: try arguments.path("--agent-netconf"),
-                  uninstall: arguments.has("--uninstall"), dryRun: arguments.has("--dry-run"))
-        for (option, key, allowed) in [("--backend", "backend", BackendKind.allCases.map(\.rawValue)),
-                                       ("--iptables-mode", "iptablesMode", IPTablesMode.allCases.map(\.rawValue))] {
+        guard let bin = try arguments.path("--cni-bin-dir") else {
+            throw Arguments.UsageError(message: "--cni-bin-dir DIR is required")
+        }
+        guard let conf = try arguments.path("--cni-conf-dir") else {
+            throw Arguments.UsageError(message: "--cni-conf-dir DIR is required")
+        }
+        self.init(
+            binDirectory: bin, confDirectory: conf, conflist: arguments["--conflist"],
+            configFile: try arguments.path("--config-file"), hostConfigFile: try arguments.path("--host-config-file"),
+            agentNetconf: try arguments.path("--agent-netconf"),
+            uninstall: arguments.has("--uninstall"), dryRun: arguments.has("--dry-run"))
+        for (option, key, allowed) in [
+            ("--backend", "backend", BackendKind.allCases.map(\.rawValue)),
+            ("--iptables-mode", "iptablesMode", IPTablesMode.allCases.map(\.rawValue)),
+        ] {
             guard let value = arguments[option] else { continue }
             guard allowed.contains(value) else {
-                throw Arguments.UsageError(message: "option \(option) takes \(allowed.joined(separator: ", ")), got \(quoted(value))")
+                throw Arguments.UsageError(
+                    message: "option \(option) takes \(allowed.joined(separator: ", ")), got \(quoted(value))")
             }
             entryKeys[key] = .string(value)
         }
@@ -221,10 +237,18 @@ enum ConflistEdit {
         var warnings: [String] = []
         for (index, plugin) in plugins(of: list).enumerated() where !isOurs(plugin) {
             let type = plugin["type"]?.stringValue ?? "?"
-            for (path, value) in [("ipMasq", plugin["ipMasq"]), ("delegate.ipMasq", plugin["delegate"]?["ipMasq"])] where value == .bool(true) {
-                warnings.append("plugins[\(index)] (type \(quoted(type))) has \(quoted(path)): true: its MASQUERADE rule is in another "
-                                + "table, which ip-masq's RETURN cannot stop, so traffic to nonMasqueradeCIDRs is still masqueraded; "
-                                + "set it to false")
+            for (path, value) in [("ipMasq", plugin["ipMasq"]), ("delegate.ipMasq", plugin["delegate"]?["ipMasq"])]
+            where value == .bool(true) {
+                warnings.append(
+                    """
+                    plugins[\(index)] (type \(quoted(type))) has \(quoted(path)): true: its MASQUERADE rule is in \
+                    another 
+                    """
+                        + """
+                        table, which ip-masq's RETURN cannot stop, so traffic to nonMasqueradeCIDRs is still \
+                        masqueraded; 
+                        """
+                        + "set it to false")
             }
         }
         return warnings
@@ -269,14 +293,28 @@ struct Installer {
         let original = try load(try chosenConfig())
         let list = original.list
         guard let version = list["cniVersion"]?.stringValue, CNIVersion(rawValue: version) != nil else {
-            throw InstallError("\(original.path): cniVersion \(list["cniVersion"]?.serialized() ?? "missing") is not one ip-masq supports "
-                               + "(\(CNIVersion.allCases.map(\.rawValue).joined(separator: ", "))); chained plugins need 0.3.0 or later")
+            throw InstallError(
+                """
+                \(original.path): cniVersion \(list["cniVersion"]?.serialized() ?? "missing") is not one ip-masq \
+                supports 
+                """
+                    + """
+                    (\(CNIVersion.allCases.map(\.rawValue).joined(separator: ", "))); chained plugins need 0.3.0 \
+                    or later
+                    """
+            )
         }
         for warning in ConflistEdit.masqueradeConflicts(in: list) { warn("\(original.path): \(warning)") }
 
         if let path = options.agentNetconf, Files.parentDirectory(of: path) == options.confDirectory,
-           ConflistEdit.isNetworkConfig(String(path.split(separator: "/").last ?? "")) {
-            throw InstallError("--agent-netconf \(path) would be loaded by the runtime as a network config: put it outside \(options.confDirectory)")
+            ConflistEdit.isNetworkConfig(String(path.split(separator: "/").last ?? ""))
+        {
+            throw InstallError(
+                """
+                --agent-netconf \(path) would be loaded by the runtime as a network config: put it outside \
+                \(options.confDirectory)
+                """
+            )
         }
         var settings = JSONObject([("type", .string(ConflistEdit.pluginType))])
         if let path = options.configFileForEntry { settings["configFile"] = .string(path) }
@@ -289,15 +327,19 @@ struct Installer {
         let backup = original.path + ConflistEdit.backupSuffix
         let configText = JSONValue.object(edited).serialized(pretty: true) + "\n"
         let binary = options.binDirectory + "/" + ConflistEdit.pluginType
-        let agentText = JSONValue.object(ConflistEdit.agentNetconf(entry: ConflistEdit.ourEntry(in: edited)!, list: edited))
+        let agentText =
+            JSONValue.object(ConflistEdit.agentNetconf(entry: ConflistEdit.ourEntry(in: edited)!, list: edited))
             .serialized(pretty: true) + "\n"
 
         if options.dryRun {
             var lines = ["would copy \(options.binarySource) to \(binary)"]
-            if let source = options.configFile, let copy = options.hostConfigFile { lines.append("would copy \(source) to \(copy)") }
+            if let source = options.configFile, let copy = options.hostConfigFile {
+                lines.append("would copy \(source) to \(copy)")
+            }
             if !Files.exists(backup) { lines.append("would keep the original as \(backup)") }
             if original.isSinglePlugin { lines.append("would replace \(original.path) with \(destination)") }
-            lines.append(edited == original.object ? "\(destination) is already up to date" : "would write \(destination):")
+            lines.append(
+                edited == original.object ? "\(destination) is already up to date" : "would write \(destination):")
             if edited != original.object { lines.append(configText) }
             if let path = options.agentNetconf { lines.append("would write \(path):\n\(agentText)") }
             return lines
@@ -306,7 +348,9 @@ struct Installer {
         var report: [String] = []
         // Order: the binary and the config file exist before the entry that needs them appears.
         report.append(try installBinary(to: binary))
-        if let source = options.configFile, let copy = options.hostConfigFile { report.append(try copyConfigFile(from: source, to: copy)) }
+        if let source = options.configFile, let copy = options.hostConfigFile {
+            report.append(try copyConfigFile(from: source, to: copy))
+        }
         if edited == original.object {
             report.append("\(destination): ip-masq entry already up to date")
         } else {
@@ -319,7 +363,8 @@ struct Installer {
                 try remove(original.path)
                 report.append("\(original.path) converted to \(destination), with the ip-masq entry")
             } else {
-                report.append("\(destination): ip-masq entry \(ConflistEdit.ourEntry(in: list) == nil ? "added" : "updated")")
+                report.append(
+                    "\(destination): ip-masq entry \(ConflistEdit.ourEntry(in: list) == nil ? "added" : "updated")")
             }
         }
         if let path = options.agentNetconf {
@@ -352,7 +397,8 @@ struct Installer {
             warn("\(source) is not valid YAML or JSON (\(error)): the plugin will keep its last good config")
         }
         try makeDirectories(Files.parentDirectory(of: copy))
-        return try write(copy, bytes, mode: 0o644, onlyWhenChanged: true) ? "copied \(source) to \(copy)" : "\(copy) already up to date"
+        return try write(copy, bytes, mode: 0o644, onlyWhenChanged: true)
+            ? "copied \(source) to \(copy)" : "\(copy) already up to date"
     }
 
     // MARK: Uninstall
@@ -380,9 +426,16 @@ struct Installer {
                 steps.append(.write(restoredPath, backup.bytes, backup.mode))
                 if restoredPath != current.path { steps.append(.remove(current.path)) }
                 steps.append(.remove(backupPath))
-                report.append("restored \(restoredPath) from \(backupPath)" + (restoredPath != current.path ? ", removed \(current.path)" : ""))
+                report.append(
+                    "restored \(restoredPath) from \(backupPath)"
+                        + (restoredPath != current.path ? ", removed \(current.path)" : ""))
             } else {
-                warn("\(current.path) changed since install beyond the ip-masq entry: only the entry is removed, \(backupPath) is dropped")
+                warn(
+                    """
+                    \(current.path) changed since install beyond the ip-masq entry: only the entry is removed, \
+                    \(backupPath) is dropped
+                    """
+                )
                 steps += [.write(current.path, strippedBytes, current.mode), .remove(backupPath)]
                 report.append("\(current.path): ip-masq entry removed")
             }
@@ -396,7 +449,8 @@ struct Installer {
             steps.append(.remove(path))
             report.append("removed \(path)")
         }
-        report.append("left \(options.binDirectory)/ip-masq in place: run it with 'reset' to remove the rules, then delete it")
+        report.append(
+            "left \(options.binDirectory)/ip-masq in place: run it with 'reset' to remove the rules, then delete it")
         if options.dryRun { return report.map { "would have: " + $0 } }
         for step in steps {
             switch step {
@@ -425,17 +479,22 @@ struct Installer {
             return given.hasPrefix("/") ? given : options.confDirectory + "/" + given
         }
         let names: [String]
-        do { names = try Files.list(options.confDirectory) } catch { throw InstallError("cannot list \(options.confDirectory): \(error)") }
+        do { names = try Files.list(options.confDirectory) } catch {
+            throw InstallError("cannot list \(options.confDirectory): \(error)")
+        }
         guard let first = ConflistEdit.runtimeChoice(among: names) else {
-            throw InstallError("no network config (*.conf, *.conflist, *.json) in \(options.confDirectory) yet: "
-                               + "the network add-on writes it; retry when it has")
+            throw InstallError(
+                "no network config (*.conf, *.conflist, *.json) in \(options.confDirectory) yet: "
+                    + "the network add-on writes it; retry when it has")
         }
         return options.confDirectory + "/" + first
     }
 
     /// The path a converted single-plugin conf is written to.
     static func conflistPath(for path: String) -> String {
-        for suffix in [".conf", ".json"] where path.hasSuffix(suffix) { return String(path.dropLast(suffix.count)) + ".conflist" }
+        for suffix in [".conf", ".json"] where path.hasSuffix(suffix) {
+            return String(path.dropLast(suffix.count)) + ".conflist"
+        }
         return path + ".conflist"
     }
 
@@ -444,10 +503,14 @@ struct Installer {
         let bytes = try read(path)
         let document: JSONValue
         do { document = try JSONValue.parse(bytes) } catch { throw InstallError("\(path) is not valid JSON: \(error)") }
-        guard let object = document.objectValue else { throw InstallError("\(path) must hold a JSON object, found a \(document.kindName)") }
+        guard let object = document.objectValue else {
+            throw InstallError("\(path) must hold a JSON object, found a \(document.kindName)")
+        }
         let file = ConfigFile(path: path, bytes: bytes, object: object, mode: Self.mode(of: path))
         if file.isSinglePlugin {
-            guard object["type"]?.stringValue != nil else { throw InstallError("\(path) is neither a conflist nor a single-plugin conf (no \"type\")") }
+            guard object["type"]?.stringValue != nil else {
+                throw InstallError("\(path) is neither a conflist nor a single-plugin conf (no \"type\")")
+            }
         } else if object["plugins"]?.arrayValue == nil {
             throw InstallError("\(path): \"plugins\" must be an array")
         }
@@ -471,12 +534,16 @@ struct Installer {
     /// Replaces a file atomically with `mode`: a unique temporary beside it, written, synced, renamed over it.
     /// Returns false when `onlyWhenChanged` found the same bytes there already.
     @discardableResult
-    func write(_ path: String, _ bytes: [UInt8], mode: mode_t, onlyWhenChanged: Bool = false) throws(InstallError) -> Bool {
+    func write(_ path: String, _ bytes: [UInt8], mode: mode_t, onlyWhenChanged: Bool = false) throws(InstallError)
+        -> Bool
+    {
         if onlyWhenChanged, (try? Files.read(path)) == bytes { return false }
         let temporary = Files.parentDirectory(of: path) + "/.ip-masq-install.\(getpid()).tmp"
         // A temporary of this name is stale: an earlier install with the same PID (PID 1 in an init container) was
         // killed between its write and its rename. It is replaced, not an obstacle forever.
-        if unlink(temporary) != 0 && errno != ENOENT { throw InstallError("cannot remove the stale \(temporary): \(SystemError("unlink"))") }
+        if unlink(temporary) != 0 && errno != ENOENT {
+            throw InstallError("cannot remove the stale \(temporary): \(SystemError("unlink"))")
+        }
         let fd = open(temporary, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, mode)
         guard fd >= 0 else { throw InstallError("cannot create \(temporary): \(SystemError("open"))") }
         var failure: SystemError?
@@ -507,6 +574,8 @@ struct Installer {
         guard errno == ENOENT else { throw InstallError("cannot create \(path): \(SystemError("mkdir"))") }
         let parent = Files.parentDirectory(of: path)
         if parent != path && parent != "/" && parent != "." { try makeDirectories(parent) }
-        if mkdir(path, 0o755) != 0 && errno != EEXIST { throw InstallError("cannot create \(path): \(SystemError("mkdir"))") }
+        if mkdir(path, 0o755) != 0 && errno != EEXIST {
+            throw InstallError("cannot create \(path): \(SystemError("mkdir"))")
+        }
     }
 }

@@ -1,7 +1,8 @@
+import MasqCore
+
 #if canImport(Glibc)
 import Glibc
 #endif
-import MasqCore
 
 /// Counts invocations gather while they run (each session adds its conntrack deletions when it ends). A process-wide
 /// static rather than an object the plugin carries: allocating a class at every start cost VERSION 14k instructions
@@ -31,8 +32,10 @@ public struct InvocationRecord: Equatable, Sendable {
         var now = timespec()
         clock_gettime(CLOCK_REALTIME, &now)
         let micros = UInt32(clamping: max(0, nanoseconds / 1000))
-        bytes = Self.littleEndian(UInt64(UInt32(clamping: code)), 4) + Self.littleEndian(UInt64(micros), 4)
-            + Self.littleEndian(UInt64(UInt32(clamping: now.tv_sec)), 4) + Self.littleEndian(UInt64(UInt32(clamping: deletedConnections)), 4)
+        bytes =
+            Self.littleEndian(UInt64(UInt32(clamping: code)), 4) + Self.littleEndian(UInt64(micros), 4)
+            + Self.littleEndian(UInt64(UInt32(clamping: now.tv_sec)), 4)
+            + Self.littleEndian(UInt64(UInt32(clamping: deletedConnections)), 4)
     }
 
     static func littleEndian(_ value: UInt64, _ count: Int) -> [UInt8] {

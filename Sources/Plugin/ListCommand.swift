@@ -6,26 +6,26 @@ import Netfilter
 enum ListCommand {
     /// `ip-masq list --help`.
     static let help = """
-    Usage: ip-masq list [--json] [--network NAME] [--state-dir DIR] [--lock-file FILE]
+        Usage: ip-masq list [--json] [--network NAME] [--state-dir DIR] [--lock-file FILE]
 
-    Shows, per network, the backend in use, the node-wide config in force (as last applied) and every
-    registered pod attachment (container ID, interface, addresses), read from the plugin's records
-    while holding the node lock. Netfilter itself is not listed: see 'nft list table inet ip_masq'
-    or 'iptables -t nat -L IP-MASQ-AGENT'.
+        Shows, per network, the backend in use, the node-wide config in force (as last applied) and every
+        registered pod attachment (container ID, interface, addresses), read from the plugin's records
+        while holding the node lock. Netfilter itself is not listed: see 'nft list table inet ip_masq'
+        or 'iptables -t nat -L IP-MASQ-AGENT'.
 
-    Options:
-      --json            print one JSON document instead of the table
-      --network NAME    only this network
-      --state-dir DIR   the plugin's stateDir (default /run/cni/ip-masq)
-      --lock-file FILE  the plugin's lockFile (default /run/cni/ip-masq.lock)
-      --help            this text
+        Options:
+          --json            print one JSON document instead of the table
+          --network NAME    only this network
+          --state-dir DIR   the plugin's stateDir (default /run/cni/ip-masq)
+          --lock-file FILE  the plugin's lockFile (default /run/cni/ip-masq.lock)
+          --help            this text
 
-    Exit status:
-      0  listed, also when nothing is registered
-      1  the lock or the records could not be read
-      2  usage error; nothing was done
+        Exit status:
+          0  listed, also when nothing is registered
+          1  the lock or the records could not be read
+          2  usage error; nothing was done
 
-    """
+        """
 
     /// Parses the options, reads the records under the lock and prints them as a table or JSON.
     static func run(arguments: [String]) -> Outcome {
@@ -34,7 +34,8 @@ enum ListCommand {
         do throws(Arguments.UsageError) {
             options = try Arguments(arguments, valued: ["--network", "--state-dir", "--lock-file"], flags: ["--json"])
             if options.wantsHelp { return CommandExit.help(help) }
-            config = try ResetCommand.pluginConfig(options, keys: ["--state-dir": "stateDir", "--lock-file": "lockFile"])
+            config = try ResetCommand.pluginConfig(
+                options, keys: ["--state-dir": "stateDir", "--lock-file": "lockFile"])
         } catch {
             return CommandExit.usageError("list", error)
         }
@@ -46,7 +47,9 @@ enum ListCommand {
         } catch {
             return CommandExit.failed("list", "\(error)")
         }
-        return Outcome(stdout: options.has("--json") ? report.json.serialized(pretty: true) + "\n" : report.table, exitStatus: CommandExit.ok)
+        return Outcome(
+            stdout: options.has("--json") ? report.json.serialized(pretty: true) + "\n" : report.table,
+            exitStatus: CommandExit.ok)
     }
 }
 
@@ -66,7 +69,9 @@ struct NetworkReport: Equatable {
     /// The policy a pod is judged by (issue 15): `namespaces.NS` when its namespace has one in the applied policy,
     /// else `network`.
     func policyName(of pod: AttachmentRecord) -> String {
-        guard let namespace = pod.owner.pod?.namespace, policy?["namespaces"]?[namespace] != nil else { return "network" }
+        guard let namespace = pod.owner.pod?.namespace, policy?["namespaces"]?[namespace] != nil else {
+            return "network"
+        }
         return "namespaces.\(namespace)"
     }
 }
@@ -91,9 +96,11 @@ struct StateReport: Equatable {
             let record = try store.networkRecord(key)
             let pods = try store.records(in: key)
             if record == nil && pods.isEmpty { continue }
-            networks.append(NetworkReport(
-                name: record?.network ?? pods.first?.owner.network ?? key.rawValue,
-                backend: record?.backend ?? nodeBackend, policy: record?.policy, fingerprint: record?.fingerprint, pods: pods))
+            networks.append(
+                NetworkReport(
+                    name: record?.network ?? pods.first?.owner.network ?? key.rawValue,
+                    backend: record?.backend ?? nodeBackend, policy: record?.policy, fingerprint: record?.fingerprint,
+                    pods: pods))
         }
         self.networks = networks.sorted { $0.name < $1.name }
     }
@@ -142,10 +149,15 @@ struct StateReport: Equatable {
             }
             if !network.pods.isEmpty {
                 lines.append("")
-                let rows = [["CONTAINER ID", "IFNAME", "POD", "POLICY", "ADDRESSES"]] + network.pods.map {
-                    [$0.owner.containerID, $0.owner.ifname, $0.owner.pod?.description ?? "-", network.policyName(of: $0),
-                     $0.addresses.map(Self.interfaceAddress).joined(separator: ", ")]
-                }
+                let rows =
+                    [["CONTAINER ID", "IFNAME", "POD", "POLICY", "ADDRESSES"]]
+                    + network.pods.map {
+                        [
+                            $0.owner.containerID, $0.owner.ifname, $0.owner.pod?.description ?? "-",
+                            network.policyName(of: $0),
+                            $0.addresses.map(Self.interfaceAddress).joined(separator: ", "),
+                        ]
+                    }
                 lines += Self.columns(rows, indent: "  ")
             }
         }
@@ -154,29 +166,51 @@ struct StateReport: Equatable {
 
     /// The JSON form: stable keys, addresses split into address and subnet.
     var json: JSONValue {
-        .object(JSONObject([
-            ("stateDir", .string(stateDir)),
-            ("backend", nodeBackend.map { .string($0.rawValue) } ?? .null),
-            ("networks", .array(networks.map { network in
-                .object(JSONObject([
-                    ("name", .string(network.name)),
-                    ("backend", network.backend.map { .string($0.rawValue) } ?? .null),
-                    ("fingerprint", network.fingerprint.map { .string($0) } ?? .null),
-                    ("config", network.policy ?? .null),
-                    ("pods", .array(network.pods.map { pod in
-                        .object(JSONObject([
-                            ("containerID", .string(pod.owner.containerID)),
-                            ("ifname", .string(pod.owner.ifname)),
-                            ("podNamespace", pod.owner.pod.map { .string($0.namespace) } ?? .null),
-                            ("podName", pod.owner.pod.map { .string($0.name) } ?? .null),
-                            ("policy", .string(network.policyName(of: pod))),
-                            ("ips", .array(pod.addresses.map {
-                                .object(JSONObject([("address", .string("\($0.address)")), ("subnet", .string("\($0.subnet)"))]))
-                            })),
-                        ]))
-                    })),
-                ]))
-            })),
-        ]))
+        .object(
+            JSONObject([
+                ("stateDir", .string(stateDir)),
+                ("backend", nodeBackend.map { .string($0.rawValue) } ?? .null),
+                (
+                    "networks",
+                    .array(
+                        networks.map { network in
+                            .object(
+                                JSONObject([
+                                    ("name", .string(network.name)),
+                                    ("backend", network.backend.map { .string($0.rawValue) } ?? .null),
+                                    ("fingerprint", network.fingerprint.map { .string($0) } ?? .null),
+                                    ("config", network.policy ?? .null),
+                                    (
+                                        "pods",
+                                        .array(
+                                            network.pods.map { pod in
+                                                .object(
+                                                    JSONObject([
+                                                        ("containerID", .string(pod.owner.containerID)),
+                                                        ("ifname", .string(pod.owner.ifname)),
+                                                        (
+                                                            "podNamespace",
+                                                            pod.owner.pod.map { .string($0.namespace) } ?? .null
+                                                        ),
+                                                        ("podName", pod.owner.pod.map { .string($0.name) } ?? .null),
+                                                        ("policy", .string(network.policyName(of: pod))),
+                                                        (
+                                                            "ips",
+                                                            .array(
+                                                                pod.addresses.map {
+                                                                    .object(
+                                                                        JSONObject([
+                                                                            ("address", .string("\($0.address)")),
+                                                                            ("subnet", .string("\($0.subnet)")),
+                                                                        ]))
+                                                                })
+                                                        ),
+                                                    ]))
+                                            })
+                                    ),
+                                ]))
+                        })
+                ),
+            ]))
     }
 }

@@ -1,7 +1,8 @@
+import MasqCore
+
 #if canImport(Glibc)
 import Glibc
 #endif
-import MasqCore
 
 /// Diagnostics: to stderr or `logFile`, never stdout (stdout carries the CNI result).
 public final class Log: @unchecked Sendable {
@@ -29,7 +30,8 @@ public final class Log: @unchecked Sendable {
         var target = stat(), standardOutput = stat()
         // A character device (/dev/null, a terminal) shared with stdout corrupts no result read from a pipe or file.
         if fstat(opened, &target) == 0, fstat(1, &standardOutput) == 0, target.st_mode & S_IFMT != S_IFCHR,
-           target.st_dev == standardOutput.st_dev, target.st_ino == standardOutput.st_ino {
+            target.st_dev == standardOutput.st_dev, target.st_ino == standardOutput.st_ino
+        {
             close(opened)
             return false
         }
@@ -52,7 +54,8 @@ public final class Log: @unchecked Sendable {
         var parts = tm()
         gmtime_r(&seconds, &parts)
         func two(_ value: Int32) -> String { value < 10 ? "0\(value)" : "\(value)" }
-        let stamp = "\(parts.tm_year + 1900)-\(two(parts.tm_mon + 1))-\(two(parts.tm_mday))T\(two(parts.tm_hour)):\(two(parts.tm_min)):\(two(parts.tm_sec))Z"
+        let stamp =
+            "\(parts.tm_year + 1900)-\(two(parts.tm_mon + 1))-\(two(parts.tm_mday))T\(two(parts.tm_hour)):\(two(parts.tm_min)):\(two(parts.tm_sec))Z"
         // One line per message, whatever it embeds (containerd and journald split on newlines).
         let text = message.contains(where: { $0.isNewline }) ? OneLine.fold(message) : message
         let line = "\(stamp) ip-masq \(messageLevel.rawValue) \(context)\(context.isEmpty ? "" : ": ")\(text)\n"

@@ -1,9 +1,10 @@
-#if canImport(Glibc)
-import Glibc
-#endif
 import MasqCore
 import Netfilter
 import Synchronization
+
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// The agent's metrics, written by the reconcile loop and read by the HTTP server's thread, rendered in the
 /// Prometheus text exposition format (version 0.0.4). Written here rather than with swift-prometheus: the format is
@@ -73,13 +74,22 @@ final class AgentMetrics: Sendable {
         let state = update { $0 }
         var text = PrometheusText()
         text.family("ip_masq_passes_total", "counter", "Reconcile passes of the agent, by result.")
-        for (result, value) in state.passes.sorted(by: { $0.key < $1.key }) { text.sample("ip_masq_passes_total", [("result", result)], value) }
-        text.histogram("ip_masq_pass_duration_seconds", "Duration of the agent's reconcile passes (lock wait included).", state.passDuration, labels: [])
-        text.family("ip_masq_last_success_timestamp_seconds", "gauge", "Unix time of the end of the last successful pass (0 before the first).")
+        for (result, value) in state.passes.sorted(by: { $0.key < $1.key }) {
+            text.sample("ip_masq_passes_total", [("result", result)], value)
+        }
+        text.histogram(
+            "ip_masq_pass_duration_seconds", "Duration of the agent's reconcile passes (lock wait included).",
+            state.passDuration, labels: [])
+        text.family(
+            "ip_masq_last_success_timestamp_seconds", "gauge",
+            "Unix time of the end of the last successful pass (0 before the first).")
         text.sample("ip_masq_last_success_timestamp_seconds", [], state.lastSuccessWallClock ?? 0)
-        text.family("ip_masq_config_reloads_total", "counter",
-                    "Config reads of the agent's passes, by result (invalid: the last good config stayed in force).")
-        for (result, value) in state.reloads.sorted(by: { $0.key < $1.key }) { text.sample("ip_masq_config_reloads_total", [("result", result)], value) }
+        text.family(
+            "ip_masq_config_reloads_total", "counter",
+            "Config reads of the agent's passes, by result (invalid: the last good config stayed in force).")
+        for (result, value) in state.reloads.sorted(by: { $0.key < $1.key }) {
+            text.sample("ip_masq_config_reloads_total", [("result", result)], value)
+        }
         text.family("ip_masq_repairs_total", "counter", "Repairs of a network's rules, by what was missing or wrong.")
         for (labels, value) in state.repairs.sorted(by: { $0.key.lexicographicallyPrecedes($1.key) }) {
             text.sample("ip_masq_repairs_total", [("network", labels[0]), ("what", labels[1])], value)
@@ -88,20 +98,31 @@ final class AgentMetrics: Sendable {
         for (labels, value) in state.pods.sorted(by: { $0.key.lexicographicallyPrecedes($1.key) }) {
             text.sample("ip_masq_pods", [("network", labels[0]), ("backend", labels[1])], value)
         }
-        text.family("ip_masq_packets_total", "counter",
-                    "Packets judged by the decision rules per verdict, as of the last pass (nat sees a connection's first packet only).")
+        text.family(
+            "ip_masq_packets_total", "counter",
+            """
+            Packets judged by the decision rules per verdict, as of the last pass (nat sees a connection's first \
+            packet only).
+            """
+        )
         for (network, counters) in state.counters.sorted(by: { $0.key < $1.key }) {
             text.sample("ip_masq_packets_total", [("network", network), ("verdict", "keep")], counters.keep.packets)
-            text.sample("ip_masq_packets_total", [("network", network), ("verdict", "masquerade")], counters.masquerade.packets)
+            text.sample(
+                "ip_masq_packets_total", [("network", network), ("verdict", "masquerade")], counters.masquerade.packets)
         }
         text.family("ip_masq_bytes_total", "counter", "Bytes of the packets counted by ip_masq_packets_total.")
         for (network, counters) in state.counters.sorted(by: { $0.key < $1.key }) {
             text.sample("ip_masq_bytes_total", [("network", network), ("verdict", "keep")], counters.keep.bytes)
-            text.sample("ip_masq_bytes_total", [("network", network), ("verdict", "masquerade")], counters.masquerade.bytes)
+            text.sample(
+                "ip_masq_bytes_total", [("network", network), ("verdict", "masquerade")], counters.masquerade.bytes)
         }
-        text.family("ip_masq_conntrack_deleted_total", "counter", "Conntrack entries deleted by the plugin's ADD/DEL/GC and the agent's policy changes.")
+        text.family(
+            "ip_masq_conntrack_deleted_total", "counter",
+            "Conntrack entries deleted by the plugin's ADD/DEL/GC and the agent's policy changes.")
         text.sample("ip_masq_conntrack_deleted_total", [], state.conntrackDeleted)
-        text.family("ip_masq_cni_invocations_total", "counter", "The plugin's CNI invocations on this node, by verb and result.")
+        text.family(
+            "ip_masq_cni_invocations_total", "counter", "The plugin's CNI invocations on this node, by verb and result."
+        )
         for (labels, value) in state.invocations.sorted(by: { $0.key.lexicographicallyPrecedes($1.key) }) {
             text.sample("ip_masq_cni_invocations_total", [("verb", labels[0]), ("result", labels[1])], value)
         }
@@ -129,7 +150,9 @@ struct PrometheusText {
         output += " \(Self.number(value))\n"
     }
 
-    mutating func histogram(_ name: String, _ help: String, _ histogram: AgentMetrics.Histogram, labels: [(String, String)]) {
+    mutating func histogram(
+        _ name: String, _ help: String, _ histogram: AgentMetrics.Histogram, labels: [(String, String)]
+    ) {
         family(name, "histogram", help)
         histogramSamples(name, histogram, labels: labels)
     }
@@ -208,7 +231,8 @@ extension AgentMetrics {
         for problem in problems {
             // A byte search: String.contains(String) would link _StringProcessing (~1 MB) into the per-pod binary.
             let aboutASet = Self.has(problem, " is not in set ") || Self.has(problem, " is in set ")
-            kinds.insert(aboutASet ? (problem.hasPrefix("pod subnet ") ? "pod_subnets" : "pod_entries") : "node_wide_rules")
+            kinds.insert(
+                aboutASet ? (problem.hasPrefix("pod subnet ") ? "pod_subnets" : "pod_entries") : "node_wide_rules")
         }
         update { state in for kind in kinds { state.repairs[[network, kind], default: 0] += 1 } }
     }
@@ -217,7 +241,9 @@ extension AgentMetrics {
     static func has(_ text: String, _ part: String) -> Bool {
         let haystack = Array(text.utf8), needle = Array(part.utf8)
         guard needle.count <= haystack.count else { return false }
-        return (0...(haystack.count - needle.count)).contains { haystack[$0..<($0 + needle.count)].elementsEqual(needle) }
+        return (0...(haystack.count - needle.count)).contains {
+            haystack[$0..<($0 + needle.count)].elementsEqual(needle)
+        }
     }
 
     /// After a pass's netfilter work: pods, rule counters, conntrack deletions, and the plugin's invocation records.
@@ -243,7 +269,8 @@ extension AgentMetrics {
                 state.invocationOffsets[path] = offset + records.count * InvocationRecord.size
                 for record in records {
                     state.invocations[[verb.rawValue, record.code == 0 ? "ok" : "error"], default: 0] += 1
-                    state.invocationDuration[verb.rawValue, default: Histogram(bounds: Self.invocationBuckets)].observe(record.seconds)
+                    state.invocationDuration[verb.rawValue, default: Histogram(bounds: Self.invocationBuckets)].observe(
+                        record.seconds)
                     state.conntrackDeleted += UInt64(record.deleted)
                 }
             }

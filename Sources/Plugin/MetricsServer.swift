@@ -1,7 +1,8 @@
+import MasqCore
+
 #if canImport(Glibc)
 import Glibc
 #endif
-import MasqCore
 
 /// A minimal HTTP/1.1 server for the agent's `/metrics`, `/healthz` and `/readyz`, over raw sockets on one thread of
 /// its own (the reconcile loop never waits for a scrape). One request per connection (`Connection: close`), handled
@@ -63,8 +64,11 @@ final class MetricsServer: @unchecked Sendable {
             withUnsafeMutableBytes(of: &raw.sin6_addr) { target in
                 for (index, byte) in Self.networkBytes(host).enumerated() { target[index] = byte }
             }
-            bound = withUnsafePointer(to: &raw) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-                bind(socket, $0, socklen_t(MemoryLayout<sockaddr_in6>.size)) } }
+            bound = withUnsafePointer(to: &raw) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                    bind(socket, $0, socklen_t(MemoryLayout<sockaddr_in6>.size))
+                }
+            }
         default:
             var raw = sockaddr_in()
             raw.sin_family = sa_family_t(AF_INET)
@@ -74,8 +78,11 @@ final class MetricsServer: @unchecked Sendable {
                     for (index, byte) in Self.networkBytes(host).enumerated() { target[index] = byte }
                 }
             }
-            bound = withUnsafePointer(to: &raw) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-                bind(socket, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
+            bound = withUnsafePointer(to: &raw) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                    bind(socket, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
+                }
+            }
         }
         guard bound == 0, listen(socket, 16) == 0 else {
             let message = String(cString: strerror(errno))
@@ -88,10 +95,12 @@ final class MetricsServer: @unchecked Sendable {
     func start() {
         var thread = pthread_t()
         let context = Unmanaged.passRetained(self).toOpaque()
-        pthread_create(&thread, nil, { context in
-            Unmanaged<MetricsServer>.fromOpaque(context!).takeUnretainedValue().serve()
-            return nil
-        }, context)
+        pthread_create(
+            &thread, nil,
+            { context in
+                Unmanaged<MetricsServer>.fromOpaque(context!).takeUnretainedValue().serve()
+                return nil
+            }, context)
         pthread_detach(thread)
     }
 
@@ -99,7 +108,9 @@ final class MetricsServer: @unchecked Sendable {
         while true {
             let client = accept(socket, nil, nil)
             if client < 0 {
-                if errno == EINTR || errno == ECONNABORTED || errno == EMFILE || errno == ENFILE { usleep(10_000); continue }
+                if errno == EINTR || errno == ECONNABORTED || errno == EMFILE || errno == ENFILE {
+                    usleep(10_000); continue
+                }
                 return
             }
             _ = fcntl(client, F_SETFD, FD_CLOEXEC)
@@ -122,11 +133,15 @@ final class MetricsServer: @unchecked Sendable {
             head += chunk[0..<count]
             if Self.endsHead(head) { break }
         }
-        let requestLine = head.split(separator: UInt8(ascii: "\r"), maxSplits: 1).first.map { String(decoding: $0, as: UTF8.self) } ?? ""
+        let requestLine =
+            head.split(separator: UInt8(ascii: "\r"), maxSplits: 1).first.map { String(decoding: $0, as: UTF8.self) }
+            ?? ""
         let response = respond(to: requestLine)
         var offset = 0
         while offset < response.count {
-            let sent = response[offset...].withUnsafeBytes { send(client, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+            let sent = response[offset...].withUnsafeBytes {
+                send(client, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL))
+            }
             if sent < 0 && errno == EINTR { continue }
             guard sent > 0 else { return }
             offset += sent
@@ -146,27 +161,40 @@ final class MetricsServer: @unchecked Sendable {
         let words = requestLine.split(separator: " ")
         guard words.count == 3, words[2].hasPrefix("HTTP/1.") else { return response(400, "bad request\n") }
         let head = words[0] == "HEAD"
-        guard words[0] == "GET" || head else { return response(405, "only GET and HEAD\n", extra: "Allow: GET, HEAD\r\n") }
-        let path = words[1].split(separator: "?", maxSplits: 1, omittingEmptySubsequences: false).first.map(String.init) ?? ""
+        guard words[0] == "GET" || head else {
+            return response(405, "only GET and HEAD\n", extra: "Allow: GET, HEAD\r\n")
+        }
+        let path =
+            words[1].split(separator: "?", maxSplits: 1, omittingEmptySubsequences: false).first.map(String.init) ?? ""
         switch path {
         case "/metrics":
             return response(200, metrics.render(), type: "text/plain; version=0.0.4; charset=utf-8", headOnly: head)
         case "/healthz":
-            return metrics.isAlive() ? response(200, "ok\n", headOnly: head)
+            return metrics.isAlive()
+                ? response(200, "ok\n", headOnly: head)
                 : response(503, "the reconcile loop has not run for more than two intervals\n", headOnly: head)
         case "/readyz":
-            return metrics.isReady() ? response(200, "ok\n", headOnly: head)
+            return metrics.isReady()
+                ? response(200, "ok\n", headOnly: head)
                 : response(503, "no successful pass within the last two intervals\n", headOnly: head)
         default:
             return response(404, "not found; try /metrics, /healthz or /readyz\n", headOnly: head)
         }
     }
 
-    static func response(_ status: Int, _ body: String, type: String = "text/plain; charset=utf-8", extra: String = "",
-                         headOnly: Bool = false) -> [UInt8] {
-        let reasons = [200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed", 503: "Service Unavailable"]
+    static func response(
+        _ status: Int, _ body: String, type: String = "text/plain; charset=utf-8", extra: String = "",
+        headOnly: Bool = false
+    ) -> [UInt8] {
+        let reasons = [
+            200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed", 503: "Service Unavailable",
+        ]
         let bytes = Array(body.utf8)
-        let head = "HTTP/1.1 \(status) \(reasons[status] ?? "Error")\r\nContent-Type: \(type)\r\nContent-Length: \(bytes.count)\r\n"
+        let head =
+            """
+            HTTP/1.1 \(status) \(reasons[status] ?? "Error")\r\nContent-Type: \(type)\r\nContent-Length: \
+            \(bytes.count)\r\n
+            """
             + extra + "Connection: close\r\n\r\n"
         return Array(head.utf8) + (headOnly ? [] : bytes)
     }

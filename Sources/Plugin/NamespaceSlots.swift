@@ -75,11 +75,15 @@ extension Session {
 
     /// CHECK and the agent: the network with its own pods, and each slot with its pods (every slot for the agent's
     /// whole-network inspection; for CHECK only the slot of the attachment's namespace).
-    func inspectRouted(policy: NetworkPolicy, registrations: [Registration], subnets: [CIDR],
-                       whole: Bool) throws(BackendError) -> [String] {
+    func inspectRouted(
+        policy: NetworkPolicy, registrations: [Registration], subnets: [CIDR],
+        whole: Bool
+    ) throws(BackendError) -> [String] {
         if policy.namespaces.isEmpty {
-            return try backend.inspect(network: network, policy: policy, registrations: registrations,
-                                       subnets: subnets).problems
+            return try backend.inspect(
+                network: network, policy: policy, registrations: registrations,
+                subnets: subnets
+            ).problems
         }
         var own: [Registration] = []
         var bySlot: [String: [Registration]] = [:]
@@ -90,14 +94,18 @@ extension Session {
                 own.append(registration)
             }
         }
-        var problems = try backend.inspect(network: network, policy: policy, registrations: own,
-                                           subnets: subnets).problems
+        var problems = try backend.inspect(
+            network: network, policy: policy, registrations: own,
+            subnets: subnets
+        ).problems
         let slots = whole ? policy.namespaces.keys.sorted() : bySlot.keys.sorted()
         for namespace in slots {
             let pods = bySlot[namespace] ?? []
             let slotSubnets = Array(Set(pods.map(\.pod.subnet))).sorted()
-            let found = try backend.inspect(network: slotNetwork(namespace), policy: policy.namespaces[namespace]!,
-                                            registrations: pods, subnets: slotSubnets).problems
+            let found = try backend.inspect(
+                network: slotNetwork(namespace), policy: policy.namespaces[namespace]!,
+                registrations: pods, subnets: slotSubnets
+            ).problems
             problems += found.map { "namespace \(namespace): \($0)" }
         }
         return problems

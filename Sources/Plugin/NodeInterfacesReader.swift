@@ -1,7 +1,8 @@
+import MasqCore
+
 #if canImport(Glibc)
 import Glibc
 #endif
-import MasqCore
 
 extension NodeInterfaces {
     /// The interfaces of the network namespace this process runs in and the addresses on them (one getifaddrs:
@@ -23,10 +24,14 @@ extension NodeInterfaces {
             let family = address.pointee.sa_family
             guard family == sa_family_t(AF_INET) || family == sa_family_t(AF_INET6) else { continue }
             var host = [CChar](repeating: 0, count: Int(NI_MAXHOST))
-            let length = family == sa_family_t(AF_INET6) ? MemoryLayout<sockaddr_in6>.size : MemoryLayout<sockaddr_in>.size
-            guard getnameinfo(address, socklen_t(length), &host, socklen_t(host.count), nil, 0, NI_NUMERICHOST) == 0 else { continue }
+            let length =
+                family == sa_family_t(AF_INET6) ? MemoryLayout<sockaddr_in6>.size : MemoryLayout<sockaddr_in>.size
+            guard getnameinfo(address, socklen_t(length), &host, socklen_t(host.count), nil, 0, NI_NUMERICHOST) == 0
+            else { continue }
             let text = String(cString: host)
-            if let parsed = IPAddress(text.split(separator: "%").first.map(String.init) ?? text) { addresses.append(parsed) }
+            if let parsed = IPAddress(text.split(separator: "%").first.map(String.init) ?? text) {
+                addresses.append(parsed)
+            }
         }
         return NodeInterfaces(names: names, addresses: addresses)
     }

@@ -1,7 +1,8 @@
+import MasqCore
+
 #if canImport(Glibc)
 import Glibc
 #endif
-import MasqCore
 
 /// explain with `egressInterfaces`: the interface the kernel routes a destination out of (`ip route get DST`'s
 /// `dev`), by one RTM_GETROUTE on a NETLINK_ROUTE socket; nil when there is no route or the lookup fails.
@@ -14,8 +15,14 @@ enum RouteLookup {
         _ = setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
         let six = destination.family == .v6
         var address: [UInt8] = []
-        if six { for shift in stride(from: 56, through: 0, by: -8) { address.append(UInt8(truncatingIfNeeded: destination.high >> UInt64(shift))) } }
-        for shift in stride(from: six ? 56 : 24, through: 0, by: -8) { address.append(UInt8(truncatingIfNeeded: destination.low >> UInt64(shift))) }
+        if six {
+            for shift in stride(from: 56, through: 0, by: -8) {
+                address.append(UInt8(truncatingIfNeeded: destination.high >> UInt64(shift)))
+            }
+        }
+        for shift in stride(from: six ? 56 : 24, through: 0, by: -8) {
+            address.append(UInt8(truncatingIfNeeded: destination.low >> UInt64(shift)))
+        }
         // nlmsghdr (16) + rtmsg (12) + RTA_DST (4 + address).
         var message: [UInt8] = []
         func append<T: FixedWidthInteger>(_ value: T) { withUnsafeBytes(of: value.littleEndian) { message += $0 } }

@@ -48,8 +48,10 @@ final class Session {
     ///     removal touches only what its own records name).
     ///   - readOnly: CHECK: the node's backend choice is not written either.
     ///   - recordedBackendWins: the conflist's backend keys were unusable (a lenient DEL): keep the recorded backend.
-    init(config: MasqConfig, network: String, plugin: CNIPlugin, forDelete: Bool = false, readOnly: Bool = false,
-         recordedBackendWins: Bool = false) throws(CNIError) {
+    init(
+        config: MasqConfig, network: String, plugin: CNIPlugin, forDelete: Bool = false, readOnly: Bool = false,
+        recordedBackendWins: Bool = false
+    ) throws(CNIError) {
         self.config = config
         self.network = network
         key = NetworkKey(network: network)
@@ -59,16 +61,21 @@ final class Session {
         if let problem = store.conflict(lockFile: config.lockFile) { throw CNIError(.invalidConfig, problem) }
         do { lock = try FileLock(path: config.lockFile, timeout: config.lockTimeout) } catch {
             switch error {
-            case .timedOut: throw CNIError(.tryAgainLater, "\(error)", details: "another invocation holds the lock; retry later")
-            case .unusable: throw CNIError(.ioFailure, "\(error)", details: "lockFile must be a regular file (symlinks are refused)")
+            case .timedOut:
+                throw CNIError(.tryAgainLater, "\(error)", details: "another invocation holds the lock; retry later")
+            case .unusable:
+                throw CNIError(
+                    .ioFailure, "\(error)", details: "lockFile must be a regular file (symlinks are refused)")
             }
         }
         let store = self.store, key = self.key
         let stored = try Self.stateDirectory(config) { () throws(SystemError) in try store.networkRecord(key) }
         collision = stored.flatMap { $0.network != network ? $0.network : nil }
         if let collision, !forDelete {
-            throw CNIError(.invalidConfig, "network name \(quoted(network)) has the same state key \(key) as network \(quoted(collision))",
-                           details: "rename one of the two networks")
+            throw CNIError(
+                .invalidConfig,
+                "network name \(quoted(network)) has the same state key \(key) as network \(quoted(collision))",
+                details: "rename one of the two networks")
         }
         // The record of another network with this key (a collision) is not this network's placement.
         let record = collision != nil ? nil : stored
@@ -80,7 +87,12 @@ final class Session {
         if let record, Self.placementDiffers(record, kind: kind, current: currentFlavour) { recordedElsewhere = record }
         cachedRecord = .some(record)
         if let old = store.previousLayoutDirectory(of: network) {
-            log.warning("\(old) holds records of a previous version's layout, which are not read: reset with that version (README, Upgrading)")
+            log.warning(
+                """
+                \(old) holds records of a previous version's layout, which are not read: reset with that version \
+                (README, Upgrading)
+                """
+            )
         }
     }
 
@@ -97,8 +109,10 @@ final class Session {
     deinit { InvocationTally.deletedConnections += deletedConnections }
 
     /// The configured backend; for `auto`, the node's earlier choice, else nftables when usable, else iptables.
-    static func chooseBackend(config: MasqConfig, store: StateStore, readOnly: Bool = false,
-                              make: BackendFactory) throws(CNIError) -> BackendKind {
+    static func chooseBackend(
+        config: MasqConfig, store: StateStore, readOnly: Bool = false,
+        make: BackendFactory
+    ) throws(CNIError) -> BackendKind {
         do {
             if config.backend != .auto { return config.backend }
             if let chosen = try store.chosenBackend() { return chosen }
@@ -106,7 +120,8 @@ final class Session {
             if !readOnly { try store.choose(kind) }
             return kind
         } catch {
-            throw CNIError(.stateFailure, "cannot read the state directory \(quoted(config.stateDir))", details: "\(error)")
+            throw CNIError(
+                .stateFailure, "cannot read the state directory \(quoted(config.stateDir))", details: "\(error)")
         }
     }
 
@@ -123,7 +138,8 @@ final class Session {
     }
 
     /// The concrete iptables flavour the backend in use writes to (nil for nftables), resolved once per verb.
-    private(set) lazy var currentFlavour: IPTablesMode? = backend.kind == .iptables ? Self.flavour(placed, make: makeBackend) : nil
+    private(set) lazy var currentFlavour: IPTablesMode? =
+        backend.kind == .iptables ? Self.flavour(placed, make: makeBackend) : nil
 
     /// The concrete iptables flavour of a config's `iptablesMode` (`auto`: what `iptables` is).
     static func flavour(_ config: MasqConfig, make: BackendFactory) -> IPTablesMode {
@@ -147,11 +163,14 @@ final class Session {
         guard let old = recordedElsewhere else { return }
         let lastGood = try lastGoodPolicy()
         guard let policy = policy ?? lastGood else {
-            throw CNIError(.stateFailure, "the network record of \(network) holds no readable policy to move its rules with")
+            throw CNIError(
+                .stateFailure, "the network record of \(network) holds no readable policy to move its rules with")
         }
         let records = try records()
         let damaged = try damagedRegistrations()
-        var registrations = records.flatMap { record in record.addresses.map { Registration(owner: record.owner, pod: $0) } }
+        var registrations = records.flatMap { record in
+            record.addresses.map { Registration(owner: record.owner, pod: $0) }
+        }
         registrations += damaged
         var removing = false
         do throws(CNIError) {
@@ -170,18 +189,30 @@ final class Session {
         // The move wrote the policy in force, so no later step sees it change: entries the old rules decided and
         // the new ones decide otherwise go now.
         if let lastGood { forgetConnections(changedFrom: lastGood, to: policy) }
-        log.info("moved network \(network) from \(Self.describe(backend: old.backend, mode: old.iptablesMode)) to \(placementDescription): "
-                 + "\(registrations.count) pod entries of \(records.count + Set(damaged.map(\.owner)).count) attachment(s) rewritten, "
-                 + (unremoved.isEmpty ? "the old rules and sets removed" : "the old rules and sets removed except in \(unremoved.joined(separator: ", ")) (not usable here)"))
+        log.info(
+            """
+            moved network \(network) from \(Self.describe(backend: old.backend, mode: old.iptablesMode)) to \
+            \(placementDescription): 
+            """
+                + """
+                \(registrations.count) pod entries of \(records.count + Set(damaged.map(\.owner)).count) \
+                attachment(s) rewritten, 
+                """
+                + (unremoved.isEmpty
+                    ? "the old rules and sets removed"
+                    : "the old rules and sets removed except in \(unremoved.joined(separator: ", ")) (not usable here)")
+        )
     }
 
     /// A failed move: removes the network from the new place, goes back to the recorded one and, when its removal
     /// had begun, rebuilds it there from the records. Failures are logged (the caller reports the move's error).
-    private func undoMove(_ old: NetworkRecord, registrations: [Registration], rebuildOld: Bool, policy: NetworkPolicy?) {
+    private func undoMove(_ old: NetworkRecord, registrations: [Registration], rebuildOld: Bool, policy: NetworkPolicy?)
+    {
         let target = placementDescription
         // Both iptables flavours match the same sets: the old flavour's rules still need them.
         let keepingSets = backend.kind == .iptables && old.backend == .iptables
-        do throws(CNIError) { try remove(from: backend, registrations: registrations, keepingSets: keepingSets) } catch {
+        do throws(CNIError) { try remove(from: backend, registrations: registrations, keepingSets: keepingSets) } catch
+        {
             log.error("cannot remove what the failed move wrote to \(target): \(error)")
         }
         stayWithRecordedPlacement()
@@ -202,15 +233,26 @@ final class Session {
             for file in try store.unreadableRecords(in: key) {
                 let parts = file.split(separator: "@", maxSplits: 1).map(String.init)
                 guard parts.count == 2, !file.hasPrefix("h-") else {
-                    log.warning("the record \(quoted(file)) of network \(network) is damaged and names no attachment: its pods are not moved")
+                    log.warning(
+                        """
+                        the record \(quoted(file)) of network \(network) is damaged and names no attachment: its \
+                        pods are not moved
+                        """
+                    )
                     continue
                 }
                 let owner = Owner(network: network, containerID: parts[0], ifname: parts[1])
                 let addresses = try store.addresses(heldBy: owner)
-                log.warning("the record of \(owner.tag) is damaged: moving "
-                            + (addresses.isEmpty ? "nothing of it (the ownership index names no address of it)"
-                                : "\(addresses.map { "\($0)" }.joined(separator: ", ")), as the ownership index says"))
-                result += addresses.map { Registration(owner: owner, pod: PodAddress(address: $0, subnet: CIDR(network: $0, prefix: $0.family.bitWidth))) }
+                log.warning(
+                    "the record of \(owner.tag) is damaged: moving "
+                        + (addresses.isEmpty
+                            ? "nothing of it (the ownership index names no address of it)"
+                            : "\(addresses.map { "\($0)" }.joined(separator: ", ")), as the ownership index says"))
+                result += addresses.map {
+                    Registration(
+                        owner: owner,
+                        pod: PodAddress(address: $0, subnet: CIDR(network: $0, prefix: $0.family.bitWidth)))
+                }
             }
             return result
         }
@@ -241,10 +283,14 @@ final class Session {
     /// match the same sets).
     private func removeRecordedPlacement(_ old: NetworkRecord, registrations: [Registration]) throws(CNIError) {
         let from = Self.placement(of: old, over: config)
-        if old.backend == .nftables { return try remove(from: makeBackend(.nftables, from), registrations: registrations, keepingSets: false) }
+        if old.backend == .nftables {
+            return try remove(from: makeBackend(.nftables, from), registrations: registrations, keepingSets: false)
+        }
         // A recorded flavour is concrete; an unknown one (nil, auto) means every installed flavour but the current.
         var flavours = IPTablesBackend.installedModes()
-        if let recorded = old.iptablesMode, recorded != .auto, !flavours.contains(recorded) { flavours.append(recorded) }
+        if let recorded = old.iptablesMode, recorded != .auto, !flavours.contains(recorded) {
+            flavours.append(recorded)
+        }
         var targets: [MasqBackend] = []
         for mode in flavours where mode != currentFlavour {
             var flavourConfig = from
@@ -253,42 +299,58 @@ final class Session {
         }
         for target in targets { try remove(from: target, registrations: registrations, keepingSets: true) }
         // The sets go last, once no flavour's rule refers to them.
-        if backend.kind != .iptables, let last = targets.last { try remove(from: last, registrations: registrations, keepingSets: false) }
+        if backend.kind != .iptables, let last = targets.last {
+            try remove(from: last, registrations: registrations, keepingSets: false)
+        }
     }
 
     /// Removes the network from one backend (and nftables' table when nothing else is left in it).
     private func remove(from target: MasqBackend, registrations: [Registration], keepingSets: Bool) throws(CNIError) {
-        let description = target.kind == .iptables ? Self.describe(backend: .iptables, mode: target.iptablesMode) : target.kind.rawValue
+        let description =
+            target.kind == .iptables
+            ? Self.describe(backend: .iptables, mode: target.iptablesMode) : target.kind.rawValue
         do {
             try target.removeNetwork(network, registrations: registrations, keepingSets: keepingSets)
             try removeSlots(from: target, keepingSets: keepingSets)
             _ = try target.removeTableIfEmpty()
-        } catch where error.kind.unusable {
-            log.warning("\(description) is not usable here, so the network's objects in it (if any) are not removed: \(error.message)")
+        } catch  where error.kind.unusable {
+            log.warning(
+                """
+                \(description) is not usable here, so the network's objects in it (if any) are not removed: \
+                \(error.message)
+                """
+            )
             unremoved.append(description)
         } catch {
-            throw CNIError(.netfilterFailure, "cannot remove network \(network) from \(description)", details: error.message)
+            throw CNIError(
+                .netfilterFailure, "cannot remove network \(network) from \(description)", details: error.message)
         }
     }
 
     /// Runs a state-directory operation before `self` is complete.
-    private static func stateDirectory<T>(_ config: MasqConfig, _ body: () throws(SystemError) -> T) throws(CNIError) -> T {
+    private static func stateDirectory<T>(_ config: MasqConfig, _ body: () throws(SystemError) -> T) throws(CNIError)
+        -> T
+    {
         do { return try body() } catch {
-            throw CNIError(.stateFailure, "cannot use the state directory \(quoted(config.stateDir))", details: "\(error)")
+            throw CNIError(
+                .stateFailure, "cannot use the state directory \(quoted(config.stateDir))", details: "\(error)")
         }
     }
 
     /// The network record for a policy written to the current backend.
     private func networkRecord(for policy: NetworkPolicy) -> NetworkRecord {
-        NetworkRecord(network: network, backend: backend.kind, fingerprint: backend.fingerprint(of: policy), policy: policy.json,
-                      iptablesMode: currentFlavour, masqChain: placed.masqChain)
+        NetworkRecord(
+            network: network, backend: backend.kind, fingerprint: backend.fingerprint(of: policy), policy: policy.json,
+            iptablesMode: currentFlavour, masqChain: placed.masqChain)
     }
 
     /// A change that (re)writes the node-wide part when the policy in force differs from what was applied.
     /// With a refused config file: the last good rules stay, or, when there are none yet, the refusal is the answer.
     /// `fingerprint`: the policy's, when the caller computed it already.
-    func networkChange(policy: NetworkPolicy, fileProblem: CNIError?,
-                       fingerprint known: String? = nil) throws(CNIError) -> NetworkChange {
+    func networkChange(
+        policy: NetworkPolicy, fileProblem: CNIError?,
+        fingerprint known: String? = nil
+    ) throws(CNIError) -> NetworkChange {
         let record = try networkRecord()
         if let fileProblem {
             guard record != nil else { throw fileProblem }
@@ -325,8 +387,10 @@ final class Session {
         case .success(let holder)?: return holder
         case .failure(let damage)?:
             let holder = try store.latestRecordHolder(of: address)
-            log.warning("the ownership entry of \(address) is damaged (\(damage.bytes) bytes); taking it as held by "
-                        + (holder.map { "\($0.key)/\($0.file), the newest record that lists it" } ?? "nobody (no record lists it)"))
+            log.warning(
+                "the ownership entry of \(address) is damaged (\(damage.bytes) bytes); taking it as held by "
+                    + (holder.map { "\($0.key)/\($0.file), the newest record that lists it" }
+                        ?? "nobody (no record lists it)"))
             return holder
         }
     }
@@ -362,8 +426,9 @@ final class Session {
                 case .damaged(let why):
                     releasing = try removeDamaged(owner, why: why, into: &change)
                 case .other(let holder):
-                    throw SystemError("the state file of \(owner.tag) holds the record of \(holder.tag) (their names hash alike)",
-                                      errno: 17 /* EEXIST */)
+                    throw SystemError(
+                        "the state file of \(owner.tag) holds the record of \(holder.tag) (their names hash alike)",
+                        errno: 17 /* EEXIST */)
                 case .missing:
                     break
                 }
@@ -371,7 +436,8 @@ final class Session {
                     // An address another attachment still holds (IP reuse before its DEL): take it over.
                     let address = registration.pod.address
                     guard let holder = try currentHolder(of: address), holder != StateStore.holder(owner),
-                          let (other, pod) = try heldEntry(address, by: holder) else { continue }
+                        let (other, pod) = try heldEntry(address, by: holder)
+                    else { continue }
                     // Write-ahead for the conntrack cleanup too: a retry after a kill, now the holder, still walks.
                     if config.conntrackFlush { try store.writeTombstone(address, formerOwner: other.owner.tag) }
                     if holder.key == key {
@@ -379,8 +445,9 @@ final class Session {
                         log.info("\(address) moves from \(other.owner.tag) to \(owner.tag)")
                     } else {
                         foreign[holder.key, default: []].append(Registration(owner: other.owner, pod: pod))
-                        log.warning("\(address) is taken over by \(owner.tag) from \(other.owner.tag) of network "
-                                    + "\(other.owner.network) (its DEL never came): its entry there goes")
+                        log.warning(
+                            "\(address) is taken over by \(owner.tag) from \(other.owner.tag) of network "
+                                + "\(other.owner.network) (its DEL never came): its entry there goes")
                     }
                 }
                 // Write-ahead for the removals too: a verb killed before its change is applied leaves them in the
@@ -422,14 +489,18 @@ final class Session {
             if !(try store.hasMembers(subnet, in: key)) { change.removeSubnets.append(subnet) }
         }
         if !record.owed.isEmpty || !record.owedSubnets.isEmpty {
-            log.warning("an earlier verb of \(record.owner.tag) did not finish: applying the removals it owed "
-                        + "(\((record.owed.map { "\($0.pod.address) of \($0.owner.tag)" } + record.owedSubnets.map(\.description)).joined(separator: ", ")))")
+            log.warning(
+                "an earlier verb of \(record.owner.tag) did not finish: applying the removals it owed "
+                    + "(\((record.owed.map { "\($0.pod.address) of \($0.owner.tag)" } + record.owedSubnets.map(\.description)).joined(separator: ", ")))"
+            )
         }
     }
 
     /// The record and entry of `address` held by `holder`. A damaged record gives the attachment its file name names
     /// (network from the network record), with the subnet its element comment or subnet membership gives.
-    private func heldEntry(_ address: IPAddress, by holder: AddressHolder) throws(SystemError) -> (AttachmentRecord, PodAddress)? {
+    private func heldEntry(_ address: IPAddress, by holder: AddressHolder) throws(SystemError) -> (
+        AttachmentRecord, PodAddress
+    )? {
         switch try store.readRecord(holder.key, named: holder.file) {
         case .found(let other):
             return other.addresses.first(where: { $0.address == address }).map { (other, $0) }
@@ -438,12 +509,26 @@ final class Session {
             let name = holder.key == key ? network : try store.networkRecord(holder.key)?.network
             guard parts.count == 2, !holder.file.hasPrefix("h-"), let name else { return nil }
             let other = Owner(network: name, containerID: parts[0], ifname: parts[1])
-            let target = holder.key == key ? backend : makeBackend(placedBackend(of: holder.key), placement(ofNetwork: holder.key))
-            var subnet = (try? target.entries(network: name, taggedWith: other.tag))?.first { $0.address == address }?.subnet
-            if subnet == nil { subnet = try store.subnets(joinedBy: other).filter { $0.contains(address) }.max { $0.prefix < $1.prefix } }
-            log.warning("the record of \(other.tag), which holds \(address), is damaged: taking the address over as its element says")
-            return (AttachmentRecord(owner: other, addresses: []),
-                    PodAddress(address: address, subnet: subnet ?? CIDR(network: address, prefix: address.family.bitWidth)))
+            let target =
+                holder.key == key
+                ? backend : makeBackend(placedBackend(of: holder.key), placement(ofNetwork: holder.key))
+            var subnet = (try? target.entries(network: name, taggedWith: other.tag))?.first { $0.address == address }?
+                .subnet
+            if subnet == nil {
+                subnet = try store.subnets(joinedBy: other).filter { $0.contains(address) }.max {
+                    $0.prefix < $1.prefix
+                }
+            }
+            log.warning(
+                """
+                the record of \(other.tag), which holds \(address), is damaged: taking the address over as its \
+                element says
+                """
+            )
+            return (
+                AttachmentRecord(owner: other, addresses: []),
+                PodAddress(address: address, subnet: subnet ?? CIDR(network: address, prefix: address.family.bitWidth))
+            )
         case .missing, .other:
             return nil
         }
@@ -464,7 +549,9 @@ final class Session {
     /// For a record that cannot be read: removes what the ownership index and the element comments give `owner`;
     /// returns the addresses the index gives it (for the caller to release once its change is safe to replay).
     @discardableResult
-    private func removeDamaged(_ owner: Owner, why: String, into change: inout NetworkChange) throws(SystemError) -> [IPAddress] {
+    private func removeDamaged(_ owner: Owner, why: String, into change: inout NetworkChange) throws(SystemError)
+        -> [IPAddress]
+    {
         var held: [IPAddress] = []
         var pods: [PodAddress] = []
         var notes: [String] = []
@@ -482,8 +569,13 @@ final class Session {
             change.removeSubnets.append(subnet)
         }
         if pods.isEmpty { notes.append("no entry of it found in the ownership index or the element comments") }
-        log.warning("the record of \(owner.tag) is damaged (\(why)): removing \(pods.isEmpty ? "nothing" : pods.map { "\($0.address)" }.joined(separator: ", "))"
-                    + " as the ownership index and the element comments say" + (notes.isEmpty ? "" : "; " + notes.joined(separator: "; ")))
+        log.warning(
+            """
+            the record of \(owner.tag) is damaged (\(why)): removing \
+            \(pods.isEmpty ? "nothing" : pods.map { "\($0.address)" }.joined(separator: ", "))
+            """
+                + " as the ownership index and the element comments say"
+                + (notes.isEmpty ? "" : "; " + notes.joined(separator: "; ")))
         return held
     }
 
@@ -502,7 +594,12 @@ final class Session {
             case .damaged(let why):
                 try removeDamaged(owner, why: why, into: &change)
             case .other(let holder):
-                log.warning("the state file of \(owner.tag) holds the record of \(holder.tag) (their names hash alike): left alone")
+                log.warning(
+                    """
+                    the state file of \(owner.tag) holds the record of \(holder.tag) (their names hash alike): \
+                    left alone
+                    """
+                )
             case .missing:
                 break
             }
@@ -546,7 +643,9 @@ final class Session {
         try state { () throws(SystemError) in
             var result: [Registration] = []
             for record in records {
-                for pod in record.addresses where try owns(record.owner, pod.address) { result.append(Registration(owner: record.owner, pod: pod)) }
+                for pod in record.addresses where try owns(record.owner, pod.address) {
+                    result.append(Registration(owner: record.owner, pod: pod))
+                }
             }
             return result
         }
@@ -570,7 +669,9 @@ final class Session {
                 return held
             }
             complete.add += held.filter { !removed.contains($0) && !complete.add.contains($0) }
-            complete.addSubnets += record.addresses.map(\.subnet).filter { !complete.addSubnets.contains($0) && !change.removeSubnets.contains($0) }
+            complete.addSubnets += record.addresses.map(\.subnet).filter {
+                !complete.addSubnets.contains($0) && !change.removeSubnets.contains($0)
+            }
         }
         return complete
     }
@@ -591,24 +692,26 @@ final class Session {
                     try applyRouted(complete)
                     applied = true
                 } catch {
-                    log.debug("the rewrite with every recorded pod failed (\(error.message)); applying the change alone")
+                    log.debug(
+                        "the rewrite with every recorded pod failed (\(error.message)); applying the change alone")
                 }
                 if applied { return try finish(change) }
             }
         }
         do {
             try applyRouted(change)
-        } catch where error.kind == .missingObjects && rebuildOnMissing {
-            log.warning("the network's netfilter objects are missing (\(error.message)); restoring them from the records")
+        } catch  where error.kind == .missingObjects && rebuildOnMissing {
+            log.warning(
+                "the network's netfilter objects are missing (\(error.message)); restoring them from the records")
             do { try restore(policy: change.policy, then: change) } catch {
                 rollBack()
                 throw error
             }
-        } catch where error.kind == .missingObjects {
+        } catch  where error.kind == .missingObjects {
             throw Self.cniError(error)
-        } catch where error.kind == .partial {
+        } catch  where error.kind == .partial {
             log.warning("removed, except: \(error.message)")
-        } catch where error.kind.refused && !change.remove.isEmpty && !(change.add.isEmpty && change.policy == nil) {
+        } catch  where error.kind.refused && !change.remove.isEmpty && !(change.add.isEmpty && change.policy == nil) {
             // A removal the kernel refuses (entries of a record it could never have installed) must not block the
             // rest: the removals on their own (element by element if need be), then the rest.
             var removal = NetworkChange(network: network), rest = change
@@ -616,7 +719,7 @@ final class Session {
             removal.removeSubnets = change.removeSubnets
             rest.remove = []
             rest.removeSubnets = []
-            do { try applyRouted(removal) } catch where error.kind == .partial || error.kind == .missingObjects {
+            do { try applyRouted(removal) } catch  where error.kind == .partial || error.kind == .missingObjects {
                 log.warning("removed, except: \(error.message)")
             } catch {
                 rollBack()
@@ -655,10 +758,18 @@ final class Session {
             var removal = NetworkChange(network: name)
             removal.remove = registrations
             // Where the other network's record says its rules are (another backend or flavour after a switch).
-            do { try makeBackend(placedBackend(of: otherKey), placement(ofNetwork: otherKey)).apply(removal) } catch where error.kind == .missingObjects {
+            do { try makeBackend(placedBackend(of: otherKey), placement(ofNetwork: otherKey)).apply(removal) } catch
+                where error.kind == .missingObjects
+            {
                 // The other network's objects are gone: nothing of it to remove.
             } catch {
-                log.warning("cannot remove \(registrations.map { "\($0.pod.address) of \($0.owner.tag)" }.joined(separator: ", ")) from network \(name): \(error)")
+                log.warning(
+                    """
+                    cannot remove \
+                    \(registrations.map { "\($0.pod.address) of \($0.owner.tag)" }.joined(separator: ", ")) from \
+                    network \(name): \(error)
+                    """
+                )
             }
         }
         foreign = [:]
@@ -705,9 +816,11 @@ final class Session {
             let registrations = try owned([record]).filter { !removed.contains($0) }
             others.append((record, registrations))
             rebuild.add += registrations
-            rebuild.addSubnets += record.addresses.map(\.subnet).filter { !rebuild.addSubnets.contains($0) && !change.removeSubnets.contains($0) }
+            rebuild.addSubnets += record.addresses.map(\.subnet).filter {
+                !rebuild.addSubnets.contains($0) && !change.removeSubnets.contains($0)
+            }
         }
-        do { try applyRouted(rebuild) } catch where error.kind.refused {
+        do { try applyRouted(rebuild) } catch  where error.kind.refused {
             // One record may be what the backend refuses: the node-wide part and this verb's own change first, then
             // each other record on its own.
             var base = change
@@ -723,10 +836,21 @@ final class Session {
                 do { try applyRouted(one) } catch {
                     skipped.append(record.owner.tag)
                     self.skipped.insert(record.owner)
-                    log.warning("restore: skipped the record of \(record.owner.tag) (\(record.addresses.map { "\($0.address) on \($0.subnet)" }.joined(separator: ", "))), which the backend refuses: \(error)")
+                    log.warning(
+                        """
+                        restore: skipped the record of \(record.owner.tag) \
+                        (\(record.addresses.map { "\($0.address) on \($0.subnet)" }.joined(separator: ", "))), \
+                        which the backend refuses: \(error)
+                        """
+                    )
                 }
             }
-            log.warning("restore: \(others.count - skipped.count) of \(others.count) recorded attachment(s) restored, \(skipped.count) skipped")
+            log.warning(
+                """
+                restore: \(others.count - skipped.count) of \(others.count) recorded attachment(s) restored, \
+                \(skipped.count) skipped
+                """
+            )
         } catch {
             throw Self.cniError(error)
         }
@@ -742,7 +866,10 @@ final class Session {
     func inspect(policy: NetworkPolicy, records: [AttachmentRecord]) throws(CNIError) -> [String] {
         let registrations = try owned(records)
         let subnets = Array(Set(records.flatMap { $0.addresses.map(\.subnet) })).sorted()
-        do { return try inspectRouted(policy: policy, registrations: registrations, subnets: subnets, whole: records.count != 1) } catch {
+        do {
+            return try inspectRouted(
+                policy: policy, registrations: registrations, subnets: subnets, whole: records.count != 1)
+        } catch {
             throw Self.cniError(error)
         }
     }
@@ -750,19 +877,21 @@ final class Session {
     func objectsMissing(_ error: CNIError) -> Bool { error.cause == .missingObjects }
 
     static func cniError(_ error: BackendError) -> CNIError {
-        let (code, message): (CNIError.Code, String) = switch error.kind {
-        case .transient: (.tryAgainLater, "netfilter is busy")
-        case .missingObjects: (.netfilterFailure, "netfilter objects are missing")
-        case .unavailable, .permission: (.netfilterFailure, "the netfilter backend is not usable")
-        case .exists, .invalid, .failed, .partial: (.netfilterFailure, "applying the rules failed")
-        }
+        let (code, message): (CNIError.Code, String) =
+            switch error.kind {
+            case .transient: (.tryAgainLater, "netfilter is busy")
+            case .missingObjects: (.netfilterFailure, "netfilter objects are missing")
+            case .unavailable, .permission: (.netfilterFailure, "the netfilter backend is not usable")
+            case .exists, .invalid, .failed, .partial: (.netfilterFailure, "applying the rules failed")
+            }
         return CNIError(code, message, details: error.message, cause: error.kind)
     }
 
     /// Runs a state-directory operation, turning a system error into CNI code 102.
     func state<T>(_ body: () throws(SystemError) -> T) throws(CNIError) -> T {
         do { return try body() } catch {
-            throw CNIError(.stateFailure, "cannot use the state directory \(quoted(config.stateDir))", details: "\(error)")
+            throw CNIError(
+                .stateFailure, "cannot use the state directory \(quoted(config.stateDir))", details: "\(error)")
         }
     }
 }

@@ -1,4 +1,5 @@
 import Plugin
+
 #if canImport(Glibc)
 import Glibc
 #endif

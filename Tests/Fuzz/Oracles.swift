@@ -12,8 +12,10 @@ enum Oracle {
     /// Bytes allowed inside a quoted string of a rendered script (owner tags, fingerprints, "pod subnet").
     static func isScriptStringByte(_ byte: UInt8) -> Bool {
         (byte >= 0x30 && byte <= 0x39) || (byte >= 0x41 && byte <= 0x5A) || (byte >= 0x61 && byte <= 0x7A)
-            || [UInt8(ascii: "_"), UInt8(ascii: "."), UInt8(ascii: "@"), UInt8(ascii: "/"), UInt8(ascii: "~"),
-                UInt8(ascii: " "), UInt8(ascii: "-")].contains(byte)
+            || [
+                UInt8(ascii: "_"), UInt8(ascii: "."), UInt8(ascii: "@"), UInt8(ascii: "/"), UInt8(ascii: "~"),
+                UInt8(ascii: " "), UInt8(ascii: "-"),
+            ].contains(byte)
     }
 
     /// An nft script built from input must keep input inside quoted, sanitised strings: known verbs only,
@@ -34,7 +36,9 @@ enum Oracle {
                 guard byte >= 0x20 && byte < 0x7F else { fail("control or non-ASCII byte \(byte) in line: \(line)") }
                 if byte == UInt8(ascii: "\"") { inQuotes.toggle(); continue }
                 if inQuotes && !isScriptStringByte(byte) { fail("byte \(byte) inside a quoted string: \(line)") }
-                if !inQuotes && (byte == UInt8(ascii: ";") || byte == UInt8(ascii: "#")) { fail("statement separator or comment outside quotes: \(line)") }
+                if !inQuotes && (byte == UInt8(ascii: ";") || byte == UInt8(ascii: "#")) {
+                    fail("statement separator or comment outside quotes: \(line)")
+                }
             }
             if inQuotes { fail("unbalanced quotes: \(line)") }
         }
@@ -52,9 +56,15 @@ enum Oracle {
     /// `add set|chain inet ip_masq NAME BODY`: a name of `[A-Za-z0-9_]` and one of the fixed bodies.
     static func checkDeclaration(_ line: String) {
         let words = line.split(separator: " ", maxSplits: 5, omittingEmptySubsequences: false)
-        guard words.count >= 5, words[2] == "inet", words[3] == "ip_masq" else { fail("unexpected declaration: \(line)") }
+        guard words.count >= 5, words[2] == "inet", words[3] == "ip_masq" else {
+            fail("unexpected declaration: \(line)")
+        }
         let name = words[4]
-        guard !name.isEmpty, name.utf8.allSatisfy({ isScriptStringByte($0) && $0 != UInt8(ascii: " ") && $0 != UInt8(ascii: "/") && $0 != UInt8(ascii: "~") }) else {
+        guard !name.isEmpty,
+            name.utf8.allSatisfy({
+                isScriptStringByte($0) && $0 != UInt8(ascii: " ") && $0 != UInt8(ascii: "/") && $0 != UInt8(ascii: "~")
+            })
+        else {
             fail("object name from input is not plain: \(line)")
         }
         let body = words.count == 6 ? " " + words[5] : ""
@@ -76,50 +86,86 @@ enum Oracle {
             guard starts.contains(where: { line.hasPrefix($0) }) else { fail("unexpected \(tool) line: \(line)") }
             var inQuotes = false
             for byte in line.utf8 {
-                guard byte >= 0x20 && byte < 0x7F else { fail("control or non-ASCII byte \(byte) in \(tool) line: \(line)") }
+                guard byte >= 0x20 && byte < 0x7F else {
+                    fail("control or non-ASCII byte \(byte) in \(tool) line: \(line)")
+                }
                 if byte == UInt8(ascii: "\"") { inQuotes.toggle(); continue }
                 if inQuotes && !allowed(byte) { fail("byte \(byte) inside a quoted string of \(tool) input: \(line)") }
-                if !inQuotes && [UInt8(ascii: "#"), UInt8(ascii: ";"), UInt8(ascii: "'"), UInt8(ascii: "\\")].contains(byte) {
+                if !inQuotes
+                    && [UInt8(ascii: "#"), UInt8(ascii: ";"), UInt8(ascii: "'"), UInt8(ascii: "\\")].contains(byte)
+                {
                     fail("\(byte) outside quotes in \(tool) input: \(line)")
                 }
             }
             if inQuotes { fail("unbalanced quotes in \(tool) input: \(line)") }
             // ipset names are at most 31 bytes, iptables chain names at most 28.
-            for word in line.split(separator: " ") where word.hasPrefix("IPMASQ-") && word.utf8.count > 31 { fail("ipset name too long: \(word)") }
+            for word in line.split(separator: " ") where word.hasPrefix("IPMASQ-") && word.utf8.count > 31 {
+                fail("ipset name too long: \(word)")
+            }
         }
     }
 
-    /// The iptables backend's inputs for a policy and registrations: both candidate chains, both families, every set script.
-    static func renderIPTables(network: String, masqChain: String, policy: NetworkPolicy, add: NetworkChange, remove: NetworkChange) {
+    /// The iptables backend's inputs for a policy and registrations: both candidate chains, both families, every set
+    /// script.
+    static func renderIPTables(
+        network: String, masqChain: String, policy: NetworkPolicy, add: NetworkChange, remove: NetworkChange
+    ) {
         let renderer = IPTablesRenderer(masqChain: masqChain)
         let key = NetworkKey(network: network)
         for chain in renderer.candidateChains(key) {
             guard chain.utf8.count <= 28 else { fail("chain name longer than 28 bytes: \(chain)") }
             for family in IPFamily.allCases {
-                let cleanup = IPTablesRenderer.Cleanup(jumps: [renderer.jumpRule(key, family, chain: chain)], chains: [renderer.derivedChain(key)])
-                for input in [renderer.nodeWideInput(policy, key, family, chain: chain), renderer.nodeWideInput(policy, key, family, chain: chain, cleanup: cleanup)] {
-                    checkLines(input, starts: ["*nat", ":", "-A ", "-D ", "-X ", "COMMIT"], allowed: isRestoreStringByte, tool: "iptables-restore")
+                let cleanup = IPTablesRenderer.Cleanup(
+                    jumps: [renderer.jumpRule(key, family, chain: chain)], chains: [renderer.derivedChain(key)])
+                for input in [
+                    renderer.nodeWideInput(policy, key, family, chain: chain),
+                    renderer.nodeWideInput(policy, key, family, chain: chain, cleanup: cleanup),
+                ] {
+                    checkLines(
+                        input, starts: ["*nat", ":", "-A ", "-D ", "-X ", "COMMIT"], allowed: isRestoreStringByte,
+                        tool: "iptables-restore")
                 }
-                let mangle = NATListing("-P POSTROUTING ACCEPT\n-N \(IPTablesRenderer.guardChain(key))\n-A POSTROUTING \(renderer.guardJumpRule(key, family))\n")
-                for guardInput in [renderer.guardInput(policy, key, family, mangle: mangle), renderer.guardRemovalInput(key, family, mangle: mangle)] {
-                    checkLines(guardInput ?? "", starts: ["*mangle", ":", "-A ", "-D ", "-X ", "COMMIT"], allowed: isRestoreStringByte, tool: "iptables-restore")
+                let mangle = NATListing(
+                    """
+                    -P POSTROUTING ACCEPT\n-N \(IPTablesRenderer.guardChain(key))\n-A POSTROUTING \
+                    \(renderer.guardJumpRule(key, family))\n
+                    """
+                )
+                for guardInput in [
+                    renderer.guardInput(policy, key, family, mangle: mangle),
+                    renderer.guardRemovalInput(key, family, mangle: mangle),
+                ] {
+                    checkLines(
+                        guardInput ?? "", starts: ["*mangle", ":", "-A ", "-D ", "-X ", "COMMIT"],
+                        allowed: isRestoreStringByte, tool: "iptables-restore")
                 }
-                if let removal = renderer.removalInput(jumps: [renderer.jumpRule(key, family, chain: chain)], chains: [chain]) {
-                    checkLines(removal, starts: ["*nat", ":", "-D ", "-X ", "COMMIT"], allowed: isRestoreStringByte, tool: "iptables-restore")
+                if let removal = renderer.removalInput(
+                    jumps: [renderer.jumpRule(key, family, chain: chain)], chains: [chain])
+                {
+                    checkLines(
+                        removal, starts: ["*nat", ":", "-D ", "-X ", "COMMIT"], allowed: isRestoreStringByte,
+                        tool: "iptables-restore")
                 }
             }
         }
-        for input in [renderer.setInput(for: add, creating: true, verifying: true), renderer.setInput(for: remove), renderer.setRemovalInput(key)] {
-            checkLines(input, starts: ["create ", "add ", "del ", "list ", "destroy "], allowed: isScriptStringByte, tool: "ipset")
+        for input in [
+            renderer.setInput(for: add, creating: true, verifying: true), renderer.setInput(for: remove),
+            renderer.setRemovalInput(key),
+        ] {
+            checkLines(
+                input, starts: ["create ", "add ", "del ", "list ", "destroy "], allowed: isScriptStringByte,
+                tool: "ipset")
         }
     }
 
     /// A CNI error must describe itself and serialise to a JSON object that parses back.
     static func checkError(_ error: CNIError) {
         guard !error.msg.isEmpty else { fail("empty msg for code \(error.code)") }
-        let object = JSONValue.object(JSONObject([
-            ("code", .int(Int64(error.code.rawValue))), ("msg", .string(error.msg)), ("details", .string(error.details)),
-        ]))
+        let object = JSONValue.object(
+            JSONObject([
+                ("code", .int(Int64(error.code.rawValue))), ("msg", .string(error.msg)),
+                ("details", .string(error.details)),
+            ]))
         checkRoundTrip(object)
     }
 
@@ -133,7 +179,9 @@ enum Oracle {
 
     /// The policy's record form must read back as the same policy (the agent restores from it).
     static func checkPolicyRecord(_ policy: NetworkPolicy) {
-        guard let back = NetworkPolicy(json: policy.json) else { fail("policy record does not read back: \(policy.json.serialized())") }
+        guard let back = NetworkPolicy(json: policy.json) else {
+            fail("policy record does not read back: \(policy.json.serialized())")
+        }
         guard back == policy else { fail("policy record changed: \(policy.json.serialized())") }
     }
 

@@ -15,8 +15,10 @@ public func fuzzStdinToPlan(_ data: UnsafePointer<UInt8>?, _ size: Int) -> Int32
 
 /// The stdin-to-plan path without I/O.
 enum StdinToPlan {
-    static let defaultEnvironment = ["CNI_COMMAND": "ADD", "CNI_CONTAINERID": "ctr1", "CNI_NETNS": "/var/run/netns/x",
-                                     "CNI_IFNAME": "eth0", "CNI_PATH": "/opt/cni/bin"]
+    static let defaultEnvironment = [
+        "CNI_COMMAND": "ADD", "CNI_CONTAINERID": "ctr1", "CNI_NETNS": "/var/run/netns/x",
+        "CNI_IFNAME": "eth0", "CNI_PATH": "/opt/cni/bin",
+    ]
 
     /// Splits the input into env and stdin.
     static func split(_ bytes: [UInt8]) -> ([String: String], [UInt8]) {
@@ -25,7 +27,9 @@ enum StdinToPlan {
         var environment: [String: String] = [:]
         for line in bytes[1..<end].split(separator: UInt8(ascii: "\n")) {
             let text = String(decoding: line, as: UTF8.self)
-            if let equals = text.firstIndex(of: "=") { environment[String(text[..<equals])] = String(text[text.index(after: equals)...]) }
+            if let equals = text.firstIndex(of: "=") {
+                environment[String(text[..<equals])] = String(text[text.index(after: equals)...])
+            }
         }
         return (environment, end < bytes.count ? Array(bytes[(end + 1)...]) : [])
     }
@@ -42,7 +46,9 @@ enum StdinToPlan {
         } catch { Oracle.checkError(error); return }
         Oracle.checkRoundTrip(.object(netconf.object))
         let config: MasqConfig
-        do { config = try MasqConfig.resolve(netconf: netconf.object, fileContents: nil) } catch { Oracle.checkError(error); return }
+        do { config = try MasqConfig.resolve(netconf: netconf.object, fileContents: nil) } catch {
+            Oracle.checkError(error); return
+        }
         let policy = NetworkPolicy(config: config)
         guard let raw = netconf.object["prevResult"], raw != .null else {
             Oracle.render(network: netconf.name, masqChain: config.masqChain, policy: policy, registrations: [])
@@ -55,10 +61,13 @@ enum StdinToPlan {
             Oracle.fail("the echoed prevResult does not parse back")
         }
         guard let containerID = environment.containerID, let ifname = environment.ifname else { return }
-        let plan = AttachmentPlan(config: config, network: netconf.name,
-                                  attachment: AttachmentKey(containerID: containerID, ifname: ifname), prevResult: prevResult)
+        let plan = AttachmentPlan(
+            config: config, network: netconf.name,
+            attachment: AttachmentKey(containerID: containerID, ifname: ifname), prevResult: prevResult)
         let registrations = plan.addresses.map { Registration(owner: plan.owner, pod: $0) }
-        if Set(plan.addresses.map(\.address)).count != plan.addresses.count { Oracle.fail("duplicate addresses in a plan") }
+        if Set(plan.addresses.map(\.address)).count != plan.addresses.count {
+            Oracle.fail("duplicate addresses in a plan")
+        }
         Oracle.render(network: netconf.name, masqChain: config.masqChain, policy: policy, registrations: registrations)
     }
 }

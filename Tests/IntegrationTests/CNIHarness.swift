@@ -30,21 +30,26 @@ final class CNIToolchain: Sendable {
         atexit { if let path = toolchainDirectoryForCleanup { try? FileManager.default.removeItem(atPath: path) } }
 
         cnitool = directory + "/cnitool"
-        let build = try run(["go", "build", "-o", cnitool, "./Tests/cnitool"],
-                            environment: ["GO111MODULE": "off", "GOPATH": directory + "/gopath:/usr/share/gocode",
-                                          "GOCACHE": directory + "/gocache", "GOFLAGS": "", "CGO_ENABLED": "0"],
-                            workingDirectory: Host.repository.path)
+        let build = try run(
+            ["go", "build", "-o", cnitool, "./Tests/cnitool"],
+            environment: [
+                "GO111MODULE": "off", "GOPATH": directory + "/gopath:/usr/share/gocode",
+                "GOCACHE": directory + "/gocache", "GOFLAGS": "", "CGO_ENABLED": "0",
+            ],
+            workingDirectory: Host.repository.path)
         guard build.status == 0 else { throw HarnessFailure("building Tests/cnitool failed:\n\(build.stderr)") }
 
         pluginDirectory = directory + "/bin"
         try FileManager.default.createDirectory(atPath: pluginDirectory, withIntermediateDirectories: true)
         for name in try FileManager.default.contentsOfDirectory(atPath: "/usr/lib/cni") {
-            try FileManager.default.createSymbolicLink(atPath: pluginDirectory + "/" + name, withDestinationPath: "/usr/lib/cni/" + name)
+            try FileManager.default.createSymbolicLink(
+                atPath: pluginDirectory + "/" + name, withDestinationPath: "/usr/lib/cni/" + name)
         }
         guard FileManager.default.isExecutableFile(atPath: Host.pluginBinary) else {
             throw HarnessFailure("the ip-masq binary is missing at \(Host.pluginBinary) (build it, or set IPMASQ_BIN)")
         }
-        try FileManager.default.createSymbolicLink(atPath: pluginDirectory + "/ip-masq", withDestinationPath: Host.pluginBinary)
+        try FileManager.default.createSymbolicLink(
+            atPath: pluginDirectory + "/ip-masq", withDestinationPath: Host.pluginBinary)
 
         probe = directory + "/probe.py"
         try Self.probeScript.write(toFile: probe, atomically: true, encoding: .utf8)
@@ -53,38 +58,38 @@ final class CNIToolchain: Sendable {
     /// `serve ADDR PORT`: accept one TCP connection, send back the peer address, print it, exit.
     /// `connect ADDR PORT`: connect (retrying briefly) and print what the server sent.
     static let probeScript = """
-    import socket, sys, time
-    mode, addr, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
-    family = socket.AF_INET6 if ':' in addr else socket.AF_INET
-    if mode == 'serve':
-        s = socket.socket(family, socket.SOCK_STREAM)
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        s.bind((addr, port))
-        s.listen(1)
-        s.settimeout(20)
-        print('ready', flush=True)
-        c, peer = s.accept()
-        c.sendall(peer[0].encode())
-        c.close()
-        print(peer[0], flush=True)
-    else:
-        deadline = time.time() + 10
-        while True:
-            try:
-                s = socket.create_connection((addr, port), timeout=3)
-                break
-            except OSError:
-                if time.time() > deadline:
-                    raise
-                time.sleep(0.2)
-        data = b''
-        while True:
-            chunk = s.recv(256)
-            if not chunk:
-                break
-            data += chunk
-        print(data.decode())
-    """
+        import socket, sys, time
+        mode, addr, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
+        family = socket.AF_INET6 if ':' in addr else socket.AF_INET
+        if mode == 'serve':
+            s = socket.socket(family, socket.SOCK_STREAM)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind((addr, port))
+            s.listen(1)
+            s.settimeout(20)
+            print('ready', flush=True)
+            c, peer = s.accept()
+            c.sendall(peer[0].encode())
+            c.close()
+            print(peer[0], flush=True)
+        else:
+            deadline = time.time() + 10
+            while True:
+                try:
+                    s = socket.create_connection((addr, port), timeout=3)
+                    break
+                except OSError:
+                    if time.time() > deadline:
+                        raise
+                    time.sleep(0.2)
+            data = b''
+            while True:
+                chunk = s.recv(256)
+                if not chunk:
+                    break
+                data += chunk
+            print(data.decode())
+        """
 }
 
 /// Where the toolchain lives, for the exit handler (a C callback cannot capture).
@@ -140,7 +145,9 @@ final class CNINode: @unchecked Sendable {
     init(_ label: String = "node") throws {
         toolchain = try CNIToolchain.shared()
         netns = try Netns(label)
-        for directory in [confDirectory, cacheDirectory, ipamDirectory, (configFile as NSString).deletingLastPathComponent] {
+        for directory in [
+            confDirectory, cacheDirectory, ipamDirectory, (configFile as NSString).deletingLastPathComponent,
+        ] {
             try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         }
         // Forwarding is the node's business (kubelet/network add-ons turn it on); set it rather than rely on a plugin.
@@ -155,7 +162,8 @@ final class CNINode: @unchecked Sendable {
     func install(example: String, edit: (inout [String: Any]) -> Void = { _ in }) throws -> String {
         let data = try Data(contentsOf: Host.repository.appendingPathComponent("cni-conf/" + example))
         guard var conflist = try JSONSerialization.jsonObject(with: data) as? [String: Any],
-              var plugins = conflist["plugins"] as? [[String: Any]], let name = conflist["name"] as? String else {
+            var plugins = conflist["plugins"] as? [[String: Any]], let name = conflist["name"] as? String
+        else {
             throw HarnessFailure("cni-conf/\(example) is not a conflist")
         }
         for index in plugins.indices {
@@ -180,7 +188,9 @@ final class CNINode: @unchecked Sendable {
     func installedPluginEntry(example: String) throws -> [String: Any] {
         let data = try Data(contentsOf: URL(fileURLWithPath: confDirectory + "/" + example))
         let conflist = try JSONSerialization.jsonObject(with: data) as? [String: Any]
-        guard let entry = (conflist?["plugins"] as? [[String: Any]])?.first(where: { $0["type"] as? String == "ip-masq" }) else {
+        guard
+            let entry = (conflist?["plugins"] as? [[String: Any]])?.first(where: { $0["type"] as? String == "ip-masq" })
+        else {
             throw HarnessFailure("no ip-masq entry in \(example)")
         }
         return entry
@@ -190,24 +200,32 @@ final class CNINode: @unchecked Sendable {
 
     /// Runs the libcni harness inside the node namespace, as a runtime on the node would.
     @discardableResult
-    func harness(_ verb: String, network: String, pod: Pod, extraEnvironment: [String: String] = [:]) throws -> CommandResult {
+    func harness(_ verb: String, network: String, pod: Pod, extraEnvironment: [String: String] = [:]) throws
+        -> CommandResult
+    {
         var environment = [
             "NETCONFPATH": confDirectory, "CNI_PATH": toolchain.pluginDirectory, "CNI_CACHE_DIR": cacheDirectory,
             "CNI_CONTAINERID": pod.containerID, "CNI_IFNAME": pod.ifname,
             // As kubelet passes them; the Go reference plugins need IgnoreUnknown to accept K8S_* keys.
-            "CNI_ARGS": "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=\(pod.containerID);K8S_POD_INFRA_CONTAINER_ID=\(pod.containerID)",
+            "CNI_ARGS":
+                "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=\(pod.containerID);K8S_POD_INFRA_CONTAINER_ID=\(pod.containerID)",
         ]
         for (key, value) in extraEnvironment { environment[key] = value }
-        return try netns.exec(["env"] + environment.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }
-                              + [toolchain.cnitool, verb, network, pod.netns.path])
+        return try netns.exec(
+            ["env"] + environment.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }
+                + [toolchain.cnitool, verb, network, pod.netns.path])
     }
 
     /// Runs a verb that must succeed; records the harness's complaint when it does not.
     @discardableResult
-    func expectSuccess(_ verb: String, network: String, pod: Pod, sourceLocation: SourceLocation = #_sourceLocation) throws -> Bool {
+    func expectSuccess(_ verb: String, network: String, pod: Pod, sourceLocation: SourceLocation = #_sourceLocation)
+        throws -> Bool
+    {
         let result = try harness(verb, network: network, pod: pod)
         if result.status != 0 {
-            Issue.record("\(verb.uppercased()) \(network) \(pod.containerID) failed:\n\(result.stderr)\(result.stdout)", sourceLocation: sourceLocation)
+            Issue.record(
+                "\(verb.uppercased()) \(network) \(pod.containerID) failed:\n\(result.stderr)\(result.stdout)",
+                sourceLocation: sourceLocation)
         }
         return result.status == 0
     }
@@ -217,11 +235,14 @@ final class CNINode: @unchecked Sendable {
     func add(_ pod: Pod, network: String, sourceLocation: SourceLocation = #_sourceLocation) throws -> [String: Any] {
         let result = try harness("add", network: network, pod: pod)
         guard result.status == 0 else {
-            Issue.record("ADD \(network) \(pod.containerID) failed:\n\(result.stderr)\(result.stdout)", sourceLocation: sourceLocation)
+            Issue.record(
+                "ADD \(network) \(pod.containerID) failed:\n\(result.stderr)\(result.stdout)",
+                sourceLocation: sourceLocation)
             throw CommandFailure(result: result)
         }
         guard let object = try JSONSerialization.jsonObject(with: Data(result.stdout.utf8)) as? [String: Any],
-              let ips = object["ips"] as? [[String: Any]] else {
+            let ips = object["ips"] as? [[String: Any]]
+        else {
             throw HarnessFailure("ADD printed no result with ips:\n\(result.stdout)")
         }
         pod.addresses = ips.compactMap { ($0["address"] as? String)?.split(separator: "/").first.map(String.init) }
@@ -236,7 +257,9 @@ final class CNINode: @unchecked Sendable {
     /// The ip-masq record of an attachment in the state directory, if any.
     func hasRecord(of pod: Pod) throws -> Bool {
         guard let enumerator = FileManager.default.enumerator(atPath: stateDirectory) else { return false }
-        return enumerator.contains { ($0 as? String)?.hasSuffix("/attachments/\(pod.containerID)@\(pod.ifname)") == true }
+        return enumerator.contains {
+            ($0 as? String)?.hasSuffix("/attachments/\(pod.containerID)@\(pod.ifname)") == true
+        }
     }
 
     /// The nftables ruleset of the node.
@@ -250,7 +273,8 @@ final class CNINode: @unchecked Sendable {
     func connect(_ host: Netns, addresses: [(node: String, host: String)], returnRoutes: [String]) throws {
         uplinks += 1
         let nodeSide = "up\(uplinks)"
-        try netns.exec(["ip", "link", "add", nodeSide, "type", "veth", "peer", "name", "eth0", "netns", host.name], check: true)
+        try netns.exec(
+            ["ip", "link", "add", nodeSide, "type", "veth", "peer", "name", "eth0", "netns", host.name], check: true)
         for (nodeAddress, hostAddress) in addresses {
             let extra = nodeAddress.contains(":") ? ["nodad"] : []
             try netns.exec(["ip", "addr", "add", nodeAddress, "dev", nodeSide] + extra, check: true)
@@ -267,8 +291,10 @@ final class CNINode: @unchecked Sendable {
 }
 
 /// Which source address `host` sees on a TCP connection from `pod` to `address` (the probe answers with it).
-func sourceSeen(from pod: Pod, at host: Netns, address: String, port: Int = 8080,
-                sourceLocation: SourceLocation = #_sourceLocation) throws -> String {
+func sourceSeen(
+    from pod: Pod, at host: Netns, address: String, port: Int = 8080,
+    sourceLocation: SourceLocation = #_sourceLocation
+) throws -> String {
     let toolchain = try CNIToolchain.shared()
     let server = Process()
     server.executableURL = URL(fileURLWithPath: "/usr/bin/env")
@@ -282,18 +308,26 @@ func sourceSeen(from pod: Pod, at host: Netns, address: String, port: Int = 8080
     let ready = String(decoding: serverOut.fileHandleForReading.availableData, as: UTF8.self)
     guard ready.hasPrefix("ready") else {
         server.waitUntilExit()
-        throw HarnessFailure("the probe server at \(address) did not start: \(String(decoding: serverErr.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self))")
+        throw HarnessFailure(
+            """
+            the probe server at \(address) did not start: \
+            \(String(decoding: serverErr.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self))
+            """
+        )
     }
     let client = try pod.netns.exec(["python3", toolchain.probe, "connect", address, "\(port)"])
     guard client.status == 0 else {
-        Issue.record("no connection from pod \(pod.addresses) to \(address): \(client.stderr)", sourceLocation: sourceLocation)
+        Issue.record(
+            "no connection from pod \(pod.addresses) to \(address): \(client.stderr)", sourceLocation: sourceLocation)
         throw CommandFailure(result: client)
     }
     server.waitUntilExit()
     let seenByServer = String(decoding: serverOut.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
         .trimmingCharacters(in: .whitespacesAndNewlines)
     let answer = client.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
-    #expect(seenByServer == answer, "the probe server logged \(seenByServer), the client heard \(answer)", sourceLocation: sourceLocation)
+    #expect(
+        seenByServer == answer, "the probe server logged \(seenByServer), the client heard \(answer)",
+        sourceLocation: sourceLocation)
     return answer
 }
 
@@ -321,11 +355,23 @@ final class Site: @unchecked Sendable {
         internet = try Netns("internet")
         privateHost = try Netns("private")
         exceptionHost = try Netns("exception")
-        try node.connect(internet, addresses: [(Self.nodeInternet.v4 + "/24", Self.internetAddress.v4 + "/24"),
-                                               (Self.nodeInternet.v6 + "/64", Self.internetAddress.v6 + "/64")], returnRoutes: Self.podRanges)
-        try node.connect(privateHost, addresses: [(Self.nodePrivate.v4 + "/24", Self.privateAddress.v4 + "/24"),
-                                                  (Self.nodePrivate.v6 + "/64", Self.privateAddress.v6 + "/64")], returnRoutes: Self.podRanges)
-        try node.connect(exceptionHost, addresses: [(Self.nodeException.v4 + "/24", Self.exceptionAddress.v4 + "/24"),
-                                                    (Self.nodeException.v6 + "/64", Self.exceptionAddress.v6 + "/64")], returnRoutes: Self.podRanges)
+        try node.connect(
+            internet,
+            addresses: [
+                (Self.nodeInternet.v4 + "/24", Self.internetAddress.v4 + "/24"),
+                (Self.nodeInternet.v6 + "/64", Self.internetAddress.v6 + "/64"),
+            ], returnRoutes: Self.podRanges)
+        try node.connect(
+            privateHost,
+            addresses: [
+                (Self.nodePrivate.v4 + "/24", Self.privateAddress.v4 + "/24"),
+                (Self.nodePrivate.v6 + "/64", Self.privateAddress.v6 + "/64"),
+            ], returnRoutes: Self.podRanges)
+        try node.connect(
+            exceptionHost,
+            addresses: [
+                (Self.nodeException.v4 + "/24", Self.exceptionAddress.v4 + "/24"),
+                (Self.nodeException.v6 + "/64", Self.exceptionAddress.v6 + "/64"),
+            ], returnRoutes: Self.podRanges)
     }
 }

@@ -7,22 +7,32 @@ import Testing
 /// put back by the agent's repair after the firewall lost the rules.
 @Suite(.enabled(if: Host.canRunRootTests, "needs root: network namespaces and netfilter"), .serialized)
 struct EgressPolicyTests {
-    static let backends: [[String: String]] = [["backend": "nftables"], ["backend": "iptables", "iptablesMode": "nft"],
-                                               ["backend": "iptables", "iptablesMode": "legacy"]]
+    static let backends: [[String: String]] = [
+        ["backend": "nftables"], ["backend": "iptables", "iptablesMode": "nft"],
+        ["backend": "iptables", "iptablesMode": "legacy"],
+    ]
 
     /// UDP datagrams from `count` fresh sockets of the pod (each a new connection, so the current rules decide its
     /// NAT) to `address`; the (source address, source port) pairs the host at `address` saw.
-    static func probe(_ topology: Topology, to address: String, count: Int = 6, port: Int = 9999) throws -> [(String, Int)] {
+    static func probe(_ topology: Topology, to address: String, count: Int = 6, port: Int = 9999) throws -> [(
+        String, Int
+    )] {
         let family = address.contains(":") ? "AF_INET6" : "AF_INET"
-        return try Topology.receive(in: topology.host(at: address), family: family, address: address, port: port, distinct: count) {
-            try topology.pod.exec(["python3", "-c", """
-                import socket, time
-                socks = [socket.socket(socket.\(family), socket.SOCK_DGRAM) for _ in range(\(count))]
-                for _ in range(5):
-                    for i, s in enumerate(socks):
-                        s.sendto(b"probe%d" % i, ("\(address)", \(port)))
-                    time.sleep(0.1)
-                """], check: true)
+        return try Topology.receive(
+            in: topology.host(at: address), family: family, address: address, port: port, distinct: count
+        ) {
+            try topology.pod.exec(
+                [
+                    "python3", "-c",
+                    """
+                    import socket, time
+                    socks = [socket.socket(socket.\(family), socket.SOCK_DGRAM) for _ in range(\(count))]
+                    for _ in range(5):
+                        for i, s in enumerate(socks):
+                            s.sendto(b"probe%d" % i, ("\(address)", \(port)))
+                        time.sleep(0.1)
+                    """,
+                ], check: true)
         }
     }
 
@@ -48,7 +58,9 @@ struct EgressPolicyTests {
             try topology.node.exec(["nft", "delete", "table", "inet", "ip_masq"], check: true)
         } else {
             let flavour = backend["iptablesMode"] == "legacy" ? "-legacy" : "-nft"
-            for tool in ["iptables", "ip6tables"] { try topology.node.exec([tool + flavour, "-t", "nat", "-F", "POSTROUTING"], check: true) }
+            for tool in ["iptables", "ip6tables"] {
+                try topology.node.exec([tool + flavour, "-t", "nat", "-F", "POSTROUTING"], check: true)
+            }
         }
     }
 
@@ -64,7 +76,8 @@ struct EgressPolicyTests {
         try write(exempt + "snatAddress: 198.51.100.9\nsnatAddressIPv6: \"2001:db8:9::9\"\n")
         let settings = backend.merging(["configFile": file]) { $1 }
         let conf = scratch.path + "/net.conf"
-        try netconf(scratch: scratch, extra: settings, addresses: []).write(toFile: conf, atomically: true, encoding: .utf8)
+        try netconf(scratch: scratch, extra: settings, addresses: []).write(
+            toFile: conf, atomically: true, encoding: .utf8)
         try plugin(topology, "ADD", "a", netconf(scratch: scratch, extra: settings, addresses: Topology.podAddresses))
 
         #expect(try Self.sources(topology, to: Topology.internet.v4) == ["198.51.100.9"])
@@ -75,10 +88,19 @@ struct EgressPolicyTests {
 
         // A range with port ranges (and randomFully, the default): every connection gets one of the range's
         // addresses and a port of one of the ranges.
-        try write(exempt + "snatAddress: 198.51.100.20-198.51.100.21\nsnatAddressIPv6: 2001:db8:9::20-2001:db8:9::21\ntoPorts: \"41000-41009,42000-42009\"\n")
+        try write(
+            exempt
+                + """
+                snatAddress: 198.51.100.20-198.51.100.21\nsnatAddressIPv6: \
+                2001:db8:9::20-2001:db8:9::21\ntoPorts: \"41000-41009,42000-42009\"\n
+                """
+        )
         #expect(try agentPass(topology, conf: conf).contains("node-wide rules rewritten"))
         func inPorts(_ port: Int) -> Bool { (41000...41009).contains(port) || (42000...42009).contains(port) }
-        for (address, allowed) in [(Topology.internet.v4, ["198.51.100.20", "198.51.100.21"]), (Topology.internet.v6, ["2001:db8:9::20", "2001:db8:9::21"])] {
+        for (address, allowed) in [
+            (Topology.internet.v4, ["198.51.100.20", "198.51.100.21"]),
+            (Topology.internet.v6, ["2001:db8:9::20", "2001:db8:9::21"]),
+        ] {
             let seen = try Self.probe(topology, to: address)
             #expect(seen.count == 6, "\(address): \(seen)")
             #expect(seen.allSatisfy { allowed.contains($0.0) && inPorts($0.1) }, "\(address): \(seen)")
@@ -87,10 +109,16 @@ struct EgressPolicyTests {
 
         // A firewall reload loses the rules: the agent's repair rebuilds them from the records, SNAT included.
         try loseTheRules(topology, backend: backend)
-        #expect(try Self.sources(topology, to: Topology.internet.v4) == [Topology.pod.v4], "control: without rules the pod's source leaves")
+        #expect(
+            try Self.sources(topology, to: Topology.internet.v4) == [Topology.pod.v4],
+            "control: without rules the pod's source leaves")
         #expect(try agentPass(topology, conf: conf).contains("repaired"))
-        #expect(try Self.probe(topology, to: Topology.internet.v4).allSatisfy { ["198.51.100.20", "198.51.100.21"].contains($0.0) && inPorts($0.1) })
-        let check = try PluginCall(netns: topology.node, command: "CHECK", containerID: "a")(netconf(scratch: scratch, extra: settings, addresses: Topology.podAddresses))
+        #expect(
+            try Self.probe(topology, to: Topology.internet.v4).allSatisfy {
+                ["198.51.100.20", "198.51.100.21"].contains($0.0) && inPorts($0.1)
+            })
+        let check = try PluginCall(netns: topology.node, command: "CHECK", containerID: "a")(
+            netconf(scratch: scratch, extra: settings, addresses: Topology.podAddresses))
         #expect(check.status == 0, "CHECK after the repair: \(check.stdout)\(check.stderr)")
 
         // Back to MASQUERADE: the node's own address on the internet link.
@@ -112,12 +140,15 @@ struct EgressPolicyTests {
             var settings: [String: Any] = backend
             settings["nonMasqueradeCIDRs"] = [String]()
             for (key, value) in extra { settings[key] = value }
-            try netconf(scratch: scratch, extra: settings, addresses: []).write(toFile: conf, atomically: true, encoding: .utf8)
+            try netconf(scratch: scratch, extra: settings, addresses: []).write(
+                toFile: conf, atomically: true, encoding: .utf8)
             return settings
         }
         let control = try configure([:])
         try plugin(topology, "ADD", "a", netconf(scratch: scratch, extra: control, addresses: Topology.podAddresses))
-        #expect(try Self.sources(topology, to: Topology.privateHost.v4) == ["10.200.0.1"], "control: without egressInterfaces both uplinks masquerade")
+        #expect(
+            try Self.sources(topology, to: Topology.privateHost.v4) == ["10.200.0.1"],
+            "control: without egressInterfaces both uplinks masquerade")
 
         let settings = try configure(["egressInterfaces": ["vinet"]])
         _ = try agentPass(topology, conf: conf)
@@ -125,7 +156,8 @@ struct EgressPolicyTests {
         #expect(try Self.sources(topology, to: Topology.internet.v6) == [Topology.nodeOnInternet.v6])
         #expect(try Self.sources(topology, to: Topology.privateHost.v4) == [Topology.pod.v4])
         #expect(try Self.sources(topology, to: Topology.privateHost.v6) == [Topology.pod.v6])
-        let check = try PluginCall(netns: topology.node, command: "CHECK", containerID: "a")(netconf(scratch: scratch, extra: settings, addresses: Topology.podAddresses))
+        let check = try PluginCall(netns: topology.node, command: "CHECK", containerID: "a")(
+            netconf(scratch: scratch, extra: settings, addresses: Topology.podAddresses))
         #expect(check.status == 0, "CHECK: \(check.stdout)\(check.stderr)")
 
         _ = try configure(["egressInterfaces": ["vp+"]])
@@ -136,31 +168,53 @@ struct EgressPolicyTests {
         #expect(try Self.sources(topology, to: Topology.privateHost.v6) == ["fd00:200::1"])
         // explain agrees with those packets: the route's interface decides, and egressInterfaces is named.
         func explain(_ destination: String) throws -> (verdict: String, reason: String, interface: String) {
-            let result = try topology.node.exec([Host.pluginBinary, "explain", "--netconf", conf, "--json", destination])
-            let rows = (try JSONSerialization.jsonObject(with: Data(result.stdout.utf8)) as? [String: Any])?["destinations"] as? [[String: Any]]
+            let result = try topology.node.exec([
+                Host.pluginBinary, "explain", "--netconf", conf, "--json", destination,
+            ])
+            let rows =
+                (try JSONSerialization.jsonObject(with: Data(result.stdout.utf8)) as? [String: Any])?["destinations"]
+                as? [[String: Any]]
             let row = rows?.first ?? [:]
-            return (row["verdict"] as? String ?? "", row["reason"] as? String ?? result.stderr, row["outputInterface"] as? String ?? "")
+            return (
+                row["verdict"] as? String ?? "", row["reason"] as? String ?? result.stderr,
+                row["outputInterface"] as? String ?? ""
+            )
         }
         let kept = try explain(Topology.internet.v4)
-        #expect(kept.verdict == "keep source" && kept.interface == "vinet" && kept.reason.contains("egressInterfaces [vp+], from conflist does not list vinet"), "\(kept)")
+        #expect(
+            kept.verdict == "keep source" && kept.interface == "vinet"
+                && kept.reason.contains("egressInterfaces [vp+], from conflist does not list vinet"), "\(kept)")
         if ProcessInfo.processInfo.environment["INSIGHT_SAMPLE"] != nil {
-            print(try topology.node.exec([Host.pluginBinary, "explain", "--netconf", conf, Topology.internet.v4, Topology.privateHost.v6]).stdout)
+            print(
+                try topology.node.exec([
+                    Host.pluginBinary, "explain", "--netconf", conf, Topology.internet.v4, Topology.privateHost.v6,
+                ]).stdout)
         }
         let masqueraded = try explain(Topology.privateHost.v6)
-        #expect(masqueraded.verdict == "masquerade" && masqueraded.reason.contains("leaves through vpriv, listed in egressInterfaces [vp+]"), "\(masqueraded)")
+        #expect(
+            masqueraded.verdict == "masquerade"
+                && masqueraded.reason.contains("leaves through vpriv, listed in egressInterfaces [vp+]"),
+            "\(masqueraded)")
 
-        _ = try configure(["egressInterfaces": ["vinet"], "snatAddress": "198.51.100.9", "snatAddressIPv6": "2001:db8:9::9", "toPorts": "43000-43009"])
+        _ = try configure([
+            "egressInterfaces": ["vinet"], "snatAddress": "198.51.100.9", "snatAddressIPv6": "2001:db8:9::9",
+            "toPorts": "43000-43009",
+        ])
         _ = try agentPass(topology, conf: conf)
         let seen = try Self.probe(topology, to: Topology.internet.v4)
-        #expect(!seen.isEmpty && seen.allSatisfy { $0.0 == "198.51.100.9" && (43000...43009).contains($0.1) }, "\(seen)")
+        #expect(
+            !seen.isEmpty && seen.allSatisfy { $0.0 == "198.51.100.9" && (43000...43009).contains($0.1) }, "\(seen)")
         #expect(try Self.sources(topology, to: Topology.internet.v6) == ["2001:db8:9::9"])
         #expect(try Self.sources(topology, to: Topology.privateHost.v4) == [Topology.pod.v4])
         #expect(try Self.sources(topology, to: Topology.privateHost.v6) == [Topology.pod.v6])
         let snat = try explain(Topology.internet.v4)
-        #expect(snat.verdict == "SNAT to 198.51.100.9" && snat.reason.hasSuffix("snatAddress 198.51.100.9, from conflist"), "\(snat)")
+        #expect(
+            snat.verdict == "SNAT to 198.51.100.9" && snat.reason.hasSuffix("snatAddress 198.51.100.9, from conflist"),
+            "\(snat)")
         #expect(try explain(Topology.privateHost.v4).verdict == "keep source")
         if ProcessInfo.processInfo.environment["INSIGHT_SAMPLE"] != nil {
-            print(try topology.node.exec([Host.pluginBinary, "explain", "--netconf", conf, Topology.internet.v4]).stdout)
+            print(
+                try topology.node.exec([Host.pluginBinary, "explain", "--netconf", conf, Topology.internet.v4]).stdout)
         }
         try plugin(topology, "DEL", "a", netconf(scratch: scratch, extra: control, addresses: []))
     }
@@ -173,16 +227,22 @@ struct EgressPolicyTests {
     func thePodBehindAnAddressIsNamed(backend: [String: String]) throws {
         let topology = try Topology(), scratch = ScratchDirectory()
         // logLevel info: the ADD and DEL lines that name the pod are info lines.
-        let input = netconf(scratch: scratch, extra: backend.merging(["logLevel": "info"]) { $1 }, addresses: Topology.podAddresses)
+        let input = netconf(
+            scratch: scratch, extra: backend.merging(["logLevel": "info"]) { $1 }, addresses: Topology.podAddresses)
         var call = PluginCall(netns: topology.node, command: "ADD", containerID: "c0ffee")
-        call.extraEnvironment = ["CNI_ARGS": "IgnoreUnknown=1;K8S_POD_NAMESPACE=payments;K8S_POD_NAME=api-7f9c;K8S_POD_UID=x"]
+        call.extraEnvironment = [
+            "CNI_ARGS": "IgnoreUnknown=1;K8S_POD_NAMESPACE=payments;K8S_POD_NAME=api-7f9c;K8S_POD_UID=x"
+        ]
         let add = try call(input)
         #expect(add.status == 0, "\(add.stderr)")
-        #expect(add.stderr.contains("(pod payments/api-7f9c)") && add.stderr.contains("registered 10.99.0.3"), "\(add.stderr)")
+        #expect(
+            add.stderr.contains("(pod payments/api-7f9c)") && add.stderr.contains("registered 10.99.0.3"),
+            "\(add.stderr)")
         try plugin(topology, "ADD", "plain", netconf(scratch: scratch, extra: backend, addresses: ["10.99.0.4/24"]))
 
         func comments() throws -> String {
-            backend["backend"] == "nftables" ? try topology.node.ruleset()
+            backend["backend"] == "nftables"
+                ? try topology.node.ruleset()
                 : try topology.node.exec(["ipset", "-o", "save", "list"], check: true).stdout
         }
         let expected = "payments/api-7f9c testnet/c0ffee/eth0"
@@ -190,13 +250,22 @@ struct EgressPolicyTests {
         #expect(written.contains("10.99.0.3 comment \"\(expected)\""), "\(written)")
         #expect(try comments().contains("fd00:99::3 comment \"\(expected)\""))
         #expect(try comments().contains("10.99.0.4 comment \"testnet/plain/eth0\""))
-        let list = try topology.node.exec([Host.pluginBinary, "list", "--state-dir", scratch.path + "/state", "--lock-file", scratch.path + "/lock"], check: true).stdout
+        let list = try topology.node.exec(
+            [Host.pluginBinary, "list", "--state-dir", scratch.path + "/state", "--lock-file", scratch.path + "/lock"],
+            check: true
+        ).stdout
         #expect(list.contains("POD") && list.contains("payments/api-7f9c"), "\(list)")
-        let json = try topology.node.exec([Host.pluginBinary, "list", "--json", "--state-dir", scratch.path + "/state", "--lock-file", scratch.path + "/lock"], check: true).stdout
+        let json = try topology.node.exec(
+            [
+                Host.pluginBinary, "list", "--json", "--state-dir", scratch.path + "/state", "--lock-file",
+                scratch.path + "/lock",
+            ], check: true
+        ).stdout
         let document = try JSONSerialization.jsonObject(with: Data(json.utf8)) as? [String: Any]
         let pods = ((document?["networks"] as? [[String: Any]])?.first?["pods"] as? [[String: Any]]) ?? []
         let named = pods.first { $0["containerID"] as? String == "c0ffee" }
-        #expect(named?["podNamespace"] as? String == "payments" && named?["podName"] as? String == "api-7f9c", "\(json)")
+        #expect(
+            named?["podNamespace"] as? String == "payments" && named?["podName"] as? String == "api-7f9c", "\(json)")
         #expect(pods.first { $0["containerID"] as? String == "plain" }?["podNamespace"] is NSNull)
 
         var check = call
@@ -210,14 +279,16 @@ struct EgressPolicyTests {
             try topology.node.exec(["ipset", "flush"], check: true)
         }
         let conf = scratch.path + "/net.conf"
-        try netconf(scratch: scratch, extra: backend, addresses: []).write(toFile: conf, atomically: true, encoding: .utf8)
+        try netconf(scratch: scratch, extra: backend, addresses: []).write(
+            toFile: conf, atomically: true, encoding: .utf8)
         #expect(try agentPass(topology, conf: conf).contains("repaired"))
         let rewritten = try comments()
         #expect(rewritten.contains("10.99.0.3 comment \"\(expected)\""), "\(rewritten)")
 
         var delete = call
         delete.command = "DEL"
-        let deleted = try delete(netconf(scratch: scratch, extra: backend.merging(["logLevel": "info"]) { $1 }, addresses: []))
+        let deleted = try delete(
+            netconf(scratch: scratch, extra: backend.merging(["logLevel": "info"]) { $1 }, addresses: []))
         #expect(deleted.status == 0 && deleted.stderr.contains("(pod payments/api-7f9c)"), "\(deleted.stderr)")
         #expect(try !comments().contains("payments/api-7f9c"))
         try plugin(topology, "DEL", "plain", netconf(scratch: scratch, extra: backend, addresses: []))
@@ -233,20 +304,27 @@ struct EgressPolicyTests {
         try "nonMasqueradeCIDRs: [10.0.0.0/8]\n".write(toFile: file, atomically: true, encoding: .utf8)
         let settings = backend.merging(["configFile": file]) { $1 }
         let conf = scratch.path + "/net.conf"
-        try netconf(scratch: scratch, extra: settings, addresses: []).write(toFile: conf, atomically: true, encoding: .utf8)
+        try netconf(scratch: scratch, extra: settings, addresses: []).write(
+            toFile: conf, atomically: true, encoding: .utf8)
         try plugin(topology, "ADD", "a", netconf(scratch: scratch, extra: settings, addresses: ["10.99.0.3/24"]))
-        let flow = try ConntrackTests.Background(in: topology.internet, ConntrackTests.receiver(Topology.internet.v4), output: scratch.path + "/flow")
-        let sender = try ConntrackTests.Background(in: topology.pod, ConntrackTests.sender(to: Topology.internet.v4), output: scratch.path + "/sender")
+        let flow = try ConntrackTests.Background(
+            in: topology.internet, ConntrackTests.receiver(Topology.internet.v4), output: scratch.path + "/flow")
+        let sender = try ConntrackTests.Background(
+            in: topology.pod, ConntrackTests.sender(to: Topology.internet.v4), output: scratch.path + "/sender")
         #expect(ConntrackTests.currentSource(flow) == Topology.nodeOnInternet.v4)
 
-        try "nonMasqueradeCIDRs: [10.0.0.0/8]\nsnatAddress: 198.51.100.9\n".write(toFile: file, atomically: true, encoding: .utf8)
+        try "nonMasqueradeCIDRs: [10.0.0.0/8]\nsnatAddress: 198.51.100.9\n".write(
+            toFile: file, atomically: true, encoding: .utf8)
         let first = try agentPass(topology, conf: conf)
         #expect(first.contains("conntrack: policy changed: deleted 1 entry"), "\(first)")
         #expect(ConntrackTests.currentSource(flow) == "198.51.100.9", "the flow follows the new source")
 
-        try "nonMasqueradeCIDRs: [10.0.0.0/8]\nsnatAddress: 198.51.100.9\negressInterfaces: [vpriv]\n".write(toFile: file, atomically: true, encoding: .utf8)
+        try "nonMasqueradeCIDRs: [10.0.0.0/8]\nsnatAddress: 198.51.100.9\negressInterfaces: [vpriv]\n".write(
+            toFile: file, atomically: true, encoding: .utf8)
         _ = try agentPass(topology, conf: conf)
-        #expect(ConntrackTests.currentSource(flow) == Topology.pod.v4, "leaving through vinet, no longer listed, the flow keeps the pod's source")
+        #expect(
+            ConntrackTests.currentSource(flow) == Topology.pod.v4,
+            "leaving through vinet, no longer listed, the flow keeps the pod's source")
         withExtendedLifetime(sender) {}
         try plugin(topology, "DEL", "a", netconf(scratch: scratch, extra: settings, addresses: []))
     }

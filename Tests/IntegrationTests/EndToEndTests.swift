@@ -6,17 +6,25 @@ import Testing
 /// pods send real packets to destination namespaces, which report the source address they saw.
 @Suite("End to end through libcni", .serialized)
 struct EndToEndTests {
-    @Test("bridge + host-local + ip-masq (IPv4): internet traffic masqueraded, non-masquerade range kept",
-          .enabled(if: Host.canRunRootTests, "needs root: network namespaces and netfilter"))
+    @Test(
+        "bridge + host-local + ip-masq (IPv4): internet traffic masqueraded, non-masquerade range kept",
+        .enabled(if: Host.canRunRootTests, "needs root: network namespaces and netfilter"))
     func bridgeIPv4() throws {
         try twoIPv4Pods(example: "bridge-ipv4.conflist", names: ("a", "b"), subnetPrefix: "10.244.0.")
     }
 }
 
 extension EndToEndTests {
-    @Test("bridge dual-stack: IPv4 and IPv6 masqueraded to the internet, kept in fd00::/8 and RFC 1918, exceptions masqueraded",
-          .enabled(if: Host.canRunRootTests, "needs root: network namespaces and netfilter"),
-          arguments: [["backend": "nftables"], ["backend": "iptables", "iptablesMode": "nft"], ["backend": "iptables", "iptablesMode": "legacy"]])
+    @Test(
+        """
+        bridge dual-stack: IPv4 and IPv6 masqueraded to the internet, kept in fd00::/8 and RFC 1918, exceptions \
+        masqueraded
+        """,
+        .enabled(if: Host.canRunRootTests, "needs root: network namespaces and netfilter"),
+        arguments: [
+            ["backend": "nftables"], ["backend": "iptables", "iptablesMode": "nft"],
+            ["backend": "iptables", "iptablesMode": "legacy"],
+        ])
     func bridgeDualStack(backend: [String: String]) throws {
         let site = try Site()
         let network = try site.node.install(example: "bridge-dualstack.conflist") { conflist in
@@ -35,13 +43,19 @@ extension EndToEndTests {
         #expect(try sourceSeen(from: pod, at: site.privateHost, address: Site.privateAddress.v4) == v4)
         #expect(try sourceSeen(from: pod, at: site.privateHost, address: Site.privateAddress.v6) == v6)
         // Masqueraded although inside 10.0.0.0/8 and fd00::/8: masqueradeCIDRs are exceptions.
-        #expect(try sourceSeen(from: pod, at: site.exceptionHost, address: Site.exceptionAddress.v4) == Site.nodeException.v4)
-        #expect(try sourceSeen(from: pod, at: site.exceptionHost, address: Site.exceptionAddress.v6) == Site.nodeException.v6)
+        #expect(
+            try sourceSeen(from: pod, at: site.exceptionHost, address: Site.exceptionAddress.v4)
+                == Site.nodeException.v4)
+        #expect(
+            try sourceSeen(from: pod, at: site.exceptionHost, address: Site.exceptionAddress.v6)
+                == Site.nodeException.v6)
         // And it was the chosen backend that did it, for both families.
         if let mode = backend["iptablesMode"] {
             for program in ["iptables", "ip6tables"] {
                 let saved = try site.node.netns.exec(["\(program)-\(mode)-save", "-t", "nat"], check: true).stdout
-                #expect(saved.contains(":IP-MASQ-AGENT") && saved.contains("-j MASQUERADE"), "\(program)-\(mode):\n\(saved)")
+                #expect(
+                    saved.contains(":IP-MASQ-AGENT") && saved.contains("-j MASQUERADE"), "\(program)-\(mode):\n\(saved)"
+                )
             }
             #expect(!(try site.node.ruleset()).contains("inet ip_masq"))
         } else {
@@ -54,8 +68,9 @@ extension EndToEndTests {
         #expect(!ruleset.contains(v4) && !ruleset.contains(v6), "pod still registered:\n\(ruleset)")
     }
 
-    @Test("ptp + host-local + ip-masq: internet traffic masqueraded, non-masquerade range kept",
-          .enabled(if: Host.canRunRootTests, "needs root: network namespaces and netfilter"))
+    @Test(
+        "ptp + host-local + ip-masq: internet traffic masqueraded, non-masquerade range kept",
+        .enabled(if: Host.canRunRootTests, "needs root: network namespaces and netfilter"))
     func ptpIPv4() throws {
         try twoIPv4Pods(example: "ptp-ipv4.conflist", names: ("pa", "pb"), subnetPrefix: "10.244.2.")
     }
@@ -71,7 +86,8 @@ extension EndToEndTests {
         for pod in [a, b] {
             let address = try #require(pod.ipv4)
             #expect(address.hasPrefix(subnetPrefix))
-            #expect(try sourceSeen(from: pod, at: site.internet, address: Site.internetAddress.v4) == Site.nodeInternet.v4)
+            #expect(
+                try sourceSeen(from: pod, at: site.internet, address: Site.internetAddress.v4) == Site.nodeInternet.v4)
             #expect(try sourceSeen(from: pod, at: site.privateHost, address: Site.privateAddress.v4) == address)
             try site.node.expectSuccess("check", network: network, pod: pod)
         }
@@ -80,8 +96,9 @@ extension EndToEndTests {
         for pod in [a, b] { #expect(!ruleset.contains(pod.ipv4!), "\(pod.ipv4!) still registered:\n\(ruleset)") }
     }
 
-    @Test("backend nftables: the rules live in table inet ip_masq, nothing in iptables",
-          .enabled(if: Host.canRunRootTests, "needs root: network namespaces and netfilter"))
+    @Test(
+        "backend nftables: the rules live in table inet ip_masq, nothing in iptables",
+        .enabled(if: Host.canRunRootTests, "needs root: network namespaces and netfilter"))
     func nftablesBackend() throws {
         let site = try Site()
         let network = try site.node.install(example: "bridge-nftables.conflist")
@@ -99,8 +116,9 @@ extension EndToEndTests {
         #expect(!(try site.node.ruleset()).contains(address))
     }
 
-    @Test("backend iptables: ip-masq-agent's chain shape in the nat table, pods in an ipset, traffic as with nftables",
-          .enabled(if: Host.canRunRootTests, "needs root: network namespaces and netfilter"))
+    @Test(
+        "backend iptables: ip-masq-agent's chain shape in the nat table, pods in an ipset, traffic as with nftables",
+        .enabled(if: Host.canRunRootTests, "needs root: network namespaces and netfilter"))
     func iptablesBackend() throws {
         let site = try Site()
         let network = try site.node.install(example: "bridge-iptables.conflist")
@@ -110,11 +128,16 @@ extension EndToEndTests {
         #expect(try sourceSeen(from: pod, at: site.internet, address: Site.internetAddress.v4) == Site.nodeInternet.v4)
         #expect(try sourceSeen(from: pod, at: site.privateHost, address: Site.privateAddress.v4) == address)
         let chain = try site.node.netns.exec(["iptables", "-w", "-t", "nat", "-S", "IP-MASQ-AGENT"]).stdout
-        #expect(chain.contains("192.168.0.0/16") && chain.contains("RETURN") && chain.contains("MASQUERADE"), "IP-MASQ-AGENT:\n\(chain)")
+        #expect(
+            chain.contains("192.168.0.0/16") && chain.contains("RETURN") && chain.contains("MASQUERADE"),
+            "IP-MASQ-AGENT:\n\(chain)")
         // POSTROUTING jumps to the chain for sources in the network's pod set; the pod is an element of it.
         let nat = try site.node.netns.exec(["iptables-save", "-t", "nat"]).stdout
-        let podSet = try #require(nat.firstMatch(of: /-A POSTROUTING .*--match-set (\S+) src .*-j IP-MASQ-AGENT/)?.1, "\(nat)")
-        func members() throws -> String { try site.node.netns.exec(["ipset", "list", String(podSet)], check: true).stdout }
+        let podSet = try #require(
+            nat.firstMatch(of: /-A POSTROUTING .*--match-set (\S+) src .*-j IP-MASQ-AGENT/)?.1, "\(nat)")
+        func members() throws -> String {
+            try site.node.netns.exec(["ipset", "list", String(podSet)], check: true).stdout
+        }
         #expect(try members().contains(address), "no entry for \(address) in \(podSet)")
         try site.node.expectSuccess("check", network: network, pod: pod)
         try site.node.expectSuccess("del", network: network, pod: pod)
@@ -122,15 +145,19 @@ extension EndToEndTests {
         #expect(!(try site.node.ruleset()).contains("ip_masq"), "the iptables backend wrote nftables rules of its own")
     }
 
-    @Test("configFile: a config changed between pods reaches the rules at the next ADD; the new pod follows it",
-          .enabled(if: Host.canRunRootTests, "needs root: network namespaces and netfilter"))
+    @Test(
+        "configFile: a config changed between pods reaches the rules at the next ADD; the new pod follows it",
+        .enabled(if: Host.canRunRootTests, "needs root: network namespaces and netfilter"))
     func configFileChangedBetweenPods() throws {
         let site = try Site()
         let network = try site.node.install(example: "bridge-configfile.conflist")
-        #expect(try site.node.installedPluginEntry(example: "bridge-configfile.conflist")["configFile"] as? String == site.node.configFile)
+        #expect(
+            try site.node.installedPluginEntry(example: "bridge-configfile.conflist")["configFile"] as? String
+                == site.node.configFile)
         // First: ip-masq-agent's RFC 1918 list, as the ConfigMap in cni-conf/ holds it.
-        try FileManager.default.copyItem(atPath: Host.repository.appendingPathComponent("testdata/ip-masq-agent/config.yaml").path,
-                                         toPath: site.node.configFile)
+        try FileManager.default.copyItem(
+            atPath: Host.repository.appendingPathComponent("testdata/ip-masq-agent/config.yaml").path,
+            toPath: site.node.configFile)
         let a = try Pod("cfa")
         try site.node.add(a, network: network)
         let addressA = try #require(a.ipv4)
@@ -158,8 +185,9 @@ extension EndToEndTests {
         for pod in [a, b, c] { try site.node.expectSuccess("del", network: network, pod: pod) }
     }
 
-    @Test("CHECK, DEL with libcni's cached prevResult, repeated DEL, DEL without a cache, CHECK after tampering",
-          .enabled(if: Host.canRunRootTests, "needs root: network namespaces and netfilter"))
+    @Test(
+        "CHECK, DEL with libcni's cached prevResult, repeated DEL, DEL without a cache, CHECK after tampering",
+        .enabled(if: Host.canRunRootTests, "needs root: network namespaces and netfilter"))
     func lifecycle() throws {
         let site = try Site()
         let spyLog = site.node.scratch.path + "/spy.log"
@@ -179,11 +207,12 @@ extension EndToEndTests {
         try site.node.expectSuccess("check", network: network, pod: a)
         // CHECK fails once A's element is gone behind the plugin's back.
         let set = try #require(try site.node.ruleset().firstMatch(of: /set (pods4_[\w-]+)/)?.1)
-        try site.node.netns.exec(["nft", "delete", "element", "inet", "ip_masq", String(set), "{ \(addressA) }"], check: true)
+        try site.node.netns.exec(
+            ["nft", "delete", "element", "inet", "ip_masq", String(set), "{ \(addressA) }"], check: true)
         let failed = try site.node.harness("check", network: network, pod: a)
         #expect(failed.status != 0)
         #expect(failed.stderr.contains("missing") || failed.stderr.contains("differ"), "CHECK said: \(failed.stderr)")
-        try site.node.expectSuccess("check", network: network, pod: b)  // B is not affected by A's loss
+        try site.node.expectSuccess("check", network: network, pod: b) // B is not affected by A's loss
 
         // DEL (even with A's element already gone): libcni passes the cached ADD result as prevResult,
         // then removes its cache file; the plugin forgets A and leaves B alone.
@@ -197,7 +226,9 @@ extension EndToEndTests {
         #expect(!FileManager.default.fileExists(atPath: cache))
         #expect(!(try site.node.ruleset()).contains(addressA))
         #expect(try !site.node.hasRecord(of: a))
-        #expect(try sourceSeen(from: b, at: site.internet, address: Site.internetAddress.v4) == Site.nodeInternet.v4, "B lost its masquerade")
+        #expect(
+            try sourceSeen(from: b, at: site.internet, address: Site.internetAddress.v4) == Site.nodeInternet.v4,
+            "B lost its masquerade")
 
         // A repeated DEL arrives without prevResult and succeeds.
         try SpyPlugin.clear(spyLog)
@@ -220,10 +251,14 @@ extension EndToEndTests {
 
     @Test("every example conflist in cni-conf/ is exercised by a test here")
     func everyExampleIsExercised() throws {
-        let exercised: Set = ["bridge-ipv4.conflist", "bridge-dualstack.conflist", "ptp-ipv4.conflist", "bridge-nftables.conflist",
-                              "bridge-iptables.conflist", "bridge-configfile.conflist"]
-        let examples = try FileManager.default.contentsOfDirectory(atPath: Host.repository.appendingPathComponent("cni-conf").path)
-            .filter { $0.hasSuffix(".conflist") || $0.hasSuffix(".conf") }
+        let exercised: Set = [
+            "bridge-ipv4.conflist", "bridge-dualstack.conflist", "ptp-ipv4.conflist", "bridge-nftables.conflist",
+            "bridge-iptables.conflist", "bridge-configfile.conflist",
+        ]
+        let examples = try FileManager.default.contentsOfDirectory(
+            atPath: Host.repository.appendingPathComponent("cni-conf").path
+        )
+        .filter { $0.hasSuffix(".conflist") || $0.hasSuffix(".conf") }
         #expect(!examples.isEmpty)
         #expect(Set(examples) == exercised)
     }
@@ -240,20 +275,20 @@ enum SpyPlugin {
     }
 
     static let script = """
-    #!/usr/bin/env python3
-    import json, os, sys
-    conf = json.load(sys.stdin)
-    prev = conf.get('prevResult')
-    line = {'command': os.environ.get('CNI_COMMAND'),
-            'addresses': None if prev is None else [ip['address'] for ip in prev.get('ips', [])]}
-    with open(conf['log'], 'a') as log:
-        log.write(json.dumps(line) + '\\n')
-    if os.environ.get('CNI_COMMAND') == 'ADD':
-        prev['cniVersion'] = conf['cniVersion']
-        print(json.dumps(prev))
-    elif os.environ.get('CNI_COMMAND') == 'VERSION':
-        print(json.dumps({'cniVersion': '1.0.0', 'supportedVersions': ['0.4.0', '1.0.0']}))
-    """
+        #!/usr/bin/env python3
+        import json, os, sys
+        conf = json.load(sys.stdin)
+        prev = conf.get('prevResult')
+        line = {'command': os.environ.get('CNI_COMMAND'),
+                'addresses': None if prev is None else [ip['address'] for ip in prev.get('ips', [])]}
+        with open(conf['log'], 'a') as log:
+            log.write(json.dumps(line) + '\\n')
+        if os.environ.get('CNI_COMMAND') == 'ADD':
+            prev['cniVersion'] = conf['cniVersion']
+            print(json.dumps(prev))
+        elif os.environ.get('CNI_COMMAND') == 'VERSION':
+            print(json.dumps({'cniVersion': '1.0.0', 'supportedVersions': ['0.4.0', '1.0.0']}))
+        """
 
     static func install(into directory: String) throws {
         let path = directory + "/e2e-spy"
@@ -270,14 +305,19 @@ enum SpyPlugin {
         guard let text = try? String(contentsOfFile: log, encoding: .utf8) else { return [] }
         return try text.split(separator: "\n").map { line in
             let object = try JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any] ?? [:]
-            return Call(command: object["command"] as? String ?? "", prevResultAddresses: object["addresses"] as? [String])
+            return Call(
+                command: object["command"] as? String ?? "", prevResultAddresses: object["addresses"] as? [String])
         }
     }
 }
 
 extension EndToEndTests {
-    @Test("ip-masq install as the DaemonSet runs it: the node's conflist gains the entry, the ConfigMap copy rules, the agent follows edits, uninstall restores",
-          .enabled(if: Host.canRunRootTests, "needs root: network namespaces and netfilter"))
+    @Test(
+        """
+        ip-masq install as the DaemonSet runs it: the node's conflist gains the entry, the ConfigMap copy rules, \
+        the agent follows edits, uninstall restores
+        """,
+        .enabled(if: Host.canRunRootTests, "needs root: network namespaces and netfilter"))
     func installedLikeTheDaemonSet() throws {
         let site = try Site()
         let node = site.node
@@ -286,22 +326,27 @@ extension EndToEndTests {
         // its configFile to that entry in place, as it would to one it appended.
         let conflistPath = node.confDirectory + "/10-bridge.conflist"
         let original = """
-        {"cniVersion": "1.0.0", "name": "podnet", "plugins": [
-          {"type": "bridge", "bridge": "cni0", "isGateway": true, "ipMasq": false,
-           "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.244.7.0/24"}]], "routes": [{"dst": "0.0.0.0/0"}],
-                    "dataDir": "\(node.ipamDirectory)"}},
-          {"type": "ip-masq", "lockFile": "\(node.lockFile)", "stateDir": "\(node.stateDirectory)"}
-        ]}
-        """
+            {"cniVersion": "1.0.0", "name": "podnet", "plugins": [
+              {"type": "bridge", "bridge": "cni0", "isGateway": true, "ipMasq": false,
+               "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.244.7.0/24"}]], "routes": [{"dst": "0.0.0.0/0"}],
+                        "dataDir": "\(node.ipamDirectory)"}},
+              {"type": "ip-masq", "lockFile": "\(node.lockFile)", "stateDir": "\(node.stateDirectory)"}
+            ]}
+            """
         try original.write(toFile: conflistPath, atomically: true, encoding: .utf8)
         // The ConfigMap (as mounted in the init container): the "internet" range exempt, 192.168.0.0/16 not.
         let configMap = node.scratch.path + "/configmap/config"
-        try FileManager.default.createDirectory(atPath: node.scratch.path + "/configmap", withIntermediateDirectories: true)
-        try "nonMasqueradeCIDRs:\n  - 10.0.0.0/8\n  - 203.0.113.0/24\nresyncInterval: 60s\n".write(toFile: configMap, atomically: true, encoding: .utf8)
-        let binDirectory = node.scratch.path + "/opt-cni-bin", hostConfig = node.scratch.path + "/etc-cni-ip-masq/config"
+        try FileManager.default.createDirectory(
+            atPath: node.scratch.path + "/configmap", withIntermediateDirectories: true)
+        try "nonMasqueradeCIDRs:\n  - 10.0.0.0/8\n  - 203.0.113.0/24\nresyncInterval: 60s\n".write(
+            toFile: configMap, atomically: true, encoding: .utf8)
+        let binDirectory = node.scratch.path + "/opt-cni-bin",
+            hostConfig = node.scratch.path + "/etc-cni-ip-masq/config"
         let agentNetconf = node.scratch.path + "/etc-cni-ip-masq/netconf.json"
-        let installArguments = [Host.pluginBinary, "install", "--cni-bin-dir", binDirectory, "--cni-conf-dir", node.confDirectory,
-                                "--config-file", configMap, "--host-config-file", hostConfig, "--agent-netconf", agentNetconf]
+        let installArguments = [
+            Host.pluginBinary, "install", "--cni-bin-dir", binDirectory, "--cni-conf-dir", node.confDirectory,
+            "--config-file", configMap, "--host-config-file", hostConfig, "--agent-netconf", agentNetconf,
+        ]
         try run(installArguments, check: true)
         #expect(FileManager.default.isExecutableFile(atPath: binDirectory + "/ip-masq"))
 
@@ -309,15 +354,21 @@ extension EndToEndTests {
         let pluginPath = ["CNI_PATH": binDirectory + ":/usr/lib/cni"]
         let a = try Pod("ia")
         #expect(try node.harness("add", network: "podnet", pod: a, extraEnvironment: pluginPath).status == 0)
-        a.addresses = [try #require(try a.netns.exec(["ip", "-4", "-o", "addr", "show", "dev", "eth0"]).stdout
-            .firstMatch(of: /inet ([0-9.]+)\//).map { String($0.1) })]
+        a.addresses = [
+            try #require(
+                try a.netns.exec(["ip", "-4", "-o", "addr", "show", "dev", "eth0"]).stdout
+                    .firstMatch(of: /inet ([0-9.]+)\//).map { String($0.1) })
+        ]
         #expect(try sourceSeen(from: a, at: site.internet, address: Site.internetAddress.v4) == a.ipv4)
         #expect(try sourceSeen(from: a, at: site.privateHost, address: Site.privateAddress.v4) == Site.nodePrivate.v4)
 
         // The operator edits the ConfigMap; the agent copies it to the node and rewrites the rules.
-        try "nonMasqueradeCIDRs:\n  - 10.0.0.0/8\n  - 192.168.0.0/16\n".write(toFile: configMap, atomically: true, encoding: .utf8)
-        let agent = try node.netns.exec([Host.pluginBinary, "agent", "--once", "--netconf", agentNetconf,
-                                         "--sync-config-from", configMap, "--sync-config-to", hostConfig])
+        try "nonMasqueradeCIDRs:\n  - 10.0.0.0/8\n  - 192.168.0.0/16\n".write(
+            toFile: configMap, atomically: true, encoding: .utf8)
+        let agent = try node.netns.exec([
+            Host.pluginBinary, "agent", "--once", "--netconf", agentNetconf,
+            "--sync-config-from", configMap, "--sync-config-to", hostConfig,
+        ])
         #expect(agent.status == 0, "agent: \(agent.stderr)")
         #expect(FileManager.default.contentsEqual(atPath: hostConfig, andPath: configMap))
         #expect(try sourceSeen(from: a, at: site.internet, address: Site.internetAddress.v4) == Site.nodeInternet.v4)
@@ -327,6 +378,8 @@ extension EndToEndTests {
         // Uninstall gives the add-on's conflist back as it was.
         try run(installArguments + ["--uninstall"], check: true)
         #expect(try String(contentsOfFile: conflistPath, encoding: .utf8) == original)
-        #expect(!FileManager.default.fileExists(atPath: hostConfig) && !FileManager.default.fileExists(atPath: agentNetconf))
+        #expect(
+            !FileManager.default.fileExists(atPath: hostConfig) && !FileManager.default.fileExists(atPath: agentNetconf)
+        )
     }
 }

@@ -60,7 +60,9 @@ struct FailureKindRootTests {
         let iptables = IPTablesBackend(chain: "C", mode: .nft, runner: tool, netlink: .kernel)
         let ipset = try inside(ns) { () -> BackendError? in
             do throws(BackendError) {
-                _ = try iptables.applySets(IPSetScript([.add(set: "IPMASQ-NOSUCH", .address(IPAddress("10.0.0.2")!), comment: "kinds/c/eth0")]))
+                _ = try iptables.applySets(
+                    IPSetScript([.add(set: "IPMASQ-NOSUCH", .address(IPAddress("10.0.0.2")!), comment: "kinds/c/eth0")])
+                )
             } catch { return error }
             return nil
         }

@@ -1,8 +1,9 @@
 import Foundation
 import JSON
 import MasqCore
-@testable import Netfilter
 import Testing
+
+@testable import Netfilter
 
 /// The iptables/ipset model against the kernel (iptables-nft, IPv4): seeded random sequences of the iptables
 /// renderer's inputs (first writes and rewrites decided from the listing, pod ADDs and DELs, removals) and of
@@ -25,8 +26,10 @@ struct IPTablesModelReplayTests {
         let key = NetworkKey(network: network)
         func registrations() -> [Registration] {
             (0..<Int.random(in: 1...2, using: &random)).map { _ in
-                Registration(owner: Owner(network: network, containerID: NFTModelReplayTests.owners.randomElement(using: &random)!,
-                                          ifname: "eth0"), pod: pods.randomElement(using: &random)!)
+                Registration(
+                    owner: Owner(
+                        network: network, containerID: NFTModelReplayTests.owners.randomElement(using: &random)!,
+                        ifname: "eth0"), pod: pods.randomElement(using: &random)!)
             }
         }
         let nat = NATListing(model.listing(.v4)), mangle = NATListing(model.listing(.v4, table: "mangle"))
@@ -39,8 +42,10 @@ struct IPTablesModelReplayTests {
         case 15..<35:
             let list = DecisionList(policy: NFTModelReplayTests.policies.randomElement(using: &random)!)
             guard let layout = renderer.layout(key, .v4, in: nat) else { return .restore(IPTRestore()) }
-            let tables = [renderer.nodeWideTable(list, key, .v4, chain: layout.chain, cleanup: layout.cleanup),
-                          renderer.guardTable(list, key, .v4, mangle: mangle)].compactMap { $0 }
+            let tables = [
+                renderer.nodeWideTable(list, key, .v4, chain: layout.chain, cleanup: layout.cleanup),
+                renderer.guardTable(list, key, .v4, mangle: mangle),
+            ].compactMap { $0 }
             return .restore(IPTRestore(tables))
         case 35..<55:
             var change = NetworkChange(network: network)
@@ -53,14 +58,19 @@ struct IPTablesModelReplayTests {
             return .ipset(renderer.setScript(for: change))
         case 70..<78:
             let jumps = renderer.installedJumps(key, .v4, in: nat)
-            let tables = [renderer.removalTable(jumps: jumps, chains: renderer.ownedChains(key, .v4, in: nat)),
-                          renderer.guardRemoval(key, .v4, mangle: mangle)].compactMap { $0 }
+            let tables = [
+                renderer.removalTable(jumps: jumps, chains: renderer.ownedChains(key, .v4, in: nat)),
+                renderer.guardRemoval(key, .v4, mangle: mangle),
+            ].compactMap { $0 }
             return .restore(IPTRestore(tables))
         case 78..<84:
             return .ipset(renderer.setRemovalScript(key))
         case 84..<90:
             let chain = ["IP-MASQ-AGENT", renderer.derivedChain(key)].randomElement(using: &random)!
-            return .restore(IPTRestore([IPTRestore.Table("nat", [Bool.random(using: &random) ? .deleteChain(chain) : .declareChain(chain)])]))
+            return .restore(
+                IPTRestore([
+                    IPTRestore.Table("nat", [Bool.random(using: &random) ? .deleteChain(chain) : .declareChain(chain)])
+                ]))
         case 90..<95:
             let spec = renderer.jumpRule(key, .v4, chain: "IP-MASQ-AGENT")
             return .restore(IPTRestore([IPTRestore.Table("nat", [.deleteListed(chain: "POSTROUTING", spec: spec)])]))
@@ -72,7 +82,8 @@ struct IPTablesModelReplayTests {
     /// Chains and their rules in order, chains sorted (the two listings may order chains differently).
     static func normalised(_ listing: String) -> String {
         let parsed = NATListing(listing)
-        return parsed.chains.filter { !["PREROUTING", "INPUT", "OUTPUT", "FORWARD", "POSTROUTING"].contains($0) }.sorted()
+        return parsed.chains.filter { !["PREROUTING", "INPUT", "OUTPUT", "FORWARD", "POSTROUTING"].contains($0) }
+            .sorted()
             .map { "chain \($0)\n" }.joined()
             + Set(parsed.rules.map(\.chain)).sorted().map { chain in
                 "\(chain):\n" + parsed.rules(in: chain).map { "  \($0)\n" }.joined()
@@ -90,7 +101,9 @@ struct IPTablesModelReplayTests {
                 sets[String(words[1]), default: ("?", [])].entries.append(String(line))
             }
         }
-        return sets.keys.sorted().map { sets[$0]!.header + "\n" + sets[$0]!.entries.sorted().map { $0 + "\n" }.joined() }.joined()
+        return sets.keys.sorted().map {
+            sets[$0]!.header + "\n" + sets[$0]!.entries.sorted().map { $0 + "\n" }.joined()
+        }.joined()
     }
 
     @Test func theModelAndTheKernelAgreeOnRandomSequences() throws {
@@ -113,7 +126,8 @@ struct IPTablesModelReplayTests {
                     if input.isEmpty { continue }
                     text = input.text
                     do { try model.restore(.v4, input) } catch { modelRefused = true }
-                    kernelRefused = try ns.exec(["iptables-nft-restore", "-w", "5", "--noflush"], input: text).status != 0
+                    kernelRefused =
+                        try ns.exec(["iptables-nft-restore", "-w", "5", "--noflush"], input: text).status != 0
                 case .ipset(let script):
                     text = script.text
                     do { try model.ipset(script) } catch { modelRefused = true }
@@ -121,14 +135,17 @@ struct IPTablesModelReplayTests {
                 }
                 steps += 1
                 if kernelRefused { refusals += 1 }
-                let kernel = try Self.normalised(ns.exec(["iptables-nft", "-t", "nat", "-S"], check: true).stdout)
+                let kernel =
+                    try Self.normalised(ns.exec(["iptables-nft", "-t", "nat", "-S"], check: true).stdout)
                     + Self.normalised(ns.exec(["iptables-nft", "-t", "mangle", "-S"], check: true).stdout)
                     + Self.normalisedSave(ns.exec(["ipset", "save"], check: true).stdout)
-                let modelled = Self.normalised(model.listing(.v4)) + Self.normalised(model.listing(.v4, table: "mangle"))
+                let modelled =
+                    Self.normalised(model.listing(.v4)) + Self.normalised(model.listing(.v4, table: "mangle"))
                     + Self.normalisedSave(model.saved())
                 if kernelRefused != modelRefused || kernel != modelled {
-                    mismatches.append("seed \(seed) step \(index): kernel refused \(kernelRefused), model \(modelRefused)\n\(text)"
-                                      + (kernel == modelled ? "both:\n\(kernel)" : "kernel:\n\(kernel)model:\n\(modelled)"))
+                    mismatches.append(
+                        "seed \(seed) step \(index): kernel refused \(kernelRefused), model \(modelRefused)\n\(text)"
+                            + (kernel == modelled ? "both:\n\(kernel)" : "kernel:\n\(kernel)model:\n\(modelled)"))
                     break
                 }
             }

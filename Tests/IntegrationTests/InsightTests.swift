@@ -5,25 +5,37 @@ import Testing
 @Suite(.enabled(if: Host.canRunRootTests, "needs root: network namespaces and netfilter"))
 struct InsightTests {
     /// A conflist file holding one ip-masq entry with `keys`, and the matching ADD stdin for the pod.
-    static func files(_ scratch: ScratchDirectory, keys: [String: Any], name: String = "insight") throws -> (conflist: String, stdin: String) {
-        var entry: [String: Any] = ["type": "ip-masq", "lockFile": scratch.path + "/lock", "stateDir": scratch.path + "/state"]
+    static func files(_ scratch: ScratchDirectory, keys: [String: Any], name: String = "insight") throws -> (
+        conflist: String, stdin: String
+    ) {
+        var entry: [String: Any] = [
+            "type": "ip-masq", "lockFile": scratch.path + "/lock", "stateDir": scratch.path + "/state",
+        ]
         for (key, value) in keys { entry[key] = value }
-        let list: [String: Any] = ["cniVersion": "1.0.0", "name": name,
-                                   "plugins": [["type": "bridge", "bridge": "cni0", "ipMasq": false], entry]]
+        let list: [String: Any] = [
+            "cniVersion": "1.0.0", "name": name,
+            "plugins": [["type": "bridge", "bridge": "cni0", "ipMasq": false], entry],
+        ]
         let path = scratch.path + "/net.conflist"
         try JSONSerialization.data(withJSONObject: list, options: [.sortedKeys]).write(to: URL(fileURLWithPath: path))
         return (path, netconf(name: name, scratch: scratch, extra: keys, addresses: Topology.podAddresses))
     }
 
     /// Extra destinations on the private host, each behind its own route on the node.
-    static let extraDestinations = [("198.51.100.2", "10.200.0.2"), ("100.64.0.2", "10.200.0.2"), ("10.201.0.2", "10.200.0.2"),
-                                    ("169.254.7.2", "10.200.0.2"), ("2001:db8:2::2", "fd00:200::2"), ("fd00:201::2", "fd00:200::2")]
+    static let extraDestinations = [
+        ("198.51.100.2", "10.200.0.2"), ("100.64.0.2", "10.200.0.2"), ("10.201.0.2", "10.200.0.2"),
+        ("169.254.7.2", "10.200.0.2"), ("2001:db8:2::2", "fd00:200::2"), ("fd00:201::2", "fd00:200::2"),
+    ]
 
     static func addDestinations(_ topology: Topology) throws {
         for (address, gateway) in extraDestinations {
             let six = address.contains(":")
-            try topology.privateHost.exec(["ip"] + (six ? ["-6"] : []) + ["addr", "add", address + (six ? "/128" : "/32"), "dev", "eth0", "nodad"], check: true)
-            try topology.node.exec(["ip"] + (six ? ["-6"] : []) + ["route", "add", address, "via", gateway], check: true)
+            try topology.privateHost.exec(
+                ["ip"] + (six ? ["-6"] : []) + [
+                    "addr", "add", address + (six ? "/128" : "/32"), "dev", "eth0", "nodad",
+                ], check: true)
+            try topology.node.exec(
+                ["ip"] + (six ? ["-6"] : []) + ["route", "add", address, "via", gateway], check: true)
         }
     }
 
@@ -34,7 +46,8 @@ struct InsightTests {
         // Layers: the conflist, then a platform file and a user file in a configFile directory.
         let directory = scratch.path + "/ip-masq.d"
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
-        try "nonMasqueradeCIDRs: [10.0.0.0/8, fd00:200::/64]\n".write(toFile: directory + "/config", atomically: true, encoding: .utf8)
+        try "nonMasqueradeCIDRs: [10.0.0.0/8, fd00:200::/64]\n".write(
+            toFile: directory + "/config", atomically: true, encoding: .utf8)
         try "nonMasqueradeCIDRs: [100.64.0.0/10, fd00:201::/64]\nmasqueradeCIDRs: [10.201.0.0/24]\n"
             .write(toFile: directory + "/ip-masq-user", atomically: true, encoding: .utf8)
         var keys: [String: Any] = ["configFile": directory, "nonMasqueradeCIDRs": ["192.168.0.0/16"]]
@@ -43,9 +56,11 @@ struct InsightTests {
         let add = try PluginCall(netns: topology.node, command: "ADD")(stdin)
         #expect(add.status == 0, "\(add.stdout)\(add.stderr)")
 
-        let destinations = [Topology.privateHost.v4, Topology.internet.v4, Topology.privateHost.v6, Topology.internet.v6]
+        let destinations =
+            [Topology.privateHost.v4, Topology.internet.v4, Topology.privateHost.v6, Topology.internet.v6]
             + Self.extraDestinations.map(\.0)
-        let explain = try topology.node.exec([Host.pluginBinary, "explain", "--netconf", conflist, "--pod", Topology.pod.v4, "--json"] + destinations)
+        let explain = try topology.node.exec(
+            [Host.pluginBinary, "explain", "--netconf", conflist, "--pod", Topology.pod.v4, "--json"] + destinations)
         #expect(explain.status == 0, "\(explain.stderr)")
         let document = try JSONSerialization.jsonObject(with: Data(explain.stdout.utf8)) as? [String: Any]
         let rows = try #require(document?["destinations"] as? [[String: Any]])
@@ -67,19 +82,37 @@ struct InsightTests {
             let seen = try topology.send(to: destination)
             #expect(seen != nil, "nothing arrived at \(destination)")
             let observed = seen == podAddress ? "keep source" : "masquerade"
-            #expect(observed == verdicts[destination], "\(destination): explain says \(verdicts[destination] ?? "nothing"), the destination saw \(seen ?? "nothing")")
+            #expect(
+                observed == verdicts[destination],
+                """
+                \(destination): explain says \(verdicts[destination] ?? "nothing"), the destination saw \
+                \(seen ?? "nothing")
+                """
+            )
         }
         if ProcessInfo.processInfo.environment["INSIGHT_SAMPLE"] != nil {
-            print(try topology.node.exec([Host.pluginBinary, "explain", "--netconf", conflist, "--pod", Topology.pod.v4] + destinations + ["10.99.0.1"]).stdout)
+            print(
+                try topology.node.exec(
+                    [Host.pluginBinary, "explain", "--netconf", conflist, "--pod", Topology.pod.v4] + destinations + [
+                        "10.99.0.1"
+                    ]
+                ).stdout)
             print(try topology.node.exec([Host.pluginBinary, "lint", "--netconf", conflist]).stdout)
         }
         // lint reads the pod subnets from the records: the pod's IPv6 subnet is in no non-masquerade range.
         let lint = try topology.node.exec([Host.pluginBinary, "lint", "--netconf", conflist, "--json"])
         #expect(lint.status == 3, "\(lint.stdout)\(lint.stderr)")
-        let findings = (try JSONSerialization.jsonObject(with: Data(lint.stdout.utf8)) as? [String: Any])?["findings"] as? [[String: Any]] ?? []
-        #expect(findings.map { $0["check"] as? String } == ["pod-subnet-not-covered"] && (findings.first?["message"] as? String ?? "").contains("fd00:99::/64"))
-        let text = try topology.node.exec([Host.pluginBinary, "explain", "--netconf", conflist, "10.200.0.2", "10.99.0.1"])
-        #expect(text.stdout == "10.200.0.2: keep source (nonMasqueradeCIDRs 10.0.0.0/8, from \(directory)/config)\n"
+        let findings =
+            (try JSONSerialization.jsonObject(with: Data(lint.stdout.utf8)) as? [String: Any])?["findings"]
+            as? [[String: Any]] ?? []
+        #expect(
+            findings.map { $0["check"] as? String } == ["pod-subnet-not-covered"]
+                && (findings.first?["message"] as? String ?? "").contains("fd00:99::/64"))
+        let text = try topology.node.exec([
+            Host.pluginBinary, "explain", "--netconf", conflist, "10.200.0.2", "10.99.0.1",
+        ])
+        #expect(
+            text.stdout == "10.200.0.2: keep source (nonMasqueradeCIDRs 10.0.0.0/8, from \(directory)/config)\n"
                 + "10.99.0.1: keep source (destination is local to the node)\n")
     }
 
@@ -95,31 +128,44 @@ struct InsightTests {
         try node.exec(["ip", "link", "set", "uplink0", "up"], check: true)
         try node.exec(["ip", "addr", "add", "203.0.113.5/32", "dev", "uplink0"], check: true)
         try node.exec(["ip", "-6", "addr", "add", "2001:db8::9/128", "dev", "uplink0", "nodad"], check: true)
-        let keys: [String: Any] = ["nonMasqueradeCIDRs": ["10.0.0.0/8", "fd00::/8"], "snatAddress": "203.0.113.5-203.0.113.6",
-                                   "snatAddressIPv6": "2001:db8::9", "egressInterfaces": ["uplink0", "wgx+", "bond+"], "logLevel": "warning"]
+        let keys: [String: Any] = [
+            "nonMasqueradeCIDRs": ["10.0.0.0/8", "fd00::/8"], "snatAddress": "203.0.113.5-203.0.113.6",
+            "snatAddressIPv6": "2001:db8::9", "egressInterfaces": ["uplink0", "wgx+", "bond+"], "logLevel": "warning",
+        ]
         let (conflist, _) = try Self.files(scratch, keys: keys)
         func lint() throws -> (Int32, [[String: Any]]) {
-            let result = try node.exec([Host.pluginBinary, "lint", "--netconf", conflist, "--pod-cidr", "10.99.0.0/24", "--json"])
+            let result = try node.exec([
+                Host.pluginBinary, "lint", "--netconf", conflist, "--pod-cidr", "10.99.0.0/24", "--json",
+            ])
             let document = try JSONSerialization.jsonObject(with: Data(result.stdout.utf8)) as? [String: Any]
             return (result.status, document?["findings"] as? [[String: Any]] ?? [])
         }
         let (status, findings) = try lint()
         #expect(status == 3, "\(findings)")
-        #expect(findings.map { $0["check"] as? String } == ["egress-interface-missing", "snat-address-not-local"], "\(findings)")
+        #expect(
+            findings.map { $0["check"] as? String } == ["egress-interface-missing", "snat-address-not-local"],
+            "\(findings)")
         #expect(findings.allSatisfy { $0["severity"] as? String == "warning" && $0["source"] as? String == "conflist" })
         let messages = findings.compactMap { $0["message"] as? String }
-        #expect(messages.first?.contains("\"bond+\"") == true && messages.first?.contains("wgx+") == false, "\(messages)")
-        #expect(messages.last?.contains("includes 203.0.113.6") == true && messages.last?.contains("cloud routes it") == true, "\(messages)")
+        #expect(
+            messages.first?.contains("\"bond+\"") == true && messages.first?.contains("wgx+") == false, "\(messages)")
+        #expect(
+            messages.last?.contains("includes 203.0.113.6") == true
+                && messages.last?.contains("cloud routes it") == true, "\(messages)")
         if ProcessInfo.processInfo.environment["INSIGHT_SAMPLE"] != nil {
-            print(try node.exec([Host.pluginBinary, "lint", "--netconf", conflist, "--pod-cidr", "10.99.0.0/24"]).stdout)
+            print(
+                try node.exec([Host.pluginBinary, "lint", "--netconf", conflist, "--pod-cidr", "10.99.0.0/24"]).stdout)
         }
 
         // ADD writes the node-wide rules: the warnings are logged once; a second pod of the same config logs none.
         let stdin = netconf(name: "insight", scratch: scratch, extra: keys, addresses: ["10.99.0.3/24"])
         let first = try PluginCall(netns: node, command: "ADD", containerID: "one")(stdin)
         #expect(first.status == 0, "\(first.stdout)\(first.stderr)")
-        #expect(first.stderr.contains("lint: snat-address-not-local") && first.stderr.contains("lint: egress-interface-missing"), "\(first.stderr)")
-        let second = try PluginCall(netns: node, command: "ADD", containerID: "two")(netconf(name: "insight", scratch: scratch, extra: keys, addresses: ["10.99.0.4/24"]))
+        #expect(
+            first.stderr.contains("lint: snat-address-not-local")
+                && first.stderr.contains("lint: egress-interface-missing"), "\(first.stderr)")
+        let second = try PluginCall(netns: node, command: "ADD", containerID: "two")(
+            netconf(name: "insight", scratch: scratch, extra: keys, addresses: ["10.99.0.4/24"]))
         #expect(second.status == 0, "\(second.stdout)\(second.stderr)")
         #expect(!second.stderr.contains("lint:"), "\(second.stderr)")
 
@@ -135,7 +181,13 @@ struct InsightTests {
 
     /// A scrape of an endpoint inside the node namespace: (status code, body).
     static func scrape(_ node: Netns, port: Int, path: String) throws -> (Int, String) {
-        let result = try node.exec(["bash", "-c", "exec 3<>/dev/tcp/127.0.0.1/\(port) && printf 'GET \(path) HTTP/1.1\\r\\nHost: node\\r\\n\\r\\n' >&3 && cat <&3"])
+        let result = try node.exec([
+            "bash", "-c",
+            """
+            exec 3<>/dev/tcp/127.0.0.1/\(port) && printf 'GET \(path) HTTP/1.1\\r\\nHost: node\\r\\n\\r\\n' >&3 \
+            && cat <&3
+            """,
+        ])
         let parts = result.stdout.components(separatedBy: "\r\n\r\n")
         let status = Int(parts[0].split(separator: " ").dropFirst().first ?? "") ?? 0
         return (status, parts.dropFirst().joined(separator: "\r\n\r\n"))
@@ -165,7 +217,8 @@ struct InsightTests {
     func metricsFollowPodsPacketsInvocationsRepairsAndReloads(backend: [String: String]) throws {
         let topology = try Topology(), scratch = ScratchDirectory()
         let configFile = scratch.path + "/config"
-        try "nonMasqueradeCIDRs: [10.0.0.0/8, fd00:200::/64]\n".write(toFile: configFile, atomically: true, encoding: .utf8)
+        try "nonMasqueradeCIDRs: [10.0.0.0/8, fd00:200::/64]\n".write(
+            toFile: configFile, atomically: true, encoding: .utf8)
         var keys: [String: Any] = ["configFile": configFile, "resyncInterval": "300ms"]
         for (key, value) in backend { keys[key] = value }
         let (conflist, stdin) = try Self.files(scratch, keys: keys)
@@ -174,8 +227,10 @@ struct InsightTests {
         let port = 9797
         let agent = Process()
         agent.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        agent.arguments = ["ip", "netns", "exec", topology.node.name, Host.pluginBinary, "agent", "--netconf", conflist,
-                           "--metrics-address", "127.0.0.1:\(port)"]
+        agent.arguments = [
+            "ip", "netns", "exec", topology.node.name, Host.pluginBinary, "agent", "--netconf", conflist,
+            "--metrics-address", "127.0.0.1:\(port)",
+        ]
         agent.standardOutput = FileHandle.nullDevice
         // The agent's log goes to a file (a pipe nobody drains could fill and block it); printed with INSIGHT_SAMPLE=1.
         let logPath = scratch.path + "/agent.log"
@@ -185,9 +240,13 @@ struct InsightTests {
         defer {
             if agent.isRunning { kill(agent.processIdentifier, SIGTERM) }
             agent.waitUntilExit()
-            if ProcessInfo.processInfo.environment["INSIGHT_SAMPLE"] != nil { print((try? String(contentsOfFile: logPath, encoding: .utf8)) ?? "") }
+            if ProcessInfo.processInfo.environment["INSIGHT_SAMPLE"] != nil {
+                print((try? String(contentsOfFile: logPath, encoding: .utf8)) ?? "")
+            }
         }
-        var body = try Self.waitFor(topology.node, port: port, "a first pass") { Self.value($0, "ip_masq_passes_total{result=\"ok\"}") ?? 0 >= 1 }
+        var body = try Self.waitFor(topology.node, port: port, "a first pass") {
+            Self.value($0, "ip_masq_passes_total{result=\"ok\"}") ?? 0 >= 1
+        }
         #expect(Self.value(body, pods) == 0)
         #expect(try Self.scrape(topology.node, port: port, path: "/healthz").0 == 200)
         #expect(try Self.scrape(topology.node, port: port, path: "/readyz").0 == 200)
@@ -195,7 +254,8 @@ struct InsightTests {
 
         // Two pods come; the first sends real traffic, masqueraded and kept.
         #expect(try PluginCall(netns: topology.node, command: "ADD")(stdin).status == 0)
-        let second = netconf(name: "insight", scratch: scratch, extra: keys, addresses: ["10.99.0.4/24", "fd00:99::4/64"])
+        let second = netconf(
+            name: "insight", scratch: scratch, extra: keys, addresses: ["10.99.0.4/24", "fd00:99::4/64"])
         #expect(try PluginCall(netns: topology.node, command: "ADD", containerID: "ctr2")(second).status == 0)
         #expect(try topology.send(to: Topology.internet.v4) == Topology.nodeOnInternet.v4)
         #expect(try topology.send(to: Topology.internet.v4) == Topology.nodeOnInternet.v4)
@@ -206,7 +266,8 @@ struct InsightTests {
                 && Self.value($0, "ip_masq_packets_total{network=\"insight\",verdict=\"masquerade\"}") ?? 0 >= 2
         }
         if ProcessInfo.processInfo.environment["INSIGHT_SAMPLE"] != nil { print(body) }
-        #expect(Self.value(body, "ip_masq_packets_total{network=\"insight\",verdict=\"masquerade\"}") == 2) // two connections
+        // two connections
+        #expect(Self.value(body, "ip_masq_packets_total{network=\"insight\",verdict=\"masquerade\"}") == 2)
         #expect(Self.value(body, "ip_masq_packets_total{network=\"insight\",verdict=\"keep\"}") == 1)
         #expect(Self.value(body, "ip_masq_bytes_total{network=\"insight\",verdict=\"masquerade\"}") ?? 0 > 0)
         #expect(Self.value(body, "ip_masq_cni_duration_seconds_count{verb=\"ADD\"}") == 2)
@@ -222,11 +283,17 @@ struct InsightTests {
         }
         // An invalid config file: counted, the last good config stays, and the agent stays ready.
         try "nonMasqueradeCIDRs: [10.0.0.1/8]\n".write(toFile: configFile, atomically: true, encoding: .utf8)
-        body = try Self.waitFor(topology.node, port: port, "an invalid reload") { Self.value($0, "ip_masq_config_reloads_total{result=\"invalid\"}") ?? 0 >= 1 }
+        body = try Self.waitFor(topology.node, port: port, "an invalid reload") {
+            Self.value($0, "ip_masq_config_reloads_total{result=\"invalid\"}") ?? 0 >= 1
+        }
         #expect(try Self.scrape(topology.node, port: port, path: "/readyz").0 == 200)
 
         // An ADD refused (no prevResult) is an error invocation; then the pods go.
-        let withoutResult = #"{"cniVersion":"1.0.0","name":"insight","type":"ip-masq","stateDir":"\#(scratch.path)/state","lockFile":"\#(scratch.path)/lock"}"#
+        let withoutResult =
+            #"""
+            {"cniVersion":"1.0.0","name":"insight","type":"ip-masq","stateDir":"\#(scratch.path)/state",\#
+            "lockFile":"\#(scratch.path)/lock"}
+            """#
         #expect(try PluginCall(netns: topology.node, command: "ADD", containerID: "ctr3")(withoutResult).status == 1)
         #expect(try PluginCall(netns: topology.node, command: "DEL")(stdin).status == 0)
         #expect(try PluginCall(netns: topology.node, command: "DEL", containerID: "ctr2")(second).status == 0)

@@ -1,8 +1,9 @@
 import Foundation
 import JSON
 import MasqCore
-@testable import Netfilter
 import Testing
+
+@testable import Netfilter
 
 /// The nftables model against the kernel: seeded random sequences of the plugin's own transactions (first writes
 /// and policy changes, pod ADDs and DELs with reused and nested addresses, network removals) and of damage (flushed
@@ -25,11 +26,19 @@ struct NFTModelReplayTests {
     static let policies = [
         #"{}"#,
         #"{"nonMasqueradeCIDRs":["10.0.0.0/8","fd00::/8"],"masqLinkLocal":true}"#,
-        #"{"masqueradeCIDRs":["10.20.0.0/16","fd00:20::/32"],"exemptPodSubnet":false,"toPorts":"1024-29999,32768-65535"}"#,
-        #"{"dropInvalid":false,"randomFully":false,"snatAddress":"203.0.113.9-203.0.113.12","egressInterfaces":["eth0","wg+"]}"#,
+        #"""
+        {"masqueradeCIDRs":["10.20.0.0/16","fd00:20::/32"],"exemptPodSubnet":false,"toPorts":"1024-29999,\#
+        32768-65535"}
+        """#,
+        #"""
+        {"dropInvalid":false,"randomFully":false,"snatAddress":"203.0.113.9-203.0.113.12",\#
+        "egressInterfaces":["eth0","wg+"]}
+        """#,
         #"{"snatAddressIPv6":"2001:db8::9","toPorts":"2000-2999","nonMasqueradeCIDRs":["192.168.0.0/16"]}"#,
     ].map { text -> NetworkPolicy in
-        guard case .object(let object) = try! JSONValue.parse(text) else { fatalError("a test policy must be an object") }
+        guard case .object(let object) = try! JSONValue.parse(text) else {
+            fatalError("a test policy must be an object")
+        }
         return NetworkPolicy(config: try! MasqConfig.resolve(netconf: object, fileContents: nil))
     }
 
@@ -49,8 +58,9 @@ struct NFTModelReplayTests {
         let names = NFTablesRenderer.Names(key: NetworkKey(network: network).rawValue)
         func registrations() -> [Registration] {
             (0..<Int.random(in: 1...2, using: &random)).map { _ in
-                Registration(owner: Owner(network: network, containerID: owners.randomElement(using: &random)!, ifname: "eth0"),
-                             pod: pods.randomElement(using: &random)!)
+                Registration(
+                    owner: Owner(network: network, containerID: owners.randomElement(using: &random)!, ifname: "eth0"),
+                    pod: pods.randomElement(using: &random)!)
             }
         }
         switch first ? 0 : Int.random(in: 0..<100, using: &random) {
@@ -70,19 +80,30 @@ struct NFTModelReplayTests {
         case 75..<80:
             return renderer.removeNetworkTransaction(key: NetworkKey(network: network))
         case 80..<84:
-            return NFTTransaction(operations: [.flushChain([names.masq, names.snat, names.post].randomElement(using: &random)!)])
+            return NFTTransaction(operations: [
+                .flushChain([names.masq, names.snat, names.post].randomElement(using: &random)!)
+            ])
         case 84..<88:
             let pod = pods.randomElement(using: &random)!
-            return NFTTransaction(operations: [Bool.random(using: &random)
-                ? .deleteElement(set: names.pods(pod.address.family), key: NFTElement(address: pod.address))
-                : .deleteElement(set: names.podnets(pod.address.family), key: NFTablesRenderer.podnetElement(pod))])
+            return NFTTransaction(operations: [
+                Bool.random(using: &random)
+                    ? .deleteElement(set: names.pods(pod.address.family), key: NFTElement(address: pod.address))
+                    : .deleteElement(set: names.podnets(pod.address.family), key: NFTablesRenderer.podnetElement(pod))
+            ])
         case 88..<91:
-            return NFTTransaction(operations: [.deleteChain([names.snat, names.masq, names.drop].randomElement(using: &random)!)])
+            return NFTTransaction(operations: [
+                .deleteChain([names.snat, names.masq, names.drop].randomElement(using: &random)!)
+            ])
         case 91..<94:
-            return NFTTransaction(operations: [.deleteSet([names.pods(.v4), names.nonMasquerade(.v6)].randomElement(using: &random)!)])
+            return NFTTransaction(operations: [
+                .deleteSet([names.pods(.v4), names.nonMasquerade(.v6)].randomElement(using: &random)!)
+            ])
         case 94..<97:
-            let prefix = ["10.1.0.0/16", "10.0.0.0/7", "10.0.0.0/8", "192.168.0.0/16", "192.168.1.0/24"].randomElement(using: &random)!
-            return NFTTransaction(operations: [.addElement(set: names.nonMasquerade(.v4), key: NFTElement(prefix: try! CIDR.parse(prefix).get()))])
+            let prefix = ["10.1.0.0/16", "10.0.0.0/7", "10.0.0.0/8", "192.168.0.0/16", "192.168.1.0/24"].randomElement(
+                using: &random)!
+            return NFTTransaction(operations: [
+                .addElement(set: names.nonMasquerade(.v4), key: NFTElement(prefix: try! CIDR.parse(prefix).get()))
+            ])
         default:
             return NFTTransaction(operations: [.deleteTable])
         }
@@ -99,11 +120,14 @@ struct NFTModelReplayTests {
             }
         }
         return lines.map { line -> String in
-            var line = line.replacingOccurrences(of: #"counter packets \d+ bytes \d+"#, with: "counter packets 0 bytes 0",
-                                                 options: .regularExpression)
+            var line = line.replacingOccurrences(
+                of: #"counter packets \d+ bytes \d+"#, with: "counter packets 0 bytes 0",
+                options: .regularExpression)
             if let open = line.range(of: "elements = { "), line.hasSuffix(" }") {
                 let body = line[open.upperBound..<line.index(line.endIndex, offsetBy: -2)]
-                line = String(line[..<open.upperBound]) + body.components(separatedBy: ", ").sorted().joined(separator: ", ") + " }"
+                line =
+                    String(line[..<open.upperBound])
+                    + body.components(separatedBy: ", ").sorted().joined(separator: ", ") + " }"
             }
             return line
         }.joined(separator: "\n")
@@ -146,8 +170,10 @@ struct NFTModelReplayTests {
                 let kernelDump = listing.status == 0 ? Self.normalised(listing.stdout) : "(no table)"
                 let modelDump = model.dump().map(Self.normalised) ?? "(no table)"
                 if kernelReason != modelReason || kernelDump != modelDump {
-                    mismatches.append("seed \(seed) step \(step): kernel \(kernelReason ?? "ok"), model \(modelReason ?? "ok")\n"
-                                      + transaction.text + (kernelDump == modelDump ? "" : "kernel:\n\(kernelDump)\nmodel:\n\(modelDump)"))
+                    mismatches.append(
+                        "seed \(seed) step \(step): kernel \(kernelReason ?? "ok"), model \(modelReason ?? "ok")\n"
+                            + transaction.text
+                            + (kernelDump == modelDump ? "" : "kernel:\n\(kernelDump)\nmodel:\n\(modelDump)"))
                     break
                 }
             }

@@ -6,8 +6,9 @@ import Testing
 struct NFTablesPacketTests {
     @Test func podTrafficIsMasqueradedOnlyOutsideTheNonMasqueradeRanges() throws {
         let topology = try Topology(), scratch = ScratchDirectory()
-        let input = netconf(scratch: scratch, extra: ["backend": "nftables", "nonMasqueradeCIDRs": Topology.nonMasqueradeCIDRs],
-                            addresses: Topology.podAddresses)
+        let input = netconf(
+            scratch: scratch, extra: ["backend": "nftables", "nonMasqueradeCIDRs": Topology.nonMasqueradeCIDRs],
+            addresses: Topology.podAddresses)
         // Before ADD nothing masquerades: the internet host sees the pod's own addresses.
         #expect(try topology.send(to: Topology.internet.v4) == Topology.pod.v4)
         let add = try PluginCall(netns: topology.node, command: "ADD")(input)
@@ -25,9 +26,13 @@ struct NFTablesPacketTests {
     @Test func exceptionsAndTheNodesOwnTrafficFollowTheDecisionList() throws {
         let topology = try Topology(), scratch = ScratchDirectory()
         // The private host's v4 range is an exception inside a non-masquerade range: masqueraded anyway.
-        let input = netconf(scratch: scratch, extra: ["backend": "nftables", "nonMasqueradeCIDRs": Topology.nonMasqueradeCIDRs,
-                                                      "masqueradeCIDRs": ["10.200.0.0/24"]],
-                            addresses: Topology.podAddresses)
+        let input = netconf(
+            scratch: scratch,
+            extra: [
+                "backend": "nftables", "nonMasqueradeCIDRs": Topology.nonMasqueradeCIDRs,
+                "masqueradeCIDRs": ["10.200.0.0/24"],
+            ],
+            addresses: Topology.podAddresses)
         #expect(try PluginCall(netns: topology.node, command: "ADD")(input).status == 0)
         #expect(try topology.send(to: Topology.privateHost.v4) == "10.200.0.1")
         #expect(try topology.send(to: Topology.privateHost.v6) == Topology.pod.v6)

@@ -41,23 +41,35 @@ struct NFTablesTests {
         #expect(try PluginCall(netns: ns, command: "ADD", containerID: "a")(input).status == 0)
         #expect(try PluginCall(netns: ns, command: "ADD", containerID: "b")(input).status == 0)
         #expect(try elements(ns, "pods4_testnet").contains(#"10.99.0.3 comment "testnet/b/eth0""#))
-        #expect(try PluginCall(netns: ns, command: "DEL", containerID: "a")(netconf(scratch: scratch, extra: extra, addresses: [])).status == 0)
-        #expect(try elements(ns, "pods4_testnet").contains(#"10.99.0.3 comment "testnet/b/eth0""#), "A's late DEL must leave B's element")
+        #expect(
+            try PluginCall(netns: ns, command: "DEL", containerID: "a")(
+                netconf(scratch: scratch, extra: extra, addresses: [])
+            ).status == 0)
+        #expect(
+            try elements(ns, "pods4_testnet").contains(#"10.99.0.3 comment "testnet/b/eth0""#),
+            "A's late DEL must leave B's element")
         #expect(try PluginCall(netns: ns, command: "CHECK", containerID: "b")(input).status == 0)
     }
 
     @Test func gcRemovesStaleAttachmentsAndStatusAnswers() throws {
         let ns = try Netns("nft-gc"), scratch = ScratchDirectory()
         for (id, address) in [("a", "10.99.0.4/24"), ("b", "10.99.0.5/24")] {
-            #expect(try PluginCall(netns: ns, command: "ADD", containerID: id)(netconf(version: "1.1.0", scratch: scratch, extra: extra, addresses: [address])).status == 0)
+            #expect(
+                try PluginCall(netns: ns, command: "ADD", containerID: id)(
+                    netconf(version: "1.1.0", scratch: scratch, extra: extra, addresses: [address])
+                ).status == 0)
         }
         var gc = netconf(version: "1.1.0", scratch: scratch, extra: extra, addresses: [])
-        gc = gc.replacingOccurrences(of: "\"type\"", with: #""cni.dev/valid-attachments":[{"containerID":"b","ifname":"eth0"}],"type""#)
+        gc = gc.replacingOccurrences(
+            of: "\"type\"", with: #""cni.dev/valid-attachments":[{"containerID":"b","ifname":"eth0"}],"type""#)
         let result = try PluginCall(netns: ns, command: "GC")(gc)
         #expect(result.status == 0, "\(result.stdout)")
         let pods = try elements(ns, "pods4_testnet")
         #expect(!pods.contains("10.99.0.4") && pods.contains("10.99.0.5"))
-        #expect(try PluginCall(netns: ns, command: "STATUS")(netconf(version: "1.1.0", scratch: scratch, extra: extra, addresses: [])).status == 0)
+        #expect(
+            try PluginCall(netns: ns, command: "STATUS")(
+                netconf(version: "1.1.0", scratch: scratch, extra: extra, addresses: [])
+            ).status == 0)
     }
 
     @Test func configChangeBetweenAddsReachesTheSets() throws {
@@ -65,10 +77,15 @@ struct NFTablesTests {
         let file = scratch.path + "/config"
         try "nonMasqueradeCIDRs: [10.0.0.0/8]\n".write(toFile: file, atomically: true, encoding: .utf8)
         let withFile = extra.merging(["configFile": file]) { $1 }
-        #expect(try PluginCall(netns: ns, command: "ADD", containerID: "a")(netconf(scratch: scratch, extra: withFile)).status == 0)
+        #expect(
+            try PluginCall(netns: ns, command: "ADD", containerID: "a")(netconf(scratch: scratch, extra: withFile))
+                .status == 0)
         #expect(try elements(ns, "nomasq4_testnet").contains("10.0.0.0/8"))
         try "nonMasqueradeCIDRs: [192.168.0.0/16, fd00::/8]\n".write(toFile: file, atomically: true, encoding: .utf8)
-        #expect(try PluginCall(netns: ns, command: "ADD", containerID: "b")(netconf(scratch: scratch, extra: withFile, addresses: ["10.99.0.9/24"])).status == 0)
+        #expect(
+            try PluginCall(netns: ns, command: "ADD", containerID: "b")(
+                netconf(scratch: scratch, extra: withFile, addresses: ["10.99.0.9/24"])
+            ).status == 0)
         let v4 = try elements(ns, "nomasq4_testnet")
         #expect(v4.contains("192.168.0.0/16") && !v4.contains("10.0.0.0/8"))
         #expect(try elements(ns, "nomasq6_testnet").contains("fd00::/8"))
@@ -77,7 +94,8 @@ struct NFTablesTests {
         // A broken file: the last good sets stay, and ADD still registers the pod.
         let before = try elements(ns, "nomasq4_testnet")
         try "nonMasqueradeCIDRs: [192.168.1.1/16]\n".write(toFile: file, atomically: true, encoding: .utf8)
-        let broken = try PluginCall(netns: ns, command: "ADD", containerID: "c")(netconf(scratch: scratch, extra: withFile, addresses: ["10.99.0.10/24"]))
+        let broken = try PluginCall(netns: ns, command: "ADD", containerID: "c")(
+            netconf(scratch: scratch, extra: withFile, addresses: ["10.99.0.10/24"]))
         #expect(broken.status == 0, "\(broken.stdout)")
         #expect(broken.stderr.contains("192.168.1.1/16"), "the problem goes to the log")
         #expect(try elements(ns, "nomasq4_testnet") == before)
@@ -88,7 +106,8 @@ struct NFTablesTests {
         let ns = try Netns("nft-bad"), scratch = ScratchDirectory()
         let file = scratch.path + "/config"
         try "nonMasqueradeCIDRs: [10.0.0.1/8]\n".write(toFile: file, atomically: true, encoding: .utf8)
-        let result = try PluginCall(netns: ns, command: "ADD")(netconf(scratch: scratch, extra: extra.merging(["configFile": file]) { $1 }))
+        let result = try PluginCall(netns: ns, command: "ADD")(
+            netconf(scratch: scratch, extra: extra.merging(["configFile": file]) { $1 }))
         #expect(result.status == 1)
         #expect(result.stdout.contains("\"code\": 7") && result.stdout.contains("10.0.0.1/8"))
         #expect(try ns.ruleset().isEmpty, "no netfilter change")
@@ -106,7 +125,9 @@ struct NFTablesTests {
         let podB = netconf(scratch: scratch, extra: extra, addresses: ["10.99.0.20/24"])
         #expect(try PluginCall(netns: ns, command: "ADD", containerID: "b")(podB).status == 0)
         let pods = try elements(ns, "pods4_testnet")
-        #expect(pods.contains("10.99.0.3") && pods.contains("10.99.0.20"), "both the new pod and the recorded one are restored")
+        #expect(
+            pods.contains("10.99.0.3") && pods.contains("10.99.0.20"),
+            "both the new pod and the recorded one are restored")
         #expect(try PluginCall(netns: ns, command: "CHECK", containerID: "a")(podA).status == 0)
     }
 

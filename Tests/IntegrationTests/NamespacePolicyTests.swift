@@ -13,7 +13,8 @@ struct NamespacePolicyTests {
     /// A second pod on the node (10.98.0.3/24, fd00:98::3/64 behind vpod2), routed back by both hosts.
     static func secondPod(_ topology: Topology) throws -> Netns {
         let pod = try Netns("pod2")
-        try topology.node.exec(["ip", "link", "add", "vpod2", "type", "veth", "peer", "name", "eth0", "netns", pod.name], check: true)
+        try topology.node.exec(
+            ["ip", "link", "add", "vpod2", "type", "veth", "peer", "name", "eth0", "netns", pod.name], check: true)
         for (node, address) in [("10.98.0.1/24", "10.98.0.3/24"), ("fd00:98::1/64", "fd00:98::3/64")] {
             try topology.node.exec(["ip", "addr", "add", node, "dev", "vpod2", "nodad"], check: true)
             try pod.exec(["ip", "addr", "add", address, "dev", "eth0", "nodad"], check: true)
@@ -22,7 +23,10 @@ struct NamespacePolicyTests {
         try pod.exec(["ip", "link", "set", "eth0", "up"], check: true)
         try pod.exec(["ip", "route", "add", "default", "via", "10.98.0.1"], check: true)
         try pod.exec(["ip", "-6", "route", "add", "default", "via", "fd00:98::1"], check: true)
-        for (host, gateway) in [(topology.internet, ("203.0.113.1", "2001:db8:1::1")), (topology.privateHost, ("10.200.0.1", "fd00:200::1"))] {
+        for (host, gateway) in [
+            (topology.internet, ("203.0.113.1", "2001:db8:1::1")),
+            (topology.privateHost, ("10.200.0.1", "fd00:200::1")),
+        ] {
             try host.exec(["ip", "route", "add", "10.98.0.0/24", "via", gateway.0], check: true)
             try host.exec(["ip", "-6", "route", "add", "fd00:98::/64", "via", gateway.1], check: true)
         }
@@ -33,10 +37,16 @@ struct NamespacePolicyTests {
 
     /// The plugin for one attachment, the pod in Kubernetes namespace `namespace` (nil: no CNI_ARGS).
     @discardableResult
-    func call(_ topology: Topology, _ command: String, _ containerID: String, namespace: String?, _ input: String,
-              expectSuccess: Bool = true) throws -> CommandResult {
+    func call(
+        _ topology: Topology, _ command: String, _ containerID: String, namespace: String?, _ input: String,
+        expectSuccess: Bool = true
+    ) throws -> CommandResult {
         var call = PluginCall(netns: topology.node, command: command, containerID: containerID)
-        if let namespace { call.extraEnvironment = ["CNI_ARGS": "IgnoreUnknown=1;K8S_POD_NAMESPACE=\(namespace);K8S_POD_NAME=\(containerID)-pod"] }
+        if let namespace {
+            call.extraEnvironment = [
+                "CNI_ARGS": "IgnoreUnknown=1;K8S_POD_NAMESPACE=\(namespace);K8S_POD_NAME=\(containerID)-pod"
+            ]
+        }
         let result = try call(input)
         if expectSuccess { #expect(result.status == 0, "\(command) \(containerID): \(result.stdout)\(result.stderr)") }
         return result
@@ -58,19 +68,25 @@ struct NamespacePolicyTests {
         let second = try Self.secondPod(topology)
         var settings: [String: Any] = backend
         settings["nonMasqueradeCIDRs"] = ["10.0.0.0/8", "fd00:200::/64"]
-        settings["namespaces"] = ["payments": ["snatAddress": "198.51.100.9", "snatAddressIPv6": "2001:db8:9::9"],
-                                  "batch": ["nonMasqueradeCIDRs": ["10.0.0.0/8", "fd00:200::/64", "203.0.113.0/24", "2001:db8:1::/64"]]]
+        settings["namespaces"] = [
+            "payments": ["snatAddress": "198.51.100.9", "snatAddressIPv6": "2001:db8:9::9"],
+            "batch": ["nonMasqueradeCIDRs": ["10.0.0.0/8", "fd00:200::/64", "203.0.113.0/24", "2001:db8:1::/64"]],
+        ]
         let conf = scratch.path + "/net.conf"
-        try netconf(scratch: scratch, extra: settings, addresses: []).write(toFile: conf, atomically: true, encoding: .utf8)
+        try netconf(scratch: scratch, extra: settings, addresses: []).write(
+            toFile: conf, atomically: true, encoding: .utf8)
         let podInput = netconf(scratch: scratch, extra: settings, addresses: Topology.podAddresses)
         let secondInput = netconf(scratch: scratch, extra: settings, addresses: Self.secondPodAddresses)
         try call(topology, "ADD", "a", namespace: "payments", podInput)
         try call(topology, "ADD", "b", namespace: "web", secondInput)
 
         func expectPolicies(_ label: String) throws {
-            #expect(try topology.send(to: Topology.internet.v4) == "198.51.100.9", "\(label): payments SNATs to its source")
+            #expect(
+                try topology.send(to: Topology.internet.v4) == "198.51.100.9", "\(label): payments SNATs to its source")
             #expect(try topology.send(to: Topology.internet.v6) == "2001:db8:9::9", "\(label)")
-            #expect(try topology.send(from: second, to: Topology.internet.v4) == Topology.nodeOnInternet.v4, "\(label): web is masqueraded")
+            #expect(
+                try topology.send(from: second, to: Topology.internet.v4) == Topology.nodeOnInternet.v4,
+                "\(label): web is masqueraded")
             #expect(try topology.send(from: second, to: Topology.internet.v6) == Topology.nodeOnInternet.v6, "\(label)")
             // The network's exemption holds in both namespaces (payments inherits nonMasqueradeCIDRs).
             #expect(try topology.send(to: Topology.privateHost.v4) == Topology.pod.v4, "\(label)")
@@ -79,18 +95,35 @@ struct NamespacePolicyTests {
         try expectPolicies("after ADD")
         // explain evaluates a namespace's policy and names the override; list shows each pod's policy.
         func explain(_ namespace: String, _ destination: String) throws -> (verdict: String, reason: String) {
-            let result = try topology.node.exec([Host.pluginBinary, "explain", "--netconf", conf, "--namespace", namespace, "--json", destination])
-            let rows = (try JSONSerialization.jsonObject(with: Data(result.stdout.utf8)) as? [String: Any])?["destinations"] as? [[String: Any]]
+            let result = try topology.node.exec([
+                Host.pluginBinary, "explain", "--netconf", conf, "--namespace", namespace, "--json", destination,
+            ])
+            let rows =
+                (try JSONSerialization.jsonObject(with: Data(result.stdout.utf8)) as? [String: Any])?["destinations"]
+                as? [[String: Any]]
             return (rows?.first?["verdict"] as? String ?? "", rows?.first?["reason"] as? String ?? result.stderr)
         }
         let snat = try explain("payments", Topology.internet.v4)
-        #expect(snat.verdict == "SNAT to 198.51.100.9" && snat.reason.hasSuffix("snatAddress 198.51.100.9, from namespaces.payments in conflist"), "\(snat)")
+        #expect(
+            snat.verdict == "SNAT to 198.51.100.9"
+                && snat.reason.hasSuffix("snatAddress 198.51.100.9, from namespaces.payments in conflist"), "\(snat)")
         let exempt = try explain("batch", Topology.internet.v4)
-        #expect(exempt.verdict == "keep source" && exempt.reason == "nonMasqueradeCIDRs 203.0.113.0/24, from namespaces.batch in conflist", "\(exempt)")
+        #expect(
+            exempt.verdict == "keep source"
+                && exempt.reason == "nonMasqueradeCIDRs 203.0.113.0/24, from namespaces.batch in conflist", "\(exempt)")
         #expect(try explain("web", Topology.internet.v4).verdict == "masquerade")
-        let json = try topology.node.exec([Host.pluginBinary, "list", "--json", "--state-dir", scratch.path + "/state", "--lock-file", scratch.path + "/lock"], check: true).stdout
-        let listed = ((try JSONSerialization.jsonObject(with: Data(json.utf8)) as? [String: Any])?["networks"] as? [[String: Any]])?.first?["pods"] as? [[String: Any]] ?? []
-        #expect(listed.first { $0["containerID"] as? String == "a" }?["policy"] as? String == "namespaces.payments", "\(json)")
+        let json = try topology.node.exec(
+            [
+                Host.pluginBinary, "list", "--json", "--state-dir", scratch.path + "/state", "--lock-file",
+                scratch.path + "/lock",
+            ], check: true
+        ).stdout
+        let listed =
+            ((try JSONSerialization.jsonObject(with: Data(json.utf8)) as? [String: Any])?["networks"]
+            as? [[String: Any]])?.first?["pods"] as? [[String: Any]] ?? []
+        #expect(
+            listed.first { $0["containerID"] as? String == "a" }?["policy"] as? String == "namespaces.payments",
+            "\(json)")
         #expect(listed.first { $0["containerID"] as? String == "b" }?["policy"] as? String == "network", "\(json)")
         for (id, namespace, input) in [("a", "payments", podInput), ("b", "web", secondInput)] {
             let check = try call(topology, "CHECK", id, namespace: namespace, input, expectSuccess: false)
@@ -99,7 +132,9 @@ struct NamespacePolicyTests {
 
         // A firewall reload: the repair rebuilds the network and its namespace policies from the records.
         try EgressPolicyTests().loseTheRules(topology, backend: backend)
-        #expect(try topology.send(to: Topology.internet.v4) == Topology.pod.v4, "control: without rules the pod's source leaves")
+        #expect(
+            try topology.send(to: Topology.internet.v4) == Topology.pod.v4,
+            "control: without rules the pod's source leaves")
         #expect(try agentPass(topology, conf: conf).contains("repaired"))
         try expectPolicies("after the repair")
         let check = try call(topology, "CHECK", "a", namespace: "payments", podInput, expectSuccess: false)
@@ -108,16 +143,20 @@ struct NamespacePolicyTests {
         // A namespace-specific exemption: the second pod in batch, whose list exempts the internet host.
         try call(topology, "DEL", "b", namespace: "web", netconf(scratch: scratch, extra: settings, addresses: []))
         try call(topology, "ADD", "b", namespace: "batch", secondInput)
-        #expect(try topology.send(from: second, to: Topology.internet.v4) == "10.98.0.3", "batch exempts the internet host")
+        #expect(
+            try topology.send(from: second, to: Topology.internet.v4) == "10.98.0.3", "batch exempts the internet host")
         #expect(try topology.send(from: second, to: Topology.internet.v6) == "fd00:98::3")
         #expect(try topology.send(to: Topology.internet.v4) == "198.51.100.9", "payments is unchanged")
 
         // DEL of the payments pod: its element leaves its policy's set (its traffic then leaves unmasqueraded).
         try call(topology, "DEL", "a", namespace: "payments", netconf(scratch: scratch, extra: settings, addresses: []))
-        #expect(try topology.send(to: Topology.internet.v4) == Topology.pod.v4, "after DEL the pod is no longer registered")
+        #expect(
+            try topology.send(to: Topology.internet.v4) == Topology.pod.v4, "after DEL the pod is no longer registered")
         #expect(try topology.send(from: second, to: Topology.internet.v4) == "10.98.0.3")
         try call(topology, "DEL", "b", namespace: "batch", netconf(scratch: scratch, extra: settings, addresses: []))
-        let reset = try topology.node.exec([Host.pluginBinary, "reset", "--state-dir", scratch.path + "/state", "--lock-file", scratch.path + "/lock"])
+        let reset = try topology.node.exec([
+            Host.pluginBinary, "reset", "--state-dir", scratch.path + "/state", "--lock-file", scratch.path + "/lock",
+        ])
         #expect(reset.status == 0, "\(reset.stdout)\(reset.stderr)")
         if backend["backend"] == "nftables" {
             let left = try topology.node.exec(["nft", "list", "ruleset"], check: true).stdout
@@ -139,13 +178,19 @@ struct NamespacePolicyTests {
         try "nonMasqueradeCIDRs: [10.0.0.0/8]\n".write(toFile: file, atomically: true, encoding: .utf8)
         var settings: [String: Any] = backend.merging(["configFile": file]) { $1 }
         let conf = scratch.path + "/net.conf"
-        try netconf(scratch: scratch, extra: settings, addresses: []).write(toFile: conf, atomically: true, encoding: .utf8)
-        try call(topology, "ADD", "a", namespace: "payments", netconf(scratch: scratch, extra: settings, addresses: ["10.99.0.3/24"]))
-        let flow = try ConntrackTests.Background(in: topology.internet, ConntrackTests.receiver(Topology.internet.v4), output: scratch.path + "/flow")
-        let sender = try ConntrackTests.Background(in: topology.pod, ConntrackTests.sender(to: Topology.internet.v4), output: scratch.path + "/sender")
+        try netconf(scratch: scratch, extra: settings, addresses: []).write(
+            toFile: conf, atomically: true, encoding: .utf8)
+        try call(
+            topology, "ADD", "a", namespace: "payments",
+            netconf(scratch: scratch, extra: settings, addresses: ["10.99.0.3/24"]))
+        let flow = try ConntrackTests.Background(
+            in: topology.internet, ConntrackTests.receiver(Topology.internet.v4), output: scratch.path + "/flow")
+        let sender = try ConntrackTests.Background(
+            in: topology.pod, ConntrackTests.sender(to: Topology.internet.v4), output: scratch.path + "/sender")
         #expect(ConntrackTests.currentSource(flow) == Topology.nodeOnInternet.v4)
 
-        try "nonMasqueradeCIDRs: [10.0.0.0/8]\nnamespaces:\n  payments: { snatAddress: 198.51.100.9 }\n".write(toFile: file, atomically: true, encoding: .utf8)
+        try "nonMasqueradeCIDRs: [10.0.0.0/8]\nnamespaces:\n  payments: { snatAddress: 198.51.100.9 }\n".write(
+            toFile: file, atomically: true, encoding: .utf8)
         let moved = try agentPass(topology, conf: conf)
         #expect(moved.contains("conntrack: policy changed: deleted 1 entry"), "\(moved)")
         #expect(ConntrackTests.currentSource(flow) == "198.51.100.9", "the flow follows its namespace's new policy")
@@ -161,7 +206,9 @@ struct NamespacePolicyTests {
 
         // A conflist edit, applied at the next ADD (another pod's): payments' pods get a namespace exemption.
         settings["namespaces"] = ["payments": ["nonMasqueradeCIDRs": ["10.0.0.0/8", "203.0.113.0/24"]]]
-        try call(topology, "ADD", "other", namespace: "web", netconf(scratch: scratch, extra: settings, addresses: ["10.99.0.50/24"]))
+        try call(
+            topology, "ADD", "other", namespace: "web",
+            netconf(scratch: scratch, extra: settings, addresses: ["10.99.0.50/24"]))
         #expect(ConntrackTests.currentSource(flow) == Topology.pod.v4, "exempt in its namespace now")
         withExtendedLifetime(sender) {}
         try call(topology, "DEL", "a", namespace: "payments", netconf(scratch: scratch, extra: settings, addresses: []))

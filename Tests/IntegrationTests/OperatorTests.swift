@@ -27,7 +27,8 @@ final class AgentProcess: @unchecked Sendable {
     /// What the agent logged so far.
     var log: String { (try? String(contentsOfFile: logPath, encoding: .utf8)) ?? "" }
 
-    /// Sends a signal and waits for the exit; returns the exit status and the seconds it took (nil if it did not exit in 5 s).
+    /// Sends a signal and waits for the exit; returns the exit status and the seconds it took (nil if it did not exit
+    /// in 5 s).
     func stop(with signal: Int32 = SIGTERM) -> (status: Int32, seconds: Double)? {
         let start = Date()
         kill(process.processIdentifier, signal)
@@ -71,7 +72,9 @@ struct BackendUnderTest: Sendable, CustomTestStringConvertible {
     var isNFTables: Bool { name == "nftables" }
     /// The plugin's `backend` value.
     var backend: String { isNFTables ? "nftables" : "iptables" }
-    var pluginKeys: [String: Any] { isNFTables ? ["backend": "nftables"] : ["backend": "iptables", "iptablesMode": String(name.dropFirst(9))] }
+    var pluginKeys: [String: Any] {
+        isNFTables ? ["backend": "nftables"] : ["backend": "iptables", "iptablesMode": String(name.dropFirst(9))]
+    }
     /// `iptables-nft` / `iptables-legacy` and the ip6tables twin.
     var iptables: String { name }
     var ip6tables: String { "ip6tables" + name.dropFirst("iptables".count) }
@@ -79,18 +82,27 @@ struct BackendUnderTest: Sendable, CustomTestStringConvertible {
     /// Ways a firewall reload or an operator breaks the network's rules, as shell commands in the namespace.
     var breakages: [(what: String, command: String)] {
         if isNFTables {
-            return [("flushed chain", "nft flush chain inet ip_masq masq_testnet"),
-                    ("deleted table", "nft delete table inet ip_masq"),
-                    ("flushed pod set", "nft flush set inet ip_masq pods4_testnet"),
-                    ("flushed subnet set", "nft flush set inet ip_masq podnets4_testnet")]
+            return [
+                ("flushed chain", "nft flush chain inet ip_masq masq_testnet"),
+                ("deleted table", "nft delete table inet ip_masq"),
+                ("flushed pod set", "nft flush set inet ip_masq pods4_testnet"),
+                ("flushed subnet set", "nft flush set inet ip_masq podnets4_testnet"),
+            ]
         }
-        let reload = "\(iptables) -w 5 -t nat -F && \(iptables) -w 5 -t nat -X && \(ip6tables) -w 5 -t nat -F && \(ip6tables) -w 5 -t nat -X"
-        let mangleReload = [iptables, ip6tables].map { "\($0) -w 5 -t mangle -F && \($0) -w 5 -t mangle -X" }.joined(separator: " && ")
-        return [("flushed chain", "\(iptables) -w 5 -t nat -F IP-MASQ-AGENT"),
-                ("nat table reloaded", reload),
-                ("flushed pod set", "ipset flush IPMASQ-P4-testnet"),
-                // A whole reload: the leak guard's mangle rules go too (they reference the sets).
-                ("nat table reloaded and sets destroyed", reload + " && " + mangleReload + " && ipset destroy")]
+        let reload =
+            """
+            \(iptables) -w 5 -t nat -F && \(iptables) -w 5 -t nat -X && \(ip6tables) -w 5 -t nat -F && \
+            \(ip6tables) -w 5 -t nat -X
+            """
+        let mangleReload = [iptables, ip6tables].map { "\($0) -w 5 -t mangle -F && \($0) -w 5 -t mangle -X" }.joined(
+            separator: " && ")
+        return [
+            ("flushed chain", "\(iptables) -w 5 -t nat -F IP-MASQ-AGENT"),
+            ("nat table reloaded", reload),
+            ("flushed pod set", "ipset flush IPMASQ-P4-testnet"),
+            // A whole reload: the leak guard's mangle rules go too (they reference the sets).
+            ("nat table reloaded and sets destroyed", reload + " && " + mangleReload + " && ipset destroy"),
+        ]
     }
 
     /// The command that deletes everything of ours in one go (a full firewall reload).
@@ -98,16 +110,23 @@ struct BackendUnderTest: Sendable, CustomTestStringConvertible {
 
     /// The network's IPv4 non-masquerade ranges as installed (one cheap listing, for timing).
     func nonMasqueradeListing(in ns: Netns) throws -> String {
-        let command = isNFTables ? ["nft", "list", "set", "inet", "ip_masq", "nomasq4_testnet"] : [iptables, "-w", "5", "-t", "nat", "-S", "IP-MASQ-AGENT"]
+        let command =
+            isNFTables
+            ? ["nft", "list", "set", "inet", "ip_masq", "nomasq4_testnet"]
+            : [iptables, "-w", "5", "-t", "nat", "-S", "IP-MASQ-AGENT"]
         return try ns.exec(command).stdout
     }
 
     /// What the backend installed, as sorted lines (iptables-save timestamps dropped).
     func installed(in ns: Netns) throws -> String {
-        let commands = isNFTables ? [["nft", "list", "table", "inet", "ip_masq"]]
+        let commands =
+            isNFTables
+            ? [["nft", "list", "table", "inet", "ip_masq"]]
             : [["\(iptables)-save", "-t", "nat"], ["\(ip6tables)-save", "-t", "nat"], ["ipset", "save"]]
         var lines: [Substring] = []
-        for command in commands { lines += try ns.exec(command).stdout.split(separator: "\n").filter { !$0.hasPrefix("#") } }
+        for command in commands {
+            lines += try ns.exec(command).stdout.split(separator: "\n").filter { !$0.hasPrefix("#") }
+        }
         // A recreated ipset gets a new random hash seed (`initval 0x...`); nothing else may differ.
         return lines.map { line in line.range(of: " initval ").map { String(line[..<$0.lowerBound]) } ?? String(line) }
             .sorted().joined(separator: "\n")
@@ -129,16 +148,23 @@ final class OperatorNode: @unchecked Sendable {
         ns = try Netns(label)
         self.backend = backend
         try writeConfig(config)
-        let entry = backend.pluginKeys.merging(["type": "ip-masq", "configFile": configFile, "lockFile": lockFile, "stateDir": stateDir]) { $1 }
-        let list: [String: Any] = ["cniVersion": "1.0.0", "name": "testnet", "plugins": [["type": "bridge", "bridge": "cni0"], entry]]
-        try JSONSerialization.data(withJSONObject: list, options: [.sortedKeys]).write(to: URL(fileURLWithPath: conflist))
+        let entry = backend.pluginKeys.merging([
+            "type": "ip-masq", "configFile": configFile, "lockFile": lockFile, "stateDir": stateDir,
+        ]) { $1 }
+        let list: [String: Any] = [
+            "cniVersion": "1.0.0", "name": "testnet", "plugins": [["type": "bridge", "bridge": "cni0"], entry],
+        ]
+        try JSONSerialization.data(withJSONObject: list, options: [.sortedKeys]).write(
+            to: URL(fileURLWithPath: conflist))
     }
 
     func writeConfig(_ text: String) throws { try text.write(toFile: configFile, atomically: true, encoding: .utf8) }
 
     /// The plugin's stdin for an attachment with these addresses (the same keys as the conflist entry).
     func stdin(_ addresses: [String], name: String = "testnet") -> String {
-        netconf(name: name, scratch: scratch, extra: backend.pluginKeys.merging(["configFile": configFile]) { $1 }, addresses: addresses)
+        netconf(
+            name: name, scratch: scratch, extra: backend.pluginKeys.merging(["configFile": configFile]) { $1 },
+            addresses: addresses)
     }
 
     @discardableResult
@@ -153,7 +179,9 @@ final class OperatorNode: @unchecked Sendable {
     }
 
     func startAgent(_ extra: [String] = []) throws -> AgentProcess {
-        try AgentProcess(in: ns, arguments: ["--netconf", conflist] + extra, logPath: scratch.path + "/agent-\(UUID().uuidString.prefix(8)).log")
+        try AgentProcess(
+            in: ns, arguments: ["--netconf", conflist] + extra,
+            logPath: scratch.path + "/agent-\(UUID().uuidString.prefix(8)).log")
     }
 
     /// What the backend installed (sorted lines).
@@ -186,7 +214,9 @@ final class OperatorNode: @unchecked Sendable {
         for tool in ["iptables-nft-save", "ip6tables-nft-save", "iptables-legacy-save", "ip6tables-legacy-save"] {
             for line in try ns.exec([tool], check: true).stdout.split(separator: "\n") {
                 let chain = line.dropFirst().prefix { $0 != " " }
-                if line.hasPrefix("-") || line.hasPrefix(":") && !(builtin.contains(String(chain)) && line.contains(" ACCEPT ")) {
+                if line.hasPrefix("-")
+                    || line.hasPrefix(":") && !(builtin.contains(String(chain)) && line.contains(" ACCEPT "))
+                {
                     found.append("\(tool): \(line)")
                 }
             }
@@ -199,11 +229,14 @@ final class OperatorNode: @unchecked Sendable {
     /// Everything netfilter holds in the namespace, in every flavour, without iptables-save's timestamp comments.
     func netfilterSnapshot() throws -> String {
         var parts: [String] = []
-        for command in [["nft", "list", "ruleset"], ["iptables-nft-save"], ["ip6tables-nft-save"], ["iptables-legacy-save"],
-                        ["ip6tables-legacy-save"], ["ipset", "list"]] {
+        for command in [
+            ["nft", "list", "ruleset"], ["iptables-nft-save"], ["ip6tables-nft-save"], ["iptables-legacy-save"],
+            ["ip6tables-legacy-save"], ["ipset", "list"],
+        ] {
             let output = try ns.exec(command).stdout
-            parts.append("## " + command.joined(separator: " ") + "\n"
-                         + output.split(separator: "\n").filter { !$0.hasPrefix("#") }.joined(separator: "\n"))
+            parts.append(
+                "## " + command.joined(separator: " ") + "\n"
+                    + output.split(separator: "\n").filter { !$0.hasPrefix("#") }.joined(separator: "\n"))
         }
         return parts.joined(separator: "\n")
     }
@@ -218,24 +251,41 @@ struct OperatorTests {
         let node = try OperatorNode("agent-change", backend: backend, config: "")
         // The DaemonSet's layout: the ConfigMap mount is mirrored to the host path the plugin reads.
         let configMap = node.scratch.path + "/configmap/config"
-        try FileManager.default.createDirectory(atPath: node.scratch.path + "/configmap", withIntermediateDirectories: true)
+        try FileManager.default.createDirectory(
+            atPath: node.scratch.path + "/configmap", withIntermediateDirectories: true)
         try Self.baseConfig.write(toFile: configMap, atomically: true, encoding: .utf8)
         try node.add("ctr1", ["10.99.0.3/24"])
         #expect(try node.installed().contains("192.168.0.0/16"), "the defaults before the ConfigMap is synced")
         let agent = try node.startAgent(["--sync-config-from", configMap, "--sync-config-to", node.configFile])
-        #expect(eventually(within: 8) { agent.log.contains("config changed") } != nil, "the first pass syncs and applies the ConfigMap\n\(agent.log)")
+        #expect(
+            eventually(within: 8) { agent.log.contains("config changed") } != nil,
+            "the first pass syncs and applies the ConfigMap\n\(agent.log)")
         let before = try node.installed()
         #expect(before.contains("10.0.0.0/8") && !before.contains("192.168.0.0/16"), "\(before)")
 
-        try "nonMasqueradeCIDRs: [10.0.0.0/8, 192.168.0.0/16]\nresyncInterval: 500ms\n".write(toFile: configMap, atomically: true, encoding: .utf8)
-        let applied = try eventually(within: 5) { try backend.nonMasqueradeListing(in: node.ns).contains("192.168.0.0/16") }
+        try "nonMasqueradeCIDRs: [10.0.0.0/8, 192.168.0.0/16]\nresyncInterval: 500ms\n".write(
+            toFile: configMap, atomically: true, encoding: .utf8)
+        let applied = try eventually(within: 5) {
+            try backend.nonMasqueradeListing(in: node.ns).contains("192.168.0.0/16")
+        }
         let seconds = try #require(applied, "the change never reached the rules\n\(agent.log)")
         // The resync (0.5 s here, 60 s by default) applied it, not a restart: the bound is loose because CI runs
         // suites in parallel on 2 cores (the measured figure is printed below; speed belongs to the benchmark).
         #expect(seconds < 0.5 + 2.5, "applied after \(seconds) s")
-        print("agent (\(backend.name)): config change applied after \(String(format: "%.3f", seconds)) s (resyncInterval 500ms)")
+        print(
+            """
+            agent (\(backend.name)): config change applied after \(String(format: "%.3f", seconds)) s \
+            (resyncInterval 500ms)
+            """
+        )
         #expect(try node.check("ctr1", ["10.99.0.3/24"]), "CHECK agrees that the rules match the new config")
-        #expect(agent.log.contains("config changed (nonMasqueradeCIDRs [10.0.0.0/8] -> [10.0.0.0/8, 192.168.0.0/16]): node-wide rules rewritten"), "\(agent.log)")
+        #expect(
+            agent.log.contains(
+                """
+                config changed (nonMasqueradeCIDRs [10.0.0.0/8] -> [10.0.0.0/8, 192.168.0.0/16]): node-wide rules \
+                rewritten
+                """
+            ), "\(agent.log)")
         #expect(agent.log.contains("copied to \(node.configFile)"))
         let stopped = try #require(agent.stop())
         #expect(stopped.status == 0)
@@ -244,7 +294,9 @@ struct OperatorTests {
     @Test(arguments: BackendUnderTest.all)
     func agentRepairsWhatAFirewallReloadRemoved(backend: BackendUnderTest) throws {
         let node = try OperatorNode("agent-repair", backend: backend, config: Self.baseConfig)
-        let pods = [("ctr1", ["10.99.0.3/24", "fd00:99::3/64"]), ("ctr2", ["10.99.0.4/24"]), ("ctr3", ["10.98.0.9/24"])]
+        let pods = [
+            ("ctr1", ["10.99.0.3/24", "fd00:99::3/64"]), ("ctr2", ["10.99.0.4/24"]), ("ctr3", ["10.98.0.9/24"]),
+        ]
         for (id, addresses) in pods { try node.add(id, addresses) }
         let agent = try node.startAgent()
         #expect(eventually(within: 8) { agent.log.contains("serving network testnet") } != nil)
@@ -256,16 +308,25 @@ struct OperatorTests {
             try node.ns.exec(["sh", "-c", command], check: true)
             let repaired = try eventually(within: 8) { try allChecksPass() }
             #expect(repaired != nil, "\(what) was not repaired\n\(agent.log)")
-            print("agent (\(backend.name)): \(what) repaired after \(repaired.map { String(format: "%.3f", $0) } ?? "-") s")
+            print(
+                """
+                agent (\(backend.name)): \(what) repaired after \
+                \(repaired.map { String(format: "%.3f", $0) } ?? "-") s
+                """
+            )
             #expect(try node.installed() == intact, "after the repair of \(what), everything is as it was")
         }
         let installed = try node.installed()
         for (id, addresses) in pods {
             for address in addresses {
-                #expect(installed.contains("\(address.split(separator: "/")[0]) comment \"testnet/\(id)/eth0\""), "\(address) of \(id) is back with its owner")
+                #expect(
+                    installed.contains("\(address.split(separator: "/")[0]) comment \"testnet/\(id)/eth0\""),
+                    "\(address) of \(id) is back with its owner")
             }
         }
-        #expect(agent.log.components(separatedBy: "repaired after").count - 1 == backend.breakages.count, "one line per repair\n\(agent.log)")
+        #expect(
+            agent.log.components(separatedBy: "repaired after").count - 1 == backend.breakages.count,
+            "one line per repair\n\(agent.log)")
         #expect(agent.stop()?.status == 0)
     }
 
@@ -278,7 +339,9 @@ struct OperatorTests {
         let good = try node.installed()
 
         try node.writeConfig("nonMasqueradeCIDRs: [10.0.0.1/8]\nresyncInterval: 500ms\n")
-        #expect(eventually(within: 8) { agent.log.contains("is invalid, keeping the last good rules") } != nil, "\(agent.log)")
+        #expect(
+            eventually(within: 8) { agent.log.contains("is invalid, keeping the last good rules") } != nil,
+            "\(agent.log)")
         usleep(1_200_000) // two more passes
         #expect(agent.process.isRunning)
         #expect(try node.installed() == good, "the rules stay as they were")
@@ -290,7 +353,9 @@ struct OperatorTests {
         // The conflist itself turns invalid: the last good one is kept, repairs go on.
         let conflist = try String(contentsOfFile: node.conflist, encoding: .utf8)
         try "{\"cniVersion\": ".write(toFile: node.conflist, atomically: true, encoding: .utf8)
-        #expect(eventually(within: 8) { agent.log.contains("is unusable, keeping the last good one") } != nil, "\(agent.log)")
+        #expect(
+            eventually(within: 8) { agent.log.contains("is unusable, keeping the last good one") } != nil,
+            "\(agent.log)")
         try node.ns.exec(["sh", "-c", backend.breakages[0].command], check: true)
         #expect(try eventually(within: 8) { try node.installed() == good } != nil, "\(agent.log)")
 
@@ -314,7 +379,9 @@ struct OperatorTests {
         #expect(stopped.status == 0)
         #expect(stopped.seconds < 1.0, "exited after \(stopped.seconds) s")
         print("agent: exited \(String(format: "%.3f", stopped.seconds)) s after signal \(signal)")
-        #expect(agent.log.contains("agent started (pid \(agent.process.processIdentifier))"), "the signalled PID is the agent's own\n\(agent.log)")
+        #expect(
+            agent.log.contains("agent started (pid \(agent.process.processIdentifier))"),
+            "the signalled PID is the agent's own\n\(agent.log)")
         #expect(agent.log.contains("agent stopping on \(signal == SIGINT ? "SIGINT" : "SIGTERM")"))
         #expect(try node.check("ctr1", ["10.99.0.3/24"]), "stopping leaves the rules in place")
     }
@@ -340,7 +407,8 @@ struct OperatorTests {
         let ids = (0..<20).map { "storm-\($0)" }
         let failures = FailureList()
         DispatchQueue.concurrentPerform(iterations: ids.count) { index in
-            let result = try? PluginCall(netns: node.ns, command: "ADD", containerID: ids[index])(node.stdin(["10.99.1.\(index + 10)/24"]))
+            let result = try? PluginCall(netns: node.ns, command: "ADD", containerID: ids[index])(
+                node.stdin(["10.99.1.\(index + 10)/24"]))
             if result?.status != 0 { failures.add("ADD \(ids[index]): \(result?.stdout ?? "not run")") }
         }
         #expect(failures.all.isEmpty, "\(failures.all)")
@@ -351,7 +419,10 @@ struct OperatorTests {
             if result?.status != 0 { failures.add("DEL \(ids[index]): \(result?.stdout ?? "not run")") }
         }
         #expect(failures.all.isEmpty, "\(failures.all)")
-        let expected = Dictionary(uniqueKeysWithValues: ids.enumerated().filter { !deleted.contains($0.element) }.map { ($0.element, "10.99.1.\($0.offset + 10)") })
+        let expected = Dictionary(
+            uniqueKeysWithValues: ids.enumerated().filter { !deleted.contains($0.element) }.map {
+                ($0.element, "10.99.1.\($0.offset + 10)")
+            })
 
         let json = try node.ipMasq(["list", "--json"] + node.stateOptions)
         #expect(json.status == 0, "\(json.stderr)")
@@ -375,7 +446,12 @@ struct OperatorTests {
         let rows = table.stdout.split(separator: "\n").filter { $0.hasPrefix("  storm-") }
         #expect(rows.count == 15)
         for (id, address) in expected {
-            #expect(rows.contains { $0.split(separator: " ", omittingEmptySubsequences: true) == [Substring(id), "eth0", "-", Substring(address + "/24")] }, "no CNI_ARGS: no pod")
+            #expect(
+                rows.contains {
+                    $0.split(separator: " ", omittingEmptySubsequences: true) == [
+                        Substring(id), "eth0", "-", Substring(address + "/24"),
+                    ]
+                }, "no CNI_ARGS: no pod")
         }
         // The data plane agrees with the listing.
         let installed = try node.installed()
@@ -401,7 +477,9 @@ struct OperatorTests {
         #expect(reset.stdout.contains("removed network other-net (\(backend.backend), 1 pod)"), "\(reset.stdout)")
         #expect(try node.traces() == [], "nft, iptables and ip6tables (nft and legacy) and ipset hold nothing of ours")
         if backend.isNFTables {
-            #expect(try node.netfilterSnapshot() == pristine, "not even an empty table: the namespace is as before the first ADD")
+            #expect(
+                try node.netfilterSnapshot() == pristine,
+                "not even an empty table: the namespace is as before the first ADD")
         }
         #expect(!FileManager.default.fileExists(atPath: node.stateDir), "records are gone too")
 

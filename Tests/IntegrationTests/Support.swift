@@ -9,7 +9,8 @@ enum Host {
     static let canRunRootTests = isRoot || isCI
 
     /// The repository root (for cni-conf/ and testdata/).
-    static let repository: URL = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+    static let repository: URL = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+        .deletingLastPathComponent()
 
     /// The ip-masq binary built beside this test bundle (or `IPMASQ_BIN`).
     static let pluginBinary: String = {
@@ -34,8 +35,10 @@ struct CommandResult {
 
 /// Runs a program with arguments, environment additions and stdin; waits for it.
 @discardableResult
-func run(_ arguments: [String], environment: [String: String] = [:], input: String = "", check: Bool = false,
-         sourceLocation: SourceLocation = #_sourceLocation) throws -> CommandResult {
+func run(
+    _ arguments: [String], environment: [String: String] = [:], input: String = "", check: Bool = false,
+    sourceLocation: SourceLocation = #_sourceLocation
+) throws -> CommandResult {
     let process = Process()
     process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
     process.arguments = arguments
@@ -59,10 +62,13 @@ func run(_ arguments: [String], environment: [String: String] = [:], input: Stri
     let outData = stdout.fileHandleForReading.readDataToEndOfFile()
     process.waitUntilExit()
     while errReader.isExecuting || !errReader.isFinished { usleep(1000) }
-    let result = CommandResult(status: process.terminationStatus, stdout: String(decoding: outData, as: UTF8.self),
-                               stderr: String(decoding: errData, as: UTF8.self))
+    let result = CommandResult(
+        status: process.terminationStatus, stdout: String(decoding: outData, as: UTF8.self),
+        stderr: String(decoding: errData, as: UTF8.self))
     if check && result.status != 0 {
-        Issue.record("command failed (\(result.status)): \(arguments.joined(separator: " "))\n\(result.stderr)\(result.stdout)", sourceLocation: sourceLocation)
+        Issue.record(
+            "command failed (\(result.status)): \(arguments.joined(separator: " "))\n\(result.stderr)\(result.stdout)",
+            sourceLocation: sourceLocation)
         throw CommandFailure(result: result)
     }
     return result
@@ -85,9 +91,13 @@ final class Netns: @unchecked Sendable {
 
     /// Runs a command inside the namespace.
     @discardableResult
-    func exec(_ arguments: [String], environment: [String: String] = [:], input: String = "", check: Bool = false,
-              sourceLocation: SourceLocation = #_sourceLocation) throws -> CommandResult {
-        try run(["ip", "netns", "exec", name] + arguments, environment: environment, input: input, check: check, sourceLocation: sourceLocation)
+    func exec(
+        _ arguments: [String], environment: [String: String] = [:], input: String = "", check: Bool = false,
+        sourceLocation: SourceLocation = #_sourceLocation
+    ) throws -> CommandResult {
+        try run(
+            ["ip", "netns", "exec", name] + arguments, environment: environment, input: input, check: check,
+            sourceLocation: sourceLocation)
     }
 
     /// The whole nftables ruleset of the namespace.
@@ -117,17 +127,25 @@ struct PluginCall {
 
     @discardableResult
     func callAsFunction(_ stdin: String) throws -> CommandResult {
-        var environment = ["CNI_COMMAND": command, "CNI_CONTAINERID": containerID, "CNI_IFNAME": ifname,
-                           "CNI_NETNS": podNetns, "CNI_PATH": "/usr/lib/cni"]
-        if command == "GC" || command == "STATUS" { environment = ["CNI_COMMAND": command, "CNI_PATH": "/usr/lib/cni"] }
+        var environment = [
+            "CNI_COMMAND": command, "CNI_CONTAINERID": containerID, "CNI_IFNAME": ifname,
+            "CNI_NETNS": podNetns, "CNI_PATH": "/usr/lib/cni",
+        ]
+        if command == "GC" || command == "STATUS" {
+            environment = ["CNI_COMMAND": command, "CNI_PATH": "/usr/lib/cni"]
+        }
         for (key, value) in extraEnvironment { environment[key] = value }
-        return try netns.exec(["env"] + environment.sorted(by: { $0.key < $1.key }).map { "\($0.key)=\($0.value)" } + [Host.pluginBinary], input: stdin)
+        return try netns.exec(
+            ["env"] + environment.sorted(by: { $0.key < $1.key }).map { "\($0.key)=\($0.value)" } + [Host.pluginBinary],
+            input: stdin)
     }
 }
 
 /// Builds a plugin stdin document for tests.
-func netconf(name: String = "testnet", version: String = "1.0.0", scratch: ScratchDirectory, extra: [String: Any] = [:],
-             addresses: [String] = ["10.99.0.3/24"], ifname: String = "eth0") -> String {
+func netconf(
+    name: String = "testnet", version: String = "1.0.0", scratch: ScratchDirectory, extra: [String: Any] = [:],
+    addresses: [String] = ["10.99.0.3/24"], ifname: String = "eth0"
+) -> String {
     var object: [String: Any] = [
         "cniVersion": version, "name": name, "type": "ip-masq",
         "lockFile": scratch.path + "/lock", "stateDir": scratch.path + "/state",
@@ -140,11 +158,15 @@ func netconf(name: String = "testnet", version: String = "1.0.0", scratch: Scrat
             if version.hasPrefix("0.") { ip["version"] = address.contains(":") ? "6" : "4" }
             ips.append(ip)
         }
-        object["prevResult"] = [
-            "cniVersion": version,
-            "interfaces": [["name": "veth0", "mac": "aa:bb:cc:00:00:01"], ["name": ifname, "mac": "aa:bb:cc:00:00:02", "sandbox": "/var/run/netns/pod"]],
-            "ips": ips,
-        ] as [String: Any]
+        object["prevResult"] =
+            [
+                "cniVersion": version,
+                "interfaces": [
+                    ["name": "veth0", "mac": "aa:bb:cc:00:00:01"],
+                    ["name": ifname, "mac": "aa:bb:cc:00:00:02", "sandbox": "/var/run/netns/pod"],
+                ],
+                "ips": ips,
+            ] as [String: Any]
     }
     let data = try! JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])
     return String(decoding: data, as: UTF8.self)

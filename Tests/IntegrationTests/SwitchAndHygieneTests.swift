@@ -1,7 +1,8 @@
 import Foundation
 import MasqCore
-@testable import Netfilter
 import Testing
+
+@testable import Netfilter
 
 /// Issue 12.1/12.2 (backend and iptables flavour switches move the whole network) and issue 11.6/11.8 (stdout as
 /// logFile, SIGPIPE, the netlink receive buffer), against real nftables, iptables-nft, iptables-legacy and ipset in
@@ -16,9 +17,16 @@ struct SwitchAndHygieneTests {
             var lines: [String] = []
             for tool in ["iptables", "ip6tables"] {
                 // Listing legacy creates its nat table: ask only when the kernel has one in this namespace.
-                if mode == "legacy", try !ns.exec(["cat", "/proc/net/\(tool == "iptables" ? "ip" : "ip6")_tables_names"]).stdout.contains("nat") { continue }
-                lines += try ns.exec(["\(tool)-\(mode)", "-w", "5", "-t", "nat", "-S"], check: true).stdout.split(separator: "\n")
-                    .filter { $0.contains("IPMASQ") || $0.contains("IP-MASQ") }.map(String.init)
+                if mode == "legacy",
+                    try !ns.exec(["cat", "/proc/net/\(tool == "iptables" ? "ip" : "ip6")_tables_names"]).stdout
+                        .contains("nat")
+                {
+                    continue
+                }
+                lines += try ns.exec(["\(tool)-\(mode)", "-w", "5", "-t", "nat", "-S"], check: true).stdout.split(
+                    separator: "\n"
+                )
+                .filter { $0.contains("IPMASQ") || $0.contains("IP-MASQ") }.map(String.init)
             }
             result["iptables-" + mode] = lines
         }
@@ -36,9 +44,14 @@ struct SwitchAndHygieneTests {
 
     /// Where `backend`'s pod entries show in `traces`, and where its rules do.
     func entries(_ backend: String) -> String { backend == "nftables" ? "nftables" : "ipset" }
-    func rules(_ backend: String) -> String { backend == "nftables" ? "nftables" : backend == "iptables" ? "iptables-nft" : backend }
+    func rules(_ backend: String) -> String {
+        backend == "nftables" ? "nftables" : backend == "iptables" ? "iptables-nft" : backend
+    }
 
-    static let switches = [("nftables", "iptables"), ("iptables", "nftables"), ("iptables-legacy", "nftables"), ("nftables", "iptables-legacy")]
+    static let switches = [
+        ("nftables", "iptables"), ("iptables", "nftables"), ("iptables-legacy", "nftables"),
+        ("nftables", "iptables-legacy"),
+    ]
 
     /// The first ADD with the other backend moves every recorded pod there and removes every object of the old one.
     @Test(arguments: switches)
@@ -53,29 +66,43 @@ struct SwitchAndHygieneTests {
         #expect(add.stderr.contains("moved network testnet from \(from.prefix(8))"), "\(add.stderr)")
         let after = try traces(ns)
         let pods = after[entries(to)]!.joined(separator: "\n")
-        for address in ["10.99.0.3", "fd00:99::3", "10.99.0.4"] { #expect(pods.contains(address), "\(address) is in \(to): \(after)") }
-        #expect(after[rules(from)]!.isEmpty && after[entries(from)]!.isEmpty, "nothing of the network is left in \(from): \(after)")
+        for address in ["10.99.0.3", "fd00:99::3", "10.99.0.4"] {
+            #expect(pods.contains(address), "\(address) is in \(to): \(after)")
+        }
+        #expect(
+            after[rules(from)]!.isEmpty && after[entries(from)]!.isEmpty,
+            "nothing of the network is left in \(from): \(after)")
         #expect(!after[rules(to)]!.isEmpty)
         if from == "nftables" { #expect(try !ns.ruleset().contains("ip_masq"), "the emptied table goes too") }
         // CHECK of a pod registered before the switch agrees; with the old backend configured it reports the split.
         let moved = netconf(scratch: scratch, extra: extra(to), addresses: ["10.99.0.3/24", "fd00:99::3/64"])
         #expect(try PluginCall(netns: ns, command: "CHECK", containerID: "a")(moved).status == 0)
         let split = try PluginCall(netns: ns, command: "CHECK", containerID: "a")(a)
-        #expect(split.status == 1 && split.stdout.contains("\"code\": 101") && split.stdout.contains("split"), "\(split.stdout)")
+        #expect(
+            split.status == 1 && split.stdout.contains("\"code\": 101") && split.stdout.contains("split"),
+            "\(split.stdout)")
         #expect(try traces(ns) == after, "CHECK changed nothing")
         // DEL of both leaves no pod anywhere.
         for id in ["a", "b"] {
-            #expect(try PluginCall(netns: ns, command: "DEL", containerID: id)(netconf(scratch: scratch, extra: extra(to), addresses: [])).status == 0)
+            #expect(
+                try PluginCall(netns: ns, command: "DEL", containerID: id)(
+                    netconf(scratch: scratch, extra: extra(to), addresses: [])
+                ).status == 0)
         }
         let end = try traces(ns).values.joined().joined(separator: "\n")
-        for address in ["10.99.0.3", "fd00:99::3", "10.99.0.4"] { #expect(!end.contains(address), "\(address) left behind: \(end)") }
+        for address in ["10.99.0.3", "fd00:99::3", "10.99.0.4"] {
+            #expect(!end.contains(address), "\(address) left behind: \(end)")
+        }
     }
 
     /// A DEL that arrives after a switch (containerd re-reads the current conflist for DEL) leaves no trace in either.
     @Test(arguments: switches)
     func aDelAfterABackendSwitchLeavesNoTrace(from: String, to: String) throws {
         let ns = try Netns("switch-del"), scratch = ScratchDirectory()
-        #expect(try PluginCall(netns: ns, command: "ADD")(netconf(scratch: scratch, extra: extra(from), addresses: ["10.99.0.3/24"])).status == 0)
+        #expect(
+            try PluginCall(netns: ns, command: "ADD")(
+                netconf(scratch: scratch, extra: extra(from), addresses: ["10.99.0.3/24"])
+            ).status == 0)
         let del = try PluginCall(netns: ns, command: "DEL")(netconf(scratch: scratch, extra: extra(to), addresses: []))
         #expect(del.status == 0, "\(del.stdout)\(del.stderr)")
         let end = try traces(ns)
@@ -87,16 +114,23 @@ struct SwitchAndHygieneTests {
     @Test(arguments: [("nftables", "iptables"), ("iptables", "nftables")])
     func anAgentPassAfterABackendSwitchMovesTheNetwork(from: String, to: String) throws {
         let ns = try Netns("switch-agent"), scratch = ScratchDirectory()
-        #expect(try PluginCall(netns: ns, command: "ADD")(netconf(scratch: scratch, extra: extra(from), addresses: ["10.99.0.3/24"])).status == 0)
+        #expect(
+            try PluginCall(netns: ns, command: "ADD")(
+                netconf(scratch: scratch, extra: extra(from), addresses: ["10.99.0.3/24"])
+            ).status == 0)
         let conf = scratch.path + "/net.conf"
-        try netconf(scratch: scratch, extra: extra(to), addresses: []).write(toFile: conf, atomically: true, encoding: .utf8)
+        try netconf(scratch: scratch, extra: extra(to), addresses: []).write(
+            toFile: conf, atomically: true, encoding: .utf8)
         let agent = try ns.exec([Host.pluginBinary, "agent", "--netconf", conf, "--once"])
         #expect(agent.status == 0, "\(agent.stderr)")
         #expect(agent.stderr.contains("moved network testnet from \(from)"), "\(agent.stderr)")
         let after = try traces(ns)
         #expect(after[entries(to)]!.contains { $0.contains("10.99.0.3") }, "\(after)")
         #expect(after[rules(from)]!.isEmpty && (from == "nftables" || after["ipset"]!.isEmpty), "\(after)")
-        #expect(try PluginCall(netns: ns, command: "CHECK")(netconf(scratch: scratch, extra: extra(to), addresses: ["10.99.0.3/24"])).status == 0)
+        #expect(
+            try PluginCall(netns: ns, command: "CHECK")(
+                netconf(scratch: scratch, extra: extra(to), addresses: ["10.99.0.3/24"])
+            ).status == 0)
     }
 
     static let flavourSwitches = [("nft", "legacy"), ("legacy", "nft")]
@@ -106,13 +140,21 @@ struct SwitchAndHygieneTests {
     @Test(arguments: flavourSwitches)
     func aFlavourSwitchTakesTheOldChainAlong(from: String, to: String) throws {
         let topology = try Topology(), scratch = ScratchDirectory()
-        let before = netconf(scratch: scratch, extra: extra("iptables", from, ["nonMasqueradeCIDRs": ["192.168.0.0/16"]]), addresses: Topology.podAddresses)
+        let before = netconf(
+            scratch: scratch, extra: extra("iptables", from, ["nonMasqueradeCIDRs": ["192.168.0.0/16"]]),
+            addresses: Topology.podAddresses)
         #expect(try PluginCall(netns: topology.node, command: "ADD")(before).status == 0)
-        #expect(try topology.send(to: Topology.privateHost.v4) == "10.200.0.1", "masqueraded behind the node before the switch")
-        let after = netconf(scratch: scratch, extra: extra("iptables", to, ["nonMasqueradeCIDRs": Topology.nonMasqueradeCIDRs]), addresses: Topology.podAddresses)
+        #expect(
+            try topology.send(to: Topology.privateHost.v4) == "10.200.0.1",
+            "masqueraded behind the node before the switch")
+        let after = netconf(
+            scratch: scratch, extra: extra("iptables", to, ["nonMasqueradeCIDRs": Topology.nonMasqueradeCIDRs]),
+            addresses: Topology.podAddresses)
         let add = try PluginCall(netns: topology.node, command: "ADD")(after)
         #expect(add.status == 0, "\(add.stdout)\(add.stderr)")
-        #expect(try topology.send(to: Topology.privateHost.v4) == Topology.pod.v4, "the new policy exempts the private host")
+        #expect(
+            try topology.send(to: Topology.privateHost.v4) == Topology.pod.v4, "the new policy exempts the private host"
+        )
         #expect(try topology.send(to: Topology.internet.v4) == Topology.nodeOnInternet.v4)
         let old = try traces(topology.node)["iptables-" + from]!
         #expect(old.isEmpty, "the \(from) flavour's chain and jump are gone: \(old)")
@@ -128,7 +170,8 @@ struct SwitchAndHygieneTests {
     /// Pods c1 (10.99.0.3) and c2 (10.99.0.4) of `testnet` in iptables-legacy.
     func twoLegacyPods(_ ns: Netns, _ scratch: ScratchDirectory) throws {
         for (id, address) in [("c1", "10.99.0.3/24"), ("c2", "10.99.0.4/24")] {
-            let add = try PluginCall(netns: ns, command: "ADD", containerID: id)(netconf(scratch: scratch, extra: extra("iptables-legacy"), addresses: [address]))
+            let add = try PluginCall(netns: ns, command: "ADD", containerID: id)(
+                netconf(scratch: scratch, extra: extra("iptables-legacy"), addresses: [address]))
             #expect(add.status == 0, "\(add.stdout)\(add.stderr)")
         }
     }
@@ -139,9 +182,13 @@ struct SwitchAndHygieneTests {
         #expect(del.status == 0, "\(del.stdout)\(del.stderr)")
         #expect(del.stderr.contains("cannot move"), "\(del.stderr)")
         let record = try networkRecord(scratch)
-        #expect(record["backend"] as? String == "iptables" && record["iptablesMode"] as? String == "legacy", "the record says where the rules are: \(record)")
+        #expect(
+            record["backend"] as? String == "iptables" && record["iptablesMode"] as? String == "legacy",
+            "the record says where the rules are: \(record)")
         let ruleset = try ns.ruleset()
-        #expect(!ruleset.contains("10.99.0.") && !ruleset.contains("ip_masq"), "nothing of the failed move is left in nftables: \(ruleset)")
+        #expect(
+            !ruleset.contains("10.99.0.") && !ruleset.contains("ip_masq"),
+            "nothing of the failed move is left in nftables: \(ruleset)")
         let after = try traces(ns)
         #expect(after["iptables-legacy"]!.count >= 2, "the legacy chain and jump stay: \(after)")
         let pods = after["ipset"]!.joined(separator: "\n")
@@ -157,7 +204,8 @@ struct SwitchAndHygieneTests {
         let set = IPTablesRenderer.podSet(NetworkKey(network: "testnet"), .v4)
         let rule = ["-t", "filter", "FORWARD", "-m", "set", "--match-set", set, "src", "-j", "ACCEPT"]
         try ns.exec(["iptables-nft", rule[0], rule[1], "-A"] + rule.dropFirst(2), check: true)
-        let del = try PluginCall(netns: ns, command: "DEL", containerID: "c1")(netconf(scratch: scratch, extra: extra("nftables"), addresses: []))
+        let del = try PluginCall(netns: ns, command: "DEL", containerID: "c1")(
+            netconf(scratch: scratch, extra: extra("nftables"), addresses: []))
         try expectStayedInLegacy(ns, scratch, del)
         try ns.exec(["iptables-nft", rule[0], rule[1], "-D"] + rule.dropFirst(2), check: true)
         // logLevel info: the move is an info line.
@@ -179,7 +227,8 @@ struct SwitchAndHygieneTests {
         #expect(fd >= 0 && flock(fd, LOCK_EX) == 0)
         defer { close(fd) }
         #expect(try ns.exec(["flock", "-n", lockFile, "true"]).status != 0, "the lock is held")
-        let call = PluginCall(netns: ns, command: "DEL", containerID: "c1", extraEnvironment: ["XTABLES_LOCKFILE": lockFile])
+        let call = PluginCall(
+            netns: ns, command: "DEL", containerID: "c1", extraEnvironment: ["XTABLES_LOCKFILE": lockFile])
         let del = try call(netconf(scratch: scratch, extra: extra("nftables"), addresses: []))
         try expectStayedInLegacy(ns, scratch, del)
     }
@@ -188,9 +237,12 @@ struct SwitchAndHygieneTests {
     func legacyAlternatives(_ scratch: ScratchDirectory) throws -> String {
         let tools = scratch.path + "/alternatives"
         try FileManager.default.createDirectory(atPath: tools, withIntermediateDirectories: true)
-        for tool in ["iptables", "ip6tables", "iptables-restore", "ip6tables-restore", "iptables-save", "ip6tables-save"] {
+        for tool in [
+            "iptables", "ip6tables", "iptables-restore", "ip6tables-restore", "iptables-save", "ip6tables-save",
+        ] {
             let legacy = tool.contains("-") ? tool.replacingOccurrences(of: "-", with: "-legacy-") : tool + "-legacy"
-            try FileManager.default.createSymbolicLink(atPath: tools + "/" + tool, withDestinationPath: "/usr/sbin/" + legacy)
+            try FileManager.default.createSymbolicLink(
+                atPath: tools + "/" + tool, withDestinationPath: "/usr/sbin/" + legacy)
         }
         return tools + ":" + (ProcessInfo.processInfo.environment["PATH"] ?? "/usr/sbin:/usr/bin:/sbin:/bin")
     }
@@ -199,11 +251,17 @@ struct SwitchAndHygieneTests {
     /// nft; the next ADD moves the network, so only one flavour holds its jump.
     @Test func anAutoFlavourSwitchByTheAlternativesMovesTheNetwork() throws {
         let ns = try Netns("auto-flavour"), scratch = ScratchDirectory()
-        let first = PluginCall(netns: ns, command: "ADD", containerID: "c1", extraEnvironment: ["PATH": try legacyAlternatives(scratch)])
-        #expect(try first(netconf(scratch: scratch, extra: ["backend": "iptables"], addresses: ["10.99.0.3/24"])).status == 0)
+        let first = PluginCall(
+            netns: ns, command: "ADD", containerID: "c1", extraEnvironment: ["PATH": try legacyAlternatives(scratch)])
+        #expect(
+            try first(netconf(scratch: scratch, extra: ["backend": "iptables"], addresses: ["10.99.0.3/24"])).status
+                == 0)
         #expect(try !traces(ns)["iptables-legacy"]!.isEmpty, "the first ADD wrote legacy")
-        #expect(try networkRecord(scratch)["iptablesMode"] as? String == "legacy", "the record names the resolved flavour")
-        let changed = netconf(scratch: scratch, extra: ["backend": "iptables", "nonMasqueradeCIDRs": ["10.0.0.0/8", "100.64.0.0/10"]], addresses: ["10.99.0.4/24"])
+        #expect(
+            try networkRecord(scratch)["iptablesMode"] as? String == "legacy", "the record names the resolved flavour")
+        let changed = netconf(
+            scratch: scratch, extra: ["backend": "iptables", "nonMasqueradeCIDRs": ["10.0.0.0/8", "100.64.0.0/10"]],
+            addresses: ["10.99.0.4/24"])
         let second = try PluginCall(netns: ns, command: "ADD", containerID: "c2")(changed)
         #expect(second.status == 0, "\(second.stdout)\(second.stderr)")
         let after = try traces(ns)
@@ -215,15 +273,22 @@ struct SwitchAndHygieneTests {
     /// A network record of an earlier release names no flavour: unknown, so every other flavour is cleaned.
     @Test func aRecordWithoutAFlavourCleansEveryOtherFlavour() throws {
         let ns = try Netns("old-record"), scratch = ScratchDirectory()
-        #expect(try PluginCall(netns: ns, command: "ADD", containerID: "c1")(netconf(scratch: scratch, extra: extra("iptables-legacy"), addresses: ["10.99.0.3/24"])).status == 0)
+        #expect(
+            try PluginCall(netns: ns, command: "ADD", containerID: "c1")(
+                netconf(scratch: scratch, extra: extra("iptables-legacy"), addresses: ["10.99.0.3/24"])
+            ).status == 0)
         var record = try networkRecord(scratch)
         record["iptablesMode"] = nil
         record["masqChain"] = nil
-        try JSONSerialization.data(withJSONObject: record).write(to: URL(fileURLWithPath: scratch.path + "/state/networks/testnet/network.json"))
+        try JSONSerialization.data(withJSONObject: record).write(
+            to: URL(fileURLWithPath: scratch.path + "/state/networks/testnet/network.json"))
         // CHECK does not call such a network split (nothing says it is).
-        let check = try PluginCall(netns: ns, command: "CHECK", containerID: "c1")(netconf(scratch: scratch, extra: extra("iptables-legacy"), addresses: ["10.99.0.3/24"]))
+        let check = try PluginCall(netns: ns, command: "CHECK", containerID: "c1")(
+            netconf(scratch: scratch, extra: extra("iptables-legacy"), addresses: ["10.99.0.3/24"]))
         #expect(check.status == 0, "\(check.stdout)")
-        let changed = netconf(scratch: scratch, extra: extra("iptables", "nft", ["nonMasqueradeCIDRs": ["10.0.0.0/8", "100.64.0.0/10"]]), addresses: ["10.99.0.4/24"])
+        let changed = netconf(
+            scratch: scratch, extra: extra("iptables", "nft", ["nonMasqueradeCIDRs": ["10.0.0.0/8", "100.64.0.0/10"]]),
+            addresses: ["10.99.0.4/24"])
         let add = try PluginCall(netns: ns, command: "ADD", containerID: "c2")(changed)
         #expect(add.status == 0, "\(add.stdout)\(add.stderr)")
         let after = try traces(ns)
@@ -236,21 +301,30 @@ struct SwitchAndHygieneTests {
     @Test func aMoveTakesAlongAPodWithADamagedRecord() throws {
         let ns = try Netns("move-damaged"), scratch = ScratchDirectory()
         try twoLegacyPods(ns, scratch)
-        try "{ not json".write(toFile: scratch.path + "/state/networks/testnet/attachments/c1@eth0", atomically: true, encoding: .utf8)
-        let add = try PluginCall(netns: ns, command: "ADD", containerID: "c3")(netconf(scratch: scratch, extra: extra("nftables"), addresses: ["10.99.0.5/24"]))
+        try "{ not json".write(
+            toFile: scratch.path + "/state/networks/testnet/attachments/c1@eth0", atomically: true, encoding: .utf8)
+        let add = try PluginCall(netns: ns, command: "ADD", containerID: "c3")(
+            netconf(scratch: scratch, extra: extra("nftables"), addresses: ["10.99.0.5/24"]))
         #expect(add.status == 0, "\(add.stdout)\(add.stderr)")
-        #expect(add.stderr.contains("warning") && add.stderr.contains("testnet/c1/eth0") && add.stderr.contains("damaged"), "\(add.stderr)")
+        #expect(
+            add.stderr.contains("warning") && add.stderr.contains("testnet/c1/eth0") && add.stderr.contains("damaged"),
+            "\(add.stderr)")
         let ruleset = try ns.ruleset()
-        for address in ["10.99.0.3", "10.99.0.4", "10.99.0.5"] { #expect(ruleset.contains(address), "\(address) moved: \(ruleset)") }
+        for address in ["10.99.0.3", "10.99.0.4", "10.99.0.5"] {
+            #expect(ruleset.contains(address), "\(address) moved: \(ruleset)")
+        }
         #expect(try traces(ns)["ipset"]!.isEmpty)
     }
 
     /// STATUS writes nothing: probing the legacy flavour creates no legacy nat table, and no state directory.
     @Test func statusOfTheLegacyFlavourCreatesNothing() throws {
         let ns = try Netns("status-legacy"), scratch = ScratchDirectory()
-        let status = try PluginCall(netns: ns, command: "STATUS")(netconf(version: "1.1.0", scratch: scratch, extra: extra("iptables-legacy"), addresses: []))
+        let status = try PluginCall(netns: ns, command: "STATUS")(
+            netconf(version: "1.1.0", scratch: scratch, extra: extra("iptables-legacy"), addresses: []))
         #expect(status.status == 0, "\(status.stdout)\(status.stderr)")
-        #expect(try !ns.exec(["cat", "/proc/net/ip_tables_names"]).stdout.contains("nat"), "no legacy nat table was created")
+        #expect(
+            try !ns.exec(["cat", "/proc/net/ip_tables_names"]).stdout.contains("nat"), "no legacy nat table was created"
+        )
         #expect(!FileManager.default.fileExists(atPath: scratch.path + "/state"))
     }
 
@@ -261,11 +335,17 @@ struct SwitchAndHygieneTests {
         for path in [output, "/proc/self/fd/../fd/1"] {
             try? FileManager.default.removeItem(atPath: output)
             let input = netconf(scratch: scratch, extra: ["backend": "nftables", "logFile": path, "logLevel": "info"])
-            let environment = ["CNI_COMMAND=ADD", "CNI_CONTAINERID=ctr1", "CNI_IFNAME=eth0", "CNI_NETNS=/var/run/netns/pod", "CNI_PATH=/usr/lib/cni"]
-            let result = try ns.exec(["env"] + environment + ["sh", "-c", "exec \"$0\" >> \(output)", Host.pluginBinary], input: input)
+            let environment = [
+                "CNI_COMMAND=ADD", "CNI_CONTAINERID=ctr1", "CNI_IFNAME=eth0", "CNI_NETNS=/var/run/netns/pod",
+                "CNI_PATH=/usr/lib/cni",
+            ]
+            let result = try ns.exec(
+                ["env"] + environment + ["sh", "-c", "exec \"$0\" >> \(output)", Host.pluginBinary], input: input)
             #expect(result.status == 0, "\(path): \(result.stderr)")
             let text = try String(contentsOfFile: output, encoding: .utf8)
-            #expect(try JSONSerialization.jsonObject(with: Data(text.utf8)) is [String: Any], "\(path): stdout is not the result alone: \(text.prefix(400))")
+            #expect(
+                try JSONSerialization.jsonObject(with: Data(text.utf8)) is [String: Any],
+                "\(path): stdout is not the result alone: \(text.prefix(400))")
             #expect(!text.contains("ip-masq info"), "\(path): log lines on stdout: \(text.prefix(400))")
             #expect(result.stderr.contains("logging to stderr"), "\(result.stderr)")
         }
@@ -286,14 +366,17 @@ struct SwitchAndHygieneTests {
         }
         // Enough ranges that the restore input is far beyond a pipe's 64 KiB.
         let cidrs = (0..<3000).map { "10.\($0 / 256).\($0 % 256).0/24" }
-        let input = netconf(scratch: scratch, extra: ["backend": "iptables", "iptablesMode": "legacy", "nonMasqueradeCIDRs": cidrs, "cidrLimit": 4000])
+        let input = netconf(
+            scratch: scratch,
+            extra: ["backend": "iptables", "iptablesMode": "legacy", "nonMasqueradeCIDRs": cidrs, "cidrLimit": 4000])
         let path = tools + ":" + (ProcessInfo.processInfo.environment["PATH"] ?? "/usr/sbin:/usr/bin:/sbin:/bin")
         let add = try PluginCall(netns: ns, command: "ADD", extraEnvironment: ["PATH": path])(input)
         #expect(add.status == 1, "killed by a signal shows as 128 + signal: \(add.status)")
         #expect(add.stdout.contains("\"code\": 100") && add.stdout.contains("iptables-legacy-restore"), "\(add.stdout)")
         // The agent too: one pass fails and says so.
         let conf = scratch.path + "/net.conf"
-        try input.replacingOccurrences(of: "\"prevResult\"", with: "\"unused\"").write(toFile: conf, atomically: true, encoding: .utf8)
+        try input.replacingOccurrences(of: "\"prevResult\"", with: "\"unused\"").write(
+            toFile: conf, atomically: true, encoding: .utf8)
         let agent = try ns.exec(["env", "PATH=\(path)", Host.pluginBinary, "agent", "--netconf", conf, "--once"])
         #expect(agent.status == 1, "\(agent.status): \(agent.stderr.suffix(400))")
     }
@@ -303,13 +386,21 @@ struct SwitchAndHygieneTests {
         let ns = try Netns("rcvbuf")
         try ns.exec(["nft", "add table inet rcvbuf; add set inet rcvbuf pods { type ipv4_addr; }"], check: true)
         try ns.exec(["ipset", "create", "RCVBUF", "hash:ip", "comment"], check: true)
-        let transaction = NFTTransaction(table: "rcvbuf", operations: (0..<500).map {
-            .addElement(set: "pods", key: NFTElement(address: IPAddress("10.1.\($0 / 250).\($0 % 250 + 1)")!,
-                                                     comment: "network/container-\($0)/eth0"))
-        })
-        let ipsetScript = IPSetScript((0..<200).map {
-            .add(set: "RCVBUF", .address(IPAddress("10.2.\($0 / 250).\($0 % 250 + 1)")!), comment: "network/container-\($0)/eth0")
-        })
+        let transaction = NFTTransaction(
+            table: "rcvbuf",
+            operations: (0..<500).map {
+                .addElement(
+                    set: "pods",
+                    key: NFTElement(
+                        address: IPAddress("10.1.\($0 / 250).\($0 % 250 + 1)")!,
+                        comment: "network/container-\($0)/eth0"))
+            })
+        let ipsetScript = IPSetScript(
+            (0..<200).map {
+                .add(
+                    set: "RCVBUF", .address(IPAddress("10.2.\($0 / 250).\($0 % 250 + 1)")!),
+                    comment: "network/container-\($0)/eth0")
+            })
         let batch = try #require(ElementBatch(transaction: transaction))
         let ipsetBatch = try #require(IPSetBatch(script: ipsetScript))
         nonisolated(unsafe) var applied = false
@@ -344,15 +435,19 @@ struct SwitchAndHygieneTests {
 /// Issue 11.2, 11.9 and 12.7 through the real binary, on every backend.
 @Suite(.enabled(if: Host.canRunRootTests, "needs root: network namespaces and netfilter"))
 struct LenientDelAndReadOnlyCheckTests {
-    static let backends: [[String: String]] = [["backend": "nftables"], ["backend": "iptables", "iptablesMode": "nft"],
-                                               ["backend": "iptables", "iptablesMode": "legacy"]]
+    static let backends: [[String: String]] = [
+        ["backend": "nftables"], ["backend": "iptables", "iptablesMode": "nft"],
+        ["backend": "iptables", "iptablesMode": "legacy"],
+    ]
 
     /// What the namespace's netfilter holds (both flavours listed only where they exist).
     func snapshot(_ ns: Netns) throws -> String {
         var text = try ns.ruleset()
         text += try ns.exec(["ipset", "-o", "save", "list"], check: true).stdout
         for tool in ["iptables-legacy", "ip6tables-legacy"]
-        where try ns.exec(["cat", "/proc/net/\(tool.hasPrefix("ip6") ? "ip6" : "ip")_tables_names"]).stdout.contains("nat") {
+        where try ns.exec(["cat", "/proc/net/\(tool.hasPrefix("ip6") ? "ip6" : "ip")_tables_names"]).stdout.contains(
+            "nat")
+        {
             text += try ns.exec([tool, "-w", "5", "-t", "nat", "-S"], check: true).stdout
         }
         return text
@@ -366,9 +461,12 @@ struct LenientDelAndReadOnlyCheckTests {
         #expect(try snapshot(ns).contains("10.99.0.3"))
         let fifo = scratch.path + "/config.fifo"
         #expect(mkfifo(fifo, 0o600) == 0)
-        let broken: [String: Any] = (backend as [String: Any]).merging(["nonMasqueradeCIDRs": ["10.200.0.1/16"], "resyncInterval": "1 minute",
-                                                     "nonMasqueradeCidrs": ["10.0.0.0/8"], "configFile": fifo]) { $1 }
-        let call = PluginCall(netns: ns, command: "DEL", extraEnvironment: ["CNI_ARGS": "IgnoreUnknown;K8S_POD_NAME=web-0"])
+        let broken: [String: Any] = (backend as [String: Any]).merging([
+            "nonMasqueradeCIDRs": ["10.200.0.1/16"], "resyncInterval": "1 minute",
+            "nonMasqueradeCidrs": ["10.0.0.0/8"], "configFile": fifo,
+        ]) { $1 }
+        let call = PluginCall(
+            netns: ns, command: "DEL", extraEnvironment: ["CNI_ARGS": "IgnoreUnknown;K8S_POD_NAME=web-0"])
         let del = try call(netconf(scratch: scratch, extra: broken, addresses: []))
         #expect(del.status == 0, "\(del.stdout)\(del.stderr)")
         #expect(del.stderr.contains("10.200.0.1/16"), "the policy problem is logged: \(del.stderr)")
@@ -376,7 +474,8 @@ struct LenientDelAndReadOnlyCheckTests {
         #expect(try call(netconf(scratch: scratch, extra: broken, addresses: [])).status == 0, "and again")
     }
 
-    /// CHECK with a changed config reports the difference and writes nothing; with the file refused it uses the last good.
+    /// CHECK with a changed config reports the difference and writes nothing; with the file refused it uses the last
+    /// good.
     @Test(arguments: backends)
     func checkIsReadOnly(backend: [String: String]) throws {
         let ns = try Netns("ro-check"), scratch = ScratchDirectory()
@@ -396,16 +495,21 @@ struct LenientDelAndReadOnlyCheckTests {
         #expect(refused.stderr.contains("last good"), "\(refused.stderr)")
         #expect(try snapshot(ns) == before, "CHECK wrote netfilter")
         #expect(try FileManager.default.subpathsOfDirectory(atPath: scratch.path + "/state").sorted() == records)
-        #expect(try String(contentsOfFile: scratch.path + "/state/networks/testnet/network.json", encoding: .utf8) == network)
+        #expect(
+            try String(contentsOfFile: scratch.path + "/state/networks/testnet/network.json", encoding: .utf8)
+                == network)
     }
 
     /// A prevResult whose only address is on the host side registers nothing, says so, and CHECK fails.
     @Test func addressesOfTheHostSideAreReported() throws {
         let ns = try Netns("zero-reg"), scratch = ScratchDirectory()
-        let input = netconf(scratch: scratch, extra: ["backend": "nftables"]).replacingOccurrences(of: #""interface":1"#, with: #""interface":0"#)
+        let input = netconf(scratch: scratch, extra: ["backend": "nftables"]).replacingOccurrences(
+            of: #""interface":1"#, with: #""interface":0"#)
         let add = try PluginCall(netns: ns, command: "ADD")(input)
         #expect(add.status == 0)
-        #expect(add.stderr.contains("warning") && add.stderr.contains("eth0") && add.stderr.contains("veth0"), "\(add.stderr)")
+        #expect(
+            add.stderr.contains("warning") && add.stderr.contains("eth0") && add.stderr.contains("veth0"),
+            "\(add.stderr)")
         #expect(try !snapshot(ns).contains("10.99.0.3"))
         let check = try PluginCall(netns: ns, command: "CHECK")(input)
         #expect(check.status == 1 && check.stdout.contains("\"code\": 101"), "\(check.stdout)")

@@ -36,13 +36,19 @@ final class Topology: @unchecked Sendable {
         for key in ["net.ipv4.ip_forward", "net.ipv6.conf.all.forwarding"] {
             try node.exec(["sysctl", "-q", "-w", "\(key)=1"], check: true)
         }
-        try link(pod, nodeSide: "vpod", addresses: [("10.99.0.1/24", "10.99.0.3/24"), ("fd00:99::1/64", "fd00:99::3/64")])
+        try link(
+            pod, nodeSide: "vpod", addresses: [("10.99.0.1/24", "10.99.0.3/24"), ("fd00:99::1/64", "fd00:99::3/64")])
         try pod.exec(["ip", "route", "add", "default", "via", "10.99.0.1"], check: true)
         try pod.exec(["ip", "-6", "route", "add", "default", "via", "fd00:99::1"], check: true)
-        try link(internet, nodeSide: "vinet", addresses: [("203.0.113.1/24", "203.0.113.2/24"), ("2001:db8:1::1/64", "2001:db8:1::2/64")])
-        try link(privateHost, nodeSide: "vpriv", addresses: [("10.200.0.1/24", "10.200.0.2/24"), ("fd00:200::1/64", "fd00:200::2/64")])
+        try link(
+            internet, nodeSide: "vinet",
+            addresses: [("203.0.113.1/24", "203.0.113.2/24"), ("2001:db8:1::1/64", "2001:db8:1::2/64")])
+        try link(
+            privateHost, nodeSide: "vpriv",
+            addresses: [("10.200.0.1/24", "10.200.0.2/24"), ("fd00:200::1/64", "fd00:200::2/64")])
         for host in [internet, privateHost] {
-            let gateway = host === internet ? (v4: "203.0.113.1", v6: "2001:db8:1::1") : (v4: "10.200.0.1", v6: "fd00:200::1")
+            let gateway =
+                host === internet ? (v4: "203.0.113.1", v6: "2001:db8:1::1") : (v4: "10.200.0.1", v6: "fd00:200::1")
             try host.exec(["ip", "route", "add", "10.99.0.0/24", "via", gateway.v4], check: true)
             try host.exec(["ip", "-6", "route", "add", "fd00:99::/64", "via", gateway.v6], check: true)
         }
@@ -50,7 +56,8 @@ final class Topology: @unchecked Sendable {
 
     /// A veth pair from the node to `host`, with (node, host) address pairs (no duplicate address detection wait).
     private func link(_ host: Netns, nodeSide: String, addresses: [(String, String)]) throws {
-        try node.exec(["ip", "link", "add", nodeSide, "type", "veth", "peer", "name", "eth0", "netns", host.name], check: true)
+        try node.exec(
+            ["ip", "link", "add", nodeSide, "type", "veth", "peer", "name", "eth0", "netns", host.name], check: true)
         for (nodeAddress, hostAddress) in addresses {
             try node.exec(["ip", "addr", "add", nodeAddress, "dev", nodeSide, "nodad"], check: true)
             try host.exec(["ip", "addr", "add", hostAddress, "dev", "eth0", "nodad"], check: true)
@@ -68,17 +75,24 @@ final class Topology: @unchecked Sendable {
     /// destination host saw, or nil when nothing arrived. Each call uses a fresh source port, so it makes a new
     /// conntrack entry and the current rules decide its NAT. `listener` receives instead of the host at `address`
     /// (an extra address of another namespace).
-    func send(from sender: Netns? = nil, to address: String, port: Int = 9999, listener: Netns? = nil) throws -> String? {
+    func send(from sender: Netns? = nil, to address: String, port: Int = 9999, listener: Netns? = nil) throws -> String?
+    {
         let family = address.contains(":") ? "AF_INET6" : "AF_INET"
-        let seen = try Self.receive(in: listener ?? host(at: address), family: family, address: address, port: port, distinct: 1) {
+        let seen = try Self.receive(
+            in: listener ?? host(at: address), family: family, address: address, port: port, distinct: 1
+        ) {
             // A few datagrams from one socket (one conntrack entry), in case the first is lost to neighbour discovery.
-            try (sender ?? pod).exec(["python3", "-c", """
-                import socket, time
-                s = socket.socket(socket.\(family), socket.SOCK_DGRAM)
-                for _ in range(10):
-                    s.sendto(b"ip-masq probe", ("\(address)", \(port)))
-                    time.sleep(0.1)
-                """], check: true)
+            try (sender ?? pod).exec(
+                [
+                    "python3", "-c",
+                    """
+                    import socket, time
+                    s = socket.socket(socket.\(family), socket.SOCK_DGRAM)
+                    for _ in range(10):
+                        s.sendto(b"ip-masq probe", ("\(address)", \(port)))
+                        time.sleep(0.1)
+                    """,
+                ], check: true)
         }
         return seen.first?.0
     }
@@ -87,11 +101,15 @@ final class Topology: @unchecked Sendable {
     /// with distinct contents, up to `distinct` of them. The receiver stops one second after `send` returned, not
     /// at a fixed time after it started: on a loaded CI machine the sender's interpreter alone can take seconds to
     /// start, and a fixed timeout then reads as "nothing arrived".
-    static func receive(in netns: Netns, family: String, address: String, port: Int, distinct: Int,
-                        send: () throws -> Void) throws -> [(String, Int)] {
+    static func receive(
+        in netns: Netns, family: String, address: String, port: Int, distinct: Int,
+        send: () throws -> Void
+    ) throws -> [(String, Int)] {
         let receiver = Process()
         receiver.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        receiver.arguments = ["ip", "netns", "exec", netns.name, "python3", "-u", "-c", """
+        receiver.arguments = [
+            "ip", "netns", "exec", netns.name, "python3", "-u", "-c",
+            """
             import select, socket, sys, time
             s = socket.socket(socket.\(family), socket.SOCK_DGRAM)
             s.bind(("\(address)", \(port)))
@@ -110,7 +128,8 @@ final class Topology: @unchecked Sendable {
                 if sending and sys.stdin in ready:
                     sys.stdin.read()
                     sending, deadline = False, min(deadline, time.monotonic() + 1)
-            """]
+            """,
+        ]
         let output = Pipe(), input = Pipe()
         receiver.standardOutput = output
         receiver.standardInput = input

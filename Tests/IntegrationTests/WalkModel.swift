@@ -59,7 +59,9 @@ struct WalkCIDR: Hashable, Comparable, CustomStringConvertible {
     }
 
     var description: String { "\(WalkCIDR.format(bytes))/\(prefix)" }
-    static func < (lhs: WalkCIDR, rhs: WalkCIDR) -> Bool { (lhs.isV6 ? 1 : 0, lhs.bytes, lhs.prefix) < (rhs.isV6 ? 1 : 0, rhs.bytes, rhs.prefix) }
+    static func < (lhs: WalkCIDR, rhs: WalkCIDR) -> Bool {
+        (lhs.isV6 ? 1 : 0, lhs.bytes, lhs.prefix) < (rhs.isV6 ? 1 : 0, rhs.bytes, rhs.prefix)
+    }
 
     /// The prefixes not inside another one of the set: what a non-overlapping (interval) representation keeps.
     static func maximal(_ cidrs: Set<WalkCIDR>) -> Set<WalkCIDR> {
@@ -84,7 +86,10 @@ struct FamilyPolicy: Hashable, CustomStringConvertible {
     var complete: Bool = true
 
     var description: String {
-        "nonMasq \(nonMasquerade.sorted()) masq \(masquerade.sorted()) linkLocalReturn \(linkLocalReturn) exempt \(exemptPodSubnet) "
+        """
+        nonMasq \(nonMasquerade.sorted()) masq \(masquerade.sorted()) linkLocalReturn \(linkLocalReturn) exempt \
+        \(exemptPodSubnet) 
+        """
             + "fullyRandom \(fullyRandom) toPorts \"\(toPorts)\"\(complete ? "" : " INCOMPLETE")"
     }
 }
@@ -115,13 +120,17 @@ struct WalkPolicy: Hashable, CustomStringConvertible {
 
     /// What one family's chain must hold.
     func family(v6: Bool) -> FamilyPolicy {
-        FamilyPolicy(nonMasquerade: nonMasquerade.filter { $0.isV6 == v6 }, masquerade: masquerade.filter { $0.isV6 == v6 },
-                     linkLocalReturn: !(v6 ? masqLinkLocalIPv6 : masqLinkLocal), exemptPodSubnet: exemptPodSubnet,
-                     fullyRandom: randomFully, toPorts: toPorts)
+        FamilyPolicy(
+            nonMasquerade: nonMasquerade.filter { $0.isV6 == v6 }, masquerade: masquerade.filter { $0.isV6 == v6 },
+            linkLocalReturn: !(v6 ? masqLinkLocalIPv6 : masqLinkLocal), exemptPodSubnet: exemptPodSubnet,
+            fullyRandom: randomFully, toPorts: toPorts)
     }
 
     var description: String {
-        "nonMasq \(nonMasquerade.sorted()) masq \(masquerade.sorted()) masqLinkLocal \(masqLinkLocal)/\(masqLinkLocalIPv6) "
+        """
+        nonMasq \(nonMasquerade.sorted()) masq \(masquerade.sorted()) masqLinkLocal \
+        \(masqLinkLocal)/\(masqLinkLocalIPv6) 
+        """
             + "exempt \(exemptPodSubnet) randomFully \(randomFully) toPorts \"\(toPorts)\""
     }
 }
@@ -135,35 +144,65 @@ struct ConfigVariant {
 
 enum WalkVariants {
     /// Policy keys of a network's conflist entry.
-    static var conflist: [ConfigVariant] { [
-        ConfigVariant(label: "defaults", keys: [:], valid: true),
-        ConfigVariant(label: "exceptions", keys: ["nonMasqueradeCIDRs": ["10.0.0.0/8", "fd00::/8"], "masqueradeCIDRs": ["10.200.0.0/16"],
-                                                  "randomFully": false], valid: true),
-        ConfigVariant(label: "ports", keys: ["nonMasqueradeCIDRs": ["192.168.0.0/16", "10.70.0.0/16", "10.70.1.0/24"], "exemptPodSubnet": false,
-                                             "toPorts": "1024-65535", "masqLinkLocal": true], valid: true),
-        ConfigVariant(label: "v6", keys: ["nonMasqueradeCIDRs": ["100.64.0.0/10", "fd00:200::/64"], "masqLinkLocalIPv6": true,
-                                          "masqueradeCIDRs": ["2001:db8::/32"]], valid: true),
-        ConfigVariant(label: "host bits", keys: ["nonMasqueradeCIDRs": ["10.200.0.1/16"]], valid: false),
-        ConfigVariant(label: "bad duration", keys: ["resyncInterval": "1 minute"], valid: false),
-        ConfigVariant(label: "mis-cased key", keys: ["nonMasqueradeCidrs": ["10.0.0.0/8"]], valid: false),
-        ConfigVariant(label: "builtin chain", keys: ["masqChain": "MASQUERADE"], valid: false),
-        ConfigVariant(label: "bad ports", keys: ["toPorts": "70000"], valid: false),
-    ] }
+    static var conflist: [ConfigVariant] {
+        [
+            ConfigVariant(label: "defaults", keys: [:], valid: true),
+            ConfigVariant(
+                label: "exceptions",
+                keys: [
+                    "nonMasqueradeCIDRs": ["10.0.0.0/8", "fd00::/8"], "masqueradeCIDRs": ["10.200.0.0/16"],
+                    "randomFully": false,
+                ], valid: true),
+            ConfigVariant(
+                label: "ports",
+                keys: [
+                    "nonMasqueradeCIDRs": ["192.168.0.0/16", "10.70.0.0/16", "10.70.1.0/24"], "exemptPodSubnet": false,
+                    "toPorts": "1024-65535", "masqLinkLocal": true,
+                ], valid: true),
+            ConfigVariant(
+                label: "v6",
+                keys: [
+                    "nonMasqueradeCIDRs": ["100.64.0.0/10", "fd00:200::/64"], "masqLinkLocalIPv6": true,
+                    "masqueradeCIDRs": ["2001:db8::/32"],
+                ], valid: true),
+            ConfigVariant(label: "host bits", keys: ["nonMasqueradeCIDRs": ["10.200.0.1/16"]], valid: false),
+            ConfigVariant(label: "bad duration", keys: ["resyncInterval": "1 minute"], valid: false),
+            ConfigVariant(label: "mis-cased key", keys: ["nonMasqueradeCidrs": ["10.0.0.0/8"]], valid: false),
+            ConfigVariant(label: "builtin chain", keys: ["masqChain": "MASQUERADE"], valid: false),
+            ConfigVariant(label: "bad ports", keys: ["toPorts": "70000"], valid: false),
+        ]
+    }
 
     /// Contents of a network's config file (ip-masq-agent's format).
-    static var file: [(label: String, text: String, keys: [String: Any], valid: Bool)] { [
-        ("yaml", "nonMasqueradeCIDRs:\n  - 10.0.0.0/8\n  - 100.64.0.0/10\nmasqLinkLocal: true\n",
-         ["nonMasqueradeCIDRs": ["10.0.0.0/8", "100.64.0.0/10"], "masqLinkLocal": true], true),
-        ("json", "{\"nonMasqueradeCIDRs\": [\"172.16.0.0/12\", \"fd00:200::/64\"], \"masqLinkLocalIPv6\": true, \"resyncInterval\": \"30s\"}\n",
-         ["nonMasqueradeCIDRs": ["172.16.0.0/12", "fd00:200::/64"], "masqLinkLocalIPv6": true], true),
-        ("plugin keys", "exemptPodSubnet: false\ntoPorts: \"20000-30000\"\n", ["exemptPodSubnet": false, "toPorts": "20000-30000"], true),
-        ("empty", "", [:], true),
-        ("unknown key", "nonMasqueradeCIDRs: [10.0.0.0/8]\nsomeFutureOption: 3\n", ["nonMasqueradeCIDRs": ["10.0.0.0/8"]], true),
-        ("host bits", "nonMasqueradeCIDRs: [10.0.0.1/8]\n", [:], false),
-        ("mis-cased key", "nonMasqueradeCidrs: [10.0.0.0/8]\n", [:], false),
-        ("plumbing key", "stateDir: /tmp/elsewhere\n", [:], false),
-        ("garbage", "nonMasqueradeCIDRs: [10.0.0.0/8\n", [:], false),
-    ] }
+    static var file: [(label: String, text: String, keys: [String: Any], valid: Bool)] {
+        [
+            (
+                "yaml", "nonMasqueradeCIDRs:\n  - 10.0.0.0/8\n  - 100.64.0.0/10\nmasqLinkLocal: true\n",
+                ["nonMasqueradeCIDRs": ["10.0.0.0/8", "100.64.0.0/10"], "masqLinkLocal": true], true
+            ),
+            (
+                "json",
+                """
+                {\"nonMasqueradeCIDRs\": [\"172.16.0.0/12\", \"fd00:200::/64\"], \"masqLinkLocalIPv6\": true, \
+                \"resyncInterval\": \"30s\"}\n
+                """,
+                ["nonMasqueradeCIDRs": ["172.16.0.0/12", "fd00:200::/64"], "masqLinkLocalIPv6": true], true
+            ),
+            (
+                "plugin keys", "exemptPodSubnet: false\ntoPorts: \"20000-30000\"\n",
+                ["exemptPodSubnet": false, "toPorts": "20000-30000"], true
+            ),
+            ("empty", "", [:], true),
+            (
+                "unknown key", "nonMasqueradeCIDRs: [10.0.0.0/8]\nsomeFutureOption: 3\n",
+                ["nonMasqueradeCIDRs": ["10.0.0.0/8"]], true
+            ),
+            ("host bits", "nonMasqueradeCIDRs: [10.0.0.1/8]\n", [:], false),
+            ("mis-cased key", "nonMasqueradeCidrs: [10.0.0.0/8]\n", [:], false),
+            ("plumbing key", "stateDir: /tmp/elsewhere\n", [:], false),
+            ("garbage", "nonMasqueradeCIDRs: [10.0.0.0/8\n", [:], false),
+        ]
+    }
 }
 
 /// The state of a network's config file.
@@ -276,10 +315,12 @@ indirect enum WalkOp: CustomStringConvertible {
         switch self {
         case .add(_, _, let host): return host ? ["add", "hostaddr"] : ["add"]
         case .del(_, _, let bad): return bad ? ["del", "badargs"] : ["del"]
-        case .setConflist(_, let variant): return WalkVariants.conflist[variant].valid ? ["conflist"] : ["conflist", "badconflist"]
+        case .setConflist(_, let variant):
+            return WalkVariants.conflist[variant].valid ? ["conflist"] : ["conflist", "badconflist"]
         case .setFile(_, .content(let index)):
             let file = WalkVariants.file[index]
-            return file.valid ? (file.label == "unknown key" ? ["file", "unknownkey"] : ["file"]) : ["file", "badfile"]
+            return file.valid
+                ? (file.label == "unknown key" ? ["file", "unknownkey"] : ["file"]) : ["file", "badfile"]
         case .status(_, let busy): return busy ? ["status", "busystatus"] : ["status"]
         case .killed(let inner, _), .killedAt(let inner, _, _): return inner.features.union(["kill"])
         case .damage(_, .garbageOwner): return ["damage", "damageowner"]
@@ -290,7 +331,8 @@ indirect enum WalkOp: CustomStringConvertible {
     var description: String {
         switch self {
         case .add(let who, let ips, let host): return "ADD \(who) \(ips)\(host ? " (+ a host-side address)" : "")"
-        case .del(let who, let ips, let bad): return "DEL \(who)\(ips.map { " prevResult \($0)" } ?? " (no prevResult)")\(bad ? " CNI_ARGS=garbage" : "")"
+        case .del(let who, let ips, let bad):
+            return "DEL \(who)\(ips.map { " prevResult \($0)" } ?? " (no prevResult)")\(bad ? " CNI_ARGS=garbage" : "")"
         case .check(let who, let ips): return "CHECK \(who) \(ips)"
         case .gc(let network, let valid): return "GC \(network) valid \(valid.map { "\($0)" } ?? "(no key)")"
         case .status(let network, let busy): return "STATUS \(network)\(busy ? " (lock held by another process)" : "")"
@@ -379,7 +421,9 @@ struct WalkModel {
 
     /// The conntrack hygiene's contract (README, Conntrack hygiene) for the step `op` that led from `before` here.
     mutating func updateFlows(_ op: WalkOp, before: WalkModel, outcome: ExpectedOutcome?) {
-        func damaged(_ who: WalkAttachment?) -> Bool { who.map { before.network[$0.network]!.damaged.contains($0) } ?? false }
+        func damaged(_ who: WalkAttachment?) -> Bool {
+            who.map { before.network[$0.network]!.damaged.contains($0) } ?? false
+        }
         // Addresses this step released (held before, nobody's now): tombstoned.
         for (address, who) in before.owner where owner[address] == nil {
             tombstoned.insert(address)
@@ -387,26 +431,32 @@ struct WalkModel {
         }
         switch op {
         case .flow(let address): flows[address] = .present
-        case .killed(let inner, _), .killedAt(let inner, _, _): updateFlowsOfVerb(inner, before: before, outcome: outcome)
+        case .killed(let inner, _), .killedAt(let inner, _, _):
+            updateFlowsOfVerb(inner, before: before, outcome: outcome)
         default: updateFlowsOfVerb(op, before: before, outcome: outcome)
         }
         // A policy change or a move: the network's pods' entries whose verdict changed go (any may).
         for name in Self.networks {
             let old = before.network[name]!, new = network[name]!
-            guard (old.applied != nil && old.applied != new.applied) || (old.placed != nil && old.placed != new.placed) else { continue }
-            let addresses = Set(old.attachments.values.joined().map(\.address)).union(new.attachments.values.joined().map(\.address))
+            guard (old.applied != nil && old.applied != new.applied) || (old.placed != nil && old.placed != new.placed)
+            else { continue }
+            let addresses = Set(old.attachments.values.joined().map(\.address)).union(
+                new.attachments.values.joined().map(\.address))
             for address in addresses where flows[address] == .present { flows[address] = .either }
         }
     }
 
     private mutating func updateFlowsOfVerb(_ op: WalkOp, before: WalkModel, outcome: ExpectedOutcome?) {
-        func mark(_ address: String, _ expectation: FlowExpectation) { if flows[address] != nil { flows[address] = expectation } }
+        func mark(_ address: String, _ expectation: FlowExpectation) {
+            if flows[address] != nil { flows[address] = expectation }
+        }
         switch op {
         case .add(let who, let ips, _) where outcome?.success == true:
             for ip in ips {
                 let previous = before.owner[ip.address]
                 if previous != who && (previous != nil || before.tombstoned.contains(ip.address)) {
-                    let sure = !before.uncertainTombstones.contains(ip.address) && !before.damagedOwners.contains(ip.address)
+                    let sure =
+                        !before.uncertainTombstones.contains(ip.address) && !before.damagedOwners.contains(ip.address)
                         && !(previous.map { before.network[$0.network]!.damaged.contains($0) } ?? false)
                     mark(ip.address, sure ? .gone : .either)
                 }
@@ -452,7 +502,8 @@ struct WalkModel {
         return .ok(WalkPolicy(keys: keys))
     }
 
-    /// The policy the rules must hold now (CHECK's reference): the config's, or the last good one when the file is refused.
+    /// The policy the rules must hold now (CHECK's reference): the config's, or the last good one when the file is
+    /// refused.
     func policyInForce(_ name: String, conflist: Int? = nil) -> WalkPolicy? {
         switch config(name, conflist: conflist) {
         case .ok(let policy): return policy
@@ -542,19 +593,34 @@ struct WalkModel {
         let net = network[who.network]!
         guard let policy = policyInForce(who.network) else { return .failure(Self.refusalCodes.union([101])) }
         func missing(_ why: String) -> ExpectedOutcome { ExpectedOutcome(success: false, codes: [101], why: why) }
-        if let placed = net.placed, placed != net.backend { return missing("the network is split: recorded in \(placed.rawValue), configured \(net.backend.rawValue)") }
+        if let placed = net.placed, placed != net.backend {
+            return missing("the network is split: recorded in \(placed.rawValue), configured \(net.backend.rawValue)")
+        }
         guard let registered = net.attachments[who] else { return missing("not registered") }
         if net.damaged.contains(who) { return missing("its record is damaged") }
-        if Set(registered.map(\.address)) != Set(ips.map(\.address)) { return missing("prevResult differs from the registration \(registered)") }
-        if let lost = registered.first(where: { owner[$0.address] != who }) { return missing("\(lost.address) is held by \(owner[lost.address]?.tag ?? "nobody")") }
+        if Set(registered.map(\.address)) != Set(ips.map(\.address)) {
+            return missing("prevResult differs from the registration \(registered)")
+        }
+        if let lost = registered.first(where: { owner[$0.address] != who }) {
+            return missing("\(lost.address) is held by \(owner[lost.address]?.tag ?? "nobody")")
+        }
         guard let observed else { return missing("nothing observed") }
         // The network's node-wide rules, both families, whatever families the attachment has.
         for v6 in [false, true] where observed.families[v6] != .some(policy.family(v6: v6)) {
-            return missing("IPv\(v6 ? 6 : 4) rules are \(observed.families[v6]??.description ?? "absent"), the policy in force is \(policy.family(v6: v6))")
+            return missing(
+                """
+                IPv\(v6 ? 6 : 4) rules are \(observed.families[v6]??.description ?? "absent"), the policy in \
+                force is \(policy.family(v6: v6))
+                """
+            )
         }
-        for ip in registered where observed.pods[ip.address] != who.tag { return missing("\(ip.address) is installed as \(observed.pods[ip.address] ?? "nothing")") }
+        for ip in registered where observed.pods[ip.address] != who.tag {
+            return missing("\(ip.address) is installed as \(observed.pods[ip.address] ?? "nothing")")
+        }
         for ip in registered {
-            let exempted = observed.podnets.map { $0[ip.address] == ip.subnet } ?? observed.subnets.contains { $0.contains(ip.subnet) }
+            let exempted =
+                observed.podnets.map { $0[ip.address] == ip.subnet }
+                ?? observed.subnets.contains { $0.contains(ip.subnet) }
             if !exempted { return missing("subnet \(ip.subnet) of \(ip.address) is not exempted") }
         }
         return ExpectedOutcome(success: true, why: "nothing is missing")
@@ -588,13 +654,16 @@ struct WalkModel {
         for (name, net) in network {
             var expected = ExpectedNetwork()
             if let applied = net.applied {
-                for v6 in [false, true] { expected.families[v6] = net.degraded ? [applied.family(v6: v6), nil] : [applied.family(v6: v6)] }
+                for v6 in [false, true] {
+                    expected.families[v6] = net.degraded ? [applied.family(v6: v6), nil] : [applied.family(v6: v6)]
+                }
             } else {
                 expected.families = [false: [nil], true: [nil]]
             }
             for (address, who) in owner where who.network == name {
                 var allowed: Set<String?> = [who.tag]
-                var subnet: Set<WalkCIDR?> = Set((net.attachments[who] ?? []).filter { $0.address == address }.map(\.subnet))
+                var subnet: Set<WalkCIDR?> = Set(
+                    (net.attachments[who] ?? []).filter { $0.address == address }.map(\.subnet))
                 if (net.degraded || net.damaged.contains(who)) && !mustHave.contains(address) {
                     allowed.insert(nil)
                     subnet.insert(nil)
@@ -606,13 +675,15 @@ struct WalkModel {
             expected.allowedSubnets = Set(net.attachments.values.flatMap { $0.map(\.subnet) })
             // Required: the subnets of the addresses the network's healthy attachments still hold; a record whose
             // address was taken over may keep its subnet or not.
-            let held = owner.filter { $0.value.network == name && !net.damaged.contains($0.value) }.flatMap { address, who in
+            let held = owner.filter { $0.value.network == name && !net.damaged.contains($0.value) }.flatMap {
+                address, who in
                 (healthy[who] ?? []).filter { $0.address == address }.map(\.subnet)
             }
             expected.requiredSubnets = net.degraded ? [] : WalkCIDR.maximal(Set(held))
-            expected.coveredSubnets = Set(owner.filter { $0.value.network == name && mustHave.contains($0.key) }.flatMap { address, who in
-                (net.attachments[who] ?? []).filter { $0.address == address }.map(\.subnet)
-            })
+            expected.coveredSubnets = Set(
+                owner.filter { $0.value.network == name && mustHave.contains($0.key) }.flatMap { address, who in
+                    (net.attachments[who] ?? []).filter { $0.address == address }.map(\.subnet)
+                })
             result[name] = expected
         }
         return result

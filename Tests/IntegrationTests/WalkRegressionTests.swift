@@ -13,21 +13,25 @@ struct WalkRegressionTests {
         let first = TestPod(network: "rewrite", containerID: "first", addresses: ["10.88.1.6/24", "fd00:88::6/64"])
         let second = TestPod(network: "rewrite", containerID: "second", addresses: ["10.99.0.3/24"])
         func stdin(_ pod: TestPod, _ keys: [String: Any]) -> String {
-            netconf(name: "rewrite", scratch: scratch, extra: flavour.keys.merging(keys) { $1 }, addresses: pod.addresses)
+            netconf(
+                name: "rewrite", scratch: scratch, extra: flavour.keys.merging(keys) { $1 }, addresses: pod.addresses)
         }
-        #expect(try PluginCall(netns: ns, command: "ADD", containerID: first.containerID)(stdin(first, [:])).status == 0)
+        #expect(
+            try PluginCall(netns: ns, command: "ADD", containerID: first.containerID)(stdin(first, [:])).status == 0)
         switch flavour {
         case .nftables: try ns.exec(["nft", "delete", "table", "inet", "ip_masq"], check: true)
         case .iptablesNFT, .iptablesLegacy: try ns.exec(["ipset", "flush"], check: true)
         }
-        let added = try PluginCall(netns: ns, command: "ADD", containerID: second.containerID)(stdin(second, ["randomFully": false]))
+        let added = try PluginCall(netns: ns, command: "ADD", containerID: second.containerID)(
+            stdin(second, ["randomFully": false]))
         #expect(added.status == 0, "\(added.stdout)\(added.stderr)")
         var expected: [String: String] = [:]
         for pod in [first, second] { for ip in pod.ips { expected[ip] = pod.tag } }
         #expect(try flavour.pods(ns, network: "rewrite") == expected)
         #expect(try flavour.subnets(ns, network: "rewrite") == Set(first.subnets + second.subnets))
         for pod in [first, second] {
-            let check = try PluginCall(netns: ns, command: "CHECK", containerID: pod.containerID)(stdin(pod, ["randomFully": false]))
+            let check = try PluginCall(netns: ns, command: "CHECK", containerID: pod.containerID)(
+                stdin(pod, ["randomFully": false]))
             #expect(check.status == 0, "CHECK \(pod.containerID): \(check.stdout)")
         }
     }
@@ -42,14 +46,20 @@ struct WalkRegressionTests {
         func stdin(_ pod: TestPod) -> String {
             netconf(name: pod.network, scratch: scratch, extra: flavour.keys, addresses: pod.addresses)
         }
-        func check(_ pod: TestPod) throws -> CommandResult { try PluginCall(netns: ns, command: "CHECK", containerID: pod.containerID)(stdin(pod)) }
+        func check(_ pod: TestPod) throws -> CommandResult {
+            try PluginCall(netns: ns, command: "CHECK", containerID: pod.containerID)(stdin(pod))
+        }
         #expect(try PluginCall(netns: ns, command: "ADD", containerID: first.containerID)(stdin(first)).status == 0)
         #expect(try check(first).status == 0)
-        for taker in [TestPod(network: "takena", containerID: "same", addresses: ["10.88.1.6/24"]),
-                      TestPod(network: "takenb", containerID: "other", addresses: ["10.88.1.6/24"])] {
+        for taker in [
+            TestPod(network: "takena", containerID: "same", addresses: ["10.88.1.6/24"]),
+            TestPod(network: "takenb", containerID: "other", addresses: ["10.88.1.6/24"]),
+        ] {
             #expect(try PluginCall(netns: ns, command: "ADD", containerID: taker.containerID)(stdin(taker)).status == 0)
             let answer = try check(first)
-            #expect(answer.status == 1 && answer.stdout.contains("\"code\": 101"), "CHECK of \(first.tag) after \(taker.tag) took its address: \(answer.stdout)")
+            #expect(
+                answer.status == 1 && answer.stdout.contains("\"code\": 101"),
+                "CHECK of \(first.tag) after \(taker.tag) took its address: \(answer.stdout)")
             #expect(try check(taker).status == 0)
         }
         // The element there, but with another owner's comment: CHECK of the recorded owner fails too.
@@ -57,13 +67,23 @@ struct WalkRegressionTests {
         #expect(try PluginCall(netns: ns, command: "ADD", containerID: owner.containerID)(stdin(owner)).status == 0)
         switch flavour {
         case .nftables:
-            try ns.exec(["nft", "delete element inet ip_masq pods4_takenc { 10.77.0.3 }; add element inet ip_masq pods4_takenc { 10.77.0.3 comment \"takenc/intruder/eth0\" }"], check: true)
+            try ns.exec(
+                [
+                    "nft",
+                    """
+                    delete element inet ip_masq pods4_takenc { 10.77.0.3 }; add element inet ip_masq pods4_takenc \
+                    { 10.77.0.3 comment \"takenc/intruder/eth0\" }
+                    """,
+                ], check: true)
         case .iptablesNFT, .iptablesLegacy:
             try ns.exec(["ipset", "del", "IPMASQ-P4-takenc", "10.77.0.3"], check: true)
-            try ns.exec(["ipset", "add", "IPMASQ-P4-takenc", "10.77.0.3", "comment", "takenc/intruder/eth0"], check: true)
+            try ns.exec(
+                ["ipset", "add", "IPMASQ-P4-takenc", "10.77.0.3", "comment", "takenc/intruder/eth0"], check: true)
         }
         let answer = try check(owner)
-        #expect(answer.status == 1 && answer.stdout.contains("\"code\": 101"), "CHECK with the element under another owner: \(answer.stdout)")
+        #expect(
+            answer.status == 1 && answer.stdout.contains("\"code\": 101"),
+            "CHECK with the element under another owner: \(answer.stdout)")
     }
 
     /// An address taken over by another network's pod, which was then deleted, came back for its first holder at the
@@ -74,8 +94,12 @@ struct WalkRegressionTests {
         let ns = try Netns("walk-released"), scratch = ScratchDirectory()
         let first = TestPod(network: "rela", containerID: "first", addresses: ["10.88.1.6/24", "10.99.0.3/24"])
         let taker = TestPod(network: "relb", containerID: "taker", addresses: ["10.88.1.6/24"])
-        func stdin(_ pod: TestPod) -> String { netconf(name: pod.network, scratch: scratch, extra: flavour.keys, addresses: pod.addresses) }
-        for pod in [first, taker] { #expect(try PluginCall(netns: ns, command: "ADD", containerID: pod.containerID)(stdin(pod)).status == 0) }
+        func stdin(_ pod: TestPod) -> String {
+            netconf(name: pod.network, scratch: scratch, extra: flavour.keys, addresses: pod.addresses)
+        }
+        for pod in [first, taker] {
+            #expect(try PluginCall(netns: ns, command: "ADD", containerID: pod.containerID)(stdin(pod)).status == 0)
+        }
         #expect(try PluginCall(netns: ns, command: "DEL", containerID: taker.containerID)(stdin(taker)).status == 0)
         switch flavour {
         case .nftables: try ns.exec(["nft", "flush", "ruleset"], check: true)
@@ -84,13 +108,21 @@ struct WalkRegressionTests {
         var plugin = (try JSONSerialization.jsonObject(with: Data(stdin(first).utf8)) as? [String: Any]) ?? [:]
         for key in ["prevResult", "cniVersion", "name"] { plugin[key] = nil }
         let file = scratch.path + "/rela.conflist"
-        try String(decoding: try JSONSerialization.data(withJSONObject: ["cniVersion": "1.0.0", "name": "rela", "plugins": [plugin]]), as: UTF8.self)
-            .write(toFile: file, atomically: true, encoding: .utf8)
+        try String(
+            decoding: try JSONSerialization.data(withJSONObject: [
+                "cniVersion": "1.0.0", "name": "rela", "plugins": [plugin],
+            ]), as: UTF8.self
+        )
+        .write(toFile: file, atomically: true, encoding: .utf8)
         let agent = try ns.exec([Host.pluginBinary, "agent", "--netconf", file, "--once"])
         #expect(agent.status == 0, "\(agent.stdout)\(agent.stderr)")
-        #expect(try flavour.pods(ns, network: "rela") == ["10.99.0.3": first.tag], "only the address the first pod still holds is restored")
+        #expect(
+            try flavour.pods(ns, network: "rela") == ["10.99.0.3": first.tag],
+            "only the address the first pod still holds is restored")
         let answer = try PluginCall(netns: ns, command: "CHECK", containerID: first.containerID)(stdin(first))
-        #expect(answer.status == 1 && answer.stdout.contains("\"code\": 101"), "its CHECK fails: an address is no longer its own: \(answer.stdout)")
+        #expect(
+            answer.status == 1 && answer.stdout.contains("\"code\": 101"),
+            "its CHECK fails: an address is no longer its own: \(answer.stdout)")
         #expect(try PluginCall(netns: ns, command: "DEL", containerID: first.containerID)(stdin(first)).status == 0)
         #expect(try flavour.pods(ns, network: "rela").isEmpty)
     }
@@ -107,14 +139,18 @@ struct WalkRegressionTests {
         if let failure = try walk.execute(ops) {
             let listing = ops.enumerated().map { "  \($0.offset): \($0.element)" }.joined(separator: "\n")
             let prefix = comment.map { $0 + ": " } ?? ""
-            let report = prefix + "step \(failure.step) differs from the model:\n" + listing + "\n" + failure.problems.joined(separator: "\n")
+            let report =
+                prefix + "step \(failure.step) differs from the model:\n" + listing + "\n"
+                + failure.problems.joined(separator: "\n")
             Issue.record(Comment(rawValue: report))
         }
     }
 
     /// Every deterministic kill point of a verb: its state writes and its first netlink requests.
-    static let killPoints = [("rename", 1), ("rename", 2), ("rename", 3), ("rename", 4), ("unlink", 1), ("unlink", 2),
-                             ("sendto", 1), ("sendto", 2), ("sendmsg", 1)]
+    static let killPoints = [
+        ("rename", 1), ("rename", 2), ("rename", 3), ("rename", 4), ("unlink", 1), ("unlink", 2),
+        ("sendto", 1), ("sendto", 2), ("sendmsg", 1),
+    ]
 
     /// A repeated ADD with other addresses, killed after it wrote its record (the old address released) and before
     /// its netfilter change: the retry found the new record and no longer removed the old address's entry, which
@@ -122,10 +158,15 @@ struct WalkRegressionTests {
     @Test(arguments: Flavour.allCases)
     func aKilledRepeatedAddsRetryRemovesTheDroppedAddress(flavour: Flavour) throws {
         for (call, count) in Self.killPoints {
-            try Self.replay([.add(Self.who("walkb", "c1"), [PodIP("10.88.1.6/16"), PodIP("fd00:88::5/64")], hostAddress: false),
-                             .killedAt(.add(Self.who("walkb", "c1"), [PodIP("10.99.0.4/24")], hostAddress: false), syscall: call, count: count),
-                             .del(Self.who("walkb", "c1"), prevResult: nil, badArgs: false)],
-                            flavour: flavour, "killed at \(call) #\(count)")
+            try Self.replay(
+                [
+                    .add(Self.who("walkb", "c1"), [PodIP("10.88.1.6/16"), PodIP("fd00:88::5/64")], hostAddress: false),
+                    .killedAt(
+                        .add(Self.who("walkb", "c1"), [PodIP("10.99.0.4/24")], hostAddress: false), syscall: call,
+                        count: count),
+                    .del(Self.who("walkb", "c1"), prevResult: nil, badArgs: false),
+                ],
+                flavour: flavour, "killed at \(call) #\(count)")
         }
     }
 
@@ -135,10 +176,14 @@ struct WalkRegressionTests {
     func aKilledTakeoversRetryRemovesTheOldHoldersEntry(flavour: Flavour) throws {
         for taker in [Self.who("walka", "c1", "net1"), Self.who("walkb", "c1")] {
             for (call, count) in Self.killPoints {
-                try Self.replay([.add(Self.who("walka", "c0"), [PodIP("10.88.0.5/16")], hostAddress: false),
-                                 .killedAt(.add(taker, [PodIP("10.88.0.5/24")], hostAddress: false), syscall: call, count: count),
-                                 .del(Self.who("walka", "c0"), prevResult: nil, badArgs: false)],
-                                flavour: flavour, "\(taker) killed at \(call) #\(count)")
+                try Self.replay(
+                    [
+                        .add(Self.who("walka", "c0"), [PodIP("10.88.0.5/16")], hostAddress: false),
+                        .killedAt(
+                            .add(taker, [PodIP("10.88.0.5/24")], hostAddress: false), syscall: call, count: count),
+                        .del(Self.who("walka", "c0"), prevResult: nil, badArgs: false),
+                    ],
+                    flavour: flavour, "\(taker) killed at \(call) #\(count)")
             }
         }
     }
@@ -147,12 +192,19 @@ struct WalkRegressionTests {
     /// found no membership to leave and kept the subnet exempted for nobody (iptables; walk seed 13).
     @Test(arguments: Flavour.allCases)
     func aKilledDelsRetryRemovesThePodSubnet(flavour: Flavour) throws {
-        for verb in [WalkOp.del(Self.who("walkb", "c1"), prevResult: nil, badArgs: false), .gc(network: "walkb", valid: [])] {
+        for verb in [
+            WalkOp.del(Self.who("walkb", "c1"), prevResult: nil, badArgs: false), .gc(network: "walkb", valid: []),
+        ] {
             for (call, count) in Self.killPoints {
-                try Self.replay([.add(Self.who("walkb", "c1"), [PodIP("10.88.0.5/16"), PodIP("fd00:88::5/64")], hostAddress: false),
-                                 .add(Self.who("walkb", "c2"), [PodIP("10.99.0.3/24")], hostAddress: false),
-                                 .killedAt(verb, syscall: call, count: count)],
-                                flavour: flavour, "\(verb) killed at \(call) #\(count)")
+                try Self.replay(
+                    [
+                        .add(
+                            Self.who("walkb", "c1"), [PodIP("10.88.0.5/16"), PodIP("fd00:88::5/64")], hostAddress: false
+                        ),
+                        .add(Self.who("walkb", "c2"), [PodIP("10.99.0.3/24")], hostAddress: false),
+                        .killedAt(verb, syscall: call, count: count),
+                    ],
+                    flavour: flavour, "\(verb) killed at \(call) #\(count)")
             }
         }
     }
@@ -161,17 +213,23 @@ struct WalkRegressionTests {
     /// its pod subnets exempted, and its entries, forever (walk seed 4).
     @Test(arguments: Flavour.allCases)
     func gcCollectsADamagedStaleRecord(flavour: Flavour) throws {
-        try Self.replay([.add(Self.who("walkc", "c3"), [PodIP("10.88.2.5/24"), PodIP("fd00:88::5/48")], hostAddress: false),
-                         .add(Self.who("walkc", "c1", "net1"), [PodIP("10.99.0.4/24")], hostAddress: false),
-                         .damage(Self.who("walkc", "c3"), .garbageRecord),
-                         .gc(network: "walkc", valid: [Self.who("walkc", "c1", "net1")])],
-                        flavour: flavour)
-        try Self.replay([.add(Self.who("walkc", "c3"), [PodIP("10.88.2.5/24"), PodIP("fd00:88::5/48")], hostAddress: false),
-                         .add(Self.who("walkb", "c2", "net1"), [PodIP("10.88.2.5/24")], hostAddress: false),
-                         .add(Self.who("walka", "c0"), [PodIP("fd00:88::5/48")], hostAddress: false),
-                         .damage(Self.who("walkc", "c3"), .emptyRecord),
-                         .gc(network: "walkc", valid: [])],
-                        flavour: flavour, "both addresses taken over first")
+        try Self.replay(
+            [
+                .add(Self.who("walkc", "c3"), [PodIP("10.88.2.5/24"), PodIP("fd00:88::5/48")], hostAddress: false),
+                .add(Self.who("walkc", "c1", "net1"), [PodIP("10.99.0.4/24")], hostAddress: false),
+                .damage(Self.who("walkc", "c3"), .garbageRecord),
+                .gc(network: "walkc", valid: [Self.who("walkc", "c1", "net1")]),
+            ],
+            flavour: flavour)
+        try Self.replay(
+            [
+                .add(Self.who("walkc", "c3"), [PodIP("10.88.2.5/24"), PodIP("fd00:88::5/48")], hostAddress: false),
+                .add(Self.who("walkb", "c2", "net1"), [PodIP("10.88.2.5/24")], hostAddress: false),
+                .add(Self.who("walka", "c0"), [PodIP("fd00:88::5/48")], hostAddress: false),
+                .damage(Self.who("walkc", "c3"), .emptyRecord),
+                .gc(network: "walkc", valid: []),
+            ],
+            flavour: flavour, "both addresses taken over first")
     }
 
     /// The entries of a released IPv6 address survived the agent's pass and the ADD that reused the address: the
@@ -179,54 +237,72 @@ struct WalkRegressionTests {
     @Test(arguments: Flavour.allCases)
     func theEntriesOfAReleasedIPv6AddressAreDeleted(flavour: Flavour) throws {
         let pod = Self.who("walkc", "c5"), ips = [PodIP("fd00:88:0:1::6/64"), PodIP("10.88.1.6/24")]
-        try Self.replay([.add(pod, ips, hostAddress: false), .flow("fd00:88:0:1::6"), .flow("10.88.1.6"),
-                         .del(pod, prevResult: ips, badArgs: false), .agent(network: "walkb")],
-                        flavour: flavour, "the agent's pass")
-        try Self.replay([.add(pod, ips, hostAddress: false), .flow("fd00:88:0:1::6"), .flow("10.88.1.6"),
-                         .del(pod, prevResult: ips, badArgs: false), .add(Self.who("walka", "c1"), ips, hostAddress: false)],
-                        flavour: flavour, "the ADD that reuses the address")
+        try Self.replay(
+            [
+                .add(pod, ips, hostAddress: false), .flow("fd00:88:0:1::6"), .flow("10.88.1.6"),
+                .del(pod, prevResult: ips, badArgs: false), .agent(network: "walkb"),
+            ],
+            flavour: flavour, "the agent's pass")
+        try Self.replay(
+            [
+                .add(pod, ips, hostAddress: false), .flow("fd00:88:0:1::6"), .flow("10.88.1.6"),
+                .del(pod, prevResult: ips, badArgs: false), .add(Self.who("walka", "c1"), ips, hostAddress: false),
+            ],
+            flavour: flavour, "the ADD that reuses the address")
     }
 
     /// A garbage ownership entry was taken as the asker's: a repeated ADD of the address's earlier holder (whose record
     /// still lists it) removed the entry of its real holder (walk seed 11).
     @Test(arguments: Flavour.allCases)
     func aDamagedOwnershipEntryIsNotTheAskers(flavour: Flavour) throws {
-        try Self.replay([.add(Self.who("walkb", "c0"), [PodIP("10.88.0.5/24")], hostAddress: false),
-                         .add(Self.who("walkb", "c5", "net1"), [PodIP("10.88.0.5/16")], hostAddress: false),
-                         .damage(Self.who("walkb", "c5", "net1"), .garbageOwner("10.88.0.5")),
-                         .add(Self.who("walkb", "c0"), [PodIP("10.88.1.7/24")], hostAddress: false),
-                         .agent(network: "walkb"),
-                         .del(Self.who("walkb", "c5", "net1"), prevResult: nil, badArgs: false)],
-                        flavour: flavour)
+        try Self.replay(
+            [
+                .add(Self.who("walkb", "c0"), [PodIP("10.88.0.5/24")], hostAddress: false),
+                .add(Self.who("walkb", "c5", "net1"), [PodIP("10.88.0.5/16")], hostAddress: false),
+                .damage(Self.who("walkb", "c5", "net1"), .garbageOwner("10.88.0.5")),
+                .add(Self.who("walkb", "c0"), [PodIP("10.88.1.7/24")], hostAddress: false),
+                .agent(network: "walkb"),
+                .del(Self.who("walkb", "c5", "net1"), prevResult: nil, badArgs: false),
+            ],
+            flavour: flavour)
     }
 
     /// An ADD of an address whose ownership entry is damaged did not take it over: the holder's entry stayed, and on
     /// nftables the ADD failed with "File exists" on the nested pod subnet (walk seed 5).
     @Test(arguments: Flavour.allCases)
     func anAddressWithADamagedOwnershipEntryIsTakenOver(flavour: Flavour) throws {
-        try Self.replay([.add(Self.who("walka", "c4", "net1"), [PodIP("10.88.1.6/16")], hostAddress: false),
-                         .damage(Self.who("walka", "c4", "net1"), .garbageOwner("10.88.1.6")),
-                         .add(Self.who("walka", "c3"), [PodIP("10.88.1.6/24")], hostAddress: false),
-                         .add(Self.who("walkb", "c3"), [PodIP("10.88.1.6/24")], hostAddress: false)],
-                        flavour: flavour)
+        try Self.replay(
+            [
+                .add(Self.who("walka", "c4", "net1"), [PodIP("10.88.1.6/16")], hostAddress: false),
+                .damage(Self.who("walka", "c4", "net1"), .garbageOwner("10.88.1.6")),
+                .add(Self.who("walka", "c3"), [PodIP("10.88.1.6/24")], hostAddress: false),
+                .add(Self.who("walkb", "c3"), [PodIP("10.88.1.6/24")], hostAddress: false),
+            ],
+            flavour: flavour)
         // Both the ownership entry and the holder's record damaged: its pod subnet membership names it (walk seed 4).
-        try Self.replay([.add(Self.who("walkc", "c1", "net1"), [PodIP("10.88.1.6/24")], hostAddress: false),
-                         .damage(Self.who("walkc", "c1", "net1"), .garbageOwner("10.88.1.6")),
-                         .damage(Self.who("walkc", "c1", "net1"), .garbageRecord),
-                         .add(Self.who("walkb", "c2", "net1"), [PodIP("10.88.1.6/24")], hostAddress: false),
-                         .del(Self.who("walkc", "c1", "net1"), prevResult: nil, badArgs: false)],
-                        flavour: flavour, "owner entry and record damaged")
+        try Self.replay(
+            [
+                .add(Self.who("walkc", "c1", "net1"), [PodIP("10.88.1.6/24")], hostAddress: false),
+                .damage(Self.who("walkc", "c1", "net1"), .garbageOwner("10.88.1.6")),
+                .damage(Self.who("walkc", "c1", "net1"), .garbageRecord),
+                .add(Self.who("walkb", "c2", "net1"), [PodIP("10.88.1.6/24")], hostAddress: false),
+                .del(Self.who("walkc", "c1", "net1"), prevResult: nil, badArgs: false),
+            ],
+            flavour: flavour, "owner entry and record damaged")
     }
 
     /// An address taken over from an attachment whose record is damaged kept its old element (walk seed 12).
     @Test(arguments: Flavour.allCases)
     func aTakeoverFromADamagedRecordRemovesTheOldElement(flavour: Flavour) throws {
         for taker in [Self.who("walkb", "c2", "net1"), Self.who("walkc", "c2", "net1")] {
-            try Self.replay([.add(Self.who("walkb", "c3"), [PodIP("10.88.1.6/16")], hostAddress: false),
-                             .damage(Self.who("walkb", "c3"), .garbageRecord),
-                             .add(taker, [PodIP("10.88.1.6/24"), PodIP("fd00:99::3/64")], hostAddress: false),
-                             .del(Self.who("walkb", "c3"), prevResult: nil, badArgs: false)],
-                            flavour: flavour, "taken by \(taker)")
+            try Self.replay(
+                [
+                    .add(Self.who("walkb", "c3"), [PodIP("10.88.1.6/16")], hostAddress: false),
+                    .damage(Self.who("walkb", "c3"), .garbageRecord),
+                    .add(taker, [PodIP("10.88.1.6/24"), PodIP("fd00:99::3/64")], hostAddress: false),
+                    .del(Self.who("walkb", "c3"), prevResult: nil, badArgs: false),
+                ],
+                flavour: flavour, "taken by \(taker)")
         }
     }
 }

@@ -11,7 +11,10 @@ import Testing
         #expect(IPAddress(text)?.description == canonical)
     }
 
-    @Test(arguments: ["", "1.2.3", "1.2.3.4.5", "256.0.0.1", "01.2.3.4", "1.2.3.4 ", ":::", "1::2::3", "12345::", "g::1", "1:2:3:4:5:6:7:8:9", "10.0.0.1\n"])
+    @Test(arguments: [
+        "", "1.2.3", "1.2.3.4.5", "256.0.0.1", "01.2.3.4", "1.2.3.4 ", ":::", "1::2::3", "12345::", "g::1",
+        "1:2:3:4:5:6:7:8:9", "10.0.0.1\n",
+    ])
     func refusesMalformedAddresses(text: String) {
         #expect(IPAddress(text) == nil)
     }
@@ -40,7 +43,9 @@ import Testing
 
     @Test func foldsNestedRanges() {
         var config = MasqConfig()
-        config.nonMasqueradeCIDRs = ["10.0.0.0/8", "10.1.0.0/16", "fd00::/8", "fd00:1::/32", "192.168.0.0/16", "10.0.0.0/8"].map { try! CIDR.parse($0).get() }
+        config.nonMasqueradeCIDRs = [
+            "10.0.0.0/8", "10.1.0.0/16", "fd00::/8", "fd00:1::/32", "192.168.0.0/16", "10.0.0.0/8",
+        ].map { try! CIDR.parse($0).get() }
         let policy = NetworkPolicy(config: config)
         #expect(policy.nonMasquerade.map(\.description) == ["10.0.0.0/8", "192.168.0.0/16", "fd00::/8"])
     }

@@ -1,23 +1,39 @@
 import Foundation
 import JSON
 import MasqCore
-@testable import Plugin
 import Testing
 
+@testable import Plugin
+
 /// Resolves a netconf with the given files as the layers of a `configFile` directory.
-private func layered(_ netconf: String, _ files: [(String, String)], recordingProvenance: Bool = true) throws(CNIError) -> MasqConfig {
+private func layered(_ netconf: String, _ files: [(String, String)], recordingProvenance: Bool = true) throws(CNIError)
+    -> MasqConfig
+{
     guard case .object(let object) = try! JSONValue.parse(netconf) else { fatalError("test netconf must be an object") }
-    return try MasqConfig.resolve(netconf: object, files: files.map { ConfigFileContents(path: "/etc/config/" + $0.0, bytes: Array($0.1.utf8)) },
-                                  recordingProvenance: recordingProvenance)
+    return try MasqConfig.resolve(
+        netconf: object, files: files.map { ConfigFileContents(path: "/etc/config/" + $0.0, bytes: Array($0.1.utf8)) },
+        recordingProvenance: recordingProvenance)
 }
 
 @Suite struct ConfigLayerTests {
     static let netconf = #"{"configFile":"/etc/config","nonMasqueradeCIDRs":["192.168.0.0/16"],"masqLinkLocal":true}"#
 
     static let layers = [
-            ("config", "nonMasqueradeCIDRs: [10.0.0.0/8]\nmasqueradeCIDRs: [10.1.0.0/16]\nexemptPodSubnet: false\ncidrLimit: 5\ntoPorts: \"1024-2047\"\n"),
-            ("ip-masq-user", "nonMasqueradeCIDRs: [100.64.0.0/10, 10.0.0.0/8]\nmasqLinkLocalIPv6: true\nexemptPodSubnet: true\ncidrLimit: 7\n"),
-            ("ip-masq-zz", "exemptPodSubnet: false\nmasqLinkLocalIPv6: false\ntoPorts: \"2048-4095\"\n"),
+        (
+            "config",
+            """
+            nonMasqueradeCIDRs: [10.0.0.0/8]\nmasqueradeCIDRs: [10.1.0.0/16]\nexemptPodSubnet: false\ncidrLimit: \
+            5\ntoPorts: \"1024-2047\"\n
+            """
+        ),
+        (
+            "ip-masq-user",
+            """
+            nonMasqueradeCIDRs: [100.64.0.0/10, 10.0.0.0/8]\nmasqLinkLocalIPv6: true\nexemptPodSubnet: \
+            true\ncidrLimit: 7\n
+            """
+        ),
+        ("ip-masq-zz", "exemptPodSubnet: false\nmasqLinkLocalIPv6: false\ntoPorts: \"2048-4095\"\n"),
     ]
 
     @Test func listsAreUnionedBooleansOredScalarsLastWins() throws {
@@ -49,14 +65,20 @@ private func layered(_ netconf: String, _ files: [(String, String)], recordingPr
 
     @Test func theMergedListRespectsCIDRLimit() {
         #expect(throws: CNIError.self) {
-            try layered(Self.netconf, [("config", "cidrLimit: 1\nnonMasqueradeCIDRs: [10.0.0.0/8]\n"),
-                                       ("ip-masq-b", "nonMasqueradeCIDRs: [100.64.0.0/10]\n")])
+            try layered(
+                Self.netconf,
+                [
+                    ("config", "cidrLimit: 1\nnonMasqueradeCIDRs: [10.0.0.0/8]\n"),
+                    ("ip-masq-b", "nonMasqueradeCIDRs: [100.64.0.0/10]\n"),
+                ])
         }
     }
 
     @Test func anInvalidFileIsNamed() {
         do {
-            _ = try layered(Self.netconf, [("config", "nonMasqueradeCIDRs: [10.0.0.0/8]\n"), ("ip-masq-b", "nonMasqueradeCIDRs: [10.0.0.1/8]\n")])
+            _ = try layered(
+                Self.netconf,
+                [("config", "nonMasqueradeCIDRs: [10.0.0.0/8]\n"), ("ip-masq-b", "nonMasqueradeCIDRs: [10.0.0.1/8]\n")])
             Issue.record("an invalid layer must be refused")
         } catch {
             #expect(error.msg.contains("/etc/config/ip-masq-b"))
@@ -85,21 +107,38 @@ private func layered(_ netconf: String, _ files: [(String, String)], recordingPr
     /// A directory of layers through the dispatcher: an invalid layer with no rules yet is refused naming the file, and
     /// nothing is changed; a directory without layer files means defaults (it used to be refused as "not a file").
     @Test func anAddAgainstADirectoryOfLayers() throws {
-        let scratch = FileManager.default.temporaryDirectory.appendingPathComponent("ipmasq-layer-add-\(UUID().uuidString)").path
+        let scratch = FileManager.default.temporaryDirectory.appendingPathComponent(
+            "ipmasq-layer-add-\(UUID().uuidString)"
+        ).path
         try FileManager.default.createDirectory(atPath: scratch + "/layers", withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: scratch) }
-        try "nonMasqueradeCIDRs: [10.0.0.0/8]\n".write(toFile: scratch + "/layers/config", atomically: true, encoding: .utf8)
-        try "nonMasqueradeCIDRs: [10.0.0.1/8]\n".write(toFile: scratch + "/layers/ip-masq-user", atomically: true, encoding: .utf8)
-        let stdin = #"{"cniVersion":"1.0.0","name":"layers","type":"ip-masq","configFile":"\#(scratch)/layers","lockFile":"\#(scratch)/lock","stateDir":"\#(scratch)/state","prevResult":{"cniVersion":"1.0.0","interfaces":[{"name":"eth0","sandbox":"/x"}],"ips":[{"interface":0,"address":"10.1.2.3/24"}]}}"#
-        let environment = ["CNI_COMMAND": "ADD", "CNI_CONTAINERID": "c1", "CNI_IFNAME": "eth0", "CNI_NETNS": "/x", "CNI_PATH": "/opt/cni/bin"]
+        try "nonMasqueradeCIDRs: [10.0.0.0/8]\n".write(
+            toFile: scratch + "/layers/config", atomically: true, encoding: .utf8)
+        try "nonMasqueradeCIDRs: [10.0.0.1/8]\n".write(
+            toFile: scratch + "/layers/ip-masq-user", atomically: true, encoding: .utf8)
+        let stdin =
+            #"""
+            {"cniVersion":"1.0.0","name":"layers","type":"ip-masq","configFile":"\#(scratch)/layers",\#
+            "lockFile":"\#(scratch)/lock","stateDir":"\#(scratch)/state","prevResult":{"cniVersion":"1.0.0",\#
+            "interfaces":[{"name":"eth0","sandbox":"/x"}],"ips":[{"interface":0,"address":"10.1.2.3/24"}]}}
+            """#
+        let environment = [
+            "CNI_COMMAND": "ADD", "CNI_CONTAINERID": "c1", "CNI_IFNAME": "eth0", "CNI_NETNS": "/x",
+            "CNI_PATH": "/opt/cni/bin",
+        ]
         let backend = RecordingBackend()
         let refused = BadInputUnitTests.dispatch(environment, Array(stdin.utf8), backend: backend)
-        #expect(refused.exitStatus == 1 && refused.stdout.contains("\"code\": 7") && refused.stdout.contains(scratch + "/layers/ip-masq-user"), "\(refused.stdout)")
+        #expect(
+            refused.exitStatus == 1 && refused.stdout.contains("\"code\": 7")
+                && refused.stdout.contains(scratch + "/layers/ip-masq-user"), "\(refused.stdout)")
         #expect(backend.applied.isEmpty)
         try FileManager.default.removeItem(atPath: scratch + "/layers/ip-masq-user")
         try FileManager.default.removeItem(atPath: scratch + "/layers/config")
         let accepted = BadInputUnitTests.dispatch(environment, Array(stdin.utf8), backend: backend)
         #expect(accepted.exitStatus == 0, "\(accepted.stdout)")
-        #expect(backend.applied.first?.policy?.nonMasquerade.map(\.description) == ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"])
+        #expect(
+            backend.applied.first?.policy?.nonMasquerade.map(\.description) == [
+                "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16",
+            ])
     }
 }

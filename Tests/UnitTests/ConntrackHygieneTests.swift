@@ -1,8 +1,9 @@
-import MasqCore
 import JSON
+import MasqCore
+import Testing
+
 @testable import Netfilter
 @testable import Plugin
-import Testing
 
 /// The conntrack hygiene hooks through the dispatcher, against an in-memory table (the kernel's is exercised as root
 /// in IntegrationTests/ConntrackTests.swift).
@@ -70,10 +71,15 @@ import Testing
         let table = harness.backend.table
         table.entries = [entry("10.99.0.3", "192.168.1.1"), entry("10.99.0.9", "192.168.1.1")]
         table.dumps = []
-        let config = try MasqConfig.resolve(netconf: JSONObject([("stateDir", .string(harness.directory + "/state")),
-                                                      ("lockFile", .string(harness.directory + "/lock"))]), fileContents: nil)
+        let config = try MasqConfig.resolve(
+            netconf: JSONObject([
+                ("stateDir", .string(harness.directory + "/state")),
+                ("lockFile", .string(harness.directory + "/lock")),
+            ]), fileContents: nil)
         let backend = harness.backend
-        let plugin = CNIPlugin(environment: [:], stdin: { () throws(CNIError) -> [UInt8] in [] }, makeBackend: { _, _ in backend }, log: Log(level: .error))
+        let plugin = CNIPlugin(
+            environment: [:], stdin: { () throws(CNIError) -> [UInt8] in [] }, makeBackend: { _, _ in backend },
+            log: Log(level: .error))
         let session = try Session(config: config, network: "podnet", plugin: plugin)
         session.sweepTombstones(after: "test")
         #expect(table.entries == [entry("10.99.0.9", "192.168.1.1")])
@@ -117,16 +123,22 @@ import Testing
         let harness = PluginHarness()
         _ = harness.run("ADD", addInput())
         let table = harness.backend.table
-        let stays = [entry("10.99.0.3", "10.1.1.1"), entry("10.99.0.3", "203.0.113.2", proto: 6), entry("10.99.0.3", "10.99.0.7"),
-                     entry("10.99.0.77", "192.168.1.1")] // the last: not a registered pod
+        let stays = [
+            entry("10.99.0.3", "10.1.1.1"), entry("10.99.0.3", "203.0.113.2", proto: 6),
+            entry("10.99.0.3", "10.99.0.7"),
+            entry("10.99.0.77", "192.168.1.1"),
+        ] // the last: not a registered pod
         let goes = [entry("10.99.0.3", "192.168.1.1"), entry("10.99.0.3", "172.16.5.5", proto: 6)]
         table.entries = stays + goes
         // 192.168.0.0/16 and 172.16.0.0/12 leave the non-masquerade list: their flows must be masqueraded now.
-        let (outcome, _) = harness.run("ADD", addInput(prevResult: "bridge-dualstack-1.0.0.json", extra: #","nonMasqueradeCIDRs":["10.0.0.0/8"]"#),
-                                     environment: ["CNI_CONTAINERID": "ctr2"])
+        let (outcome, _) = harness.run(
+            "ADD", addInput(prevResult: "bridge-dualstack-1.0.0.json", extra: #","nonMasqueradeCIDRs":["10.0.0.0/8"]"#),
+            environment: ["CNI_CONTAINERID": "ctr2"])
         #expect(outcome.exitStatus == 0)
         #expect(harness.backend.applied.last?.policy != nil)
-        #expect(Set(table.deleted.map { "\($0.source)>\($0.destination)" }).isSuperset(of: goes.map { "\($0.source)>\($0.destination)" }))
+        #expect(
+            Set(table.deleted.map { "\($0.source)>\($0.destination)" }).isSuperset(
+                of: goes.map { "\($0.source)>\($0.destination)" }))
         for kept in stays { #expect(table.entries.contains(kept), "\(kept.destination)") }
     }
 }
@@ -142,7 +154,9 @@ import Testing
 
     @Test func aConfigFileMayNotSetThem() {
         for key in ["conntrackFlush", "dropInvalid"] {
-            let refusal = #expect(throws: CNIError.self) { try resolve(#"{"configFile":"/etc/x"}"#, file: "\(key): false\n") }
+            let refusal = #expect(throws: CNIError.self) {
+                try resolve(#"{"configFile":"/etc/x"}"#, file: "\(key): false\n")
+            }
             #expect(refusal?.code == .unsupportedField && refusal?.msg.contains(key) == true)
         }
     }
@@ -162,12 +176,15 @@ import Testing
 @Suite struct CtnetlinkMessageTests {
     @Test func theDumpRequestFiltersByOriginalSourceInTheKernel() {
         let bytes = KernelConnectionTable.dumpRequest(family: .v4, source: IPAddress("10.99.0.3")!, sequence: 7)
-        #expect(bytes == [
-            56, 0, 0, 0, 0x01, 0x01, 0x01, 0x03, 7, 0, 0, 0, 0, 0, 0, 0, // nlmsghdr: CTNETLINK GET, REQUEST|DUMP
-            2, 0, 0, 0,                                                   // nfgenmsg: AF_INET
-            16, 0, 0x01, 0x80, 12, 0, 0x01, 0x80, 8, 0, 0x01, 0, 10, 99, 0, 3, // CTA_TUPLE_ORIG { TUPLE_IP { V4_SRC } }
-            20, 0, 25, 0x80, 8, 0, 1, 0, 1, 0, 0, 0, 8, 0, 2, 0, 0, 0, 0, 0,   // CTA_FILTER { ORIG_FLAGS IP_SRC, REPLY 0 }
-        ])
+        #expect(
+            bytes == [
+                56, 0, 0, 0, 0x01, 0x01, 0x01, 0x03, 7, 0, 0, 0, 0, 0, 0, 0, // nlmsghdr: CTNETLINK GET, REQUEST|DUMP
+                2, 0, 0, 0, // nfgenmsg: AF_INET
+                // CTA_TUPLE_ORIG { TUPLE_IP { V4_SRC } }
+                16, 0, 0x01, 0x80, 12, 0, 0x01, 0x80, 8, 0, 0x01, 0, 10, 99, 0, 3,
+                // CTA_FILTER { ORIG_FLAGS IP_SRC, REPLY 0 }
+                20, 0, 25, 0x80, 8, 0, 1, 0, 1, 0, 0, 0, 8, 0, 2, 0, 0, 0, 0, 0,
+            ])
         let unfiltered = KernelConnectionTable.dumpRequest(family: .v6, source: nil, sequence: 7)
         #expect(unfiltered.count == 20 && unfiltered[16] == 10)
     }
@@ -178,7 +195,8 @@ import Testing
             Netlink.appendNested(&body, type: 1) { tuple in
                 Netlink.appendNested(&tuple, type: 1) {
                     Netlink.appendAttribute(&$0, type: 3, KernelConnectionTable.addressBytes(IPAddress("fd00:99::3")!))
-                    Netlink.appendAttribute(&$0, type: 4, KernelConnectionTable.addressBytes(IPAddress("2001:db8:1::2")!))
+                    Netlink.appendAttribute(
+                        &$0, type: 4, KernelConnectionTable.addressBytes(IPAddress("2001:db8:1::2")!))
                 }
                 Netlink.appendNested(&tuple, type: 2) { Netlink.appendAttribute(&$0, type: 1, [17]) }
             }

@@ -1,7 +1,8 @@
 import Foundation
 import JSON
-@testable import Plugin
 import Testing
+
+@testable import Plugin
 
 /// The DaemonSet's deployment properties: one image reference, least privilege, probes, resources, scheduling.
 @Suite("cni-conf/ip-masq-daemonset.yaml: deployment")
@@ -19,7 +20,9 @@ struct DaemonSetDeploymentTests {
     func strings(_ value: JSONValue?) -> [String] { value?.arrayValue?.compactMap(\.stringValue) ?? [] }
 
     @Test func bothContainersRunTheImageOfThisVersion() {
-        #expect(install["image"] == .string("localhost/ip-masq:\(OperatorCommand.version)"), "the tag .ci/image gives this build")
+        #expect(
+            install["image"] == .string("localhost/ip-masq:\(OperatorCommand.version)"),
+            "the tag .ci/image gives this build")
         #expect(agent["image"] == install["image"], "one reference to set")
         #expect(spec["initContainers"]?.arrayValue?.count == 1 && spec["containers"]?.arrayValue?.count == 1)
     }
@@ -40,7 +43,9 @@ struct DaemonSetDeploymentTests {
     @Test func resourcesHaveRequestsAndLimits() {
         for container in [install, agent] {
             for kind in ["requests", "limits"] {
-                #expect(container["resources"]?[kind]?["cpu"]?.stringValue != nil && container["resources"]?[kind]?["memory"]?.stringValue != nil)
+                #expect(
+                    container["resources"]?[kind]?["cpu"]?.stringValue != nil
+                        && container["resources"]?[kind]?["memory"]?.stringValue != nil)
             }
         }
     }
@@ -51,9 +56,14 @@ struct DaemonSetDeploymentTests {
         let probe = strings(agent["livenessProbe"]?["exec"]?["command"])
         #expect(probe == ["/ip-masq", "agent", "--healthcheck", "--heartbeat", heartbeat])
         // The probe's command line is one the agent accepts (a usage error would be exit 2, a failing probe forever).
-        #expect(AgentCommand.run(arguments: Array(probe.dropFirst(2))).exitStatus == 1, "no heartbeat here: unhealthy, not a usage error")
+        #expect(
+            AgentCommand.run(arguments: Array(probe.dropFirst(2))).exitStatus == 1,
+            "no heartbeat here: unhealthy, not a usage error")
         // The heartbeat's directory is a writable pod volume (the root filesystem is read-only), not a node path.
-        let mount = try #require(agent["volumeMounts"]?.arrayValue?.first { heartbeat.hasPrefix(($0["mountPath"]?.stringValue ?? "?") + "/") })
+        let mount = try #require(
+            agent["volumeMounts"]?.arrayValue?.first {
+                heartbeat.hasPrefix(($0["mountPath"]?.stringValue ?? "?") + "/")
+            })
         let volume = spec["volumes"]?.arrayValue?.first { $0["name"] == mount["name"] }
         #expect(volume?["emptyDir"] != nil)
         #expect(mount["readOnly"] != .bool(true))
@@ -61,10 +71,15 @@ struct DaemonSetDeploymentTests {
 
     @Test func schedulingOnEveryNode() throws {
         #expect(spec["hostNetwork"] == .bool(true))
-        #expect(spec["tolerations"]?.arrayValue?.contains { $0["operator"] == .string("Exists") && $0["key"] == nil } == true)
-        let daemonSet = try #require(try DaemonSetManifestTests.documents().first { $0["kind"] == .string("DaemonSet") })
+        #expect(
+            spec["tolerations"]?.arrayValue?.contains { $0["operator"] == .string("Exists") && $0["key"] == nil }
+                == true)
+        let daemonSet = try #require(
+            try DaemonSetManifestTests.documents().first { $0["kind"] == .string("DaemonSet") })
         #expect(daemonSet["spec"]?["updateStrategy"]?["type"] == .string("RollingUpdate"))
-        guard case .int(let grace)? = spec["terminationGracePeriodSeconds"] else { Issue.record("no grace period"); return }
+        guard case .int(let grace)? = spec["terminationGracePeriodSeconds"] else {
+            Issue.record("no grace period"); return
+        }
         #expect(grace >= 5, "the agent stops within a second; the runtime waits this long before SIGKILL")
     }
 }

@@ -23,7 +23,10 @@ import Testing
         (#"{"masqLinkLocal":true}"#, "169.254.1.1", false, .masquerade, true),
         (#"{"masqLinkLocal":true}"#, "fe80::1", false, .linkLocal, false),
         (#"{"masqLinkLocal":true,"masqLinkLocalIPv6":true}"#, "fe80::1", false, .masquerade, true),
-        (#"{"masqLinkLocal":true,"nonMasqueradeCIDRs":["169.254.0.0/16"]}"#, "169.254.1.1", false, .nonMasquerade, false),
+        (
+            #"{"masqLinkLocal":true,"nonMasqueradeCIDRs":["169.254.0.0/16"]}"#, "169.254.1.1", false, .nonMasquerade,
+            false
+        ),
         ("{}", "10.1.2.3", false, .nonMasquerade, false),
         ("{}", "172.31.255.255", false, .nonMasquerade, false),
         ("{}", "192.168.0.1", false, .nonMasquerade, false),
@@ -44,25 +47,34 @@ import Testing
         let (config, destination, local, step, masquerades) = row
         let list = DecisionList(policy: try policy(config))
         let target = address(destination)
-        let result = list.verdict(destination: target, podSubnet: target.family == .v4 ? podSubnet4 : podSubnet6, destinationIsLocal: local)
+        let result = list.verdict(
+            destination: target, podSubnet: target.family == .v4 ? podSubnet4 : podSubnet6, destinationIsLocal: local)
         #expect(result.step == step, "\(config) \(destination)")
         #expect(result.verdict.masquerades == masquerades, "\(config) \(destination)")
     }
 
     @Test func theStepsComeInTheDesignsOrderAndOnlyWhenTheyCanMatch() throws {
         #expect(DecisionList(policy: try policy("{}")).rules.map(\.step) == DecisionList.Step.allCases)
-        let trimmed = DecisionList(policy: try policy(#"{"masqLinkLocal":true,"masqLinkLocalIPv6":true,"exemptPodSubnet":false}"#))
+        let trimmed = DecisionList(
+            policy: try policy(#"{"masqLinkLocal":true,"masqLinkLocalIPv6":true,"exemptPodSubnet":false}"#))
         #expect(trimmed.rules.map(\.step) == [.local, .multicast, .exceptions, .nonMasquerade, .masquerade])
         #expect(trimmed.rules.map(\.action) == [.keepSource, .keepSource, .masquerade, .keepSource, .masquerade])
     }
 
     @Test func theMasqueradeVerdictCarriesThePortOptions() throws {
-        let plain = DecisionList(policy: try policy("{}")), ported = DecisionList(policy: try policy(#"{"toPorts":"40000-50000"}"#))
+        let plain = DecisionList(policy: try policy("{}")),
+            ported = DecisionList(policy: try policy(#"{"toPorts":"40000-50000"}"#))
         let internet = address("203.0.113.2")
-        #expect(plain.verdict(destination: internet, podSubnet: nil).verdict != ported.verdict(destination: internet, podSubnet: nil).verdict)
-        #expect(ported.verdict(destination: internet, podSubnet: nil).verdict == .masquerade(.init(randomFully: true, toPorts: [40000...50000])))
+        #expect(
+            plain.verdict(destination: internet, podSubnet: nil).verdict
+                != ported.verdict(destination: internet, podSubnet: nil).verdict)
+        #expect(
+            ported.verdict(destination: internet, podSubnet: nil).verdict
+                == .masquerade(.init(randomFully: true, toPorts: [40000...50000])))
         // Kept destinations do not differ with the port options.
-        #expect(plain.verdict(destination: address("10.1.1.1"), podSubnet: nil).verdict == ported.verdict(destination: address("10.1.1.1"), podSubnet: nil).verdict)
+        #expect(
+            plain.verdict(destination: address("10.1.1.1"), podSubnet: nil).verdict
+                == ported.verdict(destination: address("10.1.1.1"), podSubnet: nil).verdict)
     }
 
     @Test func withoutAPodSubnetStepSixNeverMatches() throws {

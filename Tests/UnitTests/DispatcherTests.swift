@@ -7,7 +7,10 @@ import Testing
 
 /// A plugin stdin with a prevResult from the fixtures.
 func addInput(version: String = "1.0.0", prevResult: String = "ptp-1.0.0.json", extra: String = "") -> String {
-    #"{"cniVersion":"\#(version)","name":"podnet","type":"ip-masq"\#(extra),"prevResult":\#(fixtureText("prevresult/" + prevResult))}"#
+    #"""
+    {"cniVersion":"\#(version)","name":"podnet","type":"ip-masq"\#(extra),\#
+    "prevResult":\#(fixtureText("prevresult/" + prevResult))}
+    """#
 }
 
 @Suite struct DispatcherTests {
@@ -15,7 +18,8 @@ func addInput(version: String = "1.0.0", prevResult: String = "ptp-1.0.0.json", 
         let harness = PluginHarness()
         let (outcome, json) = harness.run("VERSION", "", raw: true)
         #expect(outcome.exitStatus == 0)
-        #expect(json?["supportedVersions"] == .array(["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"].map(JSONValue.string)))
+        #expect(
+            json?["supportedVersions"] == .array(["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"].map(JSONValue.string)))
         let (_, echoed) = harness.run("VERSION", #"{"cniVersion":"1.0.0"}"#, raw: true)
         #expect(echoed?["cniVersion"] == .string("1.0.0"))
     }
@@ -29,7 +33,9 @@ func addInput(version: String = "1.0.0", prevResult: String = "ptp-1.0.0.json", 
         #expect(json == expected)
         let change = try #require(harness.backend.applied.first)
         #expect(change.policy != nil)
-        #expect(change.add.map { "\($0.pod.address)" }.sorted() == (prevResult.contains("dual") ? ["10.244.1.7", "fd00:10:244:1::7"] : ["10.99.0.3"]))
+        #expect(
+            change.add.map { "\($0.pod.address)" }.sorted()
+                == (prevResult.contains("dual") ? ["10.244.1.7", "fd00:10:244:1::7"] : ["10.99.0.3"]))
         #expect(change.add.allSatisfy { $0.owner.tag == "podnet/ctr1/eth0" })
     }
 
@@ -44,7 +50,9 @@ func addInput(version: String = "1.0.0", prevResult: String = "ptp-1.0.0.json", 
         let removal = try #require(harness.backend.applied.last)
         // ctr2 took over 10.99.0.3 (IP reuse): ctr1's late DEL must leave ctr2's element alone.
         #expect(removal.remove.isEmpty)
-        let (del2, _) = harness.run("DEL", #"{"cniVersion":"1.0.0","name":"podnet","type":"ip-masq"}"#, environment: ["CNI_CONTAINERID": "ctr2"])
+        let (del2, _) = harness.run(
+            "DEL", #"{"cniVersion":"1.0.0","name":"podnet","type":"ip-masq"}"#, environment: ["CNI_CONTAINERID": "ctr2"]
+        )
         #expect(del2.exitStatus == 0)
         #expect(harness.backend.applied.last?.remove.map(\.owner.containerID) == ["ctr2"])
         #expect(harness.backend.applied.last?.removeSubnets.map(\.description) == ["10.99.0.0/24"])
@@ -52,14 +60,16 @@ func addInput(version: String = "1.0.0", prevResult: String = "ptp-1.0.0.json", 
 
     @Test func delNeedsNeitherPrevResultNorNetns() {
         let harness = PluginHarness()
-        let (outcome, _) = harness.run("DEL", #"{"cniVersion":"0.3.1","name":"podnet","type":"ip-masq"}"#, environment: ["CNI_NETNS": ""])
+        let (outcome, _) = harness.run(
+            "DEL", #"{"cniVersion":"0.3.1","name":"podnet","type":"ip-masq"}"#, environment: ["CNI_NETNS": ""])
         #expect(outcome.exitStatus == 0)
     }
 
     @Test func changedConfigRewritesTheNodeWidePart() throws {
         let harness = PluginHarness()
         _ = harness.run("ADD", addInput())
-        _ = harness.run("ADD", addInput(extra: #","nonMasqueradeCIDRs":["10.0.0.0/8"]"#), environment: ["CNI_CONTAINERID": "ctr2"])
+        _ = harness.run(
+            "ADD", addInput(extra: #","nonMasqueradeCIDRs":["10.0.0.0/8"]"#), environment: ["CNI_CONTAINERID": "ctr2"])
         #expect(harness.backend.applied.last?.policy?.nonMasquerade.map(\.description) == ["10.0.0.0/8"])
     }
 
@@ -85,35 +95,48 @@ func addInput(version: String = "1.0.0", prevResult: String = "ptp-1.0.0.json", 
     @Test func gcRemovesOnlyAttachmentsNotListed() throws {
         let harness = PluginHarness()
         for id in ["a", "b", "c"] {
-            _ = harness.run("ADD", addInput(version: "1.1.0", prevResult: "ptp-1.0.0.json").replacingOccurrences(of: "10.99.0.3", with: "10.99.0.\(id.unicodeScalars.first!.value - 90)"),
-                            environment: ["CNI_CONTAINERID": id])
+            _ = harness.run(
+                "ADD",
+                addInput(version: "1.1.0", prevResult: "ptp-1.0.0.json").replacingOccurrences(
+                    of: "10.99.0.3", with: "10.99.0.\(id.unicodeScalars.first!.value - 90)"),
+                environment: ["CNI_CONTAINERID": id])
         }
-        let gc = #"{"cniVersion":"1.1.0","name":"podnet","type":"ip-masq","cni.dev/valid-attachments":[{"containerID":"b","ifname":"eth0"}]}"#
-        let (outcome, _) = harness.run("GC", gc, environment: ["CNI_CONTAINERID": "", "CNI_IFNAME": "", "CNI_NETNS": ""])
+        let gc =
+            #"""
+            {"cniVersion":"1.1.0","name":"podnet","type":"ip-masq",\#
+            "cni.dev/valid-attachments":[{"containerID":"b","ifname":"eth0"}]}
+            """#
+        let (outcome, _) = harness.run(
+            "GC", gc, environment: ["CNI_CONTAINERID": "", "CNI_IFNAME": "", "CNI_NETNS": ""])
         #expect(outcome.exitStatus == 0, "\(outcome.stdout)")
         #expect(harness.backend.applied.last?.remove.map(\.owner.containerID).sorted() == ["a", "c"])
         // Without either key nothing is removed (the conservative choice, see README).
         let count = harness.backend.applied.count
-        _ = harness.run("GC", #"{"cniVersion":"1.1.0","name":"podnet","type":"ip-masq"}"#, environment: ["CNI_CONTAINERID": ""])
+        _ = harness.run(
+            "GC", #"{"cniVersion":"1.1.0","name":"podnet","type":"ip-masq"}"#, environment: ["CNI_CONTAINERID": ""])
         #expect(harness.backend.applied.count == count)
     }
 
     @Test func statusReportsAnUnusableBackendWithCode50() {
         let harness = PluginHarness()
         harness.backend.usable = false
-        let (outcome, json) = harness.run("STATUS", #"{"cniVersion":"1.1.0","name":"podnet","type":"ip-masq","backend":"nftables"}"#,
-                                          environment: ["CNI_CONTAINERID": "", "CNI_IFNAME": ""])
+        let (outcome, json) = harness.run(
+            "STATUS", #"{"cniVersion":"1.1.0","name":"podnet","type":"ip-masq","backend":"nftables"}"#,
+            environment: ["CNI_CONTAINERID": "", "CNI_IFNAME": ""])
         #expect(outcome.exitStatus == 1)
         #expect(json?["code"] == .int(50))
         harness.backend.usable = true
-        #expect(harness.run("STATUS", #"{"cniVersion":"1.1.0","name":"podnet","type":"ip-masq","backend":"nftables"}"#).0.exitStatus == 0)
+        #expect(
+            harness.run("STATUS", #"{"cniVersion":"1.1.0","name":"podnet","type":"ip-masq","backend":"nftables"}"#).0
+                .exitStatus == 0)
     }
 
     @Test func verbGatesFollowTheSkel() {
         let harness = PluginHarness()
         #expect(harness.run("CHECK", addInput(version: "0.3.1", prevResult: "ptp-0.4.0.json")).1?["code"] == .int(1))
         #expect(harness.run("GC", #"{"cniVersion":"1.0.0","name":"podnet","type":"ip-masq"}"#).1?["code"] == .int(1))
-        #expect(harness.run("STATUS", #"{"cniVersion":"0.4.0","name":"podnet","type":"ip-masq"}"#).1?["code"] == .int(1))
+        #expect(
+            harness.run("STATUS", #"{"cniVersion":"0.4.0","name":"podnet","type":"ip-masq"}"#).1?["code"] == .int(1))
     }
 
     @Test func lockTimeoutAnswersCode11() throws {
@@ -131,11 +154,18 @@ func addInput(version: String = "1.0.0", prevResult: String = "ptp-1.0.0.json", 
     }
 
     @Test func aPolicySurvivesItsNetworkRecord() throws {
-        for text in [#"{}"#, #"{"nonMasqueradeCIDRs":["10.0.0.0/8","fd00::/8"],"masqueradeCIDRs":["10.9.0.0/16"],"masqLinkLocal":true,"exemptPodSubnet":false,"randomFully":false,"toPorts":"1024-2047,4096"}"#,
-                     #"{"nomasqAllReservedRanges":true}"#] {
+        for text in [
+            #"{}"#,
+            #"""
+            {"nonMasqueradeCIDRs":["10.0.0.0/8","fd00::/8"],"masqueradeCIDRs":["10.9.0.0/16"],\#
+            "masqLinkLocal":true,"exemptPodSubnet":false,"randomFully":false,"toPorts":"1024-2047,4096"}
+            """#,
+            #"{"nomasqAllReservedRanges":true}"#,
+        ] {
             let policy = NetworkPolicy(config: try resolve(text))
             #expect(NetworkPolicy(json: policy.json) == policy, "\(text)")
         }
-        #expect(NetworkPolicy(json: .object(JSONObject([("nonMasqueradeCIDRs", .array([.string("10.0.0.1/8")]))]))) == nil)
+        #expect(
+            NetworkPolicy(json: .object(JSONObject([("nonMasqueradeCIDRs", .array([.string("10.0.0.1/8")]))]))) == nil)
     }
 }

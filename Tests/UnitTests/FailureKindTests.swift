@@ -76,7 +76,10 @@ import Testing
         #expect(
             ToolFailures.iptables(
                 status: 3,
-                "ip6tables v1.8.9 (legacy): can't initialize ip6tables table `nat': Table does not exist (do you need to insmod?)"
+                """
+                ip6tables v1.8.9 (legacy): can't initialize ip6tables table `nat': Table does not exist (do you \
+                need to insmod?)
+                """
             ).kind == .unavailable)
         #expect(ToolFailures.iptables(status: 1, "iptables: Permission denied (you must be root).").kind == .permission)
         #expect(ToolFailures.iptables(status: 2, "iptables v1.8.9: unknown option \"--bogus\"").kind == .invalid)
@@ -93,7 +96,9 @@ import Testing
         let add = IPSetScript([.add(set: "S", .address(IPAddress("10.0.0.1")!), comment: nil)])
         #expect(throws: BackendError.self) { try backend.ipset(add) }
         do { _ = try backend.ipset(add) } catch { #expect(error.kind == .exists && error.message.hasPrefix("ipset: ")) }
-        do { _ = try backend.listing(.v4) } catch { #expect(error.kind == .transient && error.message == "iptables-nft: exit status 4") }
+        do { _ = try backend.listing(.v4) } catch {
+            #expect(error.kind == .transient && error.message == "iptables-nft: exit status 4")
+        }
     }
 
     @Test func aCNIErrorCarriesTheKindNotAWordingOfIt() {

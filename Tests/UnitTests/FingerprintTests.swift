@@ -1,6 +1,7 @@
 import MasqCore
-@testable import Netfilter
 import Testing
+
+@testable import Netfilter
 
 /// The fingerprint is a digest of the decision list both renderers derive from: a policy key that changes the
 /// rules changes it, whichever key it is, and a spelling that renders the same rules does not.
@@ -61,6 +62,8 @@ import Testing
 
     @Test func theRenderVersionIsPartOfIt() throws {
         let policy = NetworkPolicy(config: try resolve("{}"))
-        #expect(IPTablesBackend(chain: "A", mode: .nft, runner: SpawnRunner()).fingerprint(of: policy) != IPTablesBackend(chain: "B", mode: .nft, runner: SpawnRunner()).fingerprint(of: policy))
+        #expect(
+            IPTablesBackend(chain: "A", mode: .nft, runner: SpawnRunner()).fingerprint(of: policy)
+                != IPTablesBackend(chain: "B", mode: .nft, runner: SpawnRunner()).fingerprint(of: policy))
     }
 }

@@ -5,7 +5,8 @@ import Netfilter
 import Plugin
 
 /// The repository's testdata/ directory.
-let testdata = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+let testdata = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+    .deletingLastPathComponent()
     .appendingPathComponent("testdata")
 
 /// The bytes of a fixture under testdata/.
@@ -42,7 +43,9 @@ final class RecordingBackend: MasqBackend, @unchecked Sendable {
         if let error = failNextApplyWith { failNextApplyWith = nil; throw error }
         applied.append(change)
     }
-    func inspect(network: String, policy: NetworkPolicy, registrations: [Registration], subnets: [CIDR]) throws(BackendError) -> Inspection { Inspection() }
+    func inspect(network: String, policy: NetworkPolicy, registrations: [Registration], subnets: [CIDR])
+        throws(BackendError) -> Inspection
+    { Inspection() }
     func removeNetwork(_ network: String, registrations: [Registration]) throws(BackendError) {}
     func dump() -> String { "" }
     /// A conntrack table the test fills and reads back.
@@ -91,15 +94,21 @@ final class PluginHarness {
         return Array(JSONValue.object(object).serialized().utf8)
     }
 
-    func run(_ command: String, _ stdinText: String, environment: [String: String] = [:], raw: Bool = false) -> (Outcome, JSONValue?) {
-        var env = ["CNI_COMMAND": command, "CNI_CONTAINERID": "ctr1", "CNI_NETNS": "/var/run/netns/x", "CNI_IFNAME": "eth0", "CNI_PATH": "/opt/cni/bin"]
+    func run(_ command: String, _ stdinText: String, environment: [String: String] = [:], raw: Bool = false) -> (
+        Outcome, JSONValue?
+    ) {
+        var env = [
+            "CNI_COMMAND": command, "CNI_CONTAINERID": "ctr1", "CNI_NETNS": "/var/run/netns/x", "CNI_IFNAME": "eth0",
+            "CNI_PATH": "/opt/cni/bin",
+        ]
         for (key, value) in environment { env[key] = value }
         let bytes = raw ? Array(stdinText.utf8) : stdin(stdinText)
         let backend = self.backend
         let log = Log(level: .error)
         log.redirect(to: "/dev/null")
-        let plugin = CNIPlugin(environment: env, stdin: { () throws(CNIError) -> [UInt8] in bytes },
-                               makeBackend: { _, _ in backend }, log: log)
+        let plugin = CNIPlugin(
+            environment: env, stdin: { () throws(CNIError) -> [UInt8] in bytes },
+            makeBackend: { _, _ in backend }, log: log)
         let outcome = plugin.run()
         return (outcome, try? JSONValue.parse(outcome.stdout))
     }

@@ -2,8 +2,9 @@ import Foundation
 import JSON
 import MasqCore
 import Netfilter
-@testable import Plugin
 import Testing
+
+@testable import Plugin
 
 /// A node for dispatcher tests of issue 11/12's input guarantees: one scripted backend per kind, a log file to read.
 final class GuaranteeNode: @unchecked Sendable {
@@ -23,33 +24,47 @@ final class GuaranteeNode: @unchecked Sendable {
 
     /// The plugin's stdin: the network podnet with `keys` (a JSON fragment) and, for ADD/CHECK, a prevResult.
     func stdin(_ keys: String, version: String = "1.1.0", prevResult: String? = nil) -> String {
-        let result = prevResult ?? #"{"cniVersion":"1.0.0","interfaces":[{"name":"veth0"},{"name":"eth0","sandbox":"/var/run/netns/x"}],"#
+        let result =
+            prevResult
+            ?? #"{"cniVersion":"1.0.0","interfaces":[{"name":"veth0"},{"name":"eth0","sandbox":"/var/run/netns/x"}],"#
             + #""ips":[{"interface":1,"address":"10.99.0.3/24"}]}"#
-        return #"{"cniVersion":"\#(version)","name":"podnet","type":"ip-masq","stateDir":"\#(stateDir)","lockFile":"\#(lockFile)""#
-            + (keys.isEmpty ? "" : "," + keys) + #","prevResult":\#(result)}"#
+        return
+            #"""
+            {"cniVersion":"\#(version)","name":"podnet","type":"ip-masq","stateDir":"\#(stateDir)",\#
+            "lockFile":"\#(lockFile)"
+            """#
+                + (keys.isEmpty ? "" : "," + keys) + #","prevResult":\#(result)}"#
     }
 
     func run(_ command: String, _ stdin: String, environment: [String: String] = [:]) -> (Outcome, JSONValue?) {
-        var env = ["CNI_COMMAND": command, "CNI_CONTAINERID": "ctr1", "CNI_NETNS": "/var/run/netns/x", "CNI_IFNAME": "eth0", "CNI_PATH": "/opt/cni/bin"]
+        var env = [
+            "CNI_COMMAND": command, "CNI_CONTAINERID": "ctr1", "CNI_NETNS": "/var/run/netns/x", "CNI_IFNAME": "eth0",
+            "CNI_PATH": "/opt/cni/bin",
+        ]
         if command == "STATUS" || command == "GC" { env = ["CNI_COMMAND": command, "CNI_PATH": "/opt/cni/bin"] }
         for (key, value) in environment { env[key] = value }
         let bytes = Array(stdin.utf8)
         let nftables = self.nftables, iptables = self.iptables, refusing = self.refusing
         let log = Log(level: .debug)
         log.redirect(to: logPath)
-        let plugin = CNIPlugin(environment: env, stdin: { () throws(CNIError) -> [UInt8] in bytes },
-                               makeBackend: { kind, _ in
-                                   let backend: MasqBackend = kind == .iptables ? iptables : nftables
-                                   return refusing.contains(kind) ? RefusingBackend(wrapped: backend) : backend
-                               }, log: log)
+        let plugin = CNIPlugin(
+            environment: env, stdin: { () throws(CNIError) -> [UInt8] in bytes },
+            makeBackend: { kind, _ in
+                let backend: MasqBackend = kind == .iptables ? iptables : nftables
+                return refusing.contains(kind) ? RefusingBackend(wrapped: backend) : backend
+            }, log: log)
         let outcome = plugin.run()
         return (outcome, try? JSONValue.parse(outcome.stdout))
     }
 
     /// Runs `body` on another thread; false when it did not finish within `seconds` (then `unblock` is called).
-    static func finishes(within seconds: Double, unblock: () -> Void = {}, _ body: @escaping @Sendable () -> Void) -> Bool {
+    static func finishes(within seconds: Double, unblock: () -> Void = {}, _ body: @escaping @Sendable () -> Void)
+        -> Bool
+    {
         let done = DispatchSemaphore(value: 0)
-        Thread { body(); done.signal() }.start()
+        Thread {
+            body(); done.signal()
+        }.start()
         if done.wait(timeout: .now() + seconds) == .success { return true }
         unblock()
         _ = done.wait(timeout: .now() + 10)
@@ -64,7 +79,9 @@ struct RefusingBackend: MasqBackend {
     var renderVersion: String { wrapped.renderVersion }
     func probe() -> String? { wrapped.probe() }
     func apply(_ change: NetworkChange) throws(BackendError) { throw BackendError(.failed, "refused in this test") }
-    func inspect(network: String, policy: NetworkPolicy, registrations: [Registration], subnets: [CIDR]) throws(BackendError) -> Inspection {
+    func inspect(network: String, policy: NetworkPolicy, registrations: [Registration], subnets: [CIDR])
+        throws(BackendError) -> Inspection
+    {
         try wrapped.inspect(network: network, policy: policy, registrations: registrations, subnets: subnets)
     }
     func removeNetwork(_ network: String, registrations: [Registration]) throws(BackendError) {
@@ -101,16 +118,20 @@ struct RefusingBackend: MasqBackend {
     }
 
     /// Issue 11.2: DEL needs only the plumbing keys; a bad policy value, duration or mis-cased key is logged.
-    @Test(arguments: [#""nonMasqueradeCIDRs":["10.200.0.1/16"]"#, #""resyncInterval":"1 minute""#,
-                      #""nonMasqueradeCidrs":["10.0.0.0/8"]"#, #""toPorts":"0-1""#, #""cidrLimit":"many""#,
-                      #""backend":"nftable""#, #""logLevel":"loud""#, #""masqChain":"MASQUERADE""#])
+    @Test(arguments: [
+        #""nonMasqueradeCIDRs":["10.200.0.1/16"]"#, #""resyncInterval":"1 minute""#,
+        #""nonMasqueradeCidrs":["10.0.0.0/8"]"#, #""toPorts":"0-1""#, #""cidrLimit":"many""#,
+        #""backend":"nftable""#, #""logLevel":"loud""#, #""masqChain":"MASQUERADE""#,
+    ])
     func delSucceedsWhateverThePolicyKeys(keys: String) throws {
         let node = GuaranteeNode()
         let (add, _) = node.run("ADD", node.stdin(#""backend":"nftables""#))
         #expect(add.exitStatus == 0, "\(add.stdout)")
-        let (del, reply) = node.run("DEL", node.stdin(keys.contains(#""backend""#) ? keys : #""backend":"nftables","# + keys))
+        let (del, reply) = node.run(
+            "DEL", node.stdin(keys.contains(#""backend""#) ? keys : #""backend":"nftables","# + keys))
         #expect(del.exitStatus == 0, "\(keys): \(reply?.serialized() ?? del.stdout)")
-        #expect(node.nftables.applied.last?.remove.map { "\($0.pod.address)" } == ["10.99.0.3"], "the pod's element goes")
+        #expect(
+            node.nftables.applied.last?.remove.map { "\($0.pod.address)" } == ["10.99.0.3"], "the pod's element goes")
         #expect(!FileManager.default.fileExists(atPath: node.stateDir + "/networks/podnet/attachments/ctr1@eth0"))
         #expect(node.logText.contains("warning"), "the policy problem is logged: \(node.logText)")
     }
@@ -120,7 +141,11 @@ struct RefusingBackend: MasqBackend {
         let node = GuaranteeNode()
         #expect(node.run("ADD", node.stdin(#""backend":"nftables""#)).0.exitStatus == 0)
         let broken = #""backend":"nftables","nonMasqueradeCIDRs":["10.200.0.1/16"]"#
-        let gc = #"{"cniVersion":"1.1.0","name":"podnet","type":"ip-masq","stateDir":"\#(node.stateDir)","lockFile":"\#(node.lockFile)","#
+        let gc =
+            #"""
+            {"cniVersion":"1.1.0","name":"podnet","type":"ip-masq","stateDir":"\#(node.stateDir)",\#
+            "lockFile":"\#(node.lockFile)",
+            """#
             + broken + #","cni.dev/valid-attachments":[]}"#
         let (outcome, reply) = node.run("GC", gc)
         #expect(outcome.exitStatus == 0, "\(reply?.serialized() ?? "")")
@@ -131,7 +156,8 @@ struct RefusingBackend: MasqBackend {
     /// DEL still refuses what it cannot work without: a stateDir or lockFile that is not an absolute path.
     @Test func delRefusesUnusablePlumbing() {
         let node = GuaranteeNode()
-        let (outcome, reply) = node.run("DEL", #"{"cniVersion":"1.0.0","name":"podnet","type":"ip-masq","stateDir":"relative"}"#)
+        let (outcome, reply) = node.run(
+            "DEL", #"{"cniVersion":"1.0.0","name":"podnet","type":"ip-masq","stateDir":"relative"}"#)
         #expect(outcome.exitStatus == 1)
         #expect(reply?["msg"]?.stringValue?.contains("stateDir") == true)
     }
@@ -156,9 +182,13 @@ struct RefusingBackend: MasqBackend {
         let fifo = node.directory + "/config.fifo"
         #expect(mkfifo(fifo, 0o600) == 0)
         let keys = #""backend":"nftables","configFile":"\#(fifo)""#
-        let unblock = { let fd = open(fifo, O_WRONLY | O_NONBLOCK); if fd >= 0 { close(fd) } }
+        let unblock = {
+            let fd = open(fifo, O_WRONLY | O_NONBLOCK); if fd >= 0 { close(fd) }
+        }
         nonisolated(unsafe) var add: (Outcome, JSONValue?)?
-        #expect(GuaranteeNode.finishes(within: 20, unblock: unblock) { add = node.run("ADD", node.stdin(keys)) }, "ADD hung on the FIFO")
+        #expect(
+            GuaranteeNode.finishes(within: 20, unblock: unblock) { add = node.run("ADD", node.stdin(keys)) },
+            "ADD hung on the FIFO")
         #expect(add?.0.exitStatus == 1)
         #expect(add?.1?["msg"]?.stringValue?.contains("configFile") == true, "\(add?.0.stdout ?? "")")
         #expect(add?.1?["details"]?.stringValue?.contains("not a regular file") == true, "\(add?.0.stdout ?? "")")
@@ -166,18 +196,25 @@ struct RefusingBackend: MasqBackend {
         // With rules in place (the last good policy), the ADD goes on and DEL too.
         #expect(node.run("ADD", node.stdin(#""backend":"nftables""#)).0.exitStatus == 0)
         nonisolated(unsafe) var later: (Outcome, JSONValue?)?
-        #expect(GuaranteeNode.finishes(within: 20, unblock: unblock) { later = node.run("ADD", node.stdin(keys), environment: ["CNI_CONTAINERID": "ctr2"]) })
+        #expect(
+            GuaranteeNode.finishes(within: 20, unblock: unblock) {
+                later = node.run("ADD", node.stdin(keys), environment: ["CNI_CONTAINERID": "ctr2"])
+            })
         #expect(later?.0.exitStatus == 0, "\(later?.0.stdout ?? "")")
         nonisolated(unsafe) var del: (Outcome, JSONValue?)?
-        #expect(GuaranteeNode.finishes(within: 20, unblock: unblock) { del = node.run("DEL", node.stdin(keys)) }, "DEL hung on the FIFO")
+        #expect(
+            GuaranteeNode.finishes(within: 20, unblock: unblock) { del = node.run("DEL", node.stdin(keys)) },
+            "DEL hung on the FIFO")
         #expect(del?.0.exitStatus == 0, "\(del?.0.stdout ?? "")")
     }
 }
 
 @Suite struct RefusalTests {
     /// Issue 11.6: a built-in target or chain as masqChain is refused at validation, before any netfilter change.
-    @Test(arguments: ["MASQUERADE", "SNAT", "DNAT", "POSTROUTING", "PREROUTING", "RETURN", "ACCEPT", "DROP", "REJECT",
-                      "INPUT", "OUTPUT", "FORWARD", "QUEUE", "LOG", "MARK", "REDIRECT", "NETMAP", "-x"])
+    @Test(arguments: [
+        "MASQUERADE", "SNAT", "DNAT", "POSTROUTING", "PREROUTING", "RETURN", "ACCEPT", "DROP", "REJECT",
+        "INPUT", "OUTPUT", "FORWARD", "QUEUE", "LOG", "MARK", "REDIRECT", "NETMAP", "-x",
+    ])
     func builtInNamesAreNotChainNames(name: String) {
         let node = GuaranteeNode()
         let (outcome, reply) = node.run("ADD", node.stdin(#""backend":"iptables","masqChain":"\#(name)""#))
@@ -226,7 +263,7 @@ struct RefusingBackend: MasqBackend {
     @Test func statusAndTheStateDirectory() throws {
         let node = GuaranteeNode()
         #expect(node.run("STATUS", node.stdin(#""nonMasqueradeCIDRs":["10.0.0.1/8"]"#)).0.exitStatus == 0)
-        try? FileManager.default.removeItem(atPath: node.stateDir)  // STATUS creates none
+        try? FileManager.default.removeItem(atPath: node.stateDir) // STATUS creates none
         try "x".write(toFile: node.stateDir, atomically: true, encoding: .utf8)
         #expect(node.run("STATUS", node.stdin("")).1?["code"] == .int(50))
     }
@@ -263,17 +300,22 @@ struct RefusingBackend: MasqBackend {
     /// Issue 11.9: addresses on another interface register nothing: a warning names the ifname, CHECK fails.
     @Test func addressesOfAnotherInterfaceAreReported() {
         let node = GuaranteeNode()
-        let hostSide = #"{"cniVersion":"1.0.0","interfaces":[{"name":"veth0"},{"name":"eth0","sandbox":"/var/run/netns/x"}],"#
+        let hostSide =
+            #"{"cniVersion":"1.0.0","interfaces":[{"name":"veth0"},{"name":"eth0","sandbox":"/var/run/netns/x"}],"#
             + #""ips":[{"interface":0,"address":"10.99.0.3/24"}]}"#
         let (add, _) = node.run("ADD", node.stdin(#""backend":"nftables""#, prevResult: hostSide))
         #expect(add.exitStatus == 0)
-        #expect(node.logText.contains("warning") && node.logText.contains("eth0") && node.logText.contains("veth0"), "\(node.logText)")
+        #expect(
+            node.logText.contains("warning") && node.logText.contains("eth0") && node.logText.contains("veth0"),
+            "\(node.logText)")
         #expect(!node.logText.contains("registered \n") && !node.logText.contains("registered  "), "\(node.logText)")
         let (check, reply) = node.run("CHECK", node.stdin(#""backend":"nftables""#, prevResult: hostSide))
         #expect(check.exitStatus == 1)
         #expect(reply?["code"] == .int(101), "\(check.stdout)")
         #expect(reply?["msg"]?.stringValue?.contains("eth0") == true)
-        #expect(reply?["msg"]?.stringValue?.hasPrefix("prevResult has no address of") == true, "the message says what is missing: \(check.stdout)")
+        #expect(
+            reply?["msg"]?.stringValue?.hasPrefix("prevResult has no address of") == true,
+            "the message says what is missing: \(check.stdout)")
     }
 }
 
@@ -291,8 +333,10 @@ struct RefusingBackend: MasqBackend {
     }
 
     /// Near misses of known keys and plumbing keys stay refused.
-    @Test(arguments: ["nonmasqueradecidrs: [10.0.0.0/8]", "masqLinklocal: true", "backend: iptables", "stateDir: /x",
-                      "Backend: iptables", "logfile: /tmp/x", "masq_link_local: true", "non-masquerade-cidrs: []"])
+    @Test(arguments: [
+        "nonmasqueradecidrs: [10.0.0.0/8]", "masqLinklocal: true", "backend: iptables", "stateDir: /x",
+        "Backend: iptables", "logfile: /tmp/x", "masq_link_local: true", "non-masquerade-cidrs: []",
+    ])
     func nearMissesAndPlumbingAreRefused(line: String) {
         #expect(throws: CNIError.self) { try resolveFile(line + "\n") }
         do { _ = try resolveFile(line + "\n") } catch {
@@ -315,12 +359,15 @@ struct RefusingBackend: MasqBackend {
 @Suite struct OperatorNitTests {
     /// Issue 11.11.
     @Test func resetRefusesAnInvalidNetworkName() {
-        let outcome = OperatorCommand.run(arguments: ["reset", "--network", "not a name!", "--state-dir", "/nonexistent-ipmasq"], environment: [:])
+        let outcome = OperatorCommand.run(
+            arguments: ["reset", "--network", "not a name!", "--state-dir", "/nonexistent-ipmasq"], environment: [:])
         #expect(outcome.exitStatus == 2)
     }
 
     @Test func agentRefusesARelativeNetconf() {
-        #expect(OperatorCommand.run(arguments: ["agent", "--netconf", "relative.conf", "--once"], environment: [:]).exitStatus == 2)
+        #expect(
+            OperatorCommand.run(arguments: ["agent", "--netconf", "relative.conf", "--once"], environment: [:])
+                .exitStatus == 2)
     }
 
     @Test func bareCommandPrintsUsageOnStderr() {
@@ -341,7 +388,9 @@ struct RefusingBackend: MasqBackend {
         #expect(check.exitStatus == 1)
         #expect(reply?["code"] == .int(101), "\(check.stdout)")
         #expect(node.nftables.applied.count == applied, "CHECK wrote netfilter")
-        #expect(try String(contentsOfFile: node.stateDir + "/networks/podnet/network.json", encoding: .utf8) == record, "CHECK wrote the record")
+        #expect(
+            try String(contentsOfFile: node.stateDir + "/networks/podnet/network.json", encoding: .utf8) == record,
+            "CHECK wrote the record")
         #expect(node.run("CHECK", node.stdin(#""backend":"nftables""#)).0.exitStatus == 0)
     }
 
@@ -366,20 +415,33 @@ struct RefusingBackend: MasqBackend {
         let node = GuaranteeNode()
         #expect(node.run("ADD", node.stdin(#""backend":"nftables""#)).0.exitStatus == 0)
         node.nftables.failRemoval = BackendError(.unavailable, "nftables gone in this test")
-        let other = #"{"cniVersion":"1.0.0","interfaces":[{"name":"eth0","sandbox":"/x"}],"ips":[{"interface":0,"address":"10.99.0.4/24"}]}"#
-        let (add, _) = node.run("ADD", node.stdin(#""backend":"iptables","logLevel":"info""#, prevResult: other), environment: ["CNI_CONTAINERID": "ctr2"])
+        let other =
+            #"""
+            {"cniVersion":"1.0.0","interfaces":[{"name":"eth0","sandbox":"/x"}],"ips":[{"interface":0,\#
+            "address":"10.99.0.4/24"}]}
+            """#
+        let (add, _) = node.run(
+            "ADD", node.stdin(#""backend":"iptables","logLevel":"info""#, prevResult: other),
+            environment: ["CNI_CONTAINERID": "ctr2"])
         #expect(add.exitStatus == 0, "\(add.stdout)")
         let lines = node.logText.split(separator: "\n")
-        #expect(lines.contains { $0.contains("warning") && $0.contains("nftables gone in this test") }, "\(node.logText)")
+        #expect(
+            lines.contains { $0.contains("warning") && $0.contains("nftables gone in this test") }, "\(node.logText)")
         #expect(lines.contains { $0.contains("moved network") && $0.contains("except in nftables") }, "\(node.logText)")
     }
 
     @Test func addAfterASwitchMovesTheNetwork() throws {
         let node = GuaranteeNode()
         #expect(node.run("ADD", node.stdin(#""backend":"nftables""#)).0.exitStatus == 0)
-        let other = #"{"cniVersion":"1.0.0","interfaces":[{"name":"eth0","sandbox":"/x"}],"ips":[{"interface":0,"address":"10.99.0.4/24"}]}"#
+        let other =
+            #"""
+            {"cniVersion":"1.0.0","interfaces":[{"name":"eth0","sandbox":"/x"}],"ips":[{"interface":0,\#
+            "address":"10.99.0.4/24"}]}
+            """#
         // The move is logged at info (the default level, warning, keeps a healthy ADD silent).
-        let (add, _) = node.run("ADD", node.stdin(#""backend":"iptables","logLevel":"info""#, prevResult: other), environment: ["CNI_CONTAINERID": "ctr2"])
+        let (add, _) = node.run(
+            "ADD", node.stdin(#""backend":"iptables","logLevel":"info""#, prevResult: other),
+            environment: ["CNI_CONTAINERID": "ctr2"])
         #expect(add.exitStatus == 0, "\(add.stdout)")
         let moved = Set(node.iptables.applied.flatMap(\.add).map { "\($0.pod.address)" })
         #expect(moved == ["10.99.0.3", "10.99.0.4"], "every recorded pod is in the new backend")
@@ -387,7 +449,9 @@ struct RefusingBackend: MasqBackend {
         #expect(node.nftables.removedNetworks.map(\.network) == ["podnet"], "the old backend's objects go")
         #expect(node.logText.contains("moved"), "\(node.logText)")
         let record = try String(contentsOfFile: node.stateDir + "/networks/podnet/network.json", encoding: .utf8)
-        #expect(record.contains(#""backend":"iptables""#) && record.contains("iptablesMode") && record.contains("masqChain"), "\(record)")
+        #expect(
+            record.contains(#""backend":"iptables""#) && record.contains("iptablesMode")
+                && record.contains("masqChain"), "\(record)")
     }
 
     /// DEL after a switch leaves no trace in either backend.
@@ -404,7 +468,11 @@ struct RefusingBackend: MasqBackend {
     @Test func aModeSwitchRemovesTheOldFlavour() throws {
         let node = GuaranteeNode()
         #expect(node.run("ADD", node.stdin(#""backend":"iptables","iptablesMode":"nft""#)).0.exitStatus == 0)
-        #expect(node.run("ADD", node.stdin(#""backend":"iptables","iptablesMode":"legacy""#), environment: ["CNI_CONTAINERID": "ctr2"]).0.exitStatus == 0)
+        #expect(
+            node.run(
+                "ADD", node.stdin(#""backend":"iptables","iptablesMode":"legacy""#),
+                environment: ["CNI_CONTAINERID": "ctr2"]
+            ).0.exitStatus == 0)
         #expect(node.iptables.removedNetworks.map(\.network) == ["podnet"], "the nft flavour's objects go")
     }
 

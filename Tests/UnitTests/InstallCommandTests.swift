@@ -1,8 +1,9 @@
 import Foundation
 import JSON
 import MasqCore
-@testable import Plugin
 import Testing
+
+@testable import Plugin
 
 /// A scratch node for `ip-masq install`: a conf dir seeded from testdata/node-conflists/<sample>,
 /// a bin dir, a host dir for the config copy and the agent netconf, and a stand-in binary.
@@ -35,9 +36,10 @@ final class InstallNode: @unchecked Sendable {
 
     /// The options the DaemonSet passes, pointed at this scratch node.
     func options(uninstall: Bool = false, dryRun: Bool = false, conflist: String? = nil) -> InstallOptions {
-        InstallOptions(binDirectory: binDirectory, confDirectory: confDirectory, conflist: conflist, configFile: configMapFile,
-                       hostConfigFile: hostConfigFile, agentNetconf: agentNetconf, uninstall: uninstall, dryRun: dryRun,
-                       binarySource: binarySource)
+        InstallOptions(
+            binDirectory: binDirectory, confDirectory: confDirectory, conflist: conflist, configFile: configMapFile,
+            hostConfigFile: hostConfigFile, agentNetconf: agentNetconf, uninstall: uninstall, dryRun: dryRun,
+            binarySource: binarySource)
     }
 
     func installer(_ options: InstallOptions) -> Installer {
@@ -60,7 +62,8 @@ final class InstallNode: @unchecked Sendable {
             let path = root + "/" + relative
             var isDirectory: ObjCBool = false
             guard FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory), !isDirectory.boolValue,
-                  path != binarySource, path != configMapFile else { continue }
+                path != binarySource, path != configMapFile
+            else { continue }
             let mode = try FileManager.default.attributesOfItem(atPath: path)[.posixPermissions] as? Int ?? 0
             files[relative] = (try Data(contentsOf: URL(fileURLWithPath: path)), mode)
         }
@@ -72,7 +75,8 @@ final class InstallNode: @unchecked Sendable {
 
     /// A file of the conf dir, parsed.
     func parsed(_ name: String) throws -> JSONObject {
-        try #require(try JSONValue.parse(Array(Data(contentsOf: URL(fileURLWithPath: confDirectory + "/" + name)))).objectValue)
+        try #require(
+            try JSONValue.parse(Array(Data(contentsOf: URL(fileURLWithPath: confDirectory + "/" + name)))).objectValue)
     }
 
     /// The plugin types of a conflist in the conf dir, in order.
@@ -83,7 +87,8 @@ final class InstallNode: @unchecked Sendable {
 
 /// Two snapshots are the same files with the same bytes and modes.
 func sameFiles(_ a: [String: (Data, Int)], _ b: [String: (Data, Int)]) -> Bool {
-    a.keys.sorted() == b.keys.sorted() && a.allSatisfy { key, value in b[key].map { $0.0 == value.0 && $0.1 == value.1 } ?? false }
+    a.keys.sorted() == b.keys.sorted()
+        && a.allSatisfy { key, value in b[key].map { $0.0 == value.0 && $0.1 == value.1 } ?? false }
 }
 
 /// The samples of testdata/node-conflists and the config file each one's runtime loads.
@@ -94,8 +99,9 @@ let nodeSamples: [(sample: String, config: String)] = [
 
 @Suite("ip-masq install")
 struct InstallCommandTests {
-    @Test("install appends one ip-masq entry naming the node's config copy, and keeps a backup",
-          arguments: nodeSamples.filter { $0.sample != "single-conf" })
+    @Test(
+        "install appends one ip-masq entry naming the node's config copy, and keeps a backup",
+        arguments: nodeSamples.filter { $0.sample != "single-conf" })
     func installAppendsTheEntry(sample: String, config: String) throws {
         let node = try InstallNode(sample: sample)
         let original = try node.parsed(config)
@@ -103,15 +109,21 @@ struct InstallCommandTests {
         let list = try node.parsed(config)
         let plugins = ConflistEdit.plugins(of: list)
         #expect(plugins.count == ConflistEdit.plugins(of: original).count + 1)
-        #expect(plugins.last == .object(JSONObject([("type", .string("ip-masq")), ("configFile", .string(node.hostConfigFile))])))
-        #expect(Array(plugins.dropLast()) == ConflistEdit.plugins(of: original), "the other plugins are untouched, in order")
+        #expect(
+            plugins.last
+                == .object(JSONObject([("type", .string("ip-masq")), ("configFile", .string(node.hostConfigFile))])))
+        #expect(
+            Array(plugins.dropLast()) == ConflistEdit.plugins(of: original), "the other plugins are untouched, in order"
+        )
         #expect(list["name"] == original["name"] && list["cniVersion"] == original["cniVersion"])
         // The original, once, byte for byte.
-        #expect(try Data(contentsOf: URL(fileURLWithPath: node.confDirectory + "/" + config + ".ip-masq.bak"))
+        #expect(
+            try Data(contentsOf: URL(fileURLWithPath: node.confDirectory + "/" + config + ".ip-masq.bak"))
                 == Data(fixture("node-conflists/\(sample)/\(config)")))
         // The ConfigMap copy on the node, and the agent's netconf naming the same network and file.
         #expect(FileManager.default.contentsEqual(atPath: node.hostConfigFile, andPath: node.configMapFile))
-        let agent = try #require(try JSONValue.parse(Array(Data(contentsOf: URL(fileURLWithPath: node.agentNetconf)))).objectValue)
+        let agent = try #require(
+            try JSONValue.parse(Array(Data(contentsOf: URL(fileURLWithPath: node.agentNetconf)))).objectValue)
         #expect(agent["name"] == original["name"] && agent["cniVersion"] == original["cniVersion"])
         #expect(agent["type"] == .string("ip-masq") && agent["configFile"] == .string(node.hostConfigFile))
         // What the plugin and the agent will read from it resolves to the ConfigMap's settings.
@@ -163,7 +175,9 @@ struct InstallCommandTests {
         try Data(JSONValue.object(list).serialized(pretty: true).utf8).write(to: URL(fileURLWithPath: path))
         try node.uninstall()
         #expect(try node.types("10-containerd-net.conflist") == ["bridge", "portmap"])
-        #expect(try ConflistEdit.plugins(of: node.parsed("10-containerd-net.conflist"))[0]["ipMasq"] == .bool(false), "the later change stays")
+        #expect(
+            try ConflistEdit.plugins(of: node.parsed("10-containerd-net.conflist"))[0]["ipMasq"] == .bool(false),
+            "the later change stays")
         #expect(try node.confNames() == ["10-containerd-net.conflist"], "the stale backup is gone")
         #expect(node.warnings.contains { $0.contains("changed since install") })
     }
@@ -181,7 +195,8 @@ struct InstallCommandTests {
         var plugin = conf
         plugin["cniVersion"] = nil
         plugin["name"] = nil
-        #expect(ConflistEdit.plugins(of: list).first == .object(plugin), "the conf's plugin, without the list-level keys")
+        #expect(
+            ConflistEdit.plugins(of: list).first == .object(plugin), "the conf's plugin, without the list-level keys")
         #expect(ConflistEdit.conflist(fromConf: conf) == ConflistEdit.removingOurs(from: list))
         try node.uninstall()
         #expect(try node.confNames() == ["10-mynet.conf"])
@@ -193,14 +208,19 @@ struct InstallCommandTests {
         let node = try InstallNode(sample: sample)
         try node.install()
         let expectsWarning = sample == "containerd" || sample == "single-conf" // bridge with "ipMasq": true
-        #expect(node.warnings.contains { $0.contains("plugins[0] (type \"bridge\") has \"ipMasq\": true") } == expectsWarning,
-                "\(node.warnings)")
+        #expect(
+            node.warnings.contains { $0.contains("plugins[0] (type \"bridge\") has \"ipMasq\": true") }
+                == expectsWarning,
+            "\(node.warnings)")
         #expect(node.warnings.allSatisfy { !$0.contains("calico") && !$0.contains("flannel") })
     }
 
     @Test("a flannel-style delegate with ipMasq: true is reported too")
     func delegateIPMasqIsReported() throws {
-        let list = try #require(try JSONValue.parse(#"{"cniVersion":"0.3.1","name":"cbr0","plugins":[{"type":"flannel","delegate":{"ipMasq":true}}]}"#).objectValue)
+        let list = try #require(
+            try JSONValue.parse(
+                #"{"cniVersion":"0.3.1","name":"cbr0","plugins":[{"type":"flannel","delegate":{"ipMasq":true}}]}"#
+            ).objectValue)
         #expect(ConflistEdit.masqueradeConflicts(in: list).count == 1)
         #expect(ConflistEdit.masqueradeConflicts(in: list).first?.contains("delegate.ipMasq") == true)
     }
@@ -219,8 +239,12 @@ struct InstallCommandTests {
         try node.install()
         #expect(try node.types("20-n.conflist") == ["ptp", "ip-masq", "portmap"])
         let entry = try #require(ConflistEdit.ourEntry(in: try node.parsed("20-n.conflist")))
-        #expect(entry == JSONObject([("type", .string("ip-masq")), ("backend", .string("iptables")),
-                                     ("configFile", .string(node.hostConfigFile))]))
+        #expect(
+            entry
+                == JSONObject([
+                    ("type", .string("ip-masq")), ("backend", .string("iptables")),
+                    ("configFile", .string(node.hostConfigFile)),
+                ]))
         // Uninstall restores the pre-install file, the operator's hand-made entries included.
         try node.uninstall()
         #expect(try node.types("20-n.conflist") == ["ptp", "ip-masq", "portmap", "ip-masq"])
@@ -244,7 +268,9 @@ struct InstallCommandTests {
     func runtimeChoice() {
         #expect(ConflistEdit.runtimeChoice(among: ["calico-kubeconfig", "10-calico.conflist"]) == "10-calico.conflist")
         #expect(ConflistEdit.runtimeChoice(among: ["10-a.conflist", "05-b.conf", "99-c.json"]) == "05-b.conf")
-        #expect(ConflistEdit.runtimeChoice(among: ["10-a.conflist", "10-a.conflist.ip-masq.bak", "README"]) == "10-a.conflist")
+        #expect(
+            ConflistEdit.runtimeChoice(among: ["10-a.conflist", "10-a.conflist.ip-masq.bak", "README"])
+                == "10-a.conflist")
         #expect(ConflistEdit.runtimeChoice(among: ["Z.conf", "a.conf"]) == "Z.conf")
         #expect(ConflistEdit.runtimeChoice(among: ["notes.txt"]) == nil)
     }
@@ -252,8 +278,9 @@ struct InstallCommandTests {
     @Test("--conflist picks a config other than the runtime's first")
     func explicitConflist() throws {
         let node = try InstallNode(sample: "containerd")
-        try FileManager.default.copyItem(atPath: testdata.appendingPathComponent("node-conflists/calico/10-calico.conflist").path,
-                                         toPath: node.confDirectory + "/20-other.conflist")
+        try FileManager.default.copyItem(
+            atPath: testdata.appendingPathComponent("node-conflists/calico/10-calico.conflist").path,
+            toPath: node.confDirectory + "/20-other.conflist")
         try node.install(conflist: "20-other.conflist")
         #expect(try node.types("20-other.conflist").last == "ip-masq")
         #expect(try node.types("10-containerd-net.conflist") == ["bridge", "portmap"])
@@ -263,10 +290,13 @@ struct InstallCommandTests {
     func refusals() throws {
         let empty = try InstallNode()
         #expect(throws: InstallError.self) { try empty.install() }
-        #expect(!FileManager.default.fileExists(atPath: empty.binDirectory + "/ip-masq"), "nothing is installed before the config is known")
+        #expect(
+            !FileManager.default.fileExists(atPath: empty.binDirectory + "/ip-masq"),
+            "nothing is installed before the config is known")
 
         let old = try InstallNode()
-        try #"{"cniVersion": "0.2.0", "name": "old", "type": "bridge"}"#.write(toFile: old.confDirectory + "/10-old.conf", atomically: true, encoding: .utf8)
+        try #"{"cniVersion": "0.2.0", "name": "old", "type": "bridge"}"#.write(
+            toFile: old.confDirectory + "/10-old.conf", atomically: true, encoding: .utf8)
         let error = try #require(throws: InstallError.self) { try old.install() }
         #expect(error.message.contains("0.2.0"))
         #expect(try old.confNames() == ["10-old.conf"])
@@ -293,9 +323,13 @@ struct InstallCommandTests {
     @Test("command line: required dirs, absolute paths, --host-config-file needs --config-file, help")
     func commandLine() {
         #expect(InstallCommand.run(arguments: ["--cni-conf-dir", "/etc/cni/net.d"]).exitStatus == 2)
-        #expect(InstallCommand.run(arguments: ["--cni-bin-dir", "bin", "--cni-conf-dir", "/etc/cni/net.d"]).exitStatus == 2)
-        #expect(InstallCommand.run(arguments: ["--cni-bin-dir", "/b", "--cni-conf-dir", "/c", "--host-config-file", "/h"]).exitStatus == 2)
-        #expect(InstallCommand.run(arguments: ["--cni-bin-dir", "/b", "--cni-conf-dir", "/c", "--bogus"]).exitStatus == 2)
+        #expect(
+            InstallCommand.run(arguments: ["--cni-bin-dir", "bin", "--cni-conf-dir", "/etc/cni/net.d"]).exitStatus == 2)
+        #expect(
+            InstallCommand.run(arguments: ["--cni-bin-dir", "/b", "--cni-conf-dir", "/c", "--host-config-file", "/h"])
+                .exitStatus == 2)
+        #expect(
+            InstallCommand.run(arguments: ["--cni-bin-dir", "/b", "--cni-conf-dir", "/c", "--bogus"]).exitStatus == 2)
         let help = InstallCommand.run(arguments: ["--help"])
         #expect(help.exitStatus == 0 && help.stdout.contains("--host-config-file"))
     }
@@ -303,11 +337,16 @@ struct InstallCommandTests {
     @Test("the command installs this process's own binary into a scratch node")
     func commandInstallsItself() throws {
         let node = try InstallNode(sample: "calico")
-        let outcome = InstallCommand.run(arguments: ["--cni-bin-dir", node.binDirectory, "--cni-conf-dir", node.confDirectory])
+        let outcome = InstallCommand.run(arguments: [
+            "--cni-bin-dir", node.binDirectory, "--cni-conf-dir", node.confDirectory,
+        ])
         #expect(outcome.exitStatus == 0, "\(outcome.stdout)")
-        #expect(try Data(contentsOf: URL(fileURLWithPath: node.binDirectory + "/ip-masq"))
+        #expect(
+            try Data(contentsOf: URL(fileURLWithPath: node.binDirectory + "/ip-masq"))
                 == Data(contentsOf: URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath()))
-        #expect(ConflistEdit.ourEntry(in: try node.parsed("10-calico.conflist")) == JSONObject([("type", .string("ip-masq"))]))
+        #expect(
+            ConflistEdit.ourEntry(in: try node.parsed("10-calico.conflist"))
+                == JSONObject([("type", .string("ip-masq"))]))
     }
 }
 
@@ -329,7 +368,8 @@ struct DaemonSetManifestTests {
         let objects = try Self.documents().filter { $0 != .null }
         #expect(objects.count == 2)
         #expect(objects.map { $0["kind"]?.stringValue } == ["ConfigMap", "DaemonSet"])
-        #expect(objects.allSatisfy { $0["metadata"]?["namespace"] == .string("kube-system") && $0["apiVersion"] != nil })
+        #expect(
+            objects.allSatisfy { $0["metadata"]?["namespace"] == .string("kube-system") && $0["apiVersion"] != nil })
     }
 
     /// The DaemonSet's pod spec.
@@ -353,22 +393,33 @@ struct DaemonSetManifestTests {
         let configMap = try #require(try Self.documents().first { $0["kind"] == .string("ConfigMap") })
         #expect(configMap["metadata"]?["name"] == .string("ip-masq-agent"))
         let text = try #require(configMap["data"]?["config"]?.stringValue)
-        let config = try MasqConfig.resolve(netconf: JSONObject([("type", .string("ip-masq")), ("configFile", .string("/etc/cni/ip-masq/config"))]),
-                                            fileContents: Array(text.utf8))
+        let config = try MasqConfig.resolve(
+            netconf: JSONObject([("type", .string("ip-masq")), ("configFile", .string("/etc/cni/ip-masq/config"))]),
+            fileContents: Array(text.utf8))
         #expect(config.nonMasqueradeCIDRs.map(\.description) == ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"])
         #expect(config.resyncInterval == 60_000_000_000)
     }
 
-    @Test("install and agent agree: the init container's options parse, the config copy and netconf are the agent's, on a shared host path")
+    @Test(
+        """
+        install and agent agree: the init container's options parse, the config copy and netconf are the agent's, \
+        on a shared host path
+        """
+    )
     func installAndAgentAgree() throws {
         let spec = try Self.podSpec()
         #expect(spec["hostNetwork"] == .bool(true))
         let install = Self.command(spec["initContainers"]?.arrayValue?.first)
         let agent = Self.command(spec["containers"]?.arrayValue?.first)
         #expect(install.prefix(2) == ["/ip-masq", "install"] && agent.prefix(2) == ["/ip-masq", "agent"])
-        let options = try InstallOptions(Arguments(Array(install.dropFirst(2)), valued: ["--cni-bin-dir", "--cni-conf-dir", "--conflist", "--config-file",
-                                                                                          "--host-config-file", "--agent-netconf"],
-                                                   flags: ["--uninstall", "--dry-run"]))
+        let options = try InstallOptions(
+            Arguments(
+                Array(install.dropFirst(2)),
+                valued: [
+                    "--cni-bin-dir", "--cni-conf-dir", "--conflist", "--config-file",
+                    "--host-config-file", "--agent-netconf",
+                ],
+                flags: ["--uninstall", "--dry-run"]))
         #expect(options.configFile == "/etc/config/config")
         let hostConfig = try #require(options.hostConfigFile), agentNetconf = try #require(options.agentNetconf)
         #expect(Self.value(of: "--sync-config-from", in: agent) == options.configFile)
@@ -388,8 +439,13 @@ struct DaemonSetManifestTests {
         #expect(hostPath(mountedAt: shared, in: spec["containers"]?.arrayValue?.first) == shared)
         // The plugin's default lockFile and stateDir live in the node's /run/cni, shared with the agent.
         #expect(hostPath(mountedAt: "/run/cni", in: spec["containers"]?.arrayValue?.first) == "/run/cni")
-        #expect(options.binDirectory == "/host/opt/cni/bin"
-                && hostPath(mountedAt: "/host/opt/cni/bin", in: spec["initContainers"]?.arrayValue?.first) == "/opt/cni/bin")
-        #expect(hostPath(mountedAt: options.confDirectory, in: spec["initContainers"]?.arrayValue?.first) == "/etc/cni/net.d")
+        #expect(
+            options.binDirectory == "/host/opt/cni/bin"
+                && hostPath(mountedAt: "/host/opt/cni/bin", in: spec["initContainers"]?.arrayValue?.first)
+                    == "/opt/cni/bin"
+        )
+        #expect(
+            hostPath(mountedAt: options.confDirectory, in: spec["initContainers"]?.arrayValue?.first)
+                == "/etc/cni/net.d")
     }
 }

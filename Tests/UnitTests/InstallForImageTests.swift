@@ -1,7 +1,8 @@
 import Foundation
 import JSON
-@testable import Plugin
 import Testing
+
+@testable import Plugin
 
 /// An install killed between writing its temporary and renaming it leaves `.ip-masq-install.<pid>.tmp`; in an init
 /// container the next install has the same PID (1), so the name is taken again (found by the image tier's reinstall).
@@ -14,7 +15,8 @@ import Testing
             #expect(FileManager.default.createFile(atPath: directory + stale, contents: Data("half-written".utf8)))
         }
         try node.install()
-        #expect(try Data(contentsOf: URL(fileURLWithPath: node.binDirectory + "/ip-masq"))
+        #expect(
+            try Data(contentsOf: URL(fileURLWithPath: node.binDirectory + "/ip-masq"))
                 == Data(contentsOf: URL(fileURLWithPath: node.binarySource)))
         for directory in [node.binDirectory, node.confDirectory] {
             #expect(!FileManager.default.fileExists(atPath: directory + stale), "\(directory)")
@@ -26,18 +28,24 @@ import Testing
 /// node and the agent in its container then agree on it).
 @Suite struct InstallEntryKeysTests {
     func arguments(_ node: InstallNode) -> [String] {
-        ["--cni-bin-dir", node.binDirectory, "--cni-conf-dir", node.confDirectory, "--agent-netconf", node.agentNetconf]
+        [
+            "--cni-bin-dir", node.binDirectory, "--cni-conf-dir", node.confDirectory, "--agent-netconf",
+            node.agentNetconf,
+        ]
     }
 
     @Test func backendAndModeGoIntoTheEntryAndTheAgentsNetconf() throws {
         let node = try InstallNode(sample: "containerd")
-        var options = try InstallOptions(Arguments(arguments(node) + ["--backend", "iptables", "--iptables-mode", "legacy"],
-                                                   valued: ["--cni-bin-dir", "--cni-conf-dir", "--agent-netconf", "--backend", "--iptables-mode"]))
+        var options = try InstallOptions(
+            Arguments(
+                arguments(node) + ["--backend", "iptables", "--iptables-mode", "legacy"],
+                valued: ["--cni-bin-dir", "--cni-conf-dir", "--agent-netconf", "--backend", "--iptables-mode"]))
         options.binarySource = node.binarySource
         _ = try Installer(options: options, warn: { _ in }).install()
         let entry = try #require(ConflistEdit.ourEntry(in: try node.parsed("10-containerd-net.conflist")))
         #expect(entry["backend"] == .string("iptables") && entry["iptablesMode"] == .string("legacy"))
-        let netconf = try #require(try JSONValue.parse(Array(Data(contentsOf: URL(fileURLWithPath: node.agentNetconf)))).objectValue)
+        let netconf = try #require(
+            try JSONValue.parse(Array(Data(contentsOf: URL(fileURLWithPath: node.agentNetconf)))).objectValue)
         #expect(netconf["backend"] == .string("iptables") && netconf["iptablesMode"] == .string("legacy"))
         _ = try node.uninstall()
         #expect(try node.confNames() == ["10-containerd-net.conflist"])

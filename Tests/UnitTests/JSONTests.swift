@@ -3,7 +3,8 @@ import Testing
 
 @Suite struct JSONTests {
     @Test func keepsKeyOrderAndExactIntegers() throws {
-        let text = #"{"z":1,"a":9223372036854775807,"m":-9223372036854775808,"r":1.5,"s":"é\n","n":null,"b":[true,false]}"#
+        let text =
+            #"{"z":1,"a":9223372036854775807,"m":-9223372036854775808,"r":1.5,"s":"é\n","n":null,"b":[true,false]}"#
         let value = try JSONValue.parse(text)
         #expect(value.objectValue?.keys == ["z", "a", "m", "r", "s", "n", "b"])
         #expect(value["a"] == .int(Int64.max))

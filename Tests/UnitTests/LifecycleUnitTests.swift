@@ -1,8 +1,9 @@
 import Foundation
 import MasqCore
+import Testing
+
 @testable import Netfilter
 @testable import Plugin
-import Testing
 
 /// Issue 11 items 3 and 4 without root: keys and state paths that cannot coincide, and leftovers of killed writers.
 @Suite("state names and leftovers")
@@ -30,13 +31,16 @@ struct LifecycleUnitTests {
 
     @Test("distinct networks get distinct netfilter objects, however their names are crafted")
     func objectNamesAreDistinct() {
-        let names = ["pod-net", "pod_net_b40e5ef6", "pod_net", "pod.net", "4_x", "x", "masq", "nomasq", "podnets",
-                     String(repeating: "n", count: 20), String(repeating: "n", count: 21), "backend", "owners", "lock"]
+        let names = [
+            "pod-net", "pod_net_b40e5ef6", "pod_net", "pod.net", "4_x", "x", "masq", "nomasq", "podnets",
+            String(repeating: "n", count: 20), String(repeating: "n", count: 21), "backend", "owners", "lock",
+        ]
         var owners: [String: String] = [:]
         for name in names {
             let key = NetworkKey(network: name)
             let nft = NFTablesRenderer.Names(key: key.rawValue)
-            let objects = nft.sets.map { "set " + $0 } + [nft.post, nft.masq, nft.snat].map { "chain " + $0 }
+            let objects =
+                nft.sets.map { "set " + $0 } + [nft.post, nft.masq, nft.snat].map { "chain " + $0 }
                 + IPTablesRenderer.sets(key).map { "ipset " + $0 }
             for object in objects {
                 #expect(owners[object] == nil, "\(object) of \(name) is also \(owners[object] ?? "")'s")
@@ -78,7 +82,8 @@ struct LifecycleUnitTests {
         let root = NSTemporaryDirectory() + "ipmasq-journal-" + UUID().uuidString
         defer { try? FileManager.default.removeItem(atPath: root) }
         let plain = StateStore(root: root)
-        let a = Owner(network: "net", containerID: "a", ifname: "eth0"), b = Owner(network: "other", containerID: "b", ifname: "eth0")
+        let a = Owner(network: "net", containerID: "a", ifname: "eth0"),
+            b = Owner(network: "other", containerID: "b", ifname: "eth0")
         let address = try #require(IPAddress("10.1.0.5")), subnet = try CIDR.parse("10.1.0.0/24").get()
         try plain.save(AttachmentRecord(owner: a, addresses: [PodAddress(address: address, subnet: subnet)]))
         try plain.claim(address, for: a)
@@ -103,7 +108,9 @@ struct LifecycleUnitTests {
         let enumerator = FileManager.default.enumerator(atPath: root)
         while let relative = enumerator?.nextObject() as? String {
             var isDirectory: ObjCBool = false
-            if FileManager.default.fileExists(atPath: root + "/" + relative, isDirectory: &isDirectory), !isDirectory.boolValue {
+            if FileManager.default.fileExists(atPath: root + "/" + relative, isDirectory: &isDirectory),
+                !isDirectory.boolValue
+            {
                 result[relative] = try String(contentsOfFile: root + "/" + relative, encoding: .utf8)
             }
         }
@@ -115,7 +122,8 @@ struct LifecycleUnitTests {
         let node = try InstallNode(sample: "containerd")
         try FileManager.default.createDirectory(atPath: node.binDirectory, withIntermediateDirectories: true)
         for directory in [node.confDirectory, node.binDirectory] {
-            FileManager.default.createFile(atPath: directory + "/.ip-masq-install.\(getpid()).tmp", contents: Data("stale".utf8))
+            FileManager.default.createFile(
+                atPath: directory + "/.ip-masq-install.\(getpid()).tmp", contents: Data("stale".utf8))
         }
         try node.install()
         #expect(try node.types("10-containerd-net.conflist").last == "ip-masq")

@@ -1,9 +1,10 @@
 import Foundation
 import JSON
 import MasqCore
-@testable import Netfilter
 import Plugin
 import Testing
+
+@testable import Netfilter
 
 /// The nftables model: the kernel's answers to the typed operations, its listing, and the plugin's verbs (ADD,
 /// CHECK, DEL, GC, the restore after a flushed table) run in-process against it, without root.
@@ -16,7 +17,9 @@ import Testing
 
     static func firstAdd(_ configJSON: String = "{}") throws -> NetworkChange {
         var change = NetworkChange(network: "podnet", policy: NetworkPolicy(config: try resolve(configJSON)))
-        change.add = [registration("10.244.1.7", "10.244.1.0/24"), registration("fd00:10:244:1::7", "fd00:10:244:1::/64")]
+        change.add = [
+            registration("10.244.1.7", "10.244.1.0/24"), registration("fd00:10:244:1::7", "fd00:10:244:1::/64"),
+        ]
         return change
     }
 
@@ -32,7 +35,9 @@ import Testing
         #expect(dump.hasPrefix("table inet ip_masq {\n\tset pods4_podnet {\n\t\ttype ipv4_addr\n"))
         #expect(dump.contains("\t\telements = { 10.244.1.7 . 10.244.1.0/24 comment \"podnet/0123abcd/eth0\" }\n"))
         #expect(dump.contains("\tchain post_podnet {\n\t\ttype nat hook postrouting priority srcnat; policy accept;\n"))
-        #expect(dump.contains("\t\tfib daddr type local counter packets 0 bytes 0 return comment \"ip-masq 0123456789abcdef\"\n"))
+        #expect(
+            dump.contains(
+                "\t\tfib daddr type local counter packets 0 bytes 0 return comment \"ip-masq 0123456789abcdef\"\n"))
         #expect(dump.contains("guard_podnet") == !configJSON.contains("dropInvalid"))
         // The same transaction again is a no-op on elements and rewrites the rules in place.
         try model.apply(NFTablesRenderer().transaction(for: change, fingerprint: "0123456789abcdef"))
@@ -49,7 +54,8 @@ import Testing
         let missing = NFTElement(address: IPAddress("10.9.9.9")!)
         #expect(refusal([.deleteElement(set: "pods4_podnet", key: missing)]) == ENOENT)
         #expect(refusal([.flushSet("nosuch")]) == ENOENT)
-        #expect(refusal([.addRule(chain: "snat_podnet", NFTRule([.destinationIn(.v4, set: "nosuch")], .return))]) == ENOENT)
+        #expect(
+            refusal([.addRule(chain: "snat_podnet", NFTRule([.destinationIn(.v4, set: "nosuch")], .return))]) == ENOENT)
         #expect(refusal([.addRule(chain: "snat_podnet", NFTRule([], .goto("nosuch")))]) == ENOENT)
         #expect(refusal([.deleteChain("snat_podnet")]) == EBUSY, "masq_podnet goes to it")
         #expect(refusal([.deleteSet("pods4_podnet")]) == EBUSY, "post_podnet looks it up")
@@ -58,17 +64,27 @@ import Testing
         #expect(refusal([.addElement(set: "nomasq4_podnet", key: Self.prefix("10.0.0.0/7"))]) == EEXIST)
         #expect(refusal([.addElement(set: "nomasq4_podnet", key: Self.prefix("10.0.0.0/8"))]) == nil)
         // Atomic: the first operation's change is undone when the second is refused.
-        #expect(refusal([.addElement(set: "pods4_podnet", key: NFTElement(address: IPAddress("10.244.1.8")!)),
-                         .deleteElement(set: "pods4_podnet", key: missing)]) == ENOENT)
+        #expect(
+            refusal([
+                .addElement(set: "pods4_podnet", key: NFTElement(address: IPAddress("10.244.1.8")!)),
+                .deleteElement(set: "pods4_podnet", key: missing),
+            ]) == ENOENT)
         #expect(model.dump() == before)
         // A second add of an element keeps its first comment (nft's `add`, no NLM_F_EXCL).
         let again = NFTElement(address: IPAddress("10.244.1.7")!, comment: "other")
         #expect(refusal([.addElement(set: "pods4_podnet", key: again)]) == nil)
         #expect(model.dump() == before)
         // A concatenation's deletion takes the element holding the key's first point (found by the root replay).
-        let wide = NFTElement(concatenation: [try CIDR.parse("10.244.1.9/32").get(), try CIDR.parse("10.244.0.0/16").get()])
-        let narrow = NFTElement(concatenation: [try CIDR.parse("10.244.1.9/32").get(), try CIDR.parse("10.244.1.0/24").get()])
-        #expect(refusal([.addElement(set: "podnets4_podnet", key: wide), .deleteElement(set: "podnets4_podnet", key: narrow)]) == nil)
+        let wide = NFTElement(concatenation: [
+            try CIDR.parse("10.244.1.9/32").get(), try CIDR.parse("10.244.0.0/16").get(),
+        ])
+        let narrow = NFTElement(concatenation: [
+            try CIDR.parse("10.244.1.9/32").get(), try CIDR.parse("10.244.1.0/24").get(),
+        ])
+        #expect(
+            refusal([
+                .addElement(set: "podnets4_podnet", key: wide), .deleteElement(set: "podnets4_podnet", key: narrow),
+            ]) == nil)
         #expect(model.dump() == before)
         #expect(refusal([.deleteElement(set: "podnets4_podnet", key: narrow)]) == ENOENT)
         #expect(refusal([.deleteTable]) == nil && model.dump() == nil)
@@ -81,16 +97,23 @@ import Testing
         let change = try Self.firstAdd()
         try backend.apply(change)
         let policy = change.policy!
-        #expect(try backend.inspect(network: "podnet", policy: policy, registrations: change.add, subnets: []) == Inspection())
+        #expect(
+            try backend.inspect(network: "podnet", policy: policy, registrations: change.add, subnets: [])
+                == Inspection())
         // Someone flushes the nat chain: CHECK sees the node-wide part broken.
         try executor.model.apply(NFTTransaction(operations: [.flushChain("masq_podnet")]))
         let broken = try backend.inspect(network: "podnet", policy: policy, registrations: change.add, subnets: [])
         #expect(broken.nodeWideBroken && broken.problems.contains { $0.contains("masq_podnet") }, "\(broken.problems)")
         // A pod's element goes: only that pod is reported.
         try backend.apply(change)
-        try executor.model.apply(NFTTransaction(operations: [.deleteElement(set: "pods4_podnet", key: NFTElement(address: IPAddress("10.244.1.7")!))]))
+        try executor.model.apply(
+            NFTTransaction(operations: [
+                .deleteElement(set: "pods4_podnet", key: NFTElement(address: IPAddress("10.244.1.7")!))
+            ]))
         let lost = try backend.inspect(network: "podnet", policy: policy, registrations: change.add, subnets: [])
-        #expect(!lost.nodeWideBroken && lost.problems == ["10.244.1.7 of podnet/0123abcd/eth0 is not in set pods4_podnet with its owner"])
+        #expect(
+            !lost.nodeWideBroken
+                && lost.problems == ["10.244.1.7 of podnet/0123abcd/eth0 is not in set pods4_podnet with its owner"])
         // A stale policy: the fingerprint comments differ.
         let other = NetworkPolicy(config: try resolve(#"{"masqLinkLocal":true}"#))
         #expect(try backend.inspect(network: "podnet", policy: other, registrations: [], subnets: []).nodeWideBroken)
@@ -124,17 +147,28 @@ import Testing
         let directory = NSTemporaryDirectory() + "ipmasq-model-" + UUID().uuidString
         deinit { try? FileManager.default.removeItem(atPath: directory) }
 
-        func run(_ command: String, container: String, address: String = "10.244.1.7/24", extra: String = "") -> Outcome {
-            let stdin = #"{"cniVersion":"1.1.0","name":"podnet","type":"ip-masq","conntrackFlush":false,"lockFile":"\#(directory)/lock","stateDir":"\#(directory)/state"\#(extra),"prevResult":{"cniVersion":"1.1.0","interfaces":[{"name":"eth0","sandbox":"/x"}],"ips":[{"interface":0,"address":"\#(address)"}]}}"#
-            var environment = ["CNI_COMMAND": command, "CNI_CONTAINERID": container, "CNI_NETNS": "/var/run/netns/x",
-                               "CNI_IFNAME": "eth0", "CNI_PATH": "/opt/cni/bin"]
+        func run(_ command: String, container: String, address: String = "10.244.1.7/24", extra: String = "") -> Outcome
+        {
+            let stdin =
+                #"""
+                {"cniVersion":"1.1.0","name":"podnet","type":"ip-masq","conntrackFlush":false,\#
+                "lockFile":"\#(directory)/lock","stateDir":"\#(directory)/state"\#(extra),\#
+                "prevResult":{"cniVersion":"1.1.0","interfaces":[{"name":"eth0","sandbox":"/x"}],\#
+                "ips":[{"interface":0,"address":"\#(address)"}]}}
+                """#
+            var environment = [
+                "CNI_COMMAND": command, "CNI_CONTAINERID": container, "CNI_NETNS": "/var/run/netns/x",
+                "CNI_IFNAME": "eth0", "CNI_PATH": "/opt/cni/bin",
+            ]
             if command == "GC" { environment = ["CNI_COMMAND": command, "CNI_PATH": "/opt/cni/bin"] }
             let backend = NFTablesBackend(executor: executor)
             let log = Log(level: .error)
             log.redirect(to: "/dev/null")
             let bytes = Array(stdin.utf8)
-            return CNIPlugin(environment: environment, stdin: { () throws(CNIError) -> [UInt8] in bytes },
-                             makeBackend: { _, _ in backend }, log: log).run()
+            return CNIPlugin(
+                environment: environment, stdin: { () throws(CNIError) -> [UInt8] in bytes },
+                makeBackend: { _, _ in backend }, log: log
+            ).run()
         }
 
         var dump: String { executor.model.dump() ?? "" }
@@ -160,8 +194,11 @@ import Testing
         try harness.executor.model.apply(NFTTransaction(operations: [.deleteTable]))
         #expect(harness.run("ADD", container: "b", address: "10.244.1.8/24").exitStatus == 0)
         // Both pods and the node-wide part are back: a's element from its record.
-        #expect(harness.dump.contains("10.244.1.7 comment \"podnet/a/eth0\"") && harness.dump.contains("10.244.1.8 comment \"podnet/b/eth0\""))
-        #expect(harness.dump.components(separatedBy: "\n").filter { $0.contains("chain ") }.count
+        #expect(
+            harness.dump.contains("10.244.1.7 comment \"podnet/a/eth0\"")
+                && harness.dump.contains("10.244.1.8 comment \"podnet/b/eth0\""))
+        #expect(
+            harness.dump.components(separatedBy: "\n").filter { $0.contains("chain ") }.count
                 == written.components(separatedBy: "\n").filter { $0.contains("chain ") }.count)
         #expect(harness.run("CHECK", container: "a").exitStatus == 0)
     }
@@ -170,9 +207,11 @@ import Testing
         let harness = Harness()
         #expect(harness.run("ADD", container: "a").exitStatus == 0)
         #expect(harness.run("ADD", container: "b", address: "10.244.1.8/24").exitStatus == 0)
-        let gc = harness.run("GC", container: "", extra: #","cni.dev/valid-attachments":[{"containerID":"b","ifname":"eth0"}]"#)
+        let gc = harness.run(
+            "GC", container: "", extra: #","cni.dev/valid-attachments":[{"containerID":"b","ifname":"eth0"}]"#)
         #expect(gc.exitStatus == 0, "\(gc.stdout)")
-        #expect(!harness.dump.contains("podnet/a/eth0") && harness.dump.contains("10.244.1.8 comment \"podnet/b/eth0\""))
+        #expect(
+            !harness.dump.contains("podnet/a/eth0") && harness.dump.contains("10.244.1.8 comment \"podnet/b/eth0\""))
     }
 
     @Test func aPolicyChangeRewritesTheRulesOnce() throws {
@@ -182,7 +221,9 @@ import Testing
         #expect(harness.run("ADD", container: "b", address: "10.244.1.8/24").exitStatus == 0)
         #expect(harness.executor.model.log.count == before + 1, "an unchanged policy: one element transaction")
         #expect(harness.executor.model.log.last?.isElementsOnly == true)
-        #expect(harness.run("ADD", container: "c", address: "10.244.1.9/24", extra: #","masqLinkLocal":true"#).exitStatus == 0)
+        #expect(
+            harness.run("ADD", container: "c", address: "10.244.1.9/24", extra: #","masqLinkLocal":true"#).exitStatus
+                == 0)
         #expect(!harness.dump.contains("169.254.0.0/16"))
         #expect(harness.executor.model.log.last?.isElementsOnly == false)
     }

@@ -10,7 +10,13 @@ let nftGoldenCases: [(String, String)] = [
     ("dual-stack", #"{"nonMasqueradeCIDRs":["10.0.0.0/8","192.168.0.0/16","fd00::/8","2001:db8::/32"]}"#),
     ("to-ports", #"{"toPorts":"1024-29999,32768-65535"}"#),
     ("random-fully-off", #"{"randomFully":false,"toPorts":"40000-50000"}"#),
-    ("exceptions", #"{"nonMasqueradeCIDRs":["10.0.0.0/8"],"masqueradeCIDRs":["10.20.0.0/16","fd00:20::/32"],"masqLinkLocal":true,"exemptPodSubnet":false}"#),
+    (
+        "exceptions",
+        #"""
+        {"nonMasqueradeCIDRs":["10.0.0.0/8"],"masqueradeCIDRs":["10.20.0.0/16","fd00:20::/32"],\#
+        "masqLinkLocal":true,"exemptPodSubnet":false}
+        """#
+    ),
     ("drop-invalid-off", #"{"dropInvalid":false}"#),
 ]
 
@@ -41,11 +47,12 @@ let nftGoldenCases: [(String, String)] = [
         let (_, pods) = try plan("{}", addresses: ["10.244.1.8/24"])
         var add = NetworkChange(network: "podnet")
         add.add = pods
-        #expect(renderer.script(for: add, fingerprint: "x") == #"""
-            add element inet ip_masq podnets4_podnet { 10.244.1.8/32 . 10.244.1.0/24 comment "podnet/0123abcd/eth0" }
-            add element inet ip_masq pods4_podnet { 10.244.1.8 comment "podnet/0123abcd/eth0" }
+        #expect(
+            renderer.script(for: add, fingerprint: "x") == #"""
+                add element inet ip_masq podnets4_podnet { 10.244.1.8/32 . 10.244.1.0/24 comment "podnet/0123abcd/eth0" }
+                add element inet ip_masq pods4_podnet { 10.244.1.8 comment "podnet/0123abcd/eth0" }
 
-            """#)
+                """#)
         var del = NetworkChange(network: "podnet")
         del.remove = pods
         del.removeSubnets = [pods[0].pod.subnet]
@@ -55,7 +62,9 @@ let nftGoldenCases: [(String, String)] = [
     @Test func namesFromInputCannotBreakOutOfTheScript() {
         // Network names and IDs are validated upstream; the tag is still restricted to safe characters.
         let owner = Owner(network: "net.with-dash", containerID: "abc\"; flush ruleset; \"", ifname: "e\nth0")
-        #expect(!owner.tag.contains("\"") && !owner.tag.contains("\n") && !owner.tag.contains(";") && !owner.tag.contains(" "))
+        #expect(
+            !owner.tag.contains("\"") && !owner.tag.contains("\n") && !owner.tag.contains(";")
+                && !owner.tag.contains(" "))
         let key = NetworkKey(network: "net.with-dash")
         #expect(key.rawValue.allSatisfy { $0.isLetter || $0.isNumber || $0 == "_" || $0 == "-" })
         #expect(NetworkKey(network: "net.with-dash") != NetworkKey(network: "net_with_dash"))

@@ -15,7 +15,13 @@ import Testing
 
     @Test func foldsToolOutputOntoOneLineWithoutMarkerLines() {
         let folded = OneLine.fold(Self.nftError)
-        #expect(folded == #"Error: Could not process rule: No such file or directory | add element inet ip_masq pods4_podnet { 10.244.0.5 comment "podnet/abc/eth0" }"#)
+        #expect(
+            folded
+                == #"""
+                Error: Could not process rule: No such file or directory | add element inet ip_masq pods4_podnet \#
+                { 10.244.0.5 comment "podnet/abc/eth0" }
+                """#
+        )
         #expect(!folded.contains("\n") && !folded.contains("^^"))
     }
 
@@ -40,9 +46,16 @@ import Testing
         log.context = "ADD podnet/abc/eth0"
         log.error("applying failed: \(Self.nftError)")
         log.warning("plain message")
-        let lines = try String(contentsOfFile: path, encoding: .utf8).split(separator: "\n", omittingEmptySubsequences: false)
+        let lines = try String(contentsOfFile: path, encoding: .utf8).split(
+            separator: "\n", omittingEmptySubsequences: false)
         #expect(lines.count == 3 && lines[2].isEmpty)
-        #expect(lines[0].hasSuffix("ip-masq error ADD podnet/abc/eth0: applying failed: Error: Could not process rule: No such file or directory | add element inet ip_masq pods4_podnet { 10.244.0.5 comment \"podnet/abc/eth0\" }"))
+        #expect(
+            lines[0].hasSuffix(
+                """
+                ip-masq error ADD podnet/abc/eth0: applying failed: Error: Could not process rule: No such file \
+                or directory | add element inet ip_masq pods4_podnet { 10.244.0.5 comment \"podnet/abc/eth0\" }
+                """
+            ))
         #expect(lines[1].hasSuffix("ip-masq warning ADD podnet/abc/eth0: plain message"))
     }
 

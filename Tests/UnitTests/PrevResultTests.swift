@@ -16,8 +16,12 @@ import Testing
         #expect(loose.podAddresses(ifname: "eth0").count == 2)
     }
 
-    @Test(arguments: ["ptp-0.4.0.json", "ptp-1.0.0.json", "bridge-dualstack-1.0.0.json", "multi-interface-0.3.1.json", "no-interface-index-1.1.0.json"],
-          CNIVersion.allCases)
+    @Test(
+        arguments: [
+            "ptp-0.4.0.json", "ptp-1.0.0.json", "bridge-dualstack-1.0.0.json", "multi-interface-0.3.1.json",
+            "no-interface-index-1.1.0.json",
+        ],
+        CNIVersion.allCases)
     func echoIsTheSameResultInTheConfigsVersion(file: String, version: CNIVersion) throws {
         let original = try JSONValue.parse(fixture("prevresult/" + file))
         let echoed = PrevResult.echo(original, as: version)
@@ -25,18 +29,21 @@ import Testing
         let ips = try #require(echoed["ips"]?.arrayValue)
         for ip in ips {
             #expect((ip["version"] != nil) == version.resultHasIPVersion)
-            if let family = ip["version"] { #expect(family == .string(ip["address"]!.stringValue!.contains(":") ? "6" : "4")) }
+            if let family = ip["version"] {
+                #expect(family == .string(ip["address"]!.stringValue!.contains(":") ? "6" : "4"))
+            }
         }
         // Apart from cniVersion and ips[].version, nothing changes: same keys in the same order, unknown keys kept.
         func strip(_ value: JSONValue) -> JSONValue {
             guard case .object(var object) = value else { return value }
             object["cniVersion"] = nil
             if let list = object["ips"]?.arrayValue {
-                object["ips"] = .array(list.map { entry in
-                    guard case .object(var ip) = entry else { return entry }
-                    ip["version"] = nil
-                    return .object(ip)
-                })
+                object["ips"] = .array(
+                    list.map { entry in
+                        guard case .object(var ip) = entry else { return entry }
+                        ip["version"] = nil
+                        return .object(ip)
+                    })
             }
             return .object(object)
         }
@@ -49,7 +56,8 @@ import Testing
     @Test func refusesMalformedPrevResults() {
         let cases = [
             #"[]"#, #"{"ips":{}}"#, #"{"ips":[{"address":"10.0.0.1"}]}"#, #"{"ips":[{"address":"10.0.0.300/24"}]}"#,
-            #"{"ips":[{"version":"6","address":"10.0.0.1/24"}]}"#, #"{"ips":[{"address":5}]}"#, #"{"interfaces":[{"name":1}]}"#,
+            #"{"ips":[{"version":"6","address":"10.0.0.1/24"}]}"#, #"{"ips":[{"address":5}]}"#,
+            #"{"interfaces":[{"name":1}]}"#,
             #"{"ips":[{"address":"10.0.0.1/24","interface":"0"}]}"#,
         ]
         for text in cases {
