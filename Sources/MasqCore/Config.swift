@@ -138,9 +138,12 @@ extension MasqConfig {
     /// Resolves with the files `configFile` names (one file, or a directory's files in lexical order, merged as
     /// `mergeLayer` says); `files` is ignored when the netconf sets no `configFile`.
     /// `recordingProvenance` (explain, lint) notes where each key came from; the CNI verbs skip that cost.
-    public static func resolve(netconf: JSONObject, files: [ConfigFileContents], recordingProvenance: Bool = false)
-        throws(CNIError) -> MasqConfig
-    {
+    /// `deferringNamespaces` (ADD): the `namespaces` entries are kept as read, not resolved (`resolvingNamespaces()`
+    /// does it when the network is rewritten; NetworkPolicy.namespacesDigest stands for them in the fingerprint).
+    public static func resolve(
+        netconf: JSONObject, files: [ConfigFileContents], recordingProvenance: Bool = false,
+        deferringNamespaces: Bool = false
+    ) throws(CNIError) -> MasqConfig {
         var config = MasqConfig()
         try config.apply(netconf, source: .netconf, allowed: netconfKeys)
         if recordingProvenance {
@@ -174,7 +177,9 @@ extension MasqConfig {
             }
         }
         try config.validate()
-        if !config.namespaceOverrides.isEmpty { try config.resolveNamespaces(recordingProvenance: recordingProvenance) }
+        if !config.namespaceOverrides.isEmpty && !deferringNamespaces {
+            try config.resolveNamespaces(recordingProvenance: recordingProvenance)
+        }
         return config
     }
 

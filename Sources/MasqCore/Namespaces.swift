@@ -167,9 +167,10 @@ extension NetworkPolicy {
     /// The policy a pod of `namespace` is judged by (its namespace's, else the network's own, without the map).
     public func forNamespace(_ namespace: String?) -> NetworkPolicy {
         if let namespace, let policy = namespaces[namespace] { return policy }
-        guard !namespaces.isEmpty else { return self }
+        guard !namespaces.isEmpty || !namespacesDigest.isEmpty else { return self }
         var own = self
         own.namespaces = [:]
+        own.namespacesDigest = ""
         return own
     }
 
@@ -206,6 +207,118 @@ extension NetworkPolicy {
         note("snatAddressIPv6", snatAddressIPv6 != base.snatAddressIPv6, snatAddressIPv6?.description ?? "-")
         note("egressInterfaces", egressInterfaces != base.egressInterfaces, egressInterfaces.joined(separator: ","))
         note("namespaces", namespaces != base.namespaces, "\(namespaces.count)")
+        note("namespacesDigest", namespacesDigest != base.namespacesDigest, namespacesDigest)
         return text
+    }
+}
+
+extension MasqConfig {
+    /// Whether `namespaces` entries were read but not yet resolved (`resolve(..., deferringNamespaces: true)`).
+    public var namespacesDeferred: Bool { !namespaceOverrides.isEmpty && namespaceConfigs.isEmpty }
+
+    /// The config with its namespace entries resolved (and their values checked), as `resolve` does by default.
+    public func resolvingNamespaces(recordingProvenance: Bool = false) throws(CNIError) -> MasqConfig {
+        var config = self
+        if config.namespacesDeferred { try config.resolveNamespaces(recordingProvenance: recordingProvenance) }
+        return config
+    }
+
+    /// The digest of everything the namespace policies are made of: each entry's keys as read (merged over the
+    /// layers) and the network's values of every key an entry inherits or is checked against. A resolved namespace
+    /// policy is the network's config with the entry applied, so equal digests mean equal namespace policies
+    /// (and entries checked alike) without resolving any; the fingerprint uses it, so an ADD whose network is
+    /// unchanged resolves none. A change of a value here that changes no policy only costs one rewrite.
+    var namespacesDigest: String {
+        var digest = Digest()
+        digest.add(nonMasqueradeCIDRs)
+        digest.add([
+            nonMasqueradeCIDRsGiven, nomasqAllReservedRanges, masqLinkLocal, masqLinkLocalIPv6, exemptPodSubnet,
+            randomFully, dropInvalid,
+        ])
+        digest.add(UInt64(cidrLimit))
+        digest.add(masqueradeCIDRs)
+        digest.add(UInt64(toPorts.count))
+        for range in toPorts {
+            digest.add(UInt64(range.lowerBound))
+            digest.add(UInt64(range.upperBound))
+        }
+        for target in [snatAddress, snatAddressIPv6] {
+            guard let target else { digest.add(UInt64.max); continue }
+            digest.add(target.first)
+            digest.add(target.last)
+        }
+        digest.add(UInt64(egressInterfaces.count))
+        for name in egressInterfaces { digest.add(name) }
+        for entry in namespaceOverrides.sorted(by: { $0.name < $1.name }) {
+            digest.add(entry.name)
+            digest.add(.object(entry.keys))
+        }
+        return hex(digest.hash, digits: 16)
+    }
+
+    /// FNV-1a 64 over an unambiguous encoding (strings and lists length-prefixed, object keys sorted), fed
+    /// piece by piece: no text is built.
+    struct Digest {
+        var hash: UInt64 = 0xcbf2_9ce4_8422_2325
+
+        mutating func byte(_ value: UInt8) { hash = (hash ^ UInt64(value)) &* 0x100_0000_01b3 }
+
+        mutating func add(_ value: UInt64) {
+            var rest = value
+            for _ in 0..<8 {
+                byte(UInt8(truncatingIfNeeded: rest))
+                rest >>= 8
+            }
+        }
+
+        mutating func add(_ flags: [Bool]) {
+            for flag in flags { byte(flag ? 1 : 0) }
+        }
+
+        mutating func add(_ text: String) {
+            add(UInt64(text.utf8.count))
+            for value in text.utf8 { byte(value) }
+        }
+
+        mutating func add(_ address: IPAddress) {
+            byte(address.family == .v4 ? 4 : 6)
+            add(address.high)
+            add(address.low)
+        }
+
+        mutating func add(_ cidrs: [CIDR]) {
+            add(UInt64(cidrs.count))
+            for cidr in cidrs {
+                add(cidr.address)
+                byte(UInt8(truncatingIfNeeded: cidr.prefix))
+            }
+        }
+
+        mutating func add(_ value: JSONValue) {
+            switch value {
+            case .null: byte(0)
+            case .bool(let flag): byte(flag ? 2 : 1)
+            case .int(let number):
+                byte(3)
+                add(UInt64(bitPattern: number))
+            case .double(let number):
+                byte(4)
+                add(number.bitPattern)
+            case .string(let string):
+                byte(5)
+                add(string)
+            case .array(let items):
+                byte(6)
+                add(UInt64(items.count))
+                for item in items { add(item) }
+            case .object(let object):
+                byte(7)
+                add(UInt64(object.members.count))
+                for (key, item) in object.members.sorted(by: { $0.0 < $1.0 }) {
+                    add(key)
+                    add(item)
+                }
+            }
+        }
     }
 }

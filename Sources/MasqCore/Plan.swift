@@ -122,6 +122,9 @@ public struct NetworkPolicy: Equatable, Sendable {
     public var egressInterfaces: [String]
     /// The policies of namespaces whose `namespaces` entry differs from the network's (Namespaces.swift).
     public var namespaces: [String: NetworkPolicy] = [:]
+    /// A digest of what the namespace policies are made of (the raw entries and the network's values they inherit),
+    /// for the fingerprint, known without resolving them; "" without `namespaces` (Namespaces.swift).
+    public var namespacesDigest = ""
 
     public init(config: MasqConfig) {
         nonMasquerade = Self.fold(config.effectiveNonMasqueradeCIDRs)
@@ -136,6 +139,7 @@ public struct NetworkPolicy: Equatable, Sendable {
         snatAddressIPv6 = config.snatAddressIPv6
         egressInterfaces = config.egressInterfaces
         if !config.namespaceConfigs.isEmpty { namespaces = Self.namespacePolicies(config, base: self) }
+        if !config.namespaceOverrides.isEmpty { namespacesDigest = config.namespacesDigest }
     }
 
     /// The SNAT source of one family, nil for MASQUERADE.

@@ -114,16 +114,11 @@ extension MasqBackend {
     /// The fingerprint of a policy as this backend renders it: a digest of the decision list both renderers derive
     /// from, so a key reaches the fingerprint exactly when it reaches the rules.
     public func fingerprint(of policy: NetworkPolicy) -> String {
-        // With namespace policies (issue 15): what each namespace's policy changes after the network's decision list
-        // (the rest is the network's), so a changed map changes the fingerprint (and the record), and the next ADD
-        // or agent pass rewrites the network.
+        // With namespace policies (issue 15): the digest of what they are made of (the raw entries and the network's
+        // values they inherit, MasqConfig.namespacesDigest), so a changed map changes the fingerprint (and the record)
+        // and the next ADD or agent pass rewrites the network, while an ADD of an unchanged one resolves none of them.
         var text = renderVersion + "|" + DecisionList(policy: policy).canonicalText
-        if !policy.namespaces.isEmpty {
-            let own = policy.forNamespace(nil)
-            for (namespace, slot) in policy.namespaces.sorted(by: { $0.key < $1.key }) {
-                text += "|namespace " + namespace + "|" + slot.difference(from: own)
-            }
-        }
+        if !policy.namespacesDigest.isEmpty { text += "|namespaces " + policy.namespacesDigest }
         return hex(fnv1a64(text), digits: 16)
     }
 }

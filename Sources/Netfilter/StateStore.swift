@@ -114,8 +114,38 @@ public struct NetworkRecord: Equatable, Sendable {
     public var backend: BackendKind
     /// Identifies the applied policy; a different one means the node-wide part must be rewritten.
     public var fingerprint: String
-    /// The applied policy, for operators (`ip-masq list`).
-    public var policy: JSONValue
+    /// The applied policy, for operators (`ip-masq list`). Its `namespaces` member (issue 15) is stored in a file of
+    /// its own (`namespaces.json`, beside `network.json`), read only when this is: every ADD and DEL reads the
+    /// record, and needs only the slots' names (`namespaceNames`).
+    public var policy: JSONValue {
+        get {
+            guard case .object(var object) = ownPolicy, let text = namespacesText ?? storedNamespacesText(),
+                let namespaces = try? JSONValue.parse(Array(text.utf8))
+            else { return ownPolicy }
+            object["namespaces"] = namespaces
+            return .object(object)
+        }
+        set {
+            ownPolicy = newValue
+            namespacesText = nil
+            namespacesFile = nil
+            namespaceNames = []
+            guard case .object(var object) = newValue, let namespaces = object["namespaces"] else { return }
+            namespaceNames = namespaces.objectValue?.keys ?? []
+            object["namespaces"] = nil
+            ownPolicy = .object(object)
+            namespacesText = namespaces.serialized()
+        }
+    }
+    /// The policy without its `namespaces` member.
+    private(set) var ownPolicy: JSONValue = .null
+    /// That member as JSON text, when known (a record made from a policy); else the file holding it, and the hash
+    /// of its text as `network.json` names it (a file left by a verb killed between the two writes is not taken).
+    private(set) var namespacesText: String?
+    private(set) var namespacesFile: String?
+    private(set) var namespacesHash = ""
+    /// The namespaces with a slot (the keys of the policy's `namespaces`), known without decoding their policies.
+    public private(set) var namespaceNames: [String] = []
     /// For a backend switch: the iptables flavour and chain the rules were written with (nil in older records).
     public var iptablesMode: IPTablesMode?
     public var masqChain: String?
@@ -127,9 +157,37 @@ public struct NetworkRecord: Equatable, Sendable {
         self.network = network
         self.backend = backend
         self.fingerprint = fingerprint
-        self.policy = policy
         self.iptablesMode = iptablesMode
         self.masqChain = masqChain
+        self.policy = policy
+    }
+
+    /// A record as stored: the policy's `namespaces` in `file`, with the names of its keys.
+    init(
+        network: String, backend: BackendKind, fingerprint: String, ownPolicy: JSONValue, namespacesFile: String,
+        namespacesHash: String, namespaceNames: [String], iptablesMode: IPTablesMode?, masqChain: String?
+    ) {
+        self.init(
+            network: network, backend: backend, fingerprint: fingerprint, policy: ownPolicy,
+            iptablesMode: iptablesMode, masqChain: masqChain)
+        self.namespacesFile = namespacesFile
+        self.namespacesHash = namespacesHash
+        self.namespaceNames = namespaceNames
+    }
+
+    /// The hash `network.json` keeps of the namespaces text.
+    static func hash(_ text: String) -> String { hex(fnv1a64(text), digits: 16) }
+
+    private func storedNamespacesText() -> String? {
+        guard let namespacesFile, let bytes = (try? Files.read(namespacesFile)) ?? nil else { return nil }
+        let text = String(decoding: bytes, as: UTF8.self)
+        return Self.hash(text) == namespacesHash ? text : nil
+    }
+
+    public static func == (lhs: NetworkRecord, rhs: NetworkRecord) -> Bool {
+        lhs.network == rhs.network && lhs.backend == rhs.backend && lhs.fingerprint == rhs.fingerprint
+            && lhs.iptablesMode == rhs.iptablesMode && lhs.masqChain == rhs.masqChain
+            && lhs.namespaceNames == rhs.namespaceNames && lhs.policy == rhs.policy
     }
 }
 
@@ -446,20 +504,39 @@ public struct StateStore: Sendable {
             let network = json["network"]?.stringValue, let backendText = json["backend"]?.stringValue,
             let backend = BackendKind(rawValue: backendText), let fingerprint = json["fingerprint"]?.stringValue
         else { return nil }
+        let mode = json["iptablesMode"]?.stringValue.flatMap(IPTablesMode.init(rawValue:))
+        if let hash = json["namespacesHash"]?.stringValue, let names = json["namespaceSlots"]?.stringValue {
+            return NetworkRecord(
+                network: network, backend: backend, fingerprint: fingerprint,
+                ownPolicy: json["policy"] ?? .null, namespacesFile: networkDirectory(key) + "/namespaces.json",
+                namespacesHash: hash, namespaceNames: names.split(separator: " ").map(String.init),
+                iptablesMode: mode, masqChain: json["masqChain"]?.stringValue)
+        }
         return NetworkRecord(
             network: network, backend: backend, fingerprint: fingerprint, policy: json["policy"] ?? .null,
-            iptablesMode: json["iptablesMode"]?.stringValue.flatMap(IPTablesMode.init(rawValue:)),
-            masqChain: json["masqChain"]?.stringValue)
+            iptablesMode: mode, masqChain: json["masqChain"]?.stringValue)
     }
 
     /// Remembers what was applied for a network.
     public func save(_ record: NetworkRecord) throws(SystemError) {
+        // The namespace policies first, in their own file (NetworkRecord.policy): network.json names their hash.
+        let directory = networkDirectory(NetworkKey(network: record.network))
+        let namespaces =
+            record.namespacesText ?? (record.namespacesFile == nil ? nil : record.policy["namespaces"]?.serialized())
+        if let namespaces { try write(directory + "/namespaces.json", Array(namespaces.utf8)) }
         let json = JSONValue.object(
             JSONObject(
                 [
                     ("network", .string(record.network)), ("backend", .string(record.backend.rawValue)),
-                    ("fingerprint", .string(record.fingerprint)), ("policy", record.policy),
-                ] + (record.iptablesMode.map { [("iptablesMode", JSONValue.string($0.rawValue))] } ?? [])
+                    ("fingerprint", .string(record.fingerprint)), ("policy", record.ownPolicy),
+                ]
+                    + (namespaces.map {
+                        [
+                            ("namespacesHash", JSONValue.string(NetworkRecord.hash($0))),
+                            ("namespaceSlots", .string(record.namespaceNames.joined(separator: " "))),
+                        ]
+                    } ?? [])
+                    + (record.iptablesMode.map { [("iptablesMode", JSONValue.string($0.rawValue))] } ?? [])
                     + (record.masqChain.map { [("masqChain", JSONValue.string($0))] } ?? [])))
         try write(
             networkDirectory(NetworkKey(network: record.network)) + "/network.json", Array(json.serialized().utf8))
@@ -542,7 +619,8 @@ extension NetworkPolicy {
                             }.joined(separator: ","))
                     ),
                     ("dropInvalid", .bool(dropInvalid)),
-                ] + egressMembers + namespaceMembers))
+                ] + egressMembers + (namespacesDigest.isEmpty ? [] : [("namespacesDigest", .string(namespacesDigest))])
+                    + namespaceMembers))
     }
 
     /// `namespaces` (issue 15): each namespace policy as the keys whose value differs from the network's own (read
@@ -598,7 +676,11 @@ extension NetworkPolicy {
             count = max(count, entry["nonMasqueradeCIDRs"]?.arrayValue?.count ?? 0)
         }
         object["cidrLimit"] = .int(Int64(max(count, 1)))
+        // The digest the policy was fingerprinted with (the entries as configured, which the record does not keep).
+        let digest = object["namespacesDigest"]?.stringValue
+        object["namespacesDigest"] = nil
         guard let config = try? MasqConfig.resolve(netconf: object, fileContents: nil) else { return nil }
         self.init(config: config)
+        if let digest { namespacesDigest = digest }
     }
 }

@@ -14,7 +14,8 @@ struct Invocation {
     var log: Log { plugin.log }
 
     func run() throws(CNIError) -> String {
-        let resolved = try ResolvedConfig(netconf: netconf, command: env.command)
+        let resolved = try ResolvedConfig(
+            netconf: netconf, command: env.command, deferringNamespaces: env.command == .add)
         if let logFile = resolved.config.logFile, !plugin.log.redirect(to: logFile) {
             plugin.log.warning("logFile \(quoted(logFile)) cannot be opened or is standard output: logging to stderr")
         }
@@ -62,13 +63,24 @@ struct Invocation {
 
     func add(_ resolved: ResolvedConfig) throws(CNIError) -> String {
         let (rawResult, prevResult) = try prevResult()
-        var plan = AttachmentPlan(
-            config: resolved.config, network: netconf.name, attachment: owner.attachment, prevResult: prevResult)
-        plan.owner.pod = owner.pod
+        var policy = resolved.policy // computed once (the plan's too)
+        let addresses = prevResult.podAddresses(ifname: owner.ifname).map {
+            PodAddress(address: $0.address, subnet: $0.subnet)
+        }
+        let plan = AttachmentPlan(owner: owner, addresses: addresses, policy: policy)
         let session = try Session(config: resolved.config, network: netconf.name, plugin: plugin)
-        let policy = resolved.policy // computed once: with `namespaces` it resolves each namespace's policy
+        var resolved = resolved
+        // The namespace policies are resolved only when the network is (re)written (NamespaceSlots.swift).
+        var current: String?
+        if resolved.config.namespacesDeferred {
+            current = try session.currentFingerprint(policy, resolved.fileProblem)
+            if current == nil {
+                resolved.config = try resolved.config.resolvingNamespaces()
+                policy = resolved.policy
+            }
+        }
         try session.moveIfNeeded(policy: resolved.fileProblem == nil ? policy : nil)
-        var change = try session.networkChange(policy: policy, fileProblem: resolved.fileProblem)
+        var change = try session.networkChange(policy: policy, fileProblem: resolved.fileProblem, fingerprint: current)
         let registrations = plan.addresses.map { Registration(owner: plan.owner, pod: $0) }
         try session.register(registrations, owner: plan.owner, into: &change)
         let takenOverElsewhere = session.takenOverFromOtherNetworks
@@ -292,7 +304,10 @@ struct ResolvedConfig {
     /// ADD and CHECK: conflist keys must be valid, and a broken config file is tolerated when a last good policy
     /// exists (decided under the lock, by `Session`). DEL, GC and STATUS read only the node plumbing (no policy,
     /// no config file): they must work whatever the policy keys say.
-    init(netconf: NetConf, command: CNICommand, recordingProvenance: Bool = false) throws(CNIError) {
+    init(
+        netconf: NetConf, command: CNICommand, recordingProvenance: Bool = false,
+        deferringNamespaces: Bool = false
+    ) throws(CNIError) {
         if command == .del || command == .gc || command == .status {
             let plumbing = try MasqConfig.resolvePlumbing(netconf: netconf.object)
             config = plumbing.config
@@ -300,7 +315,11 @@ struct ResolvedConfig {
             recordedBackendWins = !plumbing.invalidKeys.isDisjoint(with: ["backend", "iptablesMode", "masqChain"])
             return
         }
-        let base = try MasqConfig.resolve(netconf: netconf.object, files: [], recordingProvenance: recordingProvenance)
+        // ADD resolves the namespace entries only when it rewrites the network (`Invocation.add`).
+        let deferring = deferringNamespaces
+        let base = try MasqConfig.resolve(
+            netconf: netconf.object, files: [], recordingProvenance: recordingProvenance,
+            deferringNamespaces: deferring)
         guard let path = base.configFile else {
             config = base
             return
@@ -311,7 +330,8 @@ struct ResolvedConfig {
                 throw CNIError(.ioFailure, "cannot read configFile \(quoted(path))", details: "\(error)")
             }
             config = try MasqConfig.resolve(
-                netconf: netconf.object, files: files, recordingProvenance: recordingProvenance)
+                netconf: netconf.object, files: files, recordingProvenance: recordingProvenance,
+                deferringNamespaces: deferring)
         } catch {
             // Unreadable or invalid: DEL and GC go on without it; ADD and CHECK decide under the lock.
             config = base

@@ -11,10 +11,8 @@ import Netfilter
 extension Session {
     /// The namespaces whose slot is installed, as the network record says (its policy's `namespaces` keys).
     func installedNamespaces() -> Set<String> {
-        guard let record = (try? networkRecord()) ?? nil, let map = record.policy["namespaces"]?.objectValue else {
-            return []
-        }
-        return Set(map.keys)
+        guard let record = (try? networkRecord()) ?? nil else { return [] }
+        return Set(record.namespaceNames)
     }
 
     /// The backend name of a namespace's slot.
@@ -118,5 +116,18 @@ extension Session {
         for namespace in installedNamespaces().sorted() {
             try target.removeNetwork(slotNetwork(namespace), registrations: [], keepingSets: keepingSets)
         }
+    }
+}
+
+extension Session {
+    /// For an ADD with deferred namespace entries: the policy's fingerprint when it is the one applied, so nothing
+    /// reads the namespace policies (the record's slots route the pod); nil when they must be resolved: the network
+    /// is (re)written or moved (its fingerprint, which digests the entries unresolved, differs from the record's, or
+    /// there is none), or the config file is refused (the conflist's entries are then checked as before).
+    func currentFingerprint(_ policy: NetworkPolicy, _ fileProblem: CNIError?) throws(CNIError) -> String? {
+        if fileProblem != nil || recordedElsewhere != nil { return nil }
+        guard let record = try networkRecord(), record.backend == backend.kind else { return nil }
+        let fingerprint = backend.fingerprint(of: policy)
+        return record.fingerprint == fingerprint ? fingerprint : nil
     }
 }

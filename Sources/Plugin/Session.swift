@@ -346,13 +346,17 @@ final class Session {
 
     /// A change that (re)writes the node-wide part when the policy in force differs from what was applied.
     /// With a refused config file: the last good rules stay, or, when there are none yet, the refusal is the answer.
-    func networkChange(policy: NetworkPolicy, fileProblem: CNIError?) throws(CNIError) -> NetworkChange {
+    /// `fingerprint`: the policy's, when the caller computed it already.
+    func networkChange(
+        policy: NetworkPolicy, fileProblem: CNIError?,
+        fingerprint known: String? = nil
+    ) throws(CNIError) -> NetworkChange {
         let record = try networkRecord()
         if let fileProblem {
             guard record != nil else { throw fileProblem }
             return NetworkChange(network: network)
         }
-        let fingerprint = backend.fingerprint(of: policy)
+        let fingerprint = known ?? backend.fingerprint(of: policy)
         if let record, record.fingerprint == fingerprint, record.backend == backend.kind {
             return NetworkChange(network: network)
         }

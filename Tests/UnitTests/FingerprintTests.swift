@@ -21,6 +21,8 @@ import Testing
         ("snatAddressIPv6", #"{"snatAddressIPv6":"2001:db8::9"}"#, "snatAddressIPv6"),
         ("egressInterfaces", #"{"egressInterfaces":["eth0"]}"#, "egressInterfaces"),
         ("namespaces", #"{"namespaces":{"payments":{"snatAddress":"203.0.113.9"}}}"#, "namespaces"),
+        // An entry that changes no policy (yet) lands in the digest of the entries alone (MasqConfig.namespacesDigest).
+        ("namespaces", #"{"namespaces":{"payments":{}}}"#, "namespacesDigest"),
     ]
 
     static let backends: [any MasqBackend] = [

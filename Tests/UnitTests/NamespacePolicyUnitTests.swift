@@ -174,6 +174,7 @@ import Testing
             "nonMasquerade", "masqueradeExceptions", "masqLinkLocal", "masqLinkLocalIPv6", "exemptPodSubnet",
             "randomFully",
             "toPorts", "dropInvalid", "snatAddress", "snatAddressIPv6", "egressInterfaces", "namespaces",
+            "namespacesDigest",
         ]
         #expect(properties == Set(listed), "a new NetworkPolicy property must be added to difference(from:)")
         #expect(base.difference(from: base).isEmpty)
