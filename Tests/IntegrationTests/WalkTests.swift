@@ -17,6 +17,7 @@ import Glibc
 //                          or feature (hostaddr badargs badconflist badfile unknownkey busystatus damageowner crossnet
 // nested)
 //   WALK_SHRINK_SECONDS=120  time allowed to shrink a failing prefix
+//   WALK_TIMED_KILLS=1     also kill after random delays (default: on when exploring, off for the CI set)
 
 /// A splitmix64 generator: the same seed gives the same walk on every machine.
 struct SeededGenerator: RandomNumberGenerator {
@@ -39,6 +40,12 @@ enum WalkSettings {
     static var steps: Int { environment["WALK_STEPS"].flatMap { Int($0) } ?? 300 }
     static var seconds: Double { environment["WALK_SECONDS"].flatMap { Double($0) } ?? 0 }
     static var shrinkSeconds: Double { environment["WALK_SHRINK_SECONDS"].flatMap { Double($0) } ?? 120 }
+    /// Kills after a random delay land wherever the scheduler lets them, so a seed's walk is not the same on every
+    /// machine. The CI set (no WALK_SEEDS, no soak) kills at exact syscalls only, so it is the same walk everywhere;
+    /// exploring (seeds or a soak) adds the timed kills unless WALK_TIMED_KILLS=0.
+    static var timedKills: Bool {
+        environment["WALK_TIMED_KILLS"].map { $0 != "0" } ?? (environment["WALK_SEEDS"] != nil || seconds > 0)
+    }
     /// Left out unless WALK_SKIP says otherwise (README, "The walk"): nothing; every kind runs.
     static let knownFailures: Set<String> = []
     static var skipped: Set<String> {
@@ -744,7 +751,7 @@ struct Walk {
             default: inner = .gc(network: network, valid: [])
             }
             // Half the kills at a state write or a netfilter request (deterministic), half after a random delay.
-            guard Bool.random(using: &rng) else { return .killed(inner, delay: delay) }
+            if !Bool.random(using: &rng) && WalkSettings.timedKills { return .killed(inner, delay: delay) }
             let (call, most) = Walk.killPoints.randomElement(using: &rng)!
             return .killedAt(inner, syscall: call, count: Int.random(in: 1...most, using: &rng))
         default:
@@ -1193,6 +1200,7 @@ struct WalkTests {
                     \(listing)
                     \(shrunkFailure.map { "it fails with:\n" + $0.problems.dropLast().joined(separator: "\n") } ?? "")
                     replay: WALK_SEEDS=\(seed) WALK_STEPS=\(WalkSettings.steps) WALK_FLAVOURS=\(flavour.rawValue) \
+                    WALK_TIMED_KILLS=\(WalkSettings.timedKills ? 1 : 0) \
                     WALK_SKIP=\(WalkSettings.skipped.sorted().joined(separator: ",")) swift test --filter WalkTests
                     """)
                 failed.append(seed)
