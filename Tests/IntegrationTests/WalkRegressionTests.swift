@@ -351,4 +351,23 @@ struct WalkRegressionTests {
             ],
             flavour: flavour)
     }
+
+    /// A verb killed after it moved its network to the configured backend and before its own change (a DEL: its
+    /// pod still installed in the new place) differed from the model, which allowed only the states before and after
+    /// the verb; the move is its own transaction and the retry finishes the verb there (iptables-legacy seed 104).
+    @Test(arguments: Flavour.allCases)
+    func aVerbKilledBetweenItsMoveAndItsChangeIsFinishedByTheRetry(flavour: Flavour) throws {
+        let target: Flavour = flavour == .nftables ? .iptablesLegacy : .nftables
+        for (call, count) in Self.killPoints {
+            try Self.replay(
+                [
+                    .add(Self.who("walkb", "c1"), [PodIP("10.88.0.5/16")], hostAddress: false),
+                    .add(Self.who("walkb", "c2"), [PodIP("10.99.0.3/24")], hostAddress: false),
+                    .setBackend(network: "walkb", target),
+                    .killedAt(
+                        .del(Self.who("walkb", "c1"), prevResult: nil, badArgs: false), syscall: call, count: count),
+                ],
+                flavour: flavour, "DEL killed at \(call) #\(count)")
+        }
+    }
 }
