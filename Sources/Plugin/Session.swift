@@ -248,10 +248,16 @@ final class Session {
                         + (addresses.isEmpty
                             ? "nothing of it (the ownership index names no address of it)"
                             : "\(addresses.map { "\($0)" }.joined(separator: ", ")), as the ownership index says"))
-                result += addresses.map {
-                    Registration(
+                // The pod subnet the attachment is a member of that holds the address (the narrowest), else the
+                // address alone: its entries must match what the rest of the network's state says.
+                let joined = try store.subnets(joinedBy: owner)
+                result += addresses.map { address in
+                    let subnet = joined.filter { $0.contains(address) }.max { $0.prefix < $1.prefix }
+                    return Registration(
                         owner: owner,
-                        pod: PodAddress(address: $0, subnet: CIDR(network: $0, prefix: $0.family.bitWidth)))
+                        pod: PodAddress(
+                            address: address, subnet: subnet ?? CIDR(network: address, prefix: address.family.bitWidth)
+                        ))
                 }
             }
             return result
@@ -654,22 +660,13 @@ final class Session {
     }
 
     /// `change` plus the entries the ownership index gives each other recorded attachment, and their pod subnets.
-    /// Only addresses the index names the record as the holder of: an address nobody holds now (taken over, then
-    /// deleted by its taker) stays out, as does one whose index entry is damaged.
+    /// Only addresses the record holds now (`owns`): an address nobody holds now (taken over, then deleted by its
+    /// taker) stays out; one whose index entry is damaged goes to the holder `currentHolder` resolves, as in restore.
     func withOtherRecords(_ change: NetworkChange) throws(CNIError) -> NetworkChange {
         var complete = change
         let removed = Set(change.remove), mine = Set(change.add.map(\.owner))
         for record in try records() where !mine.contains(record.owner) {
-            let holder = AddressHolder(key: key, file: AttachmentRecord(owner: record.owner, addresses: []).fileName)
-            let held = try state { () throws(SystemError) in
-                var held: [Registration] = []
-                for pod in record.addresses {
-                    if case .success(let current)? = try store.holder(of: pod.address), current == holder {
-                        held.append(Registration(owner: record.owner, pod: pod))
-                    }
-                }
-                return held
-            }
+            let held = try owned([record])
             complete.add += held.filter { !removed.contains($0) && !complete.add.contains($0) }
             complete.addSubnets += record.addresses.map(\.subnet).filter {
                 !complete.addSubnets.contains($0) && !change.removeSubnets.contains($0)

@@ -318,4 +318,56 @@ struct WalkRegressionTests {
                 flavour: flavour, "taken by \(taker)")
         }
     }
+
+    /// A garbage ownership entry, then a firewall reload: the policy-changing ADD's rewrite re-added only the other
+    /// records whose entry was readable, so the address's holder stayed out (nftables; walk seeds 104, 106).
+    @Test(arguments: Flavour.allCases)
+    func aRewriteAfterAReloadKeepsAnAddressWithADamagedOwnershipEntry(flavour: Flavour) throws {
+        try Self.replay(
+            [
+                .add(Self.who("walkc", "c3"), [PodIP("10.88.1.6/24")], hostAddress: false),
+                .reload(flavour == .nftables ? .nftFlushRuleset : .ipsetFlush),
+                .damage(Self.who("walkc", "c3"), .garbageOwner("10.88.1.6")),
+                .setConflist(network: "walkc", variant: 1),
+                .killedAt(
+                    .add(Self.who("walkc", "c4"), [PodIP("10.99.0.3/24"), PodIP("fd00:88::5/48")], hostAddress: false),
+                    syscall: "unlink", count: 1),
+            ],
+            flavour: flavour)
+    }
+
+    /// A backend move carried a damaged record's address with a host-length subnet (`fd00:99::3/128`) instead of the
+    /// pod subnet the attachment is a member of (iptables-nft to nftables; walk seed 120).
+    @Test(arguments: [Flavour.iptablesNFT, .iptablesLegacy])
+    func aMoveCarriesADamagedRecordsAddressWithItsPodSubnet(flavour: Flavour) throws {
+        try Self.replay(
+            [
+                .add(Self.who("walkc", "c0"), [PodIP("fd00:88::9/48")], hostAddress: false),
+                .add(Self.who("walka", "c4", "net1"), [PodIP("fd00:99::3/64")], hostAddress: false),
+                .damage(Self.who("walka", "c4", "net1"), .emptyRecord),
+                .check(Self.who("walka", "c4", "net1"), [PodIP("fd00:99::3/64")]), .flow("10.88.1.6"),
+                .setBackend(network: "walka", .nftables),
+                .add(Self.who("walka", "c2"), [PodIP("10.64.0.9/10"), PodIP("fd00:88::9/48")], hostAddress: false),
+            ],
+            flavour: flavour)
+    }
+
+    /// A verb killed after it moved its network to the configured backend and before its own change (a DEL: its
+    /// pod still installed in the new place) differed from the model, which allowed only the states before and after
+    /// the verb; the move is its own transaction and the retry finishes the verb there (iptables-legacy seed 104).
+    @Test(arguments: Flavour.allCases)
+    func aVerbKilledBetweenItsMoveAndItsChangeIsFinishedByTheRetry(flavour: Flavour) throws {
+        let target: Flavour = flavour == .nftables ? .iptablesLegacy : .nftables
+        for (call, count) in Self.killPoints {
+            try Self.replay(
+                [
+                    .add(Self.who("walkb", "c1"), [PodIP("10.88.0.5/16")], hostAddress: false),
+                    .add(Self.who("walkb", "c2"), [PodIP("10.99.0.3/24")], hostAddress: false),
+                    .setBackend(network: "walkb", target),
+                    .killedAt(
+                        .del(Self.who("walkb", "c1"), prevResult: nil, badArgs: false), syscall: call, count: count),
+                ],
+                flavour: flavour, "DEL killed at \(call) #\(count)")
+        }
+    }
 }
