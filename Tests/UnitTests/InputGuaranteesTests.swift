@@ -411,10 +411,9 @@ struct RefusingBackend: MasqBackend {
 @Suite struct BackendSwitchTests {
     /// Issue 12.1: the first ADD that sees another backend moves every recorded pod and removes the old objects.
     /// An old backend that is not usable during a move is a warning, and the move does not claim it was cleaned.
-    @Test func anUnusableOldBackendIsAWarning() throws {
-        let node = GuaranteeNode()
-        #expect(node.run("ADD", node.stdin(#""backend":"nftables""#)).0.exitStatus == 0)
-        node.nftables.failRemoval = BackendError(.unavailable, "nftables gone in this test")
+    /// A second pod (10.99.0.4) whose ADD's conflist says iptables where the network is on nftables: the switch.
+    /// Logged at info, so the move is in the log (the default level, warning, keeps a healthy ADD silent).
+    static func addASecondPodOnIPTables(_ node: GuaranteeNode) -> Outcome {
         let other =
             #"""
             {"cniVersion":"1.0.0","interfaces":[{"name":"eth0","sandbox":"/x"}],"ips":[{"interface":0,\#
@@ -423,6 +422,14 @@ struct RefusingBackend: MasqBackend {
         let (add, _) = node.run(
             "ADD", node.stdin(#""backend":"iptables","logLevel":"info""#, prevResult: other),
             environment: ["CNI_CONTAINERID": "ctr2"])
+        return add
+    }
+
+    @Test func anUnusableOldBackendIsAWarning() throws {
+        let node = GuaranteeNode()
+        #expect(node.run("ADD", node.stdin(#""backend":"nftables""#)).0.exitStatus == 0)
+        node.nftables.failRemoval = BackendError(.unavailable, "nftables gone in this test")
+        let add = Self.addASecondPodOnIPTables(node)
         #expect(add.exitStatus == 0, "\(add.stdout)")
         let lines = node.logText.split(separator: "\n")
         #expect(
@@ -433,15 +440,7 @@ struct RefusingBackend: MasqBackend {
     @Test func addAfterASwitchMovesTheNetwork() throws {
         let node = GuaranteeNode()
         #expect(node.run("ADD", node.stdin(#""backend":"nftables""#)).0.exitStatus == 0)
-        let other =
-            #"""
-            {"cniVersion":"1.0.0","interfaces":[{"name":"eth0","sandbox":"/x"}],"ips":[{"interface":0,\#
-            "address":"10.99.0.4/24"}]}
-            """#
-        // The move is logged at info (the default level, warning, keeps a healthy ADD silent).
-        let (add, _) = node.run(
-            "ADD", node.stdin(#""backend":"iptables","logLevel":"info""#, prevResult: other),
-            environment: ["CNI_CONTAINERID": "ctr2"])
+        let add = Self.addASecondPodOnIPTables(node)
         #expect(add.exitStatus == 0, "\(add.stdout)")
         let moved = Set(node.iptables.applied.flatMap(\.add).map { "\($0.pod.address)" })
         #expect(moved == ["10.99.0.3", "10.99.0.4"], "every recorded pod is in the new backend")
