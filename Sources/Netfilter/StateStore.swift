@@ -476,11 +476,6 @@ public struct StateStore: Sendable {
         return try Files.removeDirectoryIfEmpty(directory)
     }
 
-    /// Whether a pod subnet of a network has members (its element must stay).
-    public func hasMembers(_ subnet: CIDR, in key: NetworkKey) throws(SystemError) -> Bool {
-        !(try Files.list(subnetDirectory(subnet, in: key))).isEmpty
-    }
-
     /// The pod subnets `owner` is a member of (a scan of the network's subnets: only for a damaged record).
     public func subnets(joinedBy owner: Owner) throws(SystemError) -> [CIDR] {
         let key = NetworkKey(network: owner.network), file = Self.fileName(for: owner.attachment)

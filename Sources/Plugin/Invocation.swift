@@ -246,8 +246,9 @@ struct Invocation {
         guard !stale.isEmpty else { return }
         do { try session.apply(change, rebuildOnMissing: false) } catch  where session.objectsMissing(error) {}
         session.noteReleased(change.remove, after: "GC")
-        session.sweepTombstones(after: "GC")
         for owner in stale { try session.forget(owner) }
+        // Once forgotten: an address still held is left to its holder's retry (`sweepTombstones`).
+        session.sweepTombstones(after: "GC")
         log.info("removed \(stale.count) stale attachment(s): \(stale.map(\.tag).joined(separator: ", "))")
     }
 

@@ -491,8 +491,9 @@ final class Session {
                 foreign[otherKey, default: []].append(entry)
             }
         }
+        // Leaving again is a no-op for a verb killed after it left, and finishes one killed before.
         for subnet in record.owedSubnets where !change.removeSubnets.contains(subnet) {
-            if !(try store.hasMembers(subnet, in: key)) { change.removeSubnets.append(subnet) }
+            if try store.leave(subnet, owner: record.owner) { change.removeSubnets.append(subnet) }
         }
         if !record.owed.isEmpty || !record.owedSubnets.isEmpty {
             let owed =
@@ -569,13 +570,20 @@ final class Session {
         for address in try store.addresses(heldBy: owner) where !pods.contains(where: { $0.address == address }) {
             pods.append(PodAddress(address: address, subnet: CIDR(network: address, prefix: address.family.bitWidth)))
         }
+        var removals: [Registration] = []
         for pod in pods {
-            change.remove.append(Registration(owner: owner, pod: pod))
+            removals.append(Registration(owner: owner, pod: pod))
             if try store.holds(owner, pod.address) { held.append(pod.address) }
         }
-        for subnet in try store.subnets(joinedBy: owner) where try store.leave(subnet, owner: owner) {
-            change.removeSubnets.append(subnet)
-        }
+        // Only the membership names these subnets: a readable record owing them goes first, so a verb killed after
+        // it left them still finds them (its retry reads the record and applies what it owes, `queueOwed`).
+        let joined = try store.subnets(joinedBy: owner)
+        var ahead = AttachmentRecord(owner: owner, addresses: [])
+        ahead.owed = removals
+        ahead.owedSubnets = joined
+        try store.save(ahead)
+        change.remove += removals
+        for subnet in joined where try store.leave(subnet, owner: owner) { change.removeSubnets.append(subnet) }
         if pods.isEmpty { notes.append("no entry of it found in the ownership index or the element comments") }
         log.warning(
             """
@@ -619,7 +627,9 @@ final class Session {
         try state { () throws(SystemError) in
             switch try store.read(owner) {
             case .found(let record):
-                for pod in record.addresses where try owns(owner, pod.address) { try store.release(pod.address) }
+                // Owed entries of its own too: a damaged record's removal leaves them there (`removeDamaged`).
+                let own = record.addresses + record.owed.filter { $0.owner == owner }.map(\.pod)
+                for pod in own where try owns(owner, pod.address) { try store.release(pod.address) }
                 try store.remove(owner)
             case .damaged:
                 for address in try store.addresses(heldBy: owner) { try store.release(address) }

@@ -370,4 +370,40 @@ struct WalkRegressionTests {
                 flavour: flavour, "DEL killed at \(call) #\(count)")
         }
     }
+
+    /// A DEL or GC of an attachment whose record was damaged, killed after it left the pod subnets its membership
+    /// gave and before the elements went: the retry found no membership any more and kept the subnet exempted for
+    /// nobody (iptables; walk seed 11, GC killed at its first sendto).
+    @Test(arguments: Flavour.allCases)
+    func aKilledRemovalOfADamagedRecordStillRemovesItsPodSubnet(flavour: Flavour) throws {
+        for verb in [
+            WalkOp.del(Self.who("walkb", "c2"), prevResult: nil, badArgs: false), .gc(network: "walkb", valid: []),
+        ] {
+            for (call, count) in Self.killPoints {
+                try Self.replay(
+                    [
+                        .add(
+                            Self.who("walkb", "c2"), [PodIP("10.99.0.3/24"), PodIP("fd00:99::3/64")], hostAddress: false
+                        ),
+                        .damage(Self.who("walkb", "c2"), .garbageRecord),
+                        .killedAt(verb, syscall: call, count: count),
+                    ],
+                    flavour: flavour, "\(verb) killed at \(call) #\(count)")
+            }
+        }
+    }
+
+    /// GC swept the tombstones before it forgot the attachments it collected, so the addresses still looked held and
+    /// their tombstones stayed: the agent's next pass deleted the entries of a later flow from the address, which
+    /// nothing had changed since (nftables; walk seed 11, step 204).
+    @Test(arguments: Flavour.allCases)
+    func gcSweepsTheTombstonesOfWhatItCollected(flavour: Flavour) throws {
+        try Self.replay(
+            [
+                .add(Self.who("walka", "c4", "net1"), [PodIP("10.88.2.5/24")], hostAddress: false),
+                .gc(network: "walka", valid: [Self.who("walka", "c2", "net1")]), .flow("10.88.2.5"),
+                .agent(network: "walka"),
+            ],
+            flavour: flavour)
+    }
 }
