@@ -243,13 +243,15 @@ struct Invocation {
             !valid.contains($0.attachment)
         }
         for owner in stale { try session.unregister(owner, into: &change) }
-        guard !stale.isEmpty else { return }
-        do { try session.apply(change, rebuildOnMissing: false) } catch  where session.objectsMissing(error) {}
-        session.noteReleased(change.remove, after: "GC")
-        for owner in stale { try session.forget(owner) }
-        // Once forgotten: an address still held is left to its holder's retry (`sweepTombstones`).
+        if !stale.isEmpty {
+            do { try session.apply(change, rebuildOnMissing: false) } catch  where session.objectsMissing(error) {}
+            session.noteReleased(change.remove, after: "GC")
+            for owner in stale { try session.forget(owner) }
+            log.info("removed \(stale.count) stale attachment(s): \(stale.map(\.tag).joined(separator: ", "))")
+        }
+        // After `forget` (an address still held is left to its holder's retry), and also when nothing was left to
+        // collect: the retry of a GC killed before its sweep finds its attachments gone already.
         session.sweepTombstones(after: "GC")
-        log.info("removed \(stale.count) stale attachment(s): \(stale.map(\.tag).joined(separator: ", "))")
     }
 
     // MARK: STATUS

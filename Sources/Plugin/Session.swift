@@ -415,7 +415,7 @@ final class Session {
                 case .found(let previous):
                     // What a killed verb of this attachment still owed, then, for a repeated ADD with other
                     // addresses, the old ones this attachment still owns.
-                    try queueOwed(previous, into: &change)
+                    releasing = try queueOwed(previous, into: &change)
                     let kept = Set(me.addresses.map(\.address))
                     for pod in previous.addresses where !newAddresses.contains(pod) {
                         if kept.contains(pod.address) {
@@ -479,11 +479,18 @@ final class Session {
     }
 
     /// The owed removals of a record (a killed verb's) that still apply: the entries of addresses nobody else holds
-    /// now, and pod subnets still without members.
-    private func queueOwed(_ record: AttachmentRecord, into change: inout NetworkChange) throws(SystemError) {
+    /// now, and pod subnets still without members. Returns the owed addresses of its own it still holds: the verb
+    /// was killed before it released them, so the caller releases them once its change is safe to replay.
+    @discardableResult
+    private func queueOwed(_ record: AttachmentRecord, into change: inout NetworkChange) throws(SystemError)
+        -> [IPAddress]
+    {
         let me = StateStore.holder(record.owner)
+        var held: [IPAddress] = []
         for entry in record.owed {
-            if let holder = try currentHolder(of: entry.pod.address), holder != me { continue }
+            let holder = try currentHolder(of: entry.pod.address)
+            if let holder, holder != me { continue }
+            if holder != nil && entry.owner == record.owner { held.append(entry.pod.address) }
             let otherKey = NetworkKey(network: entry.owner.network)
             if otherKey == key {
                 if !change.remove.contains(entry) { change.remove.append(entry) }
@@ -503,6 +510,7 @@ final class Session {
                     + "(\(owed.joined(separator: ", ")))"
             )
         }
+        return held
     }
 
     /// The record and entry of `address` held by `holder`. A damaged record gives the attachment its file name names

@@ -463,13 +463,11 @@ struct WalkModel {
                 tombstoned.remove(ip.address)
                 uncertainTombstones.remove(ip.address)
             }
-        case .gc(let name, _?):
-            // A GC that removed an attachment sweeps every tombstone.
-            if before.network[name]!.attachments.count != network[name]!.attachments.count {
-                for address in tombstoned { mark(address, .either) }
-                tombstoned = []
-                uncertainTombstones = []
-            }
+        case .gc(_, _?) where outcome?.success == true:
+            // A GC naming its valid attachments sweeps every tombstone (also with nothing to collect).
+            for address in tombstoned { mark(address, .either) }
+            tombstoned = []
+            uncertainTombstones = []
         case .agent where outcome?.success == true:
             for address in tombstoned { mark(address, uncertainTombstones.contains(address) ? .either : .gone) }
             tombstoned = []

@@ -170,6 +170,25 @@ struct WalkRegressionTests {
         }
     }
 
+    /// The same, killed after it wrote its record and before it released the dropped address: the retry removed the
+    /// address's element but kept its ownership entry, so the agent's pass took the address as held and never swept
+    /// its tombstone, and a flow from it kept its entry (walk seed 223, every backend, at the first unlink).
+    @Test(arguments: Flavour.allCases)
+    func aKilledRepeatedAddsRetryReleasesTheDroppedAddress(flavour: Flavour) throws {
+        let pod = Self.who("walka", "c4")
+        for (call, count) in Self.killPoints {
+            try Self.replay(
+                [
+                    .add(pod, [PodIP("10.88.0.5/16")], hostAddress: false), .flow("10.88.0.5"),
+                    .killedAt(
+                        .add(pod, [PodIP("10.88.1.6/16"), PodIP("fd00:88::5/48")], hostAddress: false), syscall: call,
+                        count: count),
+                    .agent(network: "walkb"),
+                ],
+                flavour: flavour, "killed at \(call) #\(count)")
+        }
+    }
+
     /// An ADD taking an address over (in its network or another), killed after it claimed the address and before the
     /// old holder's entry went: the retry, now the holder, no longer removed it.
     @Test(arguments: Flavour.allCases)
@@ -192,19 +211,23 @@ struct WalkRegressionTests {
     /// found no membership to leave and kept the subnet exempted for nobody (iptables; walk seed 13).
     @Test(arguments: Flavour.allCases)
     func aKilledDelsRetryRemovesThePodSubnet(flavour: Flavour) throws {
-        for verb in [
-            WalkOp.del(Self.who("walkb", "c1"), prevResult: nil, badArgs: false), .gc(network: "walkb", valid: []),
-        ] {
-            for (call, count) in Self.killPoints {
-                try Self.replay(
-                    [
-                        .add(
-                            Self.who("walkb", "c1"), [PodIP("10.88.0.5/16"), PodIP("fd00:88::5/64")], hostAddress: false
-                        ),
-                        .add(Self.who("walkb", "c2"), [PodIP("10.99.0.3/24")], hostAddress: false),
-                        .killedAt(verb, syscall: call, count: count),
-                    ],
-                    flavour: flavour, "\(verb) killed at \(call) #\(count)")
+        try Self.replayRemovalKilledEverywhere(
+            of: Self.who("walkb", "c1"),
+            after: [
+                .add(Self.who("walkb", "c1"), [PodIP("10.88.0.5/16"), PodIP("fd00:88::5/64")], hostAddress: false),
+                .add(Self.who("walkb", "c2"), [PodIP("10.99.0.3/24")], hostAddress: false),
+            ],
+            flavour: flavour)
+    }
+
+    /// The DEL of `pod`, then a GC that collects every attachment of its network, each killed at every kill point
+    /// after `setup`, then run again.
+    static func replayRemovalKilledEverywhere(of pod: WalkAttachment, after setup: [WalkOp], flavour: Flavour) throws {
+        for verb in [WalkOp.del(pod, prevResult: nil, badArgs: false), .gc(network: pod.network, valid: [])] {
+            for (call, count) in killPoints {
+                try replay(
+                    setup + [.killedAt(verb, syscall: call, count: count)], flavour: flavour,
+                    "\(verb) killed at \(call) #\(count)")
             }
         }
     }
@@ -376,21 +399,13 @@ struct WalkRegressionTests {
     /// nobody (iptables; walk seed 11, GC killed at its first sendto).
     @Test(arguments: Flavour.allCases)
     func aKilledRemovalOfADamagedRecordStillRemovesItsPodSubnet(flavour: Flavour) throws {
-        for verb in [
-            WalkOp.del(Self.who("walkb", "c2"), prevResult: nil, badArgs: false), .gc(network: "walkb", valid: []),
-        ] {
-            for (call, count) in Self.killPoints {
-                try Self.replay(
-                    [
-                        .add(
-                            Self.who("walkb", "c2"), [PodIP("10.99.0.3/24"), PodIP("fd00:99::3/64")], hostAddress: false
-                        ),
-                        .damage(Self.who("walkb", "c2"), .garbageRecord),
-                        .killedAt(verb, syscall: call, count: count),
-                    ],
-                    flavour: flavour, "\(verb) killed at \(call) #\(count)")
-            }
-        }
+        try Self.replayRemovalKilledEverywhere(
+            of: Self.who("walkb", "c2"),
+            after: [
+                .add(Self.who("walkb", "c2"), [PodIP("10.99.0.3/24"), PodIP("fd00:99::3/64")], hostAddress: false),
+                .damage(Self.who("walkb", "c2"), .garbageRecord),
+            ],
+            flavour: flavour)
     }
 
     /// GC swept the tombstones before it forgot the attachments it collected, so the addresses still looked held and
@@ -405,5 +420,26 @@ struct WalkRegressionTests {
                 .agent(network: "walka"),
             ],
             flavour: flavour)
+    }
+
+    /// A GC killed after it forgot what it collected and before it swept the tombstones: its retry found nothing to
+    /// collect and returned before sweeping, so the agent's next pass deleted the entries of a later flow from a
+    /// released address (iptables-nft seed 234). Every GC naming its valid attachments sweeps now, also one with
+    /// nothing to collect.
+    @Test(arguments: Flavour.allCases)
+    func everyGCSweepsTheTombstones(flavour: Flavour) throws {
+        let released = [
+            WalkOp.add(Self.who("walkc", "c1"), [PodIP("10.88.1.6/24")], hostAddress: false),
+            .del(Self.who("walkc", "c1"), prevResult: nil, badArgs: false),
+        ]
+        let after: [WalkOp] = [.flow("10.88.1.6"), .agent(network: "walkc")]
+        try Self.replay(released + [.gc(network: "walkc", valid: [])] + after, flavour: flavour, "nothing to collect")
+        for (call, count) in Self.killPoints {
+            try Self.replay(
+                released + [
+                    .add(Self.who("walkc", "c2"), [PodIP("10.99.0.3/24")], hostAddress: false),
+                    .killedAt(.gc(network: "walkc", valid: []), syscall: call, count: count),
+                ] + after, flavour: flavour, "GC killed at \(call) #\(count)")
+        }
     }
 }
