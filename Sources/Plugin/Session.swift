@@ -479,7 +479,7 @@ final class Session {
     }
 
     /// The owed removals of a record (a killed verb's) that still apply: the entries of addresses nobody else holds
-    /// now, and pod subnets still without members. Returns the owed addresses of its own it still holds: the verb
+    /// now, and the owed pod subnets no member is left in once the record's owner left them. Returns the owed addresses of its own it still holds: the verb
     /// was killed before it released them, so the caller releases them once its change is safe to replay.
     @discardableResult
     private func queueOwed(_ record: AttachmentRecord, into change: inout NetworkChange) throws(SystemError)
@@ -490,7 +490,7 @@ final class Session {
         for entry in record.owed {
             let holder = try currentHolder(of: entry.pod.address)
             if let holder, holder != me { continue }
-            if holder != nil && entry.owner == record.owner { held.append(entry.pod.address) }
+            if holder == me && entry.owner == record.owner { held.append(entry.pod.address) }
             let otherKey = NetworkKey(network: entry.owner.network)
             if otherKey == key {
                 if !change.remove.contains(entry) { change.remove.append(entry) }
