@@ -479,8 +479,9 @@ final class Session {
     }
 
     /// The owed removals of a record (a killed verb's) that still apply: the entries of addresses nobody else holds
-    /// now, and the owed pod subnets no member is left in once the record's owner left them. Returns the owed addresses of its own it still holds: the verb
-    /// was killed before it released them, so the caller releases them once its change is safe to replay.
+    /// now, and the owed pod subnets no member is left in once the record's owner left them. Returns the owed
+    /// addresses of its own it still holds: the verb was killed before it released them, so the caller releases them
+    /// once its change is safe to replay.
     @discardableResult
     private func queueOwed(_ record: AttachmentRecord, into change: inout NetworkChange) throws(SystemError)
         -> [IPAddress]
