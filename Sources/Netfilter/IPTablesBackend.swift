@@ -214,14 +214,18 @@ public struct IPTablesBackend: MasqBackend {
         }
         // All or nothing across the families: each family's input is first checked by the tool (`--test` commits
         // nothing), so a refusal of IPv6 cannot leave IPv4 rewritten. The sets must exist for the check (the tools
-        // refuse a match of a missing set), so a refused first write destroys the sets it created.
-        _ = try applySets(renderer.setScript(for: change, creating: true))
+        // refuse a match of a missing set), so a refused first write destroys the sets it created. The elements
+        // change only after the check, in one batch: a refusal changes none, and an address changing owner is never
+        // missing in between.
+        _ = try applySets(IPSetScript(renderer.setDeclarations(change.key)))
         do {
             for (family, input) in inputs { try restore(family, input, testOnly: true) }
         } catch {
             if firstWrite { _ = try? applySets(renderer.setRemovalScript(change.key)) }
             throw error
         }
+        let elements = renderer.setScript(for: change)
+        if !elements.isEmpty { _ = try applySets(elements) }
         for (family, input) in inputs { try restore(family, input) }
     }
 

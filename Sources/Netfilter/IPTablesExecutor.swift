@@ -41,6 +41,7 @@ public struct IPTablesToolExecutor: IPTablesExecutor {
         guard output.succeeded else {
             let text = OneLine.fold(output.stderrText, limit: OneLine.toolTextLimit)
             let message = "\(arguments[0]): " + (text.isEmpty ? "exit status \(output.status)" : text)
+            if let signal = output.signal { throw ToolFailures.killed(by: signal, message) }
             throw arguments[0] == "ipset"
                 ? ToolFailures.ipset(status: output.status, message)
                 : ToolFailures.iptables(status: output.status, message)

@@ -104,6 +104,7 @@ public struct NFTBinaryExecutor: NFTExecutor {
         } catch {
             throw BackendError(.unavailable, "cannot run \(program): \(error)")
         }
+        if let signal = output.signal { throw ToolFailures.killed(by: signal, "\(program): \(output.stderrText)") }
         guard output.succeeded else { throw ToolFailures.nft(status: output.status, output.stderrText) }
         return output.stdoutText
     }

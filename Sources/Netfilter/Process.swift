@@ -9,6 +9,8 @@ public struct ProcessOutput: Sendable {
     public var status: Int32
     public var stdout: [UInt8]
     public var stderr: [UInt8]
+    /// The signal that ended the process (its `status` is then 128 + the signal).
+    public var signal: Int32? = nil
 
     public var succeeded: Bool { status == 0 }
     public var stderrText: String { String(decoding: stderr, as: UTF8.self) }
@@ -127,6 +129,7 @@ public struct SpawnRunner: CommandRunner {
         while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
         // WIFEXITED / WEXITSTATUS are macros: decode by hand; a signal death reports 128 + signal.
         output.status = status & 0x7F == 0 ? (status >> 8) & 0xFF : 128 + (status & 0x7F)
+        if status & 0x7F != 0 { output.signal = status & 0x7F }
         return output
     }
 }

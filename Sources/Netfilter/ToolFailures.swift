@@ -101,5 +101,11 @@ enum ToolFailures {
         return BackendError(.failed, message)
     }
 
+    /// A tool a signal ended (the OOM killer, say) refused nothing: what it applied before it died is unknown, so the
+    /// verb fails as a whole and is worth retrying, never re-tried in smaller parts.
+    static func killed(by signal: Int32, _ message: String) -> BackendError {
+        BackendError(.transient, OneLine.fold("\(message) (killed by signal \(signal))", limit: OneLine.toolTextLimit))
+    }
+
     static func words(_ code: Int32) -> String { String(cString: strerror(code)) }
 }

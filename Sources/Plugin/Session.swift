@@ -744,6 +744,7 @@ final class Session {
                 throw Self.cniError(error)
             }
             do { try applyRouted(rest) } catch {
+                putBack(removal)
                 rollBack()
                 throw Self.cniError(error)
             }
@@ -752,6 +753,33 @@ final class Session {
             throw Self.cniError(error)
         }
         try finish(change)
+    }
+
+    /// Re-adds what an applied removal took when the rest of its change failed: the records go back as they were, so
+    /// they hold those entries again (an address this verb took over, e.g., must not stay unmasqueraded). Best effort,
+    /// entry by entry if the whole is refused (a record's entry the kernel never took stays out).
+    private func putBack(_ removal: NetworkChange) {
+        var back = NetworkChange(network: network)
+        back.add = removal.remove
+        back.addSubnets = removal.removeSubnets
+        do throws(BackendError) { try applyRouted(back) } catch {
+            var missed: [String] = []
+            for registration in back.add {
+                var one = NetworkChange(network: network)
+                one.add = [registration]
+                do throws(BackendError) { try applyRouted(one) } catch {
+                    missed.append(registration.pod.address.description)
+                }
+            }
+            for subnet in back.addSubnets {
+                var one = NetworkChange(network: network)
+                one.addSubnets = [subnet]
+                do throws(BackendError) { try applyRouted(one) } catch { missed.append(subnet.description) }
+            }
+            if !missed.isEmpty {
+                log.error("cannot put back \(missed.joined(separator: ", ")) after a failed change: \(error)")
+            }
+        }
     }
 
     /// What follows an applied change: other networks' entries this verb took over go, the network record of a new

@@ -394,6 +394,30 @@ struct WalkRegressionTests {
         }
     }
 
+    /// A takeover ADD that also rewrites the policy, with a tool killed under it (strace kills children too): the
+    /// killed tool counted as a refusal, so the ADD applied the removal of the old holder's entry on its own, failed
+    /// the rest and put its records back, leaving the address unmasqueraded for its recorded holder (iptables;
+    /// seed 343, step 41). A killed tool is transient now, the rewrite changes elements only after its check, and a
+    /// failed split change puts back the removal it applied.
+    @Test(arguments: Flavour.allCases)
+    func aKilledTakeoverAfterAPolicyChangeKeepsTheAddressMasqueraded(flavour: Flavour) throws {
+        for (call, count) in Self.killPoints {
+            try Self.replay(
+                [
+                    .add(
+                        Self.who("walka", "c3", "net1"), [PodIP("10.88.1.6/16"), PodIP("fd00:99::3/64")],
+                        hostAddress: true),
+                    .setConflist(network: "walka", variant: 2),
+                    .killedAt(
+                        .add(
+                            Self.who("walka", "c0"), [PodIP("10.88.1.6/24"), PodIP("fd00:88:0:1::6/64")],
+                            hostAddress: false),
+                        syscall: call, count: count),
+                ],
+                flavour: flavour, "killed at \(call) #\(count)")
+        }
+    }
+
     /// A DEL or GC of an attachment whose record was damaged, killed after it left the pod subnets its membership
     /// gave and before the elements went: the retry found no membership any more and kept the subnet exempted for
     /// nobody (iptables; walk seed 11, GC killed at its first sendto).

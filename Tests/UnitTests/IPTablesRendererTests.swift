@@ -331,7 +331,9 @@ final class ScriptedRunner: CommandRunner, @unchecked Sendable {
             "the created sets are destroyed: \(ipsets.map(\.input))")
     }
 
-    @Test func aRewriteListsThenWritesSetsThenEachFamilyOnce() throws {
+    /// The elements change only after both families' rules passed `--test`: a refusal changes no element, and a
+    /// tool killed before the batch leaves every address with its old owner (walk seed 343).
+    @Test func aRewriteListsThenDeclaresSetsThenChecksThenWritesElementsThenEachFamilyOnce() throws {
         let runner = ScriptedRunner()
         try IPTablesBackend(chain: "IP-MASQ-AGENT", mode: .legacy, runner: runner).apply(
             change(policy: NetworkPolicy(config: MasqConfig())))
@@ -344,15 +346,33 @@ final class ScriptedRunner: CommandRunner, @unchecked Sendable {
                 ["ipset", "-exist", "restore"],
                 ["iptables-legacy-restore", "-w", "5", "--noflush", "--test"],
                 ["ip6tables-legacy-restore", "-w", "5", "--noflush", "--test"],
+                ["ipset", "-exist", "restore"],
                 ["iptables-legacy-restore", "-w", "5", "--noflush"],
                 ["ip6tables-legacy-restore", "-w", "5", "--noflush"],
             ])
+        #expect(!runner.calls[4].input.contains("add "), "the first ipset call only declares the sets")
+        #expect(runner.calls[7].input.contains("add IPMASQ-P4-"), "the elements come after the check")
         // One restore per family: the nat chain and jump, then the leak guard in mangle.
         #expect(
-            runner.calls[7].input.hasPrefix("*nat\n:IP-MASQ-AGENT - [0:0]\n")
-                && runner.calls[7].input.hasSuffix("COMMIT\n"))
-        #expect(runner.calls[7].input.contains("COMMIT\n*mangle\n:IPMASQ-INVALID-"))
-        #expect(runner.calls[5].input == runner.calls[7].input, "the checked input is the applied one")
+            runner.calls[8].input.hasPrefix("*nat\n:IP-MASQ-AGENT - [0:0]\n")
+                && runner.calls[8].input.hasSuffix("COMMIT\n"))
+        #expect(runner.calls[8].input.contains("COMMIT\n*mangle\n:IPMASQ-INVALID-"))
+        #expect(runner.calls[5].input == runner.calls[8].input, "the checked input is the applied one")
+    }
+
+    /// A tool a signal ended is a transient failure, never a refusal: the plugin must not re-apply the change in
+    /// smaller parts after a tool died halfway (walk seed 343: a killed iptables-restore made an ADD's split removal
+    /// stay while its records went back).
+    @Test func aToolKilledByASignalIsTransient() {
+        let runner = ScriptedRunner()
+        var killed = ScriptedRunner.output("", status: 137, stderr: "")
+        killed.signal = 9
+        runner.answers["ipset"] = killed
+        #expect {
+            try IPTablesBackend(chain: "IP-MASQ-AGENT", mode: .legacy, runner: runner).apply(change())
+        } throws: { error in
+            (error as? BackendError)?.kind == .transient && "\(error)".contains("killed by signal 9")
+        }
     }
 
     /// Issue 12.2: `auto` is compared with a concrete flavour by what `iptables` is, so auto -> nft on an nft node is
