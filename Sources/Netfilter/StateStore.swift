@@ -413,14 +413,25 @@ public struct StateStore: Sendable {
     /// lists it. A scan of every network's records: only for a damaged entry.
     /// When no readable record lists it: a damaged record that is a member of a pod subnet holding the address.
     public func latestRecordHolder(of address: IPAddress) throws(SystemError) -> AddressHolder? {
-        var best: (holder: AddressHolder, time: Int64)?, damaged: (holder: AddressHolder, time: Int64)?
+        let (readable, damaged) = try latestRecordHolders(of: address)
+        return readable?.holder ?? damaged
+    }
+
+    /// The newest readable record that lists `address` (with its owner), and the newest damaged record that is a
+    /// member of a pod subnet holding it.
+    public func latestRecordHolders(of address: IPAddress) throws(SystemError)
+        -> (readable: (holder: AddressHolder, owner: Owner)?, damaged: AddressHolder?)
+    {
+        var best: (holder: AddressHolder, owner: Owner, time: Int64)?, damaged: (holder: AddressHolder, time: Int64)?
         for key in try networks() {
             var subnets: [CIDR]?
             for name in try Files.list(networkDirectory(key) + "/attachments") {
                 let time = Files.modificationTime(recordPath(key, name)) ?? 0
                 switch try readRecord(key, named: name) {
                 case .found(let record) where record.addresses.contains(where: { $0.address == address }):
-                    if best.map({ time > $0.time }) ?? true { best = (AddressHolder(key: key, file: name), time) }
+                    if best.map({ time > $0.time }) ?? true {
+                        best = (AddressHolder(key: key, file: name), record.owner, time)
+                    }
                 case .damaged:
                     if subnets == nil {
                         subnets = try Files.list(networkDirectory(key) + "/subnets").compactMap { name -> CIDR? in
@@ -436,7 +447,7 @@ public struct StateStore: Sendable {
                 }
             }
         }
-        return best?.holder ?? damaged?.holder
+        return (best.map { ($0.holder, $0.owner) }, damaged?.holder)
     }
 
     /// The addresses the index gives to `owner` (a scan of the index: only for a damaged record).

@@ -385,20 +385,43 @@ final class Session {
     }
 
     /// Who holds `address` now: the ownership index's entry; nil when nobody (taken over, then released by its
-    /// taker). For a damaged entry, the attachment whose record lists it and was written last (a taker's record is
-    /// newer than its predecessor's), logged: any record listing it is not enough (a late holder's record still does).
+    /// taker). For a damaged entry, logged: the attachment whose record lists it and was written last (a taker's
+    /// record is newer than its predecessor's; any record listing it is not enough, a late holder's record still
+    /// does), unless the elements say otherwise: when that record's network has no element of it for that record and
+    /// the newest damaged record in a pod subnet holding the address has one, the address went to that later holder.
     func currentHolder(of address: IPAddress) throws(SystemError) -> AddressHolder? {
         switch try store.holder(of: address) {
         case nil: return nil
         case .success(let holder)?: return holder
         case .failure(let damage)?:
-            let holder = try store.latestRecordHolder(of: address)
+            let (readable, damaged) = try store.latestRecordHolders(of: address)
+            var holder = readable?.holder ?? damaged, why = "the newest record that lists it"
+            if let (candidate, owner) = readable, let damaged, let later = recordOwner(damaged),
+                !elementsShow(address, of: owner, in: candidate.key), elementsShow(address, of: later, in: damaged.key)
+            {
+                holder = damaged
+                why = "its element is \(later.tag)'s, whose record is damaged too"
+            }
             log.warning(
                 "the ownership entry of \(address) is damaged (\(damage.bytes) bytes); taking it as held by "
-                    + (holder.map { "\($0.key)/\($0.file), the newest record that lists it" }
-                        ?? "nobody (no record lists it)"))
+                    + (holder.map { "\($0.key)/\($0.file) (\(why))" } ?? "nobody (no record lists it)"))
             return holder
         }
+    }
+
+    /// The attachment a record file names (nil for a hashed file name, or a network without its record).
+    private func recordOwner(_ holder: AddressHolder) -> Owner? {
+        let parts = holder.file.split(separator: "@", maxSplits: 1).map(String.init)
+        guard parts.count == 2, !holder.file.hasPrefix("h-") else { return nil }
+        let name = holder.key == key ? network : ((try? store.networkRecord(holder.key)) ?? nil)?.network
+        return name.map { Owner(network: $0, containerID: parts[0], ifname: parts[1]) }
+    }
+
+    /// Whether the network's elements give `address` to `owner` (false when they cannot be read).
+    private func elementsShow(_ address: IPAddress, of owner: Owner, in otherKey: NetworkKey) -> Bool {
+        let other = otherKey == key ? backend : makeBackend(placedBackend(of: otherKey), placement(ofNetwork: otherKey))
+        guard let pods = try? other.entries(network: owner.network, taggedWith: owner.tag) else { return false }
+        return pods.contains { $0.address == address }
     }
 
     /// Adds registrations for `owner` to the change and writes their records first (write-ahead: records ⊇ netfilter).

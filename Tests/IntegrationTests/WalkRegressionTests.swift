@@ -418,6 +418,25 @@ struct WalkRegressionTests {
         }
     }
 
+    /// An address whose ownership entry and holder's record were both damaged went, by the newest readable record that
+    /// lists it, to an attachment that had lost it long before: a rewrite of that network from its records (a GC
+    /// after a backend switch) installed it there again (iptables-legacy seed 303, step 169). The elements decide now:
+    /// the stale record's network has none of it, the damaged holder's has.
+    @Test(arguments: Flavour.allCases)
+    func aDamagedEntryOfAnAddressWhoseHolderIsDamagedStaysWithTheHolder(flavour: Flavour) throws {
+        let stale = Self.who("walkc", "c4", "net1"), holder = Self.who("walka", "c3")
+        let other: Flavour = flavour == .nftables ? .iptablesLegacy : .nftables
+        try Self.replay(
+            [
+                .add(stale, [PodIP("10.88.1.6/24")], hostAddress: false),
+                .add(holder, [PodIP("10.88.1.6/24")], hostAddress: false),
+                .damage(holder, .garbageOwner("10.88.1.6")), .damage(holder, .garbageRecord),
+                .setBackend(network: "walkc", other), .gc(network: "walkc", valid: [stale]),
+                .add(Self.who("walkc", "c5"), [PodIP("10.99.0.3/24")], hostAddress: false),
+            ],
+            flavour: flavour)
+    }
+
     /// A DEL or GC of an attachment whose record was damaged, killed after it left the pod subnets its membership
     /// gave and before the elements went: the retry found no membership any more and kept the subnet exempted for
     /// nobody (iptables; walk seed 11, GC killed at its first sendto).
