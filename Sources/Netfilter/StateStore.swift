@@ -409,16 +409,9 @@ public struct StateStore: Sendable {
     }
 
     /// For an unreadable ownership entry: the attachment whose readable record lists `address` and was written last
-    /// (a taker's record is written after the record of the attachment it took the address from), nil when no record
-    /// lists it. A scan of every network's records: only for a damaged entry.
-    /// When no readable record lists it: a damaged record that is a member of a pod subnet holding the address.
-    public func latestRecordHolder(of address: IPAddress) throws(SystemError) -> AddressHolder? {
-        let (readable, damaged) = try latestRecordHolders(of: address)
-        return readable?.holder ?? damaged
-    }
-
-    /// The newest readable record that lists `address` (with its owner), and the newest damaged record that is a
-    /// member of a pod subnet holding it.
+    /// (a taker's record is written after the record of the attachment it took the address from), with its owner, and
+    /// the newest damaged record that is a member of a pod subnet holding the address; nil when there is none. A scan
+    /// of every network's records: only for a damaged entry.
     public func latestRecordHolders(of address: IPAddress) throws(SystemError)
         -> (readable: (holder: AddressHolder, owner: Owner)?, damaged: AddressHolder?)
     {

@@ -267,11 +267,7 @@ final class Session {
     /// The attachments whose records are damaged, as their file names give them (a hashed name gives none).
     func damagedRecordOwners() throws(CNIError) -> [Owner] {
         try state { () throws(SystemError) in
-            try store.unreadableRecords(in: key).compactMap { file -> Owner? in
-                let parts = file.split(separator: "@", maxSplits: 1).map(String.init)
-                guard parts.count == 2, !file.hasPrefix("h-") else { return nil }
-                return Owner(network: network, containerID: parts[0], ifname: parts[1])
-            }
+            try store.unreadableRecords(in: key).compactMap { recordOwner(AddressHolder(key: key, file: $0)) }
         }
     }
 
@@ -787,17 +783,13 @@ final class Session {
         back.addSubnets = removal.removeSubnets
         do throws(BackendError) { try applyRouted(back) } catch {
             var missed: [String] = []
-            for registration in back.add {
+            let entries =
+                back.add.map { ([$0], [CIDR](), "\($0.pod.address)") } + back.addSubnets.map { ([], [$0], "\($0)") }
+            for (add, addSubnets, name) in entries {
                 var one = NetworkChange(network: network)
-                one.add = [registration]
-                do throws(BackendError) { try applyRouted(one) } catch {
-                    missed.append(registration.pod.address.description)
-                }
-            }
-            for subnet in back.addSubnets {
-                var one = NetworkChange(network: network)
-                one.addSubnets = [subnet]
-                do throws(BackendError) { try applyRouted(one) } catch { missed.append(subnet.description) }
+                one.add = add
+                one.addSubnets = addSubnets
+                do throws(BackendError) { try applyRouted(one) } catch { missed.append(name) }
             }
             if !missed.isEmpty {
                 log.error("cannot put back \(missed.joined(separator: ", ")) after a failed change: \(error)")
