@@ -267,7 +267,11 @@ final class Session {
     /// The attachments whose records are damaged, as their file names give them (a hashed name gives none).
     func damagedRecordOwners() throws(CNIError) -> [Owner] {
         try state { () throws(SystemError) in
-            try store.unreadableRecords(in: key).compactMap { recordOwner(AddressHolder(key: key, file: $0)) }
+            var owners: [Owner] = []
+            for file in try store.unreadableRecords(in: key) {
+                if let owner = try recordOwner(AddressHolder(key: key, file: file)) { owners.append(owner) }
+            }
+            return owners
         }
     }
 
@@ -392,7 +396,7 @@ final class Session {
         case .failure(let damage)?:
             let (readable, damaged) = try store.latestRecordHolders(of: address)
             var holder = readable?.holder ?? damaged, why = "the newest record that lists it"
-            if let (candidate, owner) = readable, let damaged, let later = recordOwner(damaged),
+            if let (candidate, owner) = readable, let damaged, let later = try recordOwner(damaged),
                 !elementsShow(address, of: owner, in: candidate.key), elementsShow(address, of: later, in: damaged.key)
             {
                 holder = damaged
@@ -406,17 +410,23 @@ final class Session {
     }
 
     /// The attachment a record file names (nil for a hashed file name, or a network without its record).
-    private func recordOwner(_ holder: AddressHolder) -> Owner? {
+    private func recordOwner(_ holder: AddressHolder) throws(SystemError) -> Owner? {
         let parts = holder.file.split(separator: "@", maxSplits: 1).map(String.init)
         guard parts.count == 2, !holder.file.hasPrefix("h-") else { return nil }
-        let name = holder.key == key ? network : ((try? store.networkRecord(holder.key)) ?? nil)?.network
+        let name = holder.key == key ? network : try store.networkRecord(holder.key)?.network
         return name.map { Owner(network: $0, containerID: parts[0], ifname: parts[1]) }
+    }
+
+    /// This verb's backend for its own network, else the one the other network's record names.
+    private func backend(of otherKey: NetworkKey) -> MasqBackend {
+        otherKey == key ? backend : makeBackend(placedBackend(of: otherKey), placement(ofNetwork: otherKey))
     }
 
     /// Whether the network's elements give `address` to `owner` (false when they cannot be read).
     private func elementsShow(_ address: IPAddress, of owner: Owner, in otherKey: NetworkKey) -> Bool {
-        let other = otherKey == key ? backend : makeBackend(placedBackend(of: otherKey), placement(ofNetwork: otherKey))
-        guard let pods = try? other.entries(network: owner.network, taggedWith: owner.tag) else { return false }
+        guard let pods = try? backend(of: otherKey).entries(network: owner.network, taggedWith: owner.tag) else {
+            return false
+        }
         return pods.contains { $0.address == address }
     }
 
@@ -542,15 +552,10 @@ final class Session {
         case .found(let other):
             return other.addresses.first(where: { $0.address == address }).map { (other, $0) }
         case .damaged:
-            let parts = holder.file.split(separator: "@", maxSplits: 1).map(String.init)
-            let name = holder.key == key ? network : try store.networkRecord(holder.key)?.network
-            guard parts.count == 2, !holder.file.hasPrefix("h-"), let name else { return nil }
-            let other = Owner(network: name, containerID: parts[0], ifname: parts[1])
-            let target =
-                holder.key == key
-                ? backend : makeBackend(placedBackend(of: holder.key), placement(ofNetwork: holder.key))
-            var subnet = (try? target.entries(network: name, taggedWith: other.tag))?.first { $0.address == address }?
-                .subnet
+            guard let other = try recordOwner(holder) else { return nil }
+            var subnet = (try? backend(of: holder.key).entries(network: other.network, taggedWith: other.tag))?.first {
+                $0.address == address
+            }?.subnet
             if subnet == nil {
                 subnet = try store.subnets(joinedBy: other).filter { $0.contains(address) }.max {
                     $0.prefix < $1.prefix
